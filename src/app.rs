@@ -1,0 +1,67 @@
+//! The shared state every request handler sees.
+
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::clock::SharedClock;
+use crate::coalesce::Coalescer;
+use crate::config::Config;
+use crate::embed::Embedder;
+use crate::upstream::Upstream;
+
+pub struct App {
+    pub config: Config,
+    pub upstream: Upstream,
+    /// `None` when caching is off or the store could not be opened (then deja only relays).
+    pub cache: Option<Arc<Cache>>,
+    /// `None` when the semantic tier is off.
+    pub embedder: Option<Embedder>,
+    /// Requests currently upstream, by exact key, for coalescing.
+    pub inflight: Arc<Coalescer>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl App {
+    /// Builds the state; opening the cache may take a while (it rebuilds the vector index),
+    /// so call this off the async workers. A cache that cannot be opened is logged and left
+    /// out: deja then relays without caching rather than refusing to serve.
+    pub fn build(config: Config, clock: SharedClock) -> Result<App, StartError> {
+        let upstream = Upstream::new(&config.upstream)?;
+        let embedder = if config.cache.semantic {
+            Some(Embedder::from_config(&config)?)
+        } else {
+            None
+        };
+        let embedder_id = embedder
+            .as_ref()
+            .map_or_else(|| "none".into(), Embedder::id);
+        let cache = if config.cache.enabled {
+            match Cache::open(&config.cache, &embedder_id, clock) {
+                Ok(cache) => Some(Arc::new(cache)),
+                Err(err) => {
+                    tracing::error!(error = %err, dir = %config.cache.dir.display(), "cache unavailable; relaying without caching");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(App {
+            config,
+            upstream,
+            cache,
+            embedder,
+            inflight: Arc::new(Coalescer::default()),
+        })
+    }
+}

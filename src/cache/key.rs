@@ -1,0 +1,147 @@
+//! Cache keys: canonical JSON and NUL-separated blake3 hashing.
+//!
+//! A *scope* is everything that shapes an answer except the last user message (tenant,
+//! namespace, endpoint, model, earlier turns, tools, sampling...). The *exact key* is the scope
+//! plus that last message. Semantic search only ever compares prompts within one scope.
+
+use std::fmt;
+
+use serde_json::{Map, Number, Value};
+
+/// A 32-byte blake3 digest used as a key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hash32(pub [u8; 32]);
+
+impl Hash32 {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Hash32> {
+        bytes.try_into().ok().map(Hash32)
+    }
+
+    /// Short hex form for logs (never reversible to the prompt).
+    pub fn short(&self) -> String {
+        self.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for Hash32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash32({})", self.short())
+    }
+}
+
+/// Builds a hash from labelled parts; each part is followed by a NUL so that
+/// ("ab","c") and ("a","bc") never collide.
+pub struct KeyBuilder(blake3::Hasher);
+
+impl KeyBuilder {
+    pub fn new(domain: &str) -> Self {
+        let mut builder = KeyBuilder(blake3::Hasher::new());
+        builder.part("deja-key-v1").part(domain);
+        builder
+    }
+
+    pub fn part(&mut self, text: &str) -> &mut Self {
+        self.0.update(text.as_bytes());
+        self.0.update(&[0]);
+        self
+    }
+
+    pub fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.update(&(bytes.len() as u64).to_be_bytes());
+        self.0.update(bytes);
+        self
+    }
+
+    /// Adds a JSON value in canonical form (sorted keys, normalised numbers).
+    pub fn json(&mut self, label: &str, value: &Value) -> &mut Self {
+        self.part(label);
+        let canonical = canonical(value).to_string();
+        self.part(&canonical)
+    }
+
+    /// Adds an optional JSON field; absent and `null` are the same request to OpenAI.
+    pub fn opt_json(&mut self, label: &str, value: &Option<Value>) -> &mut Self {
+        match value {
+            None | Some(Value::Null) => self.part(label).part("\u{1}absent"),
+            Some(value) => self.json(label, value),
+        }
+    }
+
+    pub fn finish(&self) -> Hash32 {
+        Hash32(*self.0.finalize().as_bytes())
+    }
+}
+
+/// A copy of `value` with object keys sorted and integral floats written as integers, so
+/// `{"b":1.0,"a":2}` and `{"a":2,"b":1}` hash the same.
+pub fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let mut out = Map::new();
+            for (key, value) in entries {
+                out.insert(key.clone(), canonical(value));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        Value::Number(number) => Value::Number(canonical_number(number)),
+        other => other.clone(),
+    }
+}
+
+fn canonical_number(number: &Number) -> Number {
+    match number.as_f64() {
+        Some(f) if number.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+            Number::from(f as i64)
+        }
+        _ => number.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn hash_of(value: &Value) -> Hash32 {
+        KeyBuilder::new("test").json("v", value).finish()
+    }
+
+    #[test]
+    fn key_order_and_number_form_do_not_matter() {
+        assert_eq!(
+            hash_of(&json!({"b": 1.0, "a": [2, {"y": 0.5, "x": 1}]})),
+            hash_of(&json!({"a": [2, {"x": 1.0, "y": 0.5}], "b": 1}))
+        );
+    }
+
+    #[test]
+    fn values_matter() {
+        assert_ne!(hash_of(&json!({"t": 0.7})), hash_of(&json!({"t": 0.8})));
+        assert_ne!(hash_of(&json!(["a", "b"])), hash_of(&json!(["b", "a"])));
+    }
+
+    #[test]
+    fn parts_are_separated() {
+        let a = KeyBuilder::new("d").part("ab").part("c").finish();
+        let b = KeyBuilder::new("d").part("a").part("bc").finish();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn absent_equals_null_but_not_a_value() {
+        let absent = KeyBuilder::new("d").opt_json("x", &None).finish();
+        let null = KeyBuilder::new("d")
+            .opt_json("x", &Some(Value::Null))
+            .finish();
+        let zero = KeyBuilder::new("d").opt_json("x", &Some(json!(0))).finish();
+        assert_eq!(absent, null);
+        assert_ne!(absent, zero);
+    }
+}

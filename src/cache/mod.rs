@@ -1,0 +1,234 @@
+//! The two-tier answer cache: exact lookups by key, semantic lookups by vector within a scope,
+//! TTL and expiry sweeps. It knows nothing of HTTP; `cached.rs` drives it.
+//!
+//! - `key`: canonical hashing of requests into scope and exact keys
+//! - `entry`: the stored form of one answer
+//! - `store`: sled persistence
+//! - `index`: the per-scope vector index (exact search, then hnsw_rs)
+//!
+//! Every method here blocks; run it with `spawn_blocking`.
+
+pub mod entry;
+pub mod index;
+pub mod key;
+pub mod store;
+
+use std::collections::HashMap;
+
+use crate::clock::SharedClock;
+use crate::config::CacheConfig;
+use entry::Entry;
+use index::{IndexSettings, VectorIndex};
+use key::Hash32;
+use store::{Store, StoreError};
+
+/// How many nearest vectors a semantic lookup examines before giving up.
+const SEMANTIC_CANDIDATES: usize = 4;
+/// Expired entries removed per sweep step (keeps each blocking step short).
+const SWEEP_BATCH: usize = 1024;
+
+/// What a lookup needs besides the key.
+#[derive(Debug, Clone, Copy)]
+pub struct Requirements {
+    /// Only entries younger than this many milliseconds (`Cache-Control: max-age`).
+    pub max_age_ms: Option<u64>,
+    /// The request asks for token usage, so the entry must carry it.
+    pub needs_usage: bool,
+}
+
+/// A usable entry and how it was found.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub id: u64,
+    pub entry: Entry,
+    /// 1.0 for an exact hit; the cosine similarity for a semantic one.
+    pub similarity: f32,
+    pub semantic: bool,
+}
+
+/// A semantic lookup's outcome; `best` is the highest similarity seen even when nothing hit
+/// (operators tune thresholds from near-misses).
+#[derive(Debug, Default)]
+pub struct SemanticOutcome {
+    pub hit: Option<Hit>,
+    pub best: Option<f32>,
+}
+
+/// A new answer to store.
+pub struct NewEntry {
+    pub scope: Hash32,
+    pub exact: Hash32,
+    pub model: String,
+    pub response: String,
+    pub has_usage: bool,
+    pub vector: Option<Vec<f32>>,
+    /// Overrides the configured TTL when shorter (`max-age` on the storing request).
+    pub ttl_ms: Option<u64>,
+}
+
+pub struct Cache {
+    store: Store,
+    index: VectorIndex,
+    clock: SharedClock,
+    ttl_ms: u64,
+}
+
+impl Cache {
+    /// Opens the store under `config.dir` and rebuilds the vector index from it. Vectors made
+    /// by another embedding model than `embedder_id` are dropped (their entries stay
+    /// reachable by the exact tier).
+    pub fn open(
+        config: &CacheConfig,
+        embedder_id: &str,
+        clock: SharedClock,
+    ) -> Result<Cache, StoreError> {
+        std::fs::create_dir_all(&config.dir).map_err(|e| StoreError::Sled(e.into()))?;
+        let store = Store::open(&config.dir)?;
+        if store.meta("embedder")?.as_deref() != Some(embedder_id) {
+            store.clear_vectors()?;
+            store.set_meta("embedder", embedder_id)?;
+        }
+        let index = VectorIndex::new(IndexSettings {
+            hnsw_min_entries: config.hnsw_min_entries,
+            compact_dead_ratio: config.compact_dead_ratio,
+        });
+        let mut by_scope: HashMap<Hash32, Vec<(u64, Vec<f32>)>> = HashMap::new();
+        for stored in store.vectors() {
+            let stored = stored?;
+            by_scope
+                .entry(stored.scope)
+                .or_default()
+                .push((stored.id, stored.vector));
+        }
+        for (scope, rows) in by_scope {
+            index.load(scope, rows);
+        }
+        Ok(Cache {
+            store,
+            index,
+            clock,
+            ttl_ms: config.ttl_secs.saturating_mul(1000),
+        })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The entry stored under exactly this request, if usable.
+    pub fn lookup_exact(
+        &self,
+        exact: &Hash32,
+        needs: Requirements,
+    ) -> Result<Option<Hit>, StoreError> {
+        let Some((id, entry)) = self.store.get_exact(exact)? else {
+            return Ok(None);
+        };
+        Ok(self.usable(&entry, needs).then_some(Hit {
+            id,
+            entry,
+            similarity: 1.0,
+            semantic: false,
+        }))
+    }
+
+    /// The most similar usable entry in `scope` at or above `threshold`.
+    pub fn lookup_semantic(
+        &self,
+        scope: &Hash32,
+        vector: &[f32],
+        threshold: f32,
+        needs: Requirements,
+    ) -> Result<SemanticOutcome, StoreError> {
+        let mut outcome = SemanticOutcome::default();
+        for candidate in self.index.search(*scope, vector, SEMANTIC_CANDIDATES) {
+            outcome.best = Some(outcome.best.unwrap_or(f32::MIN).max(candidate.similarity));
+            if candidate.similarity < threshold {
+                break;
+            }
+            let Some(entry) = self.store.get(candidate.id)? else {
+                continue;
+            };
+            // The index is per scope already; checking again costs nothing and guards the
+            // invariant that matters most.
+            if entry.scope != *scope.as_bytes() || !self.usable(&entry, needs) {
+                continue;
+            }
+            outcome.hit = Some(Hit {
+                id: candidate.id,
+                entry,
+                similarity: candidate.similarity.min(1.0),
+                semantic: true,
+            });
+            break;
+        }
+        Ok(outcome)
+    }
+
+    fn usable(&self, entry: &Entry, needs: Requirements) -> bool {
+        let now = self.now_ms();
+        entry.is_live(now)
+            && needs
+                .max_age_ms
+                .is_none_or(|max| now.saturating_sub(entry.created_ms) < max)
+            && (!needs.needs_usage || entry.has_usage)
+    }
+
+    /// Stores an answer; returns its id.
+    pub fn insert(&self, new: NewEntry) -> Result<u64, StoreError> {
+        let now = self.now_ms();
+        let ttl = new.ttl_ms.map_or(self.ttl_ms, |t| t.min(self.ttl_ms));
+        let entry = Entry {
+            scope: *new.scope.as_bytes(),
+            exact: *new.exact.as_bytes(),
+            model: new.model,
+            created_ms: now,
+            expires_ms: now.saturating_add(ttl),
+            has_usage: new.has_usage,
+            response: new.response,
+        };
+        let (id, replaced) = self.store.insert(&entry, new.vector.as_deref())?;
+        if let Some(replaced) = replaced {
+            self.index.remove(replaced.scope, replaced.id);
+        }
+        if let Some(vector) = &new.vector {
+            self.index.insert(new.scope, id, vector);
+        }
+        Ok(id)
+    }
+
+    /// Removes one entry from the store and the index.
+    pub fn remove(&self, id: u64) -> Result<bool, StoreError> {
+        let Some(entry) = self.store.remove(id)? else {
+            return Ok(false);
+        };
+        self.index.remove(entry.scope(), id);
+        Ok(true)
+    }
+
+    /// Deletes every expired entry; returns how many.
+    pub fn sweep_expired(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        loop {
+            let ids = self.store.expired(self.now_ms(), SWEEP_BATCH)?;
+            if ids.is_empty() {
+                return Ok(removed);
+            }
+            for id in ids {
+                removed += usize::from(self.remove(id)?);
+            }
+        }
+    }
+
+    pub fn entries(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn indexed(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush()
+    }
+}

@@ -1,0 +1,311 @@
+//! Durable storage of entries in sled.
+//!
+//! Trees: `entries` (id → entry), `exact` (exact key → id), `vectors` (id → scope ‖ f32 LE
+//! vector), `expiry` (expires_ms ‖ id → ()), `meta` (settings the data depends on). Ids are
+//! big-endian u64 so trees iterate in order, and the same id is the vector index's point id.
+//! Every write touches all trees in one transaction, so a crash never leaves an exact key
+//! pointing at nothing. All methods block (disk I/O): call them off the async workers.
+
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::entry::Entry;
+use super::key::Hash32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("cache store: transaction: {0}")]
+    Transaction(String),
+}
+
+impl From<TransactionError<()>> for StoreError {
+    fn from(err: TransactionError<()>) -> Self {
+        match err {
+            TransactionError::Storage(err) => StoreError::Sled(err),
+            TransactionError::Abort(()) => StoreError::Transaction("aborted".into()),
+        }
+    }
+}
+
+/// A stored vector, as read back at start-up to rebuild the index.
+pub struct StoredVector {
+    pub id: u64,
+    pub scope: Hash32,
+    pub vector: Vec<f32>,
+}
+
+/// What an insert displaced: the older entry under the same exact key.
+pub struct Replaced {
+    pub id: u64,
+    pub scope: Hash32,
+}
+
+pub struct Store {
+    db: sled::Db,
+    entries: sled::Tree,
+    exact: sled::Tree,
+    vectors: sled::Tree,
+    expiry: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(200))
+            .open()?;
+        Ok(Store {
+            entries: db.open_tree("entries")?,
+            exact: db.open_tree("exact")?,
+            vectors: db.open_tree("vectors")?,
+            expiry: db.open_tree("expiry")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Stores `entry` (and its vector), replacing any entry with the same exact key.
+    pub fn insert(
+        &self,
+        entry: &Entry,
+        vector: Option<&[f32]>,
+    ) -> Result<(u64, Option<Replaced>), StoreError> {
+        let id = self.db.generate_id()?;
+        let encoded = entry.encode();
+        let vector_bytes = vector.map(|v| encode_vector(&entry.scope, v));
+        let replaced = (&self.entries, &self.exact, &self.vectors, &self.expiry).transaction(
+            |(entries, exact, vectors, expiry)| {
+                let mut replaced = None;
+                if let Some(old) = exact.insert(&entry.exact, &id.to_be_bytes())? {
+                    let old_id = decode_id(&old);
+                    if let Some(old_entry) = entries.remove(&old_id.to_be_bytes())? {
+                        if let Some(old_entry) = Entry::decode(&old_entry) {
+                            expiry.remove(expiry_key(old_entry.expires_ms, old_id).as_slice())?;
+                            replaced = Some(Replaced {
+                                id: old_id,
+                                scope: old_entry.scope(),
+                            });
+                        }
+                        vectors.remove(&old_id.to_be_bytes())?;
+                    }
+                }
+                entries.insert(&id.to_be_bytes(), encoded.as_slice())?;
+                if let Some(bytes) = &vector_bytes {
+                    vectors.insert(&id.to_be_bytes(), bytes.as_slice())?;
+                }
+                expiry.insert(expiry_key(entry.expires_ms, id).as_slice(), &[])?;
+                Ok::<_, ConflictableTransactionError<()>>(replaced)
+            },
+        )?;
+        Ok((id, replaced))
+    }
+
+    pub fn get(&self, id: u64) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .entries
+            .get(id.to_be_bytes())?
+            .and_then(|bytes| Entry::decode(&bytes)))
+    }
+
+    /// The entry stored under an exact key, with its id.
+    pub fn get_exact(&self, exact: &Hash32) -> Result<Option<(u64, Entry)>, StoreError> {
+        let Some(id) = self.exact.get(exact.as_bytes())? else {
+            return Ok(None);
+        };
+        let id = decode_id(&id);
+        Ok(self.get(id)?.map(|entry| (id, entry)))
+    }
+
+    /// Deletes an entry from every tree; returns it if it existed.
+    pub fn remove(&self, id: u64) -> Result<Option<Entry>, StoreError> {
+        let removed = (&self.entries, &self.exact, &self.vectors, &self.expiry).transaction(
+            |(entries, exact, vectors, expiry)| {
+                let Some(bytes) = entries.remove(&id.to_be_bytes())? else {
+                    return Ok(None);
+                };
+                vectors.remove(&id.to_be_bytes())?;
+                let Some(entry) = Entry::decode(&bytes) else {
+                    return Ok(None);
+                };
+                expiry.remove(expiry_key(entry.expires_ms, id).as_slice())?;
+                if exact.get(entry.exact)?.map(|v| decode_id(&v)) == Some(id) {
+                    exact.remove(&entry.exact)?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(Some(entry))
+            },
+        )?;
+        Ok(removed)
+    }
+
+    /// Ids of up to `limit` entries that expire at or before `now_ms`, oldest first.
+    pub fn expired(&self, now_ms: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        let end = expiry_key(now_ms, u64::MAX);
+        self.expiry
+            .range(..=end.as_slice())
+            .keys()
+            .take(limit)
+            .map(|key| Ok(decode_id(&key?[8..])))
+            .collect()
+    }
+
+    /// Every stored vector (to rebuild the index at start-up).
+    pub fn vectors(&self) -> impl Iterator<Item = Result<StoredVector, StoreError>> + '_ {
+        self.vectors.iter().map(|item| {
+            let (key, value) = item?;
+            let (scope, vector) = decode_vector(&value);
+            Ok(StoredVector {
+                id: decode_id(&key),
+                scope,
+                vector,
+            })
+        })
+    }
+
+    /// Drops every vector (the embedding model changed), keeping the entries' exact tier.
+    pub fn clear_vectors(&self) -> Result<(), StoreError> {
+        Ok(self.vectors.clear()?)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta
+            .get(key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.meta.insert(key, value.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn decode_id(bytes: &[u8]) -> u64 {
+    let mut id = [0u8; 8];
+    let n = bytes.len().min(8);
+    id[..n].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(id)
+}
+
+fn expiry_key(expires_ms: u64, id: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&expires_ms.to_be_bytes());
+    key[8..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn encode_vector(scope: &[u8; 32], vector: &[f32]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(32 + vector.len() * 4);
+    bytes.extend_from_slice(scope);
+    for x in vector {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    bytes
+}
+
+fn decode_vector(bytes: &[u8]) -> (Hash32, Vec<f32>) {
+    let scope = Hash32::from_slice(&bytes[..32.min(bytes.len())]).unwrap_or(Hash32([0; 32]));
+    let vector = bytes
+        .get(32..)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (scope, vector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(exact: u8, expires_ms: u64) -> Entry {
+        Entry {
+            scope: [1; 32],
+            exact: [exact; 32],
+            model: "m".into(),
+            created_ms: 0,
+            expires_ms,
+            has_usage: true,
+            response: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn insert_get_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (id, replaced) = store.insert(&entry(1, 100), Some(&[0.6, 0.8])).unwrap();
+        assert!(replaced.is_none());
+        assert_eq!(store.get(id).unwrap(), Some(entry(1, 100)));
+        let (found_id, found) = store.get_exact(&Hash32([1; 32])).unwrap().unwrap();
+        assert_eq!((found_id, found), (id, entry(1, 100)));
+        let vectors: Vec<_> = store.vectors().map(Result::unwrap).collect();
+        assert_eq!(vectors[0].vector, vec![0.6, 0.8]);
+        assert_eq!(vectors[0].scope, Hash32([1; 32]));
+
+        assert!(store.remove(id).unwrap().is_some());
+        assert!(store.get_exact(&Hash32([1; 32])).unwrap().is_none());
+        assert_eq!(store.vectors().count(), 0);
+        assert!(store.expired(u64::MAX, 10).unwrap().is_empty());
+        assert!(store.remove(id).unwrap().is_none());
+    }
+
+    #[test]
+    fn same_exact_key_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (first, _) = store.insert(&entry(1, 100), Some(&[1.0])).unwrap();
+        let (second, replaced) = store.insert(&entry(1, 200), Some(&[1.0])).unwrap();
+        assert_eq!(replaced.map(|r| r.id), Some(first));
+        assert_eq!(store.len(), 1);
+        assert_eq!(
+            store.get_exact(&Hash32([1; 32])).unwrap().unwrap().0,
+            second
+        );
+        assert_eq!(store.expired(150, 10).unwrap(), Vec::<u64>::new());
+        assert_eq!(store.vectors().count(), 1);
+    }
+
+    #[test]
+    fn expired_lists_in_expiry_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (late, _) = store.insert(&entry(1, 300), None).unwrap();
+        let (early, _) = store.insert(&entry(2, 100), None).unwrap();
+        store.insert(&entry(3, 900), None).unwrap();
+        assert_eq!(store.expired(300, 10).unwrap(), vec![early, late]);
+        assert_eq!(store.expired(300, 1).unwrap(), vec![early]);
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let (id, _) = store.insert(&entry(1, 100), Some(&[1.0, 0.0])).unwrap();
+            store.set_meta("embedder", "m@2").unwrap();
+            store.flush().unwrap();
+            id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get(id).unwrap(), Some(entry(1, 100)));
+        assert_eq!(store.meta("embedder").unwrap().as_deref(), Some("m@2"));
+        assert_eq!(store.vectors().count(), 1);
+    }
+}

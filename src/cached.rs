@@ -1,0 +1,523 @@
+//! The request flow of a cached endpoint:
+//! read and validate → exact lookup → join in-flight twin → embed and semantic lookup →
+//! forward upstream → relay to the client while capturing → store a complete answer.
+//!
+//! Any cache trouble (store error, embedding failure) is logged and the request carries on as
+//! a miss. Endpoint specifics (which fields form the scope, how streams are assembled and
+//! replayed) sit behind the `Endpoint` trait.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::app::App;
+use crate::body::{BoxError, ProxyBody, full, streaming};
+use crate::cache::key::Hash32;
+use crate::cache::{Cache, Hit, NewEntry, Requirements};
+use crate::coalesce::{Leader, Role, Shared};
+use crate::control::{self, Controls};
+use crate::error::ApiError;
+use crate::relay::{CACHE_STATUS, response_headers, stream_response};
+use crate::sse::SseParser;
+use crate::upstream::cacheable_status;
+
+/// Whose cache a request reads: the tenant (from credentials) and an optional namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    pub tenant: String,
+    pub namespace: String,
+}
+
+/// A cacheable request, reduced to what the cache needs.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub scope: Hash32,
+    pub exact: Hash32,
+    /// The last user message's text, for the semantic tier; `None` means exact tier only.
+    pub semantic_text: Option<String>,
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+pub enum Plan {
+    Cache(Lookup),
+    /// Relay untouched, with `x-deja-cache: bypass`; `reason` is logged.
+    Bypass {
+        reason: &'static str,
+        stream: bool,
+    },
+}
+
+/// What differs between cached endpoints.
+pub trait Endpoint: Send + Sync + 'static {
+    /// Name used in logs, e.g. `chat.completions`.
+    fn name(&self) -> &'static str;
+    fn plan(&self, body: Value, partition: &Partition) -> Plan;
+    /// Collects a streamed answer into the stored (non-streaming) form.
+    fn assembler(&self) -> Box<dyn Assembler>;
+    /// The stored answer as a non-streaming response body.
+    fn render_json(&self, stored: &Value) -> Bytes;
+    /// The stored answer as SSE events.
+    fn render_stream(&self, stored: &Value, include_usage: bool) -> Vec<Bytes>;
+}
+
+pub trait Assembler: Send {
+    fn push(&mut self, data: &str);
+    fn finish(self: Box<Self>) -> Option<Value>;
+}
+
+/// Everything one request carries through the flow.
+struct Call {
+    app: Arc<App>,
+    endpoint: &'static dyn Endpoint,
+    parts: http::request::Parts,
+    body: Bytes,
+    suffix: String,
+    started: Instant,
+}
+
+pub async fn handle(
+    app: Arc<App>,
+    endpoint: &'static dyn Endpoint,
+    request: Request<Incoming>,
+    suffix: String,
+) -> Response<ProxyBody> {
+    let limit = app.config.server.max_body_bytes;
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, limit).await {
+        Ok(body) => body,
+        Err(err) => return err.into_response(),
+    };
+    let json: Value = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        Ok(_) => {
+            return ApiError::invalid("the request body must be a JSON object", None)
+                .into_response();
+        }
+        Err(err) => {
+            return ApiError::invalid(
+                format!("could not parse the JSON body of your request: {err}"),
+                None,
+            )
+            .into_response();
+        }
+    };
+    let controls = match Controls::from_headers(&parts.headers) {
+        Ok(controls) => controls,
+        Err(err) => return err.into_response(),
+    };
+    let call = Call {
+        app: app.clone(),
+        endpoint,
+        parts,
+        body,
+        suffix,
+        started: Instant::now(),
+    };
+    let Some(cache) = app.cache.clone() else {
+        return call.bypass("cache_off").await;
+    };
+    let partition = control::partition(
+        &call.parts.headers,
+        app.config.cache.shared,
+        &controls.namespace,
+    );
+    match endpoint.plan(json, &partition) {
+        Plan::Bypass { reason, .. } => call.bypass(reason).await,
+        Plan::Cache(lookup) => call.cached(cache, controls, lookup).await,
+    }
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Err(err) => Err(ApiError::BodyRead(err.to_string())),
+    }
+}
+
+impl Call {
+    async fn bypass(self, reason: &'static str) -> Response<ProxyBody> {
+        tracing::info!(
+            endpoint = self.endpoint.name(),
+            cache = "bypass",
+            reason,
+            "request"
+        );
+        match self.send_upstream().await {
+            Ok(upstream) => stream_response(upstream, Some("bypass")),
+            Err(err) => err.into_response(),
+        }
+    }
+
+    async fn send_upstream(&self) -> Result<reqwest::Response, ApiError> {
+        self.app
+            .upstream
+            .send(
+                self.parts.method.clone(),
+                &self.suffix,
+                &self.parts.headers,
+                reqwest::Body::from(self.body.clone()),
+                true,
+            )
+            .await
+    }
+
+    async fn cached(
+        self,
+        cache: Arc<Cache>,
+        controls: Controls,
+        lookup: Lookup,
+    ) -> Response<ProxyBody> {
+        let needs = Requirements {
+            max_age_ms: controls.max_age_secs.map(|s| s.saturating_mul(1000)),
+            // Non-streaming completions always carry usage; so must a hit.
+            needs_usage: !lookup.stream || lookup.include_usage,
+        };
+
+        if !controls.no_cache {
+            let exact = lookup.exact;
+            let found = blocking(&cache, move |c| c.lookup_exact(&exact, needs)).await;
+            if let Some(hit) = found.flatten()
+                && let Some(response) = self.hit(&lookup, &hit, &cache)
+            {
+                return response;
+            }
+        }
+
+        let leader = if controls.no_cache {
+            None
+        } else {
+            match self.app.inflight.join(lookup.exact) {
+                Role::Leader(leader) => Some(leader),
+                Role::Follower(follower) => {
+                    if let Some(shared) = follower.wait().await
+                        && (!needs.needs_usage || shared.has_usage)
+                        && let Some(response) = self.coalesced(&lookup, &shared)
+                    {
+                        return response;
+                    }
+                    None
+                }
+            }
+        };
+
+        let mut vector = None;
+        let mut best = None;
+        if let (true, Some(text), Some(embedder)) = (
+            self.app.config.cache.semantic,
+            &lookup.semantic_text,
+            &self.app.embedder,
+        ) {
+            let embed_started = Instant::now();
+            match embedder
+                .embed(text, self.parts.headers.get(header::AUTHORIZATION))
+                .await
+            {
+                Ok(v) => vector = Some(v),
+                Err(err) => tracing::warn!(error = %err, "embedding failed; serving as a miss"),
+            }
+            tracing::debug!(elapsed_ms = ms(embed_started), "embedded prompt");
+        }
+        if let (Some(v), false) = (&vector, controls.no_cache) {
+            let threshold =
+                controls.effective_threshold(self.app.config.cache.threshold_for(&lookup.model));
+            let (scope, v) = (lookup.scope, v.clone());
+            let outcome = blocking(&cache, move |c| {
+                c.lookup_semantic(&scope, &v, threshold, needs)
+            })
+            .await;
+            if let Some(outcome) = outcome {
+                best = outcome.best;
+                if let Some(hit) = outcome.hit
+                    && let Some(response) = self.hit(&lookup, &hit, &cache)
+                {
+                    if let Some(leader) = leader {
+                        leader.publish(Some(Arc::new(Shared {
+                            response: hit.entry.response,
+                            has_usage: hit.entry.has_usage,
+                        })));
+                    }
+                    return response;
+                }
+            }
+        }
+
+        let store = Store {
+            cache: (!controls.no_store).then_some(cache),
+            lookup: lookup.clone(),
+            vector,
+            ttl_ms: controls.max_age_secs.map(|s| s.saturating_mul(1000)),
+            leader,
+        };
+        self.miss(lookup, store, best).await
+    }
+
+    async fn miss(self, lookup: Lookup, store: Store, best: Option<f32>) -> Response<ProxyBody> {
+        let upstream = match self.send_upstream().await {
+            Ok(upstream) => upstream,
+            Err(err) => {
+                tracing::warn!(endpoint = self.endpoint.name(), code = err.code(), error = %err, "upstream failed");
+                return err.into_response();
+            }
+        };
+        let status = upstream.status();
+        let mut headers = response_headers(upstream.headers(), Some("miss"));
+        if let Some(best) = best.and_then(|b| HeaderValue::from_str(&format!("{b:.4}")).ok()) {
+            headers.insert("x-deja-best-similarity", best);
+        }
+        tracing::info!(
+            endpoint = self.endpoint.name(),
+            model = %lookup.model,
+            cache = "miss",
+            status = status.as_u16(),
+            best_similarity = best,
+            elapsed_ms = ms(self.started),
+            "request"
+        );
+        let is_sse = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !cacheable_status(status) || (lookup.stream && !is_sse) {
+            // Errors and surprises are relayed as they are and never stored.
+            let mut response = stream_response(upstream, None);
+            *response.headers_mut() = headers;
+            return response;
+        }
+        if is_sse {
+            return self.stream_miss(upstream, headers, store);
+        }
+        match upstream.bytes().await {
+            Ok(bytes) => {
+                let stored = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .filter(|v| v.is_object() && v.get("error").is_none());
+                store.finish(stored);
+                let mut response = Response::new(full(bytes));
+                *response.status_mut() = status;
+                headers.remove(header::CONTENT_LENGTH);
+                *response.headers_mut() = headers;
+                response
+            }
+            Err(err) => {
+                ApiError::UpstreamUnreachable(format!("reading the response failed: {err}"))
+                    .into_response()
+            }
+        }
+    }
+
+    /// Relays an SSE response chunk by chunk while assembling it; the answer is stored only if
+    /// the stream ends cleanly. A spawned pump keeps reading if the client leaves while other
+    /// requests wait on this answer.
+    fn stream_miss(
+        self,
+        upstream: reqwest::Response,
+        mut headers: http::HeaderMap,
+        store: Store,
+    ) -> Response<ProxyBody> {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(32);
+        let endpoint = self.endpoint;
+        let status = upstream.status();
+        tokio::spawn(async move {
+            let mut parser = SseParser::new();
+            let mut assembler = endpoint.assembler();
+            let mut body = upstream.bytes_stream();
+            let mut client_gone = false;
+            let mut clean = true;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(bytes) => {
+                        for event in parser.push(&bytes) {
+                            assembler.push(&event.data);
+                        }
+                        if !client_gone && tx.send(Ok(bytes)).await.is_err() {
+                            client_gone = true;
+                        }
+                        if client_gone && store.followers() == 0 {
+                            clean = false;
+                            break;
+                        }
+                    }
+                    Err(err) => {
+                        clean = false;
+                        let _ = tx.send(Err(Box::new(err))).await;
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            let answer = if clean && !parser.has_partial() {
+                assembler.finish()
+            } else {
+                None
+            };
+            if answer.is_none() {
+                tracing::info!(endpoint = endpoint.name(), "stream incomplete; not stored");
+            }
+            store.finish(answer);
+        });
+        headers.remove(header::CONTENT_LENGTH);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let mut response = Response::new(streaming(stream));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// Renders a stored answer; `None` if it cannot be (then the request proceeds as a miss).
+    fn hit(&self, lookup: &Lookup, hit: &Hit, cache: &Cache) -> Option<Response<ProxyBody>> {
+        let stored: Value = serde_json::from_str(&hit.entry.response).ok()?;
+        let age = hit.entry.age_secs(cache.now_ms());
+        let mut response = self.render(lookup, &stored);
+        let headers = response.headers_mut();
+        headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));
+        headers.insert(
+            "x-deja-match",
+            HeaderValue::from_static(if hit.semantic { "semantic" } else { "exact" }),
+        );
+        headers.insert("x-deja-similarity", header_num(hit.similarity));
+        headers.insert("x-deja-entry", HeaderValue::from(hit.id));
+        headers.insert(header::AGE, HeaderValue::from(age));
+        tracing::info!(
+            endpoint = self.endpoint.name(),
+            model = %lookup.model,
+            cache = "hit",
+            semantic = hit.semantic,
+            similarity = hit.similarity,
+            entry = hit.id,
+            elapsed_ms = ms(self.started),
+            "request"
+        );
+        Some(response)
+    }
+
+    fn coalesced(&self, lookup: &Lookup, shared: &Shared) -> Option<Response<ProxyBody>> {
+        let stored: Value = serde_json::from_str(&shared.response).ok()?;
+        let mut response = self.render(lookup, &stored);
+        let headers = response.headers_mut();
+        headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));
+        headers.insert("x-deja-match", HeaderValue::from_static("coalesced"));
+        headers.insert("x-deja-similarity", header_num(1.0));
+        headers.insert(header::AGE, HeaderValue::from(0));
+        tracing::info!(
+            endpoint = self.endpoint.name(),
+            model = %lookup.model,
+            cache = "hit",
+            coalesced = true,
+            elapsed_ms = ms(self.started),
+            "request"
+        );
+        Some(response)
+    }
+
+    fn render(&self, lookup: &Lookup, stored: &Value) -> Response<ProxyBody> {
+        let (body, content_type) = if lookup.stream {
+            let events = self
+                .endpoint
+                .render_stream(stored, lookup.include_usage)
+                .into_iter()
+                .map(Ok::<_, BoxError>);
+            (
+                streaming(futures_util::stream::iter(events)),
+                "text/event-stream; charset=utf-8",
+            )
+        } else {
+            (full(self.endpoint.render_json(stored)), "application/json")
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = StatusCode::OK;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if lookup.stream {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+        response
+    }
+}
+
+/// What to do with an upstream answer once it is complete.
+struct Store {
+    /// `None` under `Cache-Control: no-store`.
+    cache: Option<Arc<Cache>>,
+    lookup: Lookup,
+    vector: Option<Vec<f32>>,
+    ttl_ms: Option<u64>,
+    leader: Option<Leader>,
+}
+
+impl Store {
+    fn followers(&self) -> usize {
+        self.leader.as_ref().map_or(0, Leader::followers)
+    }
+
+    /// Shares a complete answer with waiting twins and stores it (in the background).
+    fn finish(self, answer: Option<Value>) {
+        let Some(answer) = answer else {
+            return; // dropping the leader releases followers to go upstream themselves
+        };
+        let has_usage = answer.get("usage").is_some_and(|u| !u.is_null());
+        let response = answer.to_string();
+        if let Some(leader) = self.leader {
+            leader.publish(Some(Arc::new(Shared {
+                response: response.clone(),
+                has_usage,
+            })));
+        }
+        let Some(cache) = self.cache else { return };
+        let new = NewEntry {
+            scope: self.lookup.scope,
+            exact: self.lookup.exact,
+            model: self.lookup.model,
+            response,
+            has_usage,
+            vector: self.vector,
+            ttl_ms: self.ttl_ms,
+        };
+        tokio::task::spawn_blocking(move || match cache.insert(new) {
+            Ok(id) => tracing::debug!(entry = id, "stored"),
+            Err(err) => tracing::warn!(error = %err, "cache store failed; answer not cached"),
+        });
+    }
+}
+
+/// Runs cache work on the blocking pool; an error is logged and becomes `None` (a miss).
+async fn blocking<T, F>(cache: &Arc<Cache>, work: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Cache) -> Result<T, crate::cache::store::StoreError> + Send + 'static,
+{
+    let cache = cache.clone();
+    match tokio::task::spawn_blocking(move || work(&cache)).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "cache lookup failed; serving as a miss");
+            None
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cache task failed; serving as a miss");
+            None
+        }
+    }
+}
+
+fn header_num(value: f32) -> HeaderValue {
+    HeaderValue::from_str(&format!("{value:.4}")).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}

@@ -1,0 +1,66 @@
+//! `POST /v1/chat/completions`: the scope of a request, and the two forms of its answer.
+//!
+//! - `request`: which fields shape the answer; bypass rules
+//! - `assemble`: SSE chunks → `chat.completion`
+//! - `replay`: `chat.completion` → JSON or SSE chunks
+
+pub mod assemble;
+pub mod replay;
+pub mod request;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::cached::{Assembler, Endpoint, Partition, Plan};
+use assemble::ChatStreamAssembler;
+use request::ChatRequest;
+
+pub struct ChatCompletions;
+
+impl Endpoint for ChatCompletions {
+    fn name(&self) -> &'static str {
+        "chat.completions"
+    }
+
+    fn plan(&self, body: Value, partition: &Partition) -> Plan {
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        match serde_json::from_value::<ChatRequest>(body) {
+            Ok(request) => request.plan(partition),
+            // Let the upstream explain what is wrong with the request.
+            Err(_) => Plan::Bypass {
+                reason: "unreadable",
+                stream,
+            },
+        }
+    }
+
+    fn assembler(&self) -> Box<dyn Assembler> {
+        Box::new(ChatStreamAssembler::new())
+    }
+
+    fn render_json(&self, stored: &Value) -> Bytes {
+        replay::render_json(stored, &fresh_id())
+    }
+
+    fn render_stream(&self, stored: &Value, include_usage: bool) -> Vec<Bytes> {
+        replay::render_stream(stored, &fresh_id(), include_usage)
+    }
+}
+
+impl Assembler for ChatStreamAssembler {
+    fn push(&mut self, data: &str) {
+        ChatStreamAssembler::push(self, data);
+    }
+
+    fn finish(self: Box<Self>) -> Option<Value> {
+        ChatStreamAssembler::finish(*self)
+    }
+}
+
+/// A new completion id for every served hit, shaped like OpenAI's.
+fn fresh_id() -> String {
+    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(29)
+        .collect();
+    format!("chatcmpl-{suffix}")
+}

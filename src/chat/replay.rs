@@ -1,0 +1,233 @@
+//! Serving a stored `chat.completion`: as JSON, or as a valid `chat.completion.chunk` SSE
+//! stream carrying the same content, tool calls, finish reasons and usage.
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use crate::sse::data_event;
+
+/// Text deltas are cut at word boundaries into pieces of about this many bytes, so a replayed
+/// stream still renders progressively in chat UIs.
+const PIECE_BYTES: usize = 24;
+
+/// The stored completion with a fresh id, as a non-streaming response body.
+pub fn render_json(stored: &Value, fresh_id: &str) -> Bytes {
+    let mut completion = stored.clone();
+    if let Some(object) = completion.as_object_mut() {
+        object.insert("id".into(), Value::String(fresh_id.into()));
+    }
+    Bytes::from(completion.to_string())
+}
+
+/// The stored completion as SSE events, ending with `data: [DONE]`.
+pub fn render_stream(stored: &Value, fresh_id: &str, include_usage: bool) -> Vec<Bytes> {
+    let mut header = Map::new();
+    header.insert("id".into(), Value::String(fresh_id.into()));
+    header.insert("object".into(), "chat.completion.chunk".into());
+    for key in ["created", "model", "system_fingerprint", "service_tier"] {
+        if let Some(value) = stored.get(key) {
+            header.insert(key.into(), value.clone());
+        }
+    }
+    let chunk = |index: &Value, delta: Value, logprobs: &Value, finish: &Value| {
+        let mut chunk = header.clone();
+        chunk.insert(
+            "choices".into(),
+            json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]),
+        );
+        if include_usage {
+            chunk.insert("usage".into(), Value::Null);
+        }
+        data_event(&Value::Object(chunk).to_string())
+    };
+
+    let mut events = Vec::new();
+    let empty = Vec::new();
+    let choices = stored
+        .get("choices")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    for (position, choice) in choices.iter().enumerate() {
+        let index = choice.get("index").cloned().unwrap_or(json!(position));
+        let message = choice
+            .get("message")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
+        for delta in message_deltas(&message, !logprobs.is_null()) {
+            // Logprobs ride on the first content chunk; with logprobs content is one piece.
+            let lp = if delta.get("content").is_some_and(|c| c != "") {
+                &logprobs
+            } else {
+                &Value::Null
+            };
+            events.push(chunk(&index, delta, lp, &Value::Null));
+        }
+        let finish = choice
+            .get("finish_reason")
+            .cloned()
+            .unwrap_or(json!("stop"));
+        events.push(chunk(&index, json!({}), &Value::Null, &finish));
+    }
+    if include_usage {
+        let mut usage_chunk = header.clone();
+        usage_chunk.insert("choices".into(), json!([]));
+        usage_chunk.insert(
+            "usage".into(),
+            stored.get("usage").cloned().unwrap_or(Value::Null),
+        );
+        events.push(data_event(&Value::Object(usage_chunk).to_string()));
+    }
+    events.push(data_event("[DONE]"));
+    events
+}
+
+/// The deltas that rebuild `message`: role first, then other text fields (e.g. reasoning),
+/// content, refusal, tool calls, and any remaining non-text field whole.
+fn message_deltas(message: &Map<String, Value>, one_piece_content: bool) -> Vec<Value> {
+    let role = message.get("role").cloned().unwrap_or(json!("assistant"));
+    let mut deltas = vec![json!({"role": role, "content": "", "refusal": null})];
+    let mut rest: Vec<(&String, &Value)> = message
+        .iter()
+        .filter(|(k, v)| !v.is_null() && !matches!(k.as_str(), "role" | "tool_calls"))
+        .collect();
+    // Reasoning before content before refusal, as models produce them.
+    rest.sort_by_key(|(key, _)| match key.as_str() {
+        "content" => 1,
+        "refusal" => 2,
+        _ => 0,
+    });
+    for (key, value) in rest {
+        match value {
+            Value::String(text) if key == "content" && one_piece_content => {
+                deltas.push(json!({ key: text }));
+            }
+            Value::String(text) => {
+                deltas.extend(pieces(text).into_iter().map(|piece| json!({ key: piece })));
+            }
+            other => deltas.push(json!({ key: other })),
+        }
+    }
+    if let Some(Value::Array(calls)) = message.get("tool_calls") {
+        for (index, call) in calls.iter().enumerate() {
+            let arguments = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let mut opening = call.clone();
+            if let Some(object) = opening.as_object_mut() {
+                object.insert("index".into(), json!(index));
+            }
+            if let Some(function) = opening.get_mut("function").and_then(Value::as_object_mut) {
+                function.insert("arguments".into(), json!(""));
+            }
+            deltas.push(json!({ "tool_calls": [opening] }));
+            for piece in pieces(arguments) {
+                deltas.push(
+                    json!({ "tool_calls": [{"index": index, "function": {"arguments": piece}}] }),
+                );
+            }
+        }
+    }
+    deltas
+}
+
+/// Splits text after whitespace into pieces of at least `PIECE_BYTES` (the last may be
+/// shorter); concatenating them gives the text back exactly.
+fn pieces(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        let end = i + c.len_utf8();
+        if c.is_whitespace() && end - start >= PIECE_BYTES {
+            out.push(&text[start..end]);
+            start = end;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::assemble::ChatStreamAssembler;
+    use crate::sse::SseParser;
+
+    fn stored() -> Value {
+        json!({
+            "id": "chatcmpl-orig", "object": "chat.completion", "created": 7, "model": "m",
+            "system_fingerprint": "fp",
+            "choices": [{"index": 0, "message": {
+                "role": "assistant",
+                "content": "A fairly long answer that needs several pieces to replay — ünïcode too.",
+                "refusal": null,
+                "reasoning_content": "first think, then answer",
+                "tool_calls": [{"id": "call_1", "type": "function",
+                                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}}]
+            }, "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+        })
+    }
+
+    fn round_trip(include_usage: bool) -> (Vec<Value>, Value) {
+        let events = render_stream(&stored(), "chatcmpl-new", include_usage);
+        let mut parser = SseParser::new();
+        let mut assembler = ChatStreamAssembler::new();
+        let mut chunks = Vec::new();
+        for event in events.iter().flat_map(|bytes| parser.push(bytes)) {
+            assembler.push(&event.data);
+            if event.data != "[DONE]" {
+                chunks.push(serde_json::from_str(&event.data).unwrap());
+            }
+        }
+        (
+            chunks,
+            assembler.finish().expect("replay is a complete stream"),
+        )
+    }
+
+    #[test]
+    fn stream_replay_reassembles_to_the_stored_completion() {
+        let (chunks, completion) = round_trip(true);
+        let mut expected = stored();
+        expected["id"] = json!("chatcmpl-new");
+        assert_eq!(completion, expected);
+        assert!(chunks.len() > 6, "content is replayed in several chunks");
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["object"] == "chat.completion.chunk")
+        );
+        let last = chunks.last().unwrap();
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"]["total_tokens"], 8);
+    }
+
+    #[test]
+    fn no_usage_chunk_unless_asked() {
+        let (chunks, completion) = round_trip(false);
+        assert!(chunks.iter().all(|c| c.get("usage").is_none()));
+        assert!(completion.get("usage").is_none());
+    }
+
+    #[test]
+    fn json_render_replaces_only_the_id() {
+        let body = render_json(&stored(), "chatcmpl-new");
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["id"], "chatcmpl-new");
+        assert_eq!(value["choices"], stored()["choices"]);
+    }
+
+    #[test]
+    fn pieces_concatenate_back() {
+        let text = "one two three four five six seven eight nine ten eleven twelve";
+        let parts = pieces(text);
+        assert!(parts.len() > 1);
+        assert_eq!(parts.concat(), text);
+        assert_eq!(pieces("").len(), 0);
+    }
+}

@@ -1,0 +1,148 @@
+//! Request coalescing: while one request for an exact key is upstream, identical requests wait
+//! for its answer instead of each paying for their own (the thundering-herd fix).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::cache::key::Hash32;
+
+/// The answer a leader shares with its followers.
+#[derive(Debug)]
+pub struct Shared {
+    /// The endpoint's non-streaming response JSON.
+    pub response: String,
+    pub has_usage: bool,
+}
+
+type Slot = Option<Option<Arc<Shared>>>;
+
+#[derive(Default)]
+pub struct Coalescer {
+    inflight: Mutex<HashMap<Hash32, watch::Sender<Slot>>>,
+}
+
+pub enum Role {
+    /// First in: go upstream, then `publish`.
+    Leader(Leader),
+    /// Someone is already upstream: `wait` for their answer.
+    Follower(Follower),
+}
+
+impl Coalescer {
+    pub fn join(self: &Arc<Self>, key: Hash32) -> Role {
+        let mut inflight = self.inflight.lock();
+        if let Some(sender) = inflight.get(&key) {
+            return Role::Follower(Follower(sender.subscribe()));
+        }
+        let (sender, _) = watch::channel(None);
+        inflight.insert(key, sender);
+        Role::Leader(Leader {
+            coalescer: self.clone(),
+            key,
+            published: false,
+        })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+}
+
+/// Dropping a leader without publishing releases its followers with "no answer", so they go
+/// upstream themselves; a failure never strands them.
+pub struct Leader {
+    coalescer: Arc<Coalescer>,
+    key: Hash32,
+    published: bool,
+}
+
+impl Leader {
+    pub fn publish(mut self, answer: Option<Arc<Shared>>) {
+        self.finish(answer);
+    }
+
+    /// How many requests are waiting on this one.
+    pub fn followers(&self) -> usize {
+        self.coalescer
+            .inflight
+            .lock()
+            .get(&self.key)
+            .map_or(0, |sender| sender.receiver_count())
+    }
+
+    fn finish(&mut self, answer: Option<Arc<Shared>>) {
+        if self.published {
+            return;
+        }
+        self.published = true;
+        if let Some(sender) = self.coalescer.inflight.lock().remove(&self.key) {
+            sender.send_replace(Some(answer));
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+pub struct Follower(watch::Receiver<Slot>);
+
+impl Follower {
+    /// The leader's answer, or `None` if it had none to share.
+    pub async fn wait(mut self) -> Option<Arc<Shared>> {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(slot) => slot.clone().flatten(),
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> Hash32 {
+        Hash32([n; 32])
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_answer() {
+        let coalescer = Arc::new(Coalescer::default());
+        let Role::Leader(leader) = coalescer.join(key(1)) else {
+            panic!("first is leader")
+        };
+        let followers: Vec<_> = (0..3)
+            .map(|_| match coalescer.join(key(1)) {
+                Role::Follower(f) => tokio::spawn(f.wait()),
+                Role::Leader(_) => panic!("second is follower"),
+            })
+            .collect();
+        assert!(matches!(coalescer.join(key(2)), Role::Leader(_)));
+        assert_eq!(leader.followers(), 3);
+        leader.publish(Some(Arc::new(Shared {
+            response: "{}".into(),
+            has_usage: true,
+        })));
+        for follower in followers {
+            assert_eq!(follower.await.unwrap().unwrap().response, "{}");
+        }
+        assert_eq!(coalescer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_leader_releases_followers() {
+        let coalescer = Arc::new(Coalescer::default());
+        let leader = coalescer.join(key(1));
+        let Role::Follower(follower) = coalescer.join(key(1)) else {
+            panic!()
+        };
+        drop(leader);
+        assert!(follower.wait().await.is_none());
+        assert!(matches!(coalescer.join(key(1)), Role::Leader(_)));
+    }
+}

@@ -1,0 +1,378 @@
+//! Configuration: `proxy.toml`, then `DEJA_*` environment variables (figment), then validation.
+//!
+//! Every key is documented in the shipped `proxy.toml` and in the README. Unknown keys are
+//! refused so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything deja reads at start-up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The listener that applications talk to.
+    pub server: ServerConfig,
+    /// Where requests are relayed to.
+    pub upstream: UpstreamConfig,
+    /// The answer cache.
+    pub cache: CacheConfig,
+    /// How prompts are turned into vectors for the semantic tier.
+    pub embedding: EmbeddingConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; loopback by default so nothing is exposed by accident.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Base URL that `/v1/...` maps onto, including its own `/v1`.
+    pub base_url: String,
+    /// When set, replaces the caller's `Authorization` on every upstream request.
+    pub api_key: Option<Secret>,
+    /// Seconds allowed to establish a TCP/TLS connection.
+    pub connect_timeout_secs: f64,
+    /// Seconds allowed until the upstream's response headers arrive (then 504).
+    pub timeout_secs: f64,
+    /// Seconds a response body (e.g. a stream) may stay silent before it is cut.
+    pub idle_timeout_secs: f64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.openai.com/v1".into(),
+            api_key: None,
+            connect_timeout_secs: 10.0,
+            timeout_secs: 600.0,
+            idle_timeout_secs: 300.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Master switch; when false every request is relayed with `x-deja-cache: bypass`.
+    pub enabled: bool,
+    /// Directory of the sled store; created if missing.
+    pub dir: PathBuf,
+    /// Seconds an entry may be served after it was stored.
+    pub ttl_secs: u64,
+    /// Minimum cosine similarity (0, 1] for a semantic hit.
+    pub similarity_threshold: f32,
+    /// Per-model thresholds, overriding `similarity_threshold` for that exact model name.
+    pub model_thresholds: BTreeMap<String, f32>,
+    /// When true, callers with different API keys share entries. Off by default.
+    pub shared: bool,
+    /// Turns the semantic tier off (exact tier only) when false.
+    pub semantic: bool,
+    /// Seconds between background sweeps that delete expired entries.
+    pub sweep_interval_secs: u64,
+    /// A scope's index is rebuilt once this fraction of its points are dead.
+    pub compact_dead_ratio: f32,
+    /// Scopes with fewer entries are searched exactly; larger ones get an HNSW graph.
+    pub hnsw_min_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: PathBuf::from("data/cache"),
+            ttl_secs: 24 * 3600,
+            similarity_threshold: 0.95,
+            model_thresholds: BTreeMap::new(),
+            shared: false,
+            semantic: true,
+            sweep_interval_secs: 60,
+            compact_dead_ratio: 0.25,
+            hnsw_min_entries: 512,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The configured threshold for `model` (per-model override first).
+    pub fn threshold_for(&self, model: &str) -> f32 {
+        self.model_thresholds
+            .get(model)
+            .copied()
+            .unwrap_or(self.similarity_threshold)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingProvider {
+    /// `POST {base_url}/embeddings` on an OpenAI-compatible API.
+    Openai,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddingConfig {
+    pub provider: EmbeddingProvider,
+    /// Embeddings endpoint base; empty means "the upstream's base_url".
+    pub base_url: String,
+    /// Embedding model name sent upstream.
+    pub model: String,
+    /// Key for the embeddings call; when unset, the upstream key or else the caller's key is used.
+    pub api_key: Option<Secret>,
+    /// Milliseconds an embedding may take before the request proceeds as a miss.
+    pub timeout_ms: u64,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        Self {
+            provider: EmbeddingProvider::Openai,
+            base_url: String::new(),
+            model: "text-embedding-3-small".into(),
+            api_key: None,
+            timeout_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `deja=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` for humans, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+// === impl Secret ===
+
+/// A credential whose `Debug` never prints it.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+// === loading and validation ===
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("config: `{key}` {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl Config {
+    /// Reads `path` (missing file is fine: defaults), then `DEJA_*` env vars, then validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(path))
+            .merge(Env::prefixed("DEJA_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values whose meaning would otherwise be silently wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_similarity(
+            "cache.similarity_threshold",
+            self.cache.similarity_threshold,
+        )?;
+        for (model, value) in &self.cache.model_thresholds {
+            check_similarity(&format!("cache.model_thresholds.\"{model}\""), *value)?;
+        }
+        if self.cache.ttl_secs == 0 {
+            return invalid("cache.ttl_secs", "must be at least 1 second");
+        }
+        if self.cache.sweep_interval_secs == 0 {
+            return invalid("cache.sweep_interval_secs", "must be at least 1 second");
+        }
+        if !(self.cache.compact_dead_ratio > 0.0 && self.cache.compact_dead_ratio <= 1.0) {
+            return invalid("cache.compact_dead_ratio", "must be in (0, 1]");
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes", "must be positive");
+        }
+        check_url("upstream.base_url", &self.upstream.base_url)?;
+        if !self.embedding.base_url.is_empty() {
+            check_url("embedding.base_url", &self.embedding.base_url)?;
+        }
+        for (key, secs) in [
+            (
+                "upstream.connect_timeout_secs",
+                self.upstream.connect_timeout_secs,
+            ),
+            ("upstream.timeout_secs", self.upstream.timeout_secs),
+            (
+                "upstream.idle_timeout_secs",
+                self.upstream.idle_timeout_secs,
+            ),
+        ] {
+            if !(secs.is_finite() && secs > 0.0) {
+                return invalid(key, "must be a positive number of seconds");
+            }
+        }
+        if self.embedding.timeout_ms == 0 {
+            return invalid("embedding.timeout_ms", "must be positive");
+        }
+        Ok(())
+    }
+
+    /// The base URL of the embeddings API (its own, or the upstream's).
+    pub fn embedding_base_url(&self) -> &str {
+        if self.embedding.base_url.is_empty() {
+            &self.upstream.base_url
+        } else {
+            &self.embedding.base_url
+        }
+    }
+}
+
+fn invalid<T>(key: &str, problem: &str) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    })
+}
+
+/// Thresholds are cosine *similarities*: 1 means identical, so 0 or >1 would silently disable
+/// or invert caching (a bug other caches shipped).
+fn check_similarity(key: &str, value: f32) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 && value <= 1.0 {
+        Ok(())
+    } else {
+        invalid(
+            key,
+            &format!("is a cosine similarity and must be in (0, 1], got {value}"),
+        )
+    }
+}
+
+fn check_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
+        _ => invalid(key, &format!("must be an http(s) URL, got {value:?}")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn threshold_outside_unit_interval_names_the_key() {
+        for bad in [0.0, -0.5, 1.5, f32::NAN] {
+            let mut config = Config::default();
+            config.cache.similarity_threshold = bad;
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("cache.similarity_threshold"), "{err}");
+        }
+        let mut config = Config::default();
+        config.cache.model_thresholds.insert("gpt-4o".into(), 2.0);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("gpt-4o"), "{err}");
+    }
+
+    #[test]
+    fn per_model_threshold_overrides_default() {
+        let mut cache = CacheConfig::default();
+        cache.model_thresholds.insert("gpt-4o".into(), 0.99);
+        assert_eq!(cache.threshold_for("gpt-4o"), 0.99);
+        assert_eq!(
+            cache.threshold_for("gpt-4o-mini"),
+            cache.similarity_threshold
+        );
+    }
+
+    #[test]
+    fn secret_debug_hides_value() {
+        let secret = Secret::new("sk-very-secret");
+        assert!(!format!("{secret:?}").contains("sk-very"));
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "proxy.toml",
+                "[cache]\nttl_secs = 60\nsimilarity_threshold = 0.9\n",
+            )?;
+            jail.set_env("DEJA_CACHE__TTL_SECS", "120");
+            let config = Config::load(Path::new("proxy.toml")).expect("loads");
+            assert_eq!(config.cache.ttl_secs, 120);
+            assert_eq!(config.cache.similarity_threshold, 0.9);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("proxy.toml", "[cache]\nttl = 60\n")?;
+            assert!(Config::load(Path::new("proxy.toml")).is_err());
+            Ok(())
+        });
+    }
+}

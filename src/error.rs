@@ -1,0 +1,129 @@
+//! The one place where deja's own failures become HTTP responses, in OpenAI's error shape
+//! `{"error":{"message","type","param","code"}}` so SDKs raise their usual exceptions.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+use crate::body::{ProxyBody, full};
+
+/// Errors that deja answers itself (upstream errors are relayed verbatim instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is larger than the {limit} bytes this proxy accepts")]
+    BodyTooLarge { limit: usize },
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("upstream unreachable: {0}")]
+    UpstreamUnreachable(String),
+    #[error("upstream did not answer within {secs} seconds")]
+    UpstreamTimeout { secs: f64 },
+    #[error("no route for {0}: deja proxies paths under /v1/")]
+    NotFound(String),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyRead(_) | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// OpenAI's `type` field.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BodyTooLarge { .. }
+            | ApiError::BodyRead(_)
+            | ApiError::InvalidRequest { .. }
+            | ApiError::NotFound(_) => "invalid_request_error",
+            ApiError::UpstreamUnreachable(_) | ApiError::UpstreamTimeout { .. } => "upstream_error",
+        }
+    }
+
+    /// A short stable label, used as OpenAI's `code` and in logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BodyTooLarge { .. } => "request_too_large",
+            ApiError::BodyRead(_) => "body_read_failed",
+            ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ApiError::UpstreamTimeout { .. } => "upstream_timeout",
+            ApiError::NotFound(_) => "not_found",
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidRequest { param, .. } => *param,
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> http::Response<ProxyBody> {
+        let body = json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        });
+        let mut response = http::Response::new(full(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn errors_have_openai_shape() {
+        let response = ApiError::invalid("bad json", Some("messages")).into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["error"]["message"], "bad json");
+        assert_eq!(value["error"]["type"], "invalid_request_error");
+        assert_eq!(value["error"]["param"], "messages");
+        assert_eq!(value["error"]["code"], "invalid_request");
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(
+            ApiError::BodyTooLarge { limit: 1 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            ApiError::UpstreamTimeout { secs: 1.0 }.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            ApiError::UpstreamUnreachable("x".into()).status(),
+            StatusCode::BAD_GATEWAY
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! deja: a drop-in caching reverse proxy for OpenAI-compatible APIs.
+//!
+//! Module map:
+//! - `config`: `proxy.toml` + `DEJA_*` env vars, validation
+//! - `server`: listener, connection handling, graceful shutdown, background sweeps
+//! - `router`: which handler serves a path
+//! - `relay`: faithful streaming relay of any `/v1/*` request
+//! - `upstream`: the outgoing HTTP client, header hygiene, 502/504 mapping
+//! - `cached`: the flow of a cached endpoint (lookup, coalesce, forward, store)
+//! - `chat`: chat-completions specifics (scope fields, stream assembly and replay)
+//! - `control`: per-request cache controls and tenant isolation
+//! - `coalesce`: one upstream call for identical concurrent requests
+//! - `cache`: keys, entries, sled store, per-scope vector index, TTL sweeps
+//! - `embed`: prompt → unit vector (OpenAI-compatible embeddings API)
+//! - `sse`: Server-Sent Events parsing and writing
+//! - `error`: deja's own errors as OpenAI-shaped responses
+//! - `body`, `clock`, `app`, `telemetry`: plumbing
+
+pub mod app;
+pub mod body;
+pub mod cache;
+pub mod cached;
+pub mod chat;
+pub mod clock;
+pub mod coalesce;
+pub mod config;
+pub mod control;
+pub mod embed;
+pub mod error;
+pub mod relay;
+pub mod router;
+pub mod server;
+pub mod sse;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,61 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use deja::clock::SystemClock;
+use deja::config::Config;
+
+/// A drop-in caching proxy for OpenAI-compatible APIs.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file; `DEJA_*` environment variables override its keys.
+    #[arg(long, default_value = "proxy.toml")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("deja: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    deja::telemetry::init(&config.log);
+    let server = match deja::server::start(config, Arc::new(SystemClock)).await {
+        Ok(server) => server,
+        Err(err) => {
+            tracing::error!(error = %err, "could not start");
+            return ExitCode::FAILURE;
+        }
+    };
+    server.run_until(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

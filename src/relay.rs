@@ -1,0 +1,103 @@
+//! Faithful relay of any `/v1/*` request that deja does not cache: the request body streams
+//! up, the response (status, end-to-end headers, body) streams back as it arrives.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response};
+use http_body_util::BodyStream;
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::body::{BoxError, ProxyBody, streaming};
+use crate::error::ApiError;
+use crate::upstream::strip_hop_by_hop;
+
+/// Relays a request whose body is streamed (not buffered) to the upstream.
+pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Response<ProxyBody> {
+    let limit = app.config.server.max_body_bytes;
+    let (parts, body) = request.into_parts();
+    if declared_length(&parts.headers).is_some_and(|len| len > limit) {
+        return ApiError::BodyTooLarge { limit }.into_response();
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let seen = AtomicUsize::new(0);
+    let flag = exceeded.clone();
+    let body_stream = BodyStream::new(body)
+        .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
+        .map_err(|err| Box::new(err) as BoxError)
+        .and_then(move |chunk: Bytes| {
+            let total = seen.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
+            let over = total > limit;
+            if over {
+                flag.store(true, Ordering::Relaxed);
+            }
+            async move {
+                if over {
+                    Err::<Bytes, BoxError>("request body over limit".into())
+                } else {
+                    Ok(chunk)
+                }
+            }
+        });
+    let result = app
+        .upstream
+        .send(
+            parts.method,
+            suffix,
+            &parts.headers,
+            reqwest::Body::wrap_stream(body_stream),
+            false,
+        )
+        .await;
+    match result {
+        Ok(response) => stream_response(response, None),
+        Err(_) if exceeded.load(Ordering::Relaxed) => {
+            ApiError::BodyTooLarge { limit }.into_response()
+        }
+        Err(err) => {
+            tracing::warn!(code = err.code(), error = %err, "relay failed");
+            err.into_response()
+        }
+    }
+}
+
+/// The upstream's response as ours, body streamed chunk by chunk.
+pub fn stream_response(
+    upstream: reqwest::Response,
+    cache_status: Option<&'static str>,
+) -> Response<ProxyBody> {
+    let mut response = Response::builder().status(upstream.status());
+    if let Some(headers) = response.headers_mut() {
+        *headers = response_headers(upstream.headers(), cache_status);
+    }
+    let body = upstream
+        .bytes_stream()
+        .map_err(|err| Box::new(err) as BoxError);
+    response
+        .body(streaming(body))
+        .unwrap_or_else(|_| ApiError::UpstreamUnreachable("bad response".into()).into_response())
+}
+
+/// Upstream response headers minus hop-by-hop ones, plus `x-deja-cache` when given.
+pub fn response_headers(upstream: &HeaderMap, cache_status: Option<&'static str>) -> HeaderMap {
+    let mut headers = strip_hop_by_hop(upstream);
+    if let Some(status) = cache_status {
+        headers.insert(CACHE_STATUS, HeaderValue::from_static(status));
+    }
+    headers
+}
+
+pub const CACHE_STATUS: &str = "x-deja-cache";
+
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,154 @@
+//! The listener: accepts connections (HTTP/1.1 and HTTP/2), runs each request in its own task
+//! (so a client that disconnects cannot cancel the caching side effects of its request),
+//! sweeps expired entries in the background, and drains connections on shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::{App, StartError};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::router::route;
+
+/// How long shutdown waits for in-flight requests and streams.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A started proxy. Dropping it does not stop it; call `shutdown`.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, drains connections (up to a deadline), flushes the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Runs until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// Binds `config.server.listen` (port 0 picks a free port) and starts serving.
+pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, StartError> {
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let app = tokio::task::spawn_blocking(move || App::build(config, clock))
+        .await
+        .map_err(|e| StartError::Bind {
+            addr,
+            source: std::io::Error::other(e),
+        })??;
+    let app = Arc::new(app);
+    tracing::info!(
+        %addr,
+        upstream = %app.config.upstream.base_url,
+        cache = app.cache.is_some(),
+        entries = app.cache.as_ref().map_or(0, |c| c.entries()),
+        indexed = app.cache.as_ref().map_or(0, |c| c.indexed()),
+        "deja listening"
+    );
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(serve(listener, app.clone(), stopped));
+    Ok(RunningServer {
+        addr,
+        app,
+        stop,
+        task,
+    })
+}
+
+async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    let sweeper = app.cache.clone().map(|cache| {
+        let every = Duration::from_secs(app.config.cache.sweep_interval_secs);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let cache = cache.clone();
+                match tokio::task::spawn_blocking(move || cache.sweep_expired()).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::debug!(removed = n, "expired entries swept"),
+                    Ok(Err(err)) => tracing::warn!(error = %err, "expiry sweep failed"),
+                    Err(err) => tracing::warn!(error = %err, "expiry sweep panicked"),
+                }
+            }
+        })
+    });
+
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Usually fd exhaustion: back off instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = service_fn(move |request| {
+                    let app = app.clone();
+                    async move {
+                        let response = match tokio::spawn(route(app, request)).await {
+                            Ok(response) => response,
+                            Err(err) => {
+                                tracing::error!(error = %err, "handler panicked");
+                                ApiError::UpstreamUnreachable("internal error".into()).into_response()
+                            }
+                        };
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(error = %err, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stopped.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; closing"),
+    }
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
+    if let Some(cache) = app.cache.clone() {
+        let _ = tokio::task::spawn_blocking(move || cache.flush()).await;
+    }
+}

@@ -1,0 +1,555 @@
+//! A fake OpenAI-compatible upstream for integration tests.
+//!
+//! Serves `/v1/chat/completions` (JSON and SSE), `/v1/embeddings` (deterministic
+//! bag-of-words vectors) and echoes everything else. Every request is recorded
+//! before it is answered. Listens on 127.0.0.1 only; dropping the
+//! `FakeUpstream` stops the listener and closes open connections.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub const CHAT_PATH: &str = "/v1/chat/completions";
+pub const EMBEDDINGS_PATH: &str = "/v1/embeddings";
+/// Dimension of the default bag-of-words embeddings.
+pub const EMBED_DIM: usize = 64;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+// === public types ===
+
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum ChatMode {
+    #[default]
+    Normal,
+    /// Answer with this status and this raw body (content-type application/json).
+    Status(u16, String),
+    /// Sleep, then answer normally.
+    StallBeforeHeaders(Duration),
+    /// Streaming requests get the role chunk + 2 more chunks, then the body ends without `[DONE]`.
+    PartialStream,
+    /// 200 with the truncated body `{"id": `.
+    BrokenJson,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum EmbedMode {
+    #[default]
+    Normal,
+    Status(u16),
+    Stall(Duration),
+}
+
+#[derive(Default)]
+struct Config {
+    chat_mode: ChatMode,
+    embed_mode: EmbedMode,
+    chunk_delay: Duration,
+    latency: Duration,
+    embeddings: HashMap<String, Vec<f32>>,
+}
+
+struct State {
+    requests: Mutex<Vec<RecordedRequest>>,
+    config: Mutex<Config>,
+}
+
+pub struct FakeUpstream {
+    state: Arc<State>,
+    addr: SocketAddr,
+    // Dropping this sender stops the accept loop and every open connection.
+    _shutdown: watch::Sender<()>,
+}
+
+// === server ===
+
+impl FakeUpstream {
+    pub async fn start() -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("fake upstream: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("fake upstream: local_addr");
+        let state = Arc::new(State {
+            requests: Mutex::new(Vec::new()),
+            config: Mutex::new(Config::default()),
+        });
+        let (shutdown, mut stop) = watch::channel(());
+        let server_state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = stop.changed() => return,
+                };
+                let state = server_state.clone();
+                let mut stop = stop.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(state, req).await) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+            }
+        });
+        FakeUpstream {
+            state,
+            addr,
+            _shutdown: shutdown,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn calls(&self, path: &str) -> usize {
+        self.state
+            .requests
+            .lock()
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
+    }
+
+    pub fn total_calls(&self) -> usize {
+        self.state.requests.lock().len()
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests.lock().clone()
+    }
+
+    pub fn last_request(&self, path: &str) -> Option<RecordedRequest> {
+        let requests = self.state.requests.lock();
+        requests.iter().rev().find(|r| r.path == path).cloned()
+    }
+
+    pub fn set_chat_mode(&self, mode: ChatMode) {
+        self.state.config.lock().chat_mode = mode;
+    }
+
+    pub fn set_chunk_delay(&self, d: Duration) {
+        self.state.config.lock().chunk_delay = d;
+    }
+
+    pub fn set_latency(&self, d: Duration) {
+        self.state.config.lock().latency = d;
+    }
+
+    pub fn set_embed_mode(&self, mode: EmbedMode) {
+        self.state.config.lock().embed_mode = mode;
+    }
+
+    pub fn set_embedding(&self, text: &str, vector: Vec<f32>) {
+        self.state
+            .config
+            .lock()
+            .embeddings
+            .insert(text.to_owned(), vector);
+    }
+}
+
+/// A reqwest client for tests: installs the ring rustls provider (the crate uses
+/// `rustls-no-provider`, so building a client without one panics) and ignores
+/// any proxy environment variables.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("build reqwest client")
+}
+
+/// Records the request; returns how many requests to the same path exist, this one included.
+fn record(state: &State, req: RecordedRequest) -> usize {
+    let mut requests = state.requests.lock();
+    let n = requests.iter().filter(|r| r.path == req.path).count() + 1;
+    requests.push(req);
+    n
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let recorded = RecordedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+    };
+    let n = record(&state, recorded.clone());
+    match (recorded.method.as_str(), recorded.path.as_str()) {
+        ("POST", CHAT_PATH) => chat(&state, n, &recorded.body).await,
+        ("POST", EMBEDDINGS_PATH) => embeddings(&state, &recorded.body).await,
+        _ => echo(&recorded),
+    }
+}
+
+// === responses ===
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed_unsync()
+}
+
+fn json_response(status: u16, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn openai_error(status: u16, message: &str) -> Response<Body> {
+    let kind = match status {
+        400 | 404 | 422 => "invalid_request_error",
+        401 | 403 => "authentication_error",
+        429 => "rate_limit_error",
+        _ => "server_error",
+    };
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+    json_response(status, body.to_string())
+}
+
+fn echo(req: &RecordedRequest) -> Response<Body> {
+    let mut headers = serde_json::Map::new();
+    for name in req.headers.keys() {
+        let values: Vec<String> = req
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        headers.insert(name.to_string(), Value::String(values.join(", ")));
+    }
+    let body = json!({
+        "method": req.method,
+        "path": req.path,
+        "query": req.query,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&req.body),
+    });
+    let mut resp = json_response(200, body.to_string());
+    resp.headers_mut()
+        .insert("x-fake-upstream", HeaderValue::from_static("echo"));
+    resp
+}
+
+// === chat completions ===
+
+fn word_count(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+/// Text of a message's `content`: a string, or the concatenated `text` of content parts.
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => String::new(),
+    }
+}
+
+async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body> {
+    let (mode, latency, chunk_delay) = {
+        let cfg = state.config.lock();
+        (cfg.chat_mode.clone(), cfg.latency, cfg.chunk_delay)
+    };
+    match &mode {
+        ChatMode::Status(code, raw) => return json_response(*code, raw.clone()),
+        ChatMode::BrokenJson => return json_response(200, r#"{"id": "#),
+        ChatMode::StallBeforeHeaders(d) => tokio::time::sleep(*d).await,
+        ChatMode::Normal | ChatMode::PartialStream => {}
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return openai_error(400, &format!("fake upstream: invalid JSON body: {e}")),
+    };
+    let empty = Vec::new();
+    let messages = req["messages"].as_array().unwrap_or(&empty);
+    let last = messages
+        .last()
+        .map(|m| content_text(&m["content"]))
+        .unwrap_or_default();
+    let prompt_tokens: usize = messages
+        .iter()
+        .map(|m| word_count(&content_text(&m["content"])))
+        .sum();
+    let first_tool = req["tools"].as_array().and_then(|t| t.first());
+    let tool_call = match first_tool {
+        Some(tool) if last.contains("weather") => {
+            let name = tool["function"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            Some((format!("call_{n}"), name, r#"{"city":"Paris"}"#.to_owned()))
+        }
+        _ => None,
+    };
+    let content = format!("answer {n}: {last}");
+    let completion_tokens = match &tool_call {
+        Some((_, _, args)) => word_count(args),
+        None => word_count(&content),
+    };
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    let base = json!({
+        "id": format!("chatcmpl-fake{n}"),
+        "created": 1_700_000_000 + n as u64,
+        "model": req["model"],
+        "system_fingerprint": "fp_fake",
+    });
+
+    let mut resp = if req["stream"] == json!(true) {
+        let include_usage = req["stream_options"]["include_usage"] == json!(true);
+        let mut events = stream_events(&base, &content, tool_call.as_ref(), usage, include_usage);
+        if mode == ChatMode::PartialStream {
+            events.truncate(3);
+        } else {
+            events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        }
+        sse_response(events, chunk_delay)
+    } else {
+        let (message, finish) = match &tool_call {
+            Some((id, name, args)) => (
+                json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                    {"id": id, "type": "function", "function": {"name": name, "arguments": args}}
+                ]}),
+                "tool_calls",
+            ),
+            None => (
+                json!({"role": "assistant", "content": content, "refusal": null}),
+                "stop",
+            ),
+        };
+        let mut obj = base.clone();
+        obj["object"] = json!("chat.completion");
+        obj["choices"] =
+            json!([{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}]);
+        obj["usage"] = usage;
+        json_response(200, obj.to_string())
+    };
+    let headers = resp.headers_mut();
+    headers.insert(
+        "x-request-id",
+        HeaderValue::from_str(&format!("req_{n}")).expect("ascii"),
+    );
+    headers.insert("openai-processing-ms", HeaderValue::from_static("1"));
+    resp
+}
+
+/// All SSE events of a streamed completion, without the final `data: [DONE]`.
+fn stream_events(
+    base: &Value,
+    content: &str,
+    tool_call: Option<&(String, String, String)>,
+    usage: Value,
+    include_usage: bool,
+) -> Vec<Bytes> {
+    let chunk = |delta: Value, finish: Value| {
+        let mut obj = base.clone();
+        obj["object"] = json!("chat.completion.chunk");
+        obj["choices"] =
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
+        if include_usage {
+            obj["usage"] = Value::Null;
+        }
+        obj
+    };
+    let mut chunks = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    let finish = match tool_call {
+        Some((id, name, args)) => {
+            chunks.push(chunk(
+                json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
+                    "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            ));
+            let mid = (0..=args.len() / 2)
+                .rev()
+                .find(|&i| args.is_char_boundary(i))
+                .unwrap_or(0);
+            let (a, b) = args.split_at(mid);
+            for part in [a, b] {
+                let delta = json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]});
+                chunks.push(chunk(delta, Value::Null));
+            }
+            "tool_calls"
+        }
+        None => {
+            for word in content.split_inclusive(' ') {
+                chunks.push(chunk(json!({"content": word}), Value::Null));
+            }
+            "stop"
+        }
+    };
+    chunks.push(chunk(json!({}), json!(finish)));
+    if include_usage {
+        let mut obj = base.clone();
+        obj["object"] = json!("chat.completion.chunk");
+        obj["choices"] = json!([]);
+        obj["usage"] = usage;
+        chunks.push(obj);
+    }
+    chunks
+        .iter()
+        .map(|c| Bytes::from(format!("data: {c}\n\n")))
+        .collect()
+}
+
+/// A really streamed body: each event is produced only when polled, `delay` apart.
+fn sse_response(events: Vec<Bytes>, delay: Duration) -> Response<Body> {
+    let stream = futures_util::stream::unfold(
+        (events.into_iter(), true),
+        move |(mut it, first)| async move {
+            let event = it.next()?;
+            if !first && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<_, Infallible>(Frame::data(event)), (it, false)))
+        },
+    );
+    let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+// === embeddings ===
+
+/// The fake's default embedding: a 64-dim L2-normalised bag of lower-cased alphanumeric words,
+/// each word hashed with blake3 (first 8 bytes, little-endian u64, mod 64).
+pub fn bag_of_words_embedding(text: &str) -> Vec<f32> {
+    let mut v = vec![0.0f32; EMBED_DIM];
+    let lower = text.to_lowercase();
+    for word in lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let hash = blake3::hash(word.as_bytes());
+        let mut first8 = [0u8; 8];
+        first8.copy_from_slice(&hash.as_bytes()[..8]);
+        v[(u64::from_le_bytes(first8) % EMBED_DIM as u64) as usize] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+/// Cosine similarity (0.0 if either vector is all zeros).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
+    let mode = state.config.lock().embed_mode.clone();
+    match mode {
+        EmbedMode::Status(code) => return openai_error(code, "fake upstream: embeddings failure"),
+        EmbedMode::Stall(d) => tokio::time::sleep(d).await,
+        EmbedMode::Normal => {}
+    }
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return openai_error(400, &format!("fake upstream: invalid JSON body: {e}")),
+    };
+    let inputs: Vec<String> = match &req["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
+        _ => {
+            return openai_error(
+                400,
+                "fake upstream: input must be a string or array of strings",
+            );
+        }
+    };
+    let data: Vec<Value> = {
+        let cfg = state.config.lock();
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let vector = cfg
+                    .embeddings
+                    .get(text)
+                    .cloned()
+                    .unwrap_or_else(|| bag_of_words_embedding(text));
+                json!({"object": "embedding", "index": i, "embedding": vector})
+            })
+            .collect()
+    };
+    let words: usize = inputs.iter().map(|t| word_count(t)).sum();
+    let body = json!({
+        "object": "list",
+        "data": data,
+        "model": req["model"],
+        "usage": {"prompt_tokens": words, "total_tokens": words},
+    });
+    json_response(200, body.to_string())
+}
