@@ -186,32 +186,30 @@ impl Call {
             needs_usage: !lookup.stream || lookup.include_usage,
         };
 
+        // Join the in-flight twin first: a leader unregisters only after its answer is
+        // stored, so once we lead, the exact lookup below sees every finished twin.
+        let mut leader = None;
         if !controls.no_cache {
+            match self.app.inflight.join(lookup.exact) {
+                Role::Leader(l) => leader = Some(l),
+                Role::Follower(follower) => {
+                    if let Some(shared) = follower.wait().await
+                        && (!needs.needs_usage || shared.has_usage)
+                        && let Some(response) = self.coalesced(&lookup, &shared, &cache)
+                    {
+                        return response;
+                    }
+                }
+            }
             let exact = lookup.exact;
             let found = blocking(&cache, move |c| c.lookup_exact(&exact, needs)).await;
             if let Some(hit) = found.flatten()
                 && let Some(response) = self.hit(&lookup, &hit, &cache)
             {
+                share(leader, &hit);
                 return response;
             }
         }
-
-        let leader = if controls.no_cache {
-            None
-        } else {
-            match self.app.inflight.join(lookup.exact) {
-                Role::Leader(leader) => Some(leader),
-                Role::Follower(follower) => {
-                    if let Some(shared) = follower.wait().await
-                        && (!needs.needs_usage || shared.has_usage)
-                        && let Some(response) = self.coalesced(&lookup, &shared)
-                    {
-                        return response;
-                    }
-                    None
-                }
-            }
-        };
 
         let mut vector = None;
         let mut best = None;
@@ -243,12 +241,7 @@ impl Call {
                 if let Some(hit) = outcome.hit
                     && let Some(response) = self.hit(&lookup, &hit, &cache)
                 {
-                    if let Some(leader) = leader {
-                        leader.publish(Some(Arc::new(Shared {
-                            response: hit.entry.response,
-                            has_usage: hit.entry.has_usage,
-                        })));
-                    }
+                    share(leader, &hit);
                     return response;
                 }
             }
@@ -405,14 +398,23 @@ impl Call {
         Some(response)
     }
 
-    fn coalesced(&self, lookup: &Lookup, shared: &Shared) -> Option<Response<ProxyBody>> {
+    fn coalesced(
+        &self,
+        lookup: &Lookup,
+        shared: &Shared,
+        cache: &Cache,
+    ) -> Option<Response<ProxyBody>> {
         let stored: Value = serde_json::from_str(&shared.response).ok()?;
         let mut response = self.render(lookup, &stored);
         let headers = response.headers_mut();
         headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));
         headers.insert("x-deja-match", HeaderValue::from_static("coalesced"));
         headers.insert("x-deja-similarity", header_num(1.0));
-        headers.insert(header::AGE, HeaderValue::from(0));
+        let age_ms = shared.stored.map_or(0, |(id, created_ms)| {
+            headers.insert("x-deja-entry", HeaderValue::from(id));
+            cache.now_ms().saturating_sub(created_ms)
+        });
+        headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));
         tracing::info!(
             endpoint = self.endpoint.name(),
             model = %lookup.model,
@@ -464,33 +466,58 @@ impl Store {
         self.leader.as_ref().map_or(0, Leader::followers)
     }
 
-    /// Shares a complete answer with waiting twins and stores it (in the background).
+    /// Stores a complete answer in the background, then shares it with waiting twins. The
+    /// leader stays registered until the entry is written, so a repeat arriving meanwhile
+    /// waits for this answer instead of going upstream again.
     fn finish(self, answer: Option<Value>) {
         let Some(answer) = answer else {
             return; // dropping the leader releases followers to go upstream themselves
         };
         let has_usage = answer.get("usage").is_some_and(|u| !u.is_null());
-        let response = answer.to_string();
-        if let Some(leader) = self.leader {
-            leader.publish(Some(Arc::new(Shared {
-                response: response.clone(),
-                has_usage,
-            })));
-        }
-        let Some(cache) = self.cache else { return };
+        let mut shared = Shared {
+            response: answer.to_string(),
+            has_usage,
+            stored: None,
+        };
+        let Some(cache) = self.cache else {
+            if let Some(leader) = self.leader {
+                leader.publish(Some(Arc::new(shared)));
+            }
+            return;
+        };
         let new = NewEntry {
             scope: self.lookup.scope,
             exact: self.lookup.exact,
             model: self.lookup.model,
-            response,
+            response: shared.response.clone(),
             has_usage,
             vector: self.vector,
             ttl_ms: self.ttl_ms,
         };
-        tokio::task::spawn_blocking(move || match cache.insert(new) {
-            Ok(id) => tracing::debug!(entry = id, "stored"),
-            Err(err) => tracing::warn!(error = %err, "cache store failed; answer not cached"),
+        let leader = self.leader;
+        tokio::task::spawn_blocking(move || {
+            match cache.insert(new) {
+                Ok(stored) => {
+                    tracing::debug!(entry = stored.0, "stored");
+                    shared.stored = Some(stored);
+                }
+                Err(err) => tracing::warn!(error = %err, "cache store failed; answer not cached"),
+            }
+            if let Some(leader) = leader {
+                leader.publish(Some(Arc::new(shared)));
+            }
         });
+    }
+}
+
+/// Hands a hit to the requests waiting on this one.
+fn share(leader: Option<Leader>, hit: &Hit) {
+    if let Some(leader) = leader {
+        leader.publish(Some(Arc::new(Shared {
+            response: hit.entry.response.clone(),
+            has_usage: hit.entry.has_usage,
+            stored: Some((hit.id, hit.entry.created_ms)),
+        })));
     }
 }
 

@@ -15,6 +15,8 @@ pub struct Shared {
     /// The endpoint's non-streaming response JSON.
     pub response: String,
     pub has_usage: bool,
+    /// The stored entry's id and creation time (ms), when it was stored.
+    pub stored: Option<(u64, u64)>,
 }
 
 type Slot = Option<Option<Arc<Shared>>>;
@@ -127,6 +129,7 @@ mod tests {
         leader.publish(Some(Arc::new(Shared {
             response: "{}".into(),
             has_usage: true,
+            stored: None,
         })));
         for follower in followers {
             assert_eq!(follower.await.unwrap().unwrap().response, "{}");

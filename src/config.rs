@@ -368,6 +368,17 @@ mod tests {
     }
 
     #[test]
+    fn shipped_proxy_toml_is_valid_and_documents_every_section() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
+        let shipped: Config = Figment::from(Toml::file(&path)).extract().expect("parses");
+        shipped.validate().expect("valid");
+        let text = std::fs::read_to_string(&path).unwrap();
+        for section in ["[server]", "[upstream]", "[cache]", "[embedding]", "[log]"] {
+            assert!(text.contains(section), "{section} missing from proxy.toml");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("proxy.toml", "[cache]\nttl = 60\n")?;

@@ -174,8 +174,8 @@ impl Cache {
             && (!needs.needs_usage || entry.has_usage)
     }
 
-    /// Stores an answer; returns its id.
-    pub fn insert(&self, new: NewEntry) -> Result<u64, StoreError> {
+    /// Stores an answer; returns its id and the time it was stored.
+    pub fn insert(&self, new: NewEntry) -> Result<(u64, u64), StoreError> {
         let now = self.now_ms();
         let ttl = new.ttl_ms.map_or(self.ttl_ms, |t| t.min(self.ttl_ms));
         let entry = Entry {
@@ -194,7 +194,7 @@ impl Cache {
         if let Some(vector) = &new.vector {
             self.index.insert(new.scope, id, vector);
         }
-        Ok(id)
+        Ok((id, now))
     }
 
     /// Removes one entry from the store and the index.
