@@ -24,6 +24,8 @@ pub struct App {
 pub enum StartError {
     #[error("building the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("embedding: {0}")]
+    Embedder(#[from] crate::embed::BuildError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,

@@ -91,30 +91,12 @@ pub async fn handle(
     request: Request<Incoming>,
     suffix: String,
 ) -> Response<ProxyBody> {
-    let limit = app.config.server.max_body_bytes;
     let (parts, body) = request.into_parts();
-    let body = match read_body(body, limit).await {
-        Ok(body) => body,
-        Err(err) => return err.into_response(),
-    };
-    let json: Value = match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => Value::Object(map),
-        Ok(_) => {
-            return ApiError::invalid("the request body must be a JSON object", None)
-                .into_response();
-        }
-        Err(err) => {
-            return ApiError::invalid(
-                format!("could not parse the JSON body of your request: {err}"),
-                None,
-            )
-            .into_response();
-        }
-    };
-    let controls = match Controls::from_headers(&parts.headers) {
-        Ok(controls) => controls,
-        Err(err) => return err.into_response(),
-    };
+    let (body, json, controls) =
+        match read_request(body, &parts.headers, app.config.server.max_body_bytes).await {
+            Ok(read) => read,
+            Err(err) => return err.into_response(),
+        };
     let call = Call {
         app: app.clone(),
         endpoint,
@@ -135,6 +117,32 @@ pub async fn handle(
         Plan::Bypass { reason, .. } => call.bypass(reason).await,
         Plan::Cache(lookup) => call.cached(cache, controls, lookup).await,
     }
+}
+
+/// Reads a cached endpoint's request: the body (within `limit`), parsed as a JSON object,
+/// and the cache controls from its headers.
+pub(crate) async fn read_request(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: usize,
+) -> Result<(Bytes, Value, Controls), ApiError> {
+    let body = read_body(body, limit).await?;
+    let json = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        Ok(_) => {
+            return Err(ApiError::invalid(
+                "the request body must be a JSON object",
+                None,
+            ));
+        }
+        Err(err) => {
+            return Err(ApiError::invalid(
+                format!("could not parse the JSON body of your request: {err}"),
+                None,
+            ));
+        }
+    };
+    Ok((body, json, Controls::from_headers(headers)?))
 }
 
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
@@ -213,8 +221,10 @@ impl Call {
 
         let mut vector = None;
         let mut best = None;
+        // The vector serves the lookup and the stored entry; with neither, skip the call.
+        let wants_vector = !(controls.no_cache && controls.no_store);
         if let (true, Some(text), Some(embedder)) = (
-            self.app.config.cache.semantic,
+            self.app.config.cache.semantic && wants_vector,
             &lookup.semantic_text,
             &self.app.embedder,
         ) {
@@ -522,7 +532,7 @@ fn share(leader: Option<Leader>, hit: &Hit) {
 }
 
 /// Runs cache work on the blocking pool; an error is logged and becomes `None` (a miss).
-async fn blocking<T, F>(cache: &Arc<Cache>, work: F) -> Option<T>
+pub(crate) async fn blocking<T, F>(cache: &Arc<Cache>, work: F) -> Option<T>
 where
     T: Send + 'static,
     F: FnOnce(&Cache) -> Result<T, crate::cache::store::StoreError> + Send + 'static,

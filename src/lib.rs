@@ -8,13 +8,16 @@
 //! - `upstream`: the outgoing HTTP client, header hygiene, 502/504 mapping
 //! - `cached`: the flow of a cached endpoint (lookup, coalesce, forward, store)
 //! - `chat`: chat-completions specifics (scope fields, stream assembly and replay)
+//! - `completions`: the same for legacy `/v1/completions`
+//! - `responses`: the same for `/v1/responses` (typed event streams, stateful bypasses)
 //! - `control`: per-request cache controls and tenant isolation
+//! - `embeddings`: per-input exact cache of `/v1/embeddings` (partial batches)
 //! - `coalesce`: one upstream call for identical concurrent requests
 //! - `cache`: keys, entries, sled store, per-scope vector index, TTL sweeps
 //! - `embed`: prompt → unit vector (OpenAI-compatible embeddings API)
 //! - `sse`: Server-Sent Events parsing and writing
 //! - `error`: deja's own errors as OpenAI-shaped responses
-//! - `body`, `clock`, `app`, `telemetry`: plumbing
+//! - `body`, `clock`, `app`, `telemetry`, `text`: plumbing
 
 pub mod app;
 pub mod body;
@@ -23,13 +26,17 @@ pub mod cached;
 pub mod chat;
 pub mod clock;
 pub mod coalesce;
+pub mod completions;
 pub mod config;
 pub mod control;
 pub mod embed;
+pub mod embeddings;
 pub mod error;
 pub mod relay;
+pub mod responses;
 pub mod router;
 pub mod server;
 pub mod sse;
 pub mod telemetry;
+pub mod text;
 pub mod upstream;

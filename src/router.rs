@@ -10,13 +10,19 @@ use crate::app::App;
 use crate::body::{ProxyBody, full};
 use crate::cached::{self, Endpoint};
 use crate::chat::ChatCompletions;
+use crate::completions::Completions;
+use crate::embeddings;
 use crate::error::ApiError;
 use crate::relay::relay;
+use crate::responses::{RESPONSES, RESPONSES_CACHING_STORED};
 
 /// The cached endpoint for a `POST` path (after `/v1`), if any.
-fn cached_endpoint(path: &str) -> Option<&'static dyn Endpoint> {
+fn cached_endpoint(app: &App, path: &str) -> Option<&'static dyn Endpoint> {
     match path {
         "/chat/completions" => Some(&ChatCompletions),
+        "/completions" => Some(&Completions),
+        "/responses" if app.config.cache.cache_stored_responses => Some(&RESPONSES_CACHING_STORED),
+        "/responses" => Some(&RESPONSES),
         _ => None,
     }
 }
@@ -38,10 +44,13 @@ pub async fn route(app: Arc<App>, request: Request<Incoming>) -> Response<ProxyB
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_string(),
     };
-    if request.method() == Method::POST
-        && let Some(endpoint) = cached_endpoint(rest)
-    {
-        return cached::handle(app, endpoint, request, suffix).await;
+    if request.method() == Method::POST {
+        if let Some(endpoint) = cached_endpoint(&app, rest) {
+            return cached::handle(app, endpoint, request, suffix).await;
+        }
+        if rest == "/embeddings" {
+            return embeddings::handle(app, request, suffix).await;
+        }
     }
     relay(&app, request, &suffix).await
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::cached::{Assembler, Endpoint, Partition, Plan};
+use crate::text::fresh_id;
 use assemble::ChatStreamAssembler;
 use request::ChatRequest;
 
@@ -39,11 +40,11 @@ impl Endpoint for ChatCompletions {
     }
 
     fn render_json(&self, stored: &Value) -> Bytes {
-        replay::render_json(stored, &fresh_id())
+        replay::render_json(stored, &fresh_id("chatcmpl-", 29))
     }
 
     fn render_stream(&self, stored: &Value, include_usage: bool) -> Vec<Bytes> {
-        replay::render_stream(stored, &fresh_id(), include_usage)
+        replay::render_stream(stored, &fresh_id("chatcmpl-", 29), include_usage)
     }
 }
 
@@ -55,12 +56,4 @@ impl Assembler for ChatStreamAssembler {
     fn finish(self: Box<Self>) -> Option<Value> {
         ChatStreamAssembler::finish(*self)
     }
-}
-
-/// A new completion id for every served hit, shaped like OpenAI's.
-fn fresh_id() -> String {
-    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
-        .take(29)
-        .collect();
-    format!("chatcmpl-{suffix}")
 }

@@ -5,10 +5,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::sse::data_event;
-
-/// Text deltas are cut at word boundaries into pieces of about this many bytes, so a replayed
-/// stream still renders progressively in chat UIs.
-const PIECE_BYTES: usize = 24;
+use crate::text::pieces;
 
 /// The stored completion with a fresh id, as a non-streaming response body.
 pub fn render_json(stored: &Value, fresh_id: &str) -> Bytes {
@@ -133,24 +130,6 @@ fn message_deltas(message: &Map<String, Value>, one_piece_content: bool) -> Vec<
     deltas
 }
 
-/// Splits text after whitespace into pieces of at least `PIECE_BYTES` (the last may be
-/// shorter); concatenating them gives the text back exactly.
-fn pieces(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for (i, c) in text.char_indices() {
-        let end = i + c.len_utf8();
-        if c.is_whitespace() && end - start >= PIECE_BYTES {
-            out.push(&text[start..end]);
-            start = end;
-        }
-    }
-    if start < text.len() {
-        out.push(&text[start..]);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,14 +199,5 @@ mod tests {
         let value: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["id"], "chatcmpl-new");
         assert_eq!(value["choices"], stored()["choices"]);
-    }
-
-    #[test]
-    fn pieces_concatenate_back() {
-        let text = "one two three four five six seven eight nine ten eleven twelve";
-        let parts = pieces(text);
-        assert!(parts.len() > 1);
-        assert_eq!(parts.concat(), text);
-        assert_eq!(pieces("").len(), 0);
     }
 }

@@ -1,7 +1,8 @@
 //! A fake OpenAI-compatible upstream for integration tests.
 //!
 //! Serves `/v1/chat/completions` (JSON and SSE), `/v1/embeddings` (deterministic
-//! bag-of-words vectors) and echoes everything else. Every request is recorded
+//! bag-of-words vectors), the legacy `/v1/completions` and `/v1/responses` (JSON and SSE;
+//! see `fake_endpoints.rs`) and echoes everything else. Every request is recorded
 //! before it is answered. Listens on 127.0.0.1 only; dropping the
 //! `FakeUpstream` stops the listener and closes open connections.
 
@@ -26,10 +27,16 @@ use tokio::sync::watch;
 
 pub const CHAT_PATH: &str = "/v1/chat/completions";
 pub const EMBEDDINGS_PATH: &str = "/v1/embeddings";
+pub const COMPLETIONS_PATH: &str = "/v1/completions";
+pub const RESPONSES_PATH: &str = "/v1/responses";
 /// Dimension of the default bag-of-words embeddings.
 pub const EMBED_DIM: usize = 64;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+// `/v1/completions` and `/v1/responses` live in their own file to keep this one readable.
+#[path = "fake_endpoints.rs"]
+mod endpoints;
 
 // === public types ===
 
@@ -42,6 +49,7 @@ pub struct RecordedRequest {
     pub body: Bytes,
 }
 
+/// Failure mode of the generating endpoints: chat, legacy completions and responses.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum ChatMode {
     #[default]
@@ -50,7 +58,8 @@ pub enum ChatMode {
     Status(u16, String),
     /// Sleep, then answer normally.
     StallBeforeHeaders(Duration),
-    /// Streaming requests get the role chunk + 2 more chunks, then the body ends without `[DONE]`.
+    /// Streaming requests get their first 3 events (chat: the role chunk + 2 more chunks), then
+    /// the body ends without `[DONE]` (responses: without `response.completed`).
     PartialStream,
     /// 200 with the truncated body `{"id": `.
     BrokenJson,
@@ -223,6 +232,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     match (recorded.method.as_str(), recorded.path.as_str()) {
         ("POST", CHAT_PATH) => chat(&state, n, &recorded.body).await,
         ("POST", EMBEDDINGS_PATH) => embeddings(&state, &recorded.body).await,
+        ("POST", COMPLETIONS_PATH) => endpoints::completions(&state, n, &recorded.body).await,
+        ("POST", RESPONSES_PATH) => endpoints::responses(&state, n, &recorded.body).await,
         _ => echo(&recorded),
     }
 }
@@ -293,23 +304,52 @@ fn content_text(content: &Value) -> String {
     }
 }
 
-async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body> {
+/// The common start of every generating endpoint: answers outright in `Status`/`BrokenJson`
+/// mode, sleeps for `StallBeforeHeaders` and the configured latency, then parses the JSON body.
+/// Returns the mode, the chunk delay and the request, or the response to send instead.
+async fn begin(state: &State, body: &Bytes) -> Result<(ChatMode, Duration, Value), Response<Body>> {
     let (mode, latency, chunk_delay) = {
         let cfg = state.config.lock();
         (cfg.chat_mode.clone(), cfg.latency, cfg.chunk_delay)
     };
     match &mode {
-        ChatMode::Status(code, raw) => return json_response(*code, raw.clone()),
-        ChatMode::BrokenJson => return json_response(200, r#"{"id": "#),
+        ChatMode::Status(code, raw) => return Err(json_response(*code, raw.clone())),
+        ChatMode::BrokenJson => return Err(json_response(200, r#"{"id": "#)),
         ChatMode::StallBeforeHeaders(d) => tokio::time::sleep(*d).await,
         ChatMode::Normal | ChatMode::PartialStream => {}
     }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let req: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return openai_error(400, &format!("fake upstream: invalid JSON body: {e}")),
+    match serde_json::from_slice(body) {
+        Ok(req) => Ok((mode, chunk_delay, req)),
+        Err(e) => Err(openai_error(
+            400,
+            &format!("fake upstream: invalid JSON body: {e}"),
+        )),
+    }
+}
+
+/// `s` cut in two at (about) the middle, on a char boundary.
+fn halves(s: &str) -> (&str, &str) {
+    let mid = (0..=s.len() / 2)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    s.split_at(mid)
+}
+
+fn set_request_id(resp: &mut Response<Body>, id: &str) {
+    resp.headers_mut().insert(
+        "x-request-id",
+        HeaderValue::from_str(id).expect("ascii request id"),
+    );
+}
+
+async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body> {
+    let (mode, chunk_delay, req) = match begin(state, body).await {
+        Ok(begun) => begun,
+        Err(resp) => return resp,
     };
     let empty = Vec::new();
     let messages = req["messages"].as_array().unwrap_or(&empty);
@@ -378,12 +418,9 @@ async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body> {
         obj["usage"] = usage;
         json_response(200, obj.to_string())
     };
-    let headers = resp.headers_mut();
-    headers.insert(
-        "x-request-id",
-        HeaderValue::from_str(&format!("req_{n}")).expect("ascii"),
-    );
-    headers.insert("openai-processing-ms", HeaderValue::from_static("1"));
+    set_request_id(&mut resp, &format!("req_{n}"));
+    resp.headers_mut()
+        .insert("openai-processing-ms", HeaderValue::from_static("1"));
     resp
 }
 
@@ -416,11 +453,7 @@ fn stream_events(
                     "function": {"name": name, "arguments": ""}}]}),
                 Value::Null,
             ));
-            let mid = (0..=args.len() / 2)
-                .rev()
-                .find(|&i| args.is_char_boundary(i))
-                .unwrap_or(0);
-            let (a, b) = args.split_at(mid);
+            let (a, b) = halves(args);
             for part in [a, b] {
                 let delta = json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]});
                 chunks.push(chunk(delta, Value::Null));

@@ -2,3 +2,4 @@
 
 pub mod fake_upstream;
 pub mod proxy;
+pub mod sse;
