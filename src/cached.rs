@@ -72,6 +72,8 @@ pub trait Endpoint: Send + Sync + 'static {
 
 pub trait Assembler: Send {
     fn push(&mut self, data: &str);
+    /// True once the stream's final event (`[DONE]`, `response.completed`) has been seen.
+    fn ended(&self) -> bool;
     fn finish(self: Box<Self>) -> Option<Value>;
 }
 
@@ -202,7 +204,7 @@ impl Call {
                 Role::Leader(l) => leader = Some(l),
                 Role::Follower(follower) => {
                     if let Some(shared) = follower.wait().await
-                        && (!needs.needs_usage || shared.has_usage)
+                        && shared.satisfies(needs, cache.now_ms())
                         && let Some(response) = self.coalesced(&lookup, &shared, &cache)
                     {
                         return response;
@@ -307,7 +309,7 @@ impl Call {
                 let stored = serde_json::from_slice::<Value>(&bytes)
                     .ok()
                     .filter(|v| v.is_object() && v.get("error").is_none());
-                store.finish(stored);
+                store.finish(stored).await;
                 let mut response = Response::new(full(bytes));
                 *response.status_mut() = status;
                 headers.remove(header::CONTENT_LENGTH);
@@ -322,8 +324,10 @@ impl Call {
     }
 
     /// Relays an SSE response chunk by chunk while assembling it; the answer is stored only if
-    /// the stream ends cleanly. A spawned pump keeps reading if the client leaves while other
-    /// requests wait on this answer.
+    /// the stream ends cleanly. The chunk carrying the final event is held back until the
+    /// answer is stored, so a client that saw the whole answer finds it cached (earlier
+    /// chunks, and so the time to first token, are not delayed). A spawned pump keeps reading
+    /// if the client leaves while other requests wait on this answer.
     fn stream_miss(
         self,
         upstream: reqwest::Response,
@@ -339,13 +343,16 @@ impl Call {
             let mut body = upstream.bytes_stream();
             let mut client_gone = false;
             let mut clean = true;
+            let mut held = Vec::new();
             while let Some(chunk) = body.next().await {
                 match chunk {
                     Ok(bytes) => {
                         for event in parser.push(&bytes) {
                             assembler.push(&event.data);
                         }
-                        if !client_gone && tx.send(Ok(bytes)).await.is_err() {
+                        if assembler.ended() {
+                            held.push(bytes);
+                        } else if !client_gone && tx.send(Ok(bytes)).await.is_err() {
                             client_gone = true;
                         }
                         if client_gone && store.followers() == 0 {
@@ -360,7 +367,6 @@ impl Call {
                     }
                 }
             }
-            drop(tx);
             let answer = if clean && !parser.has_partial() {
                 assembler.finish()
             } else {
@@ -369,7 +375,12 @@ impl Call {
             if answer.is_none() {
                 tracing::info!(endpoint = endpoint.name(), "stream incomplete; not stored");
             }
-            store.finish(answer);
+            store.finish(answer).await;
+            for bytes in held {
+                if tx.send(Ok(bytes)).await.is_err() {
+                    break;
+                }
+            }
         });
         headers.remove(header::CONTENT_LENGTH);
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -476,10 +487,10 @@ impl Store {
         self.leader.as_ref().map_or(0, Leader::followers)
     }
 
-    /// Stores a complete answer in the background, then shares it with waiting twins. The
-    /// leader stays registered until the entry is written, so a repeat arriving meanwhile
-    /// waits for this answer instead of going upstream again.
-    fn finish(self, answer: Option<Value>) {
+    /// Stores a complete answer (on the blocking pool), then shares it with waiting twins.
+    /// Callers await this before the client sees the end of the answer, so a repeat sent
+    /// after it always finds the entry.
+    async fn finish(self, answer: Option<Value>) {
         let Some(answer) = answer else {
             return; // dropping the leader releases followers to go upstream themselves
         };
@@ -504,19 +515,17 @@ impl Store {
             vector: self.vector,
             ttl_ms: self.ttl_ms,
         };
-        let leader = self.leader;
-        tokio::task::spawn_blocking(move || {
-            match cache.insert(new) {
-                Ok(stored) => {
-                    tracing::debug!(entry = stored.0, "stored");
-                    shared.stored = Some(stored);
-                }
-                Err(err) => tracing::warn!(error = %err, "cache store failed; answer not cached"),
+        match tokio::task::spawn_blocking(move || cache.insert(new)).await {
+            Ok(Ok(stored)) => {
+                tracing::debug!(entry = stored.0, "stored");
+                shared.stored = Some(stored);
             }
-            if let Some(leader) = leader {
-                leader.publish(Some(Arc::new(shared)));
-            }
-        });
+            Ok(Err(err)) => tracing::warn!(error = %err, "cache store failed; answer not cached"),
+            Err(err) => tracing::warn!(error = %err, "cache store task failed"),
+        }
+        if let Some(leader) = self.leader {
+            leader.publish(Some(Arc::new(shared)));
+        }
     }
 }
 

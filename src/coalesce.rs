@@ -7,6 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use crate::cache::Requirements;
 use crate::cache::key::Hash32;
 
 /// The answer a leader shares with its followers.
@@ -17,6 +18,17 @@ pub struct Shared {
     pub has_usage: bool,
     /// The stored entry's id and creation time (ms), when it was stored.
     pub stored: Option<(u64, u64)>,
+}
+
+impl Shared {
+    /// Whether this answer may serve a request with these requirements (a shared answer can
+    /// be an older cache hit, so `max-age` applies to it too).
+    pub fn satisfies(&self, needs: Requirements, now_ms: u64) -> bool {
+        let age_ms = self
+            .stored
+            .map_or(0, |(_, created_ms)| now_ms.saturating_sub(created_ms));
+        (!needs.needs_usage || self.has_usage) && needs.max_age_ms.is_none_or(|max| age_ms < max)
+    }
 }
 
 type Slot = Option<Option<Arc<Shared>>>;

@@ -213,6 +213,10 @@ impl Assembler for CompletionAssembler {
         }
     }
 
+    fn ended(&self) -> bool {
+        self.done || self.failed
+    }
+
     fn finish(self: Box<Self>) -> Option<Value> {
         if !self.done || self.failed || self.choices.is_empty() {
             return None;

@@ -96,6 +96,9 @@ pub struct CacheConfig {
     pub compact_dead_ratio: f32,
     /// Scopes with fewer entries are searched exactly; larger ones get an HNSW graph.
     pub hnsw_min_entries: usize,
+    /// Cache Responses API calls that upstream stores (`store` true or absent). Off: a cached
+    /// answer's id would not exist upstream for `previous_response_id` or retrieval.
+    pub cache_stored_responses: bool,
 }
 
 impl Default for CacheConfig {
@@ -111,6 +114,7 @@ impl Default for CacheConfig {
             sweep_interval_secs: 60,
             compact_dead_ratio: 0.25,
             hnsw_min_entries: 512,
+            cache_stored_responses: false,
         }
     }
 }
@@ -130,6 +134,8 @@ impl CacheConfig {
 pub enum EmbeddingProvider {
     /// `POST {base_url}/embeddings` on an OpenAI-compatible API.
     Openai,
+    /// In-process sentence-transformers model (BERT family) loaded from `model_dir`.
+    Local,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +150,13 @@ pub struct EmbeddingConfig {
     pub api_key: Option<Secret>,
     /// Milliseconds an embedding may take before the request proceeds as a miss.
     pub timeout_ms: u64,
+    /// `local`: folder with config.json, tokenizer.json, model.safetensors (and optionally the
+    /// sentence-transformers files); relative paths are taken from the working directory.
+    pub model_dir: PathBuf,
+    /// `local`: most prompts embedded together in one forward pass.
+    pub max_batch: usize,
+    /// `local`: CPU threads for inference; 0 means one per available core.
+    pub threads: usize,
 }
 
 impl Default for EmbeddingConfig {
@@ -154,6 +167,9 @@ impl Default for EmbeddingConfig {
             model: "text-embedding-3-small".into(),
             api_key: None,
             timeout_ms: 2000,
+            model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            max_batch: 32,
+            threads: 0,
         }
     }
 }
@@ -271,6 +287,23 @@ impl Config {
         if self.embedding.timeout_ms == 0 {
             return invalid("embedding.timeout_ms", "must be positive");
         }
+        if !(1..=1024).contains(&self.embedding.max_batch) {
+            return invalid("embedding.max_batch", "must be between 1 and 1024");
+        }
+        if self.embedding.threads > 1024 {
+            return invalid(
+                "embedding.threads",
+                "must be at most 1024 (0 = one per core)",
+            );
+        }
+        if self.embedding.provider == EmbeddingProvider::Local
+            && self.embedding.model_dir.as_os_str().is_empty()
+        {
+            return invalid(
+                "embedding.model_dir",
+                "must be set when provider = \"local\"",
+            );
+        }
         Ok(())
     }
 
@@ -355,6 +388,7 @@ mod tests {
     #[test]
     fn file_then_env_override() {
         figment::Jail::expect_with(|jail| {
+            jail.clear_env(); // a stray DEJA_* variable must not leak in
             jail.create_file(
                 "proxy.toml",
                 "[cache]\nttl_secs = 60\nsimilarity_threshold = 0.9\n",
@@ -379,8 +413,38 @@ mod tests {
     }
 
     #[test]
+    fn local_embedding_keys_are_validated() {
+        let mut config = Config::default();
+        config.embedding.provider = EmbeddingProvider::Local;
+        config.validate().unwrap();
+        config.embedding.max_batch = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("embedding.max_batch"), "{err}");
+        config.embedding.max_batch = 8;
+        config.embedding.model_dir = PathBuf::new();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("embedding.model_dir"), "{err}");
+        // An empty model_dir does not matter to the openai provider.
+        config.embedding.provider = EmbeddingProvider::Openai;
+        config.validate().unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env(); // a stray DEJA_* variable must not leak in
+            jail.create_file(
+                "proxy.toml",
+                "[embedding]\nprovider = \"local\"\nmodel_dir = \"/opt/minilm\"\nmax_batch = 4\n",
+            )?;
+            let config = Config::load(Path::new("proxy.toml")).expect("loads");
+            assert_eq!(config.embedding.provider, EmbeddingProvider::Local);
+            assert_eq!(config.embedding.model_dir, Path::new("/opt/minilm"));
+            assert_eq!(config.embedding.max_batch, 4);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         figment::Jail::expect_with(|jail| {
+            jail.clear_env(); // a stray DEJA_* variable must not leak in
             jail.create_file("proxy.toml", "[cache]\nttl = 60\n")?;
             assert!(Config::load(Path::new("proxy.toml")).is_err());
             Ok(())

@@ -84,6 +84,11 @@ impl ChatStreamAssembler {
         }
     }
 
+    /// True once `[DONE]` (or a failure) was seen: nothing after it can change the outcome.
+    pub fn ended(&self) -> bool {
+        self.done || self.failed
+    }
+
     /// The assembled `chat.completion`, or `None` if the stream did not end cleanly with
     /// `[DONE]`, carried an error, or left a choice without a finish reason.
     pub fn finish(self) -> Option<Value> {

@@ -53,6 +53,10 @@ impl Assembler for ChatStreamAssembler {
         ChatStreamAssembler::push(self, data);
     }
 
+    fn ended(&self) -> bool {
+        ChatStreamAssembler::ended(self)
+    }
+
     fn finish(self: Box<Self>) -> Option<Value> {
         ChatStreamAssembler::finish(*self)
     }

@@ -5,7 +5,11 @@
 //! different ids are never compared.
 //!
 //! - `openai`: the `/v1/embeddings` API of the upstream (or another OpenAI-compatible host)
+//! - `local`: a sentence-transformers model run in-process with candle (feature
+//!   `local-embeddings`, on by default)
 
+#[cfg(feature = "local-embeddings")]
+mod local;
 mod openai;
 
 use std::time::Duration;
@@ -13,6 +17,8 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::config::{Config, EmbeddingProvider};
+#[cfg(feature = "local-embeddings")]
+pub use local::LocalEmbedder;
 pub use openai::OpenAiEmbedder;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,16 +31,39 @@ pub enum EmbedError {
     Status(u16),
     #[error("embedding response malformed: {0}")]
     Malformed(&'static str),
+    #[error("local embedding failed: {0}")]
+    Local(String),
+}
+
+/// Why an embedder could not be built (deja then refuses to start).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("building the embeddings HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The local model could not be loaded; the message names `embedding.model_dir` and says
+    /// how to fetch the default model.
+    #[error("{0}")]
+    Model(String),
+    #[error("embedding.provider = \"local\" needs deja built with the `local-embeddings` feature")]
+    LocalNotBuilt,
 }
 
 pub enum Embedder {
     OpenAi(OpenAiEmbedder),
+    #[cfg(feature = "local-embeddings")]
+    Local(LocalEmbedder),
 }
 
 impl Embedder {
-    pub fn from_config(config: &Config) -> Result<Embedder, reqwest::Error> {
+    /// Builds the configured provider. `local` loads its model here (blocking, ~100 MB read):
+    /// call off the async workers.
+    pub fn from_config(config: &Config) -> Result<Embedder, BuildError> {
         match config.embedding.provider {
             EmbeddingProvider::Openai => Ok(Embedder::OpenAi(OpenAiEmbedder::new(config)?)),
+            #[cfg(feature = "local-embeddings")]
+            EmbeddingProvider::Local => Ok(Embedder::Local(LocalEmbedder::new(config)?)),
+            #[cfg(not(feature = "local-embeddings"))]
+            EmbeddingProvider::Local => Err(BuildError::LocalNotBuilt),
         }
     }
 
@@ -42,6 +71,8 @@ impl Embedder {
     pub fn id(&self) -> String {
         match self {
             Embedder::OpenAi(e) => format!("openai:{}", e.model),
+            #[cfg(feature = "local-embeddings")]
+            Embedder::Local(e) => e.id.clone(),
         }
     }
 
@@ -54,6 +85,8 @@ impl Embedder {
     ) -> Result<Vec<f32>, EmbedError> {
         match self {
             Embedder::OpenAi(e) => e.embed(text, caller_auth).await,
+            #[cfg(feature = "local-embeddings")]
+            Embedder::Local(e) => e.embed(text).await,
         }
     }
 }

@@ -30,6 +30,10 @@ impl Assembler for ResponseAssembler {
         }
     }
 
+    fn ended(&self) -> bool {
+        self.completed.is_some() || self.failed
+    }
+
     fn finish(self: Box<Self>) -> Option<Value> {
         if self.failed {
             return None;

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the test suite: makes sure .venv has the openai SDK (for tests/openai_sdk.rs), then
+# `cargo nextest run` (or `cargo test` where nextest is not installed). Arguments are passed
+# on to cargo, e.g. `scripts/test.sh --test restart`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# tests/openai_sdk.rs finds .venv/bin/python by itself (SDK_TEST_PYTHON overrides it). Test
+# settings never use the DEJA_ prefix: deja reads every DEJA_* variable as a config key and
+# refuses unknown ones.
+bash scripts/setup-python.sh
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --no-fail-fast "$@"
+else
+    cargo test --no-fail-fast "$@"
+fi

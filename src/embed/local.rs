@@ -1,0 +1,494 @@
+//! In-process embeddings: a sentence-transformers model (BERT family, e.g. all-MiniLM-L6-v2)
+//! run with candle on the CPU. Nothing is downloaded: the model is read from
+//! `embedding.model_dir` (see `scripts/fetch-model.sh`).
+//!
+//! The model lives on one dedicated thread; `embed` hands the text over a bounded channel and
+//! awaits the answer on a oneshot, so inference never runs on the async workers. The thread
+//! takes every request that is waiting (up to `embedding.max_batch`) and embeds them together:
+//! one forward pass for many prompts costs far less than one each. Inputs of a batch are padded
+//! to the longest one and masked, so a prompt gets the same vector alone or in a batch.
+//!
+//! Pipeline, as in sentence-transformers: WordPiece tokens (truncated to the model's
+//! `max_seq_length`) → BERT → mean (or CLS) pooling over the real tokens → L2 normalisation.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use serde::Deserialize;
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{BuildError, EmbedError};
+use crate::cache::index::normalize;
+use crate::config::Config;
+
+/// sentence-transformers' default when `sentence_bert_config.json` does not say.
+const DEFAULT_MAX_TOKENS: usize = 256;
+/// Text beyond `max_tokens * MAX_BYTES_PER_TOKEN` bytes is cut before tokenising: the model
+/// only sees the first `max_tokens` word pieces anyway, and tokenising a 30 MB prompt would hold
+/// up every other request. (A word piece is a few bytes; only text that is nearly all
+/// whitespace could have fewer tokens than that in so many bytes.)
+const MAX_BYTES_PER_TOKEN: usize = 256;
+/// Requests waiting for the model, per slot of a batch.
+const QUEUE_BATCHES: usize = 4;
+const WORKER_GONE: &str = "the embedding thread has stopped";
+
+/// Handle to the model thread. Dropping it stops the thread once the queue is drained.
+pub struct LocalEmbedder {
+    /// `local:<folder name>:<dimension>:<digest of config, tokenizer, weights, pooling>`.
+    pub(super) id: String,
+    jobs: mpsc::Sender<Job>,
+    timeout: Duration,
+    max_text_bytes: usize,
+}
+
+struct Job {
+    text: String,
+    reply: oneshot::Sender<Result<Vec<f32>, EmbedError>>,
+}
+
+impl LocalEmbedder {
+    /// Loads the model (reads ~100 MB and runs one warm-up pass: call off the async workers)
+    /// and starts its thread.
+    pub(super) fn new(config: &Config) -> Result<Self, BuildError> {
+        let settings = &config.embedding;
+        let dir = &settings.model_dir;
+        let fail = |problem: String| BuildError::Model(describe(dir, &problem));
+        let threads = match settings.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let model = Model::load(dir, threads).map_err(fail)?;
+        let id = model.id.clone();
+        let max_text_bytes = model.max_tokens * MAX_BYTES_PER_TOKEN;
+        tracing::info!(
+            id = %id,
+            dir = %dir.display(),
+            max_tokens = model.max_tokens,
+            pooling = ?model.pooling,
+            threads,
+            max_batch = settings.max_batch,
+            "local embedding model loaded"
+        );
+        let max_batch = settings.max_batch.max(1);
+        let (jobs, queue) = mpsc::channel(max_batch * QUEUE_BATCHES);
+        std::thread::Builder::new()
+            .name("deja-embed".into())
+            .spawn(move || model.serve(queue, max_batch))
+            .map_err(|e| fail(format!("cannot start the embedding thread: {e}")))?;
+        Ok(LocalEmbedder {
+            id,
+            jobs,
+            timeout: Duration::from_millis(settings.timeout_ms),
+            max_text_bytes,
+        })
+    }
+
+    /// Queues `text` for the model thread; waiting in the queue counts against the timeout.
+    pub(super) async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            text: cut_at_char_boundary(text, self.max_text_bytes).to_owned(),
+            reply,
+        };
+        let call = async {
+            self.jobs
+                .send(job)
+                .await
+                .map_err(|_| EmbedError::Local(WORKER_GONE.into()))?;
+            answer
+                .await
+                .map_err(|_| EmbedError::Local(WORKER_GONE.into()))?
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| EmbedError::Timeout(self.timeout))?
+    }
+}
+
+/// Every load error names the key and says how to get the default model.
+fn describe(dir: &Path, problem: &str) -> String {
+    format!(
+        "embedding.model_dir = {:?}: {problem}. Run scripts/fetch-model.sh to fetch \
+         all-MiniLM-L6-v2 into models/all-MiniLM-L6-v2, or point embedding.model_dir at a \
+         sentence-transformers model folder (config.json, tokenizer.json, model.safetensors)",
+        dir.display().to_string()
+    )
+}
+
+fn cut_at_char_boundary(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pooling {
+    /// Average of the token vectors, padding excluded (all-MiniLM-L6-v2 and most models).
+    Mean,
+    /// The vector of the first ([CLS]) token.
+    Cls,
+}
+
+/// The model and everything needed to run it; owned by the embedding thread.
+struct Model {
+    id: String,
+    bert: BertModel,
+    tokenizer: Tokenizer,
+    pooling: Pooling,
+    max_tokens: usize,
+    dim: usize,
+    pad_id: u32,
+    /// Candle's matrix products and the tokenizer use rayon: this pool bounds their threads and
+    /// keeps them apart from the rest of the process.
+    pool: rayon::ThreadPool,
+}
+
+/// `modules.json`: the pipeline of a sentence-transformers model.
+#[derive(Deserialize)]
+struct ModuleEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+/// `1_Pooling/config.json`.
+#[derive(Deserialize)]
+struct PoolingConfig {
+    word_embedding_dimension: Option<usize>,
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+    #[serde(default)]
+    pooling_mode_weightedmean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
+}
+
+/// `sentence_bert_config.json`.
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(dir.join(name)).map_err(|e| format!("cannot read {name}: {e}"))
+}
+
+/// Reads an optional JSON file: `None` when it does not exist.
+fn read_optional<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> Result<Option<T>, String> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = read(dir, name)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("{name} is malformed: {e}"))
+}
+
+impl Model {
+    fn load(dir: &Path, threads: usize) -> Result<Model, String> {
+        if !dir.is_dir() {
+            return Err(match std::path::absolute(dir) {
+                Ok(abs) if abs != dir => format!("no such directory ({})", abs.display()),
+                _ => "no such directory".into(),
+            });
+        }
+        for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+            if !dir.join(name).is_file() {
+                return Err(format!("{name} is missing"));
+            }
+        }
+
+        let config_bytes = read(dir, "config.json")?;
+        let config: BertConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| format!("config.json is not a BERT configuration: {e}"))?;
+        if let Some(kind) = config.model_type.as_deref().filter(|&k| k != "bert") {
+            return Err(format!(
+                "config.json has model_type {kind:?}; only BERT models are supported"
+            ));
+        }
+        let dim = config.hidden_size;
+
+        // The sentence-transformers pipeline, when described: Transformer → Pooling →
+        // (Normalize). Anything else (a Dense projection, ...) would give other vectors.
+        let mut pooling_dir = "1_Pooling".to_owned();
+        if let Some(modules) = read_optional::<Vec<ModuleEntry>>(dir, "modules.json")? {
+            for module in modules {
+                match module.kind.rsplit('.').next().unwrap_or_default() {
+                    "Transformer" | "Normalize" => {}
+                    "Pooling" => pooling_dir = module.path,
+                    _ => {
+                        return Err(format!(
+                            "modules.json lists {}, which deja does not implement \
+                             (only Transformer, Pooling and Normalize)",
+                            module.kind
+                        ));
+                    }
+                }
+            }
+        }
+        let pooling_file = format!("{pooling_dir}/config.json");
+        let pooling = match read_optional::<PoolingConfig>(dir, &pooling_file)? {
+            None => Pooling::Mean,
+            Some(p) => {
+                if p.word_embedding_dimension.is_some_and(|d| d != dim) {
+                    return Err(format!(
+                        "{pooling_file} expects dimension {:?}, config.json says {dim}",
+                        p.word_embedding_dimension
+                    ));
+                }
+                let others = p.pooling_mode_max_tokens
+                    || p.pooling_mode_mean_sqrt_len_tokens
+                    || p.pooling_mode_weightedmean_tokens
+                    || p.pooling_mode_lasttoken;
+                match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token, others) {
+                    (true, false, false) => Pooling::Mean,
+                    (false, true, false) => Pooling::Cls,
+                    _ => {
+                        return Err(format!(
+                            "{pooling_file} asks for a pooling deja does not implement \
+                             (exactly one of mean or cls is supported)"
+                        ));
+                    }
+                }
+            }
+        };
+
+        let max_tokens = read_optional::<SentenceBertConfig>(dir, "sentence_bert_config.json")?
+            .and_then(|c| c.max_seq_length)
+            .unwrap_or(DEFAULT_MAX_TOKENS)
+            .min(config.max_position_embeddings);
+        if max_tokens < 2 {
+            return Err(format!("max_seq_length {max_tokens} is too small"));
+        }
+
+        let tokenizer_bytes = read(dir, "tokenizer.json")?;
+        let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
+            .map_err(|e| format!("tokenizer.json is malformed: {e}"))?;
+        // The shipped tokenizer.json pads every input to 128 tokens and truncates at 128: no
+        // padding here (batches are padded to their longest input below) and truncation at
+        // the model's own limit, as sentence-transformers does.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| format!("tokenizer.json: cannot truncate at {max_tokens}: {e}"))?;
+
+        let weights = read(dir, "model.safetensors")?;
+        let mut digest = blake3::Hasher::new();
+        for part in [&config_bytes, &tokenizer_bytes, &weights] {
+            digest.update(&(part.len() as u64).to_le_bytes());
+            digest.update(part);
+        }
+        digest.update(format!("{pooling:?}/{max_tokens}").as_bytes());
+        let device = Device::Cpu;
+        let tensors = candle_core::safetensors::load_buffer(&weights, &device)
+            .map_err(|e| format!("model.safetensors is malformed: {e}"))?;
+        drop(weights);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let bert = BertModel::load(vb, &config)
+            .map_err(|e| format!("model.safetensors does not match config.json: {e}"))?;
+
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("deja-embed-{i}"))
+            .build()
+            .map_err(|e| format!("cannot start {threads} inference threads: {e}"))?;
+        let model = Model {
+            id: format!("local:{name}:{dim}:{}", &digest.finalize().to_hex()[..12]),
+            bert,
+            tokenizer,
+            pooling,
+            max_tokens,
+            dim,
+            pad_id: config.pad_token_id as u32,
+            pool,
+        };
+        // Fail now rather than on the first request, and warm the allocator up.
+        let warm_up = model.embed_all(&["deja warm-up"]);
+        match warm_up.into_iter().next() {
+            Some(Ok(v)) if v.len() == dim => Ok(model),
+            Some(Err(e)) => Err(format!("the model does not run: {e}")),
+            _ => Err("the model does not run: wrong output".into()),
+        }
+    }
+
+    /// The embedding thread: batches whatever is waiting until every sender is gone.
+    fn serve(self, mut queue: mpsc::Receiver<Job>, max_batch: usize) {
+        let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+        while let Some(job) = queue.blocking_recv() {
+            batch.push(job);
+            while batch.len() < max_batch {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            // Callers that timed out are no longer listening: skip their work.
+            batch.retain(|job| !job.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            let texts: Vec<&str> = batch.iter().map(|job| job.text.as_str()).collect();
+            let results = self.embed_all(&texts);
+            for (job, result) in batch.drain(..).zip(results) {
+                let _ = job.reply.send(result);
+            }
+        }
+        tracing::debug!("embedding thread stopped");
+    }
+
+    /// One result per text, in order. Should the batch fail (or panic), each text is retried
+    /// alone so that one bad input does not fail the others.
+    fn embed_all(&self, texts: &[&str]) -> Vec<Result<Vec<f32>, EmbedError>> {
+        let attempt = |texts: &[&str]| {
+            catch_unwind(AssertUnwindSafe(|| {
+                self.pool.install(|| self.embed_batch(texts))
+            }))
+            .unwrap_or_else(|_| Err("inference panicked".into()))
+        };
+        match attempt(texts) {
+            Ok(vectors) => vectors.into_iter().map(Ok).collect(),
+            Err(e) if texts.len() == 1 => vec![Err(EmbedError::Local(e))],
+            Err(_) => texts
+                .iter()
+                .map(|&text| match attempt(&[text]) {
+                    Ok(mut v) => Ok(v.pop().unwrap_or_default()),
+                    Err(e) => Err(EmbedError::Local(e)),
+                })
+                .collect(),
+        }
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        let encodings = self
+            .tokenizer
+            .encode_batch_fast(texts.to_vec(), true)
+            .map_err(|e| format!("tokenizing: {e}"))?;
+        // Sort by length and cut the batch where padding would more than double the work, so
+        // one long prompt does not make 31 short ones pay for 256 tokens each.
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].len());
+        let mut vectors = vec![Vec::new(); encodings.len()];
+        let mut start = 0;
+        let mut tokens = 0;
+        for (n, &i) in order.iter().enumerate() {
+            let len = encodings[i].len();
+            let count = n - start;
+            if count > 0 && len * (count + 1) > 2 * (tokens + len) {
+                self.forward(&encodings, &order[start..n], &mut vectors)?;
+                start = n;
+                tokens = 0;
+            }
+            tokens += len;
+        }
+        self.forward(&encodings, &order[start..], &mut vectors)?;
+        Ok(vectors)
+    }
+
+    /// Runs the model on `encodings[rows]`, padded to the longest, and stores each row's unit
+    /// vector in `out` at its index.
+    fn forward(
+        &self,
+        encodings: &[Encoding],
+        rows: &[usize],
+        out: &mut [Vec<f32>],
+    ) -> Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let error = |e: candle_core::Error| format!("inference: {e}");
+        let len = rows
+            .iter()
+            .map(|&i| encodings[i].len())
+            .max()
+            .unwrap_or(0)
+            .clamp(1, self.max_tokens);
+        let size = rows.len() * len;
+        let (mut ids, mut types, mut mask) =
+            (vec![self.pad_id; size], vec![0; size], vec![0; size]);
+        for (row, &i) in rows.iter().enumerate() {
+            let encoding = &encodings[i];
+            let n = encoding.len().min(len);
+            let at = row * len;
+            ids[at..at + n].copy_from_slice(&encoding.get_ids()[..n]);
+            types[at..at + n].copy_from_slice(&encoding.get_type_ids()[..n]);
+            mask[at..at + n].fill(1u32);
+        }
+        let shape = (rows.len(), len);
+        let ids = Tensor::from_vec(ids, shape, &Device::Cpu).map_err(error)?;
+        let types = Tensor::from_vec(types, shape, &Device::Cpu).map_err(error)?;
+        let mask = Tensor::from_vec(mask, shape, &Device::Cpu).map_err(error)?;
+        let hidden = self
+            .bert
+            .forward(&ids, &types, Some(&mask))
+            .map_err(error)?; // (rows, len, dim)
+        let pooled = match self.pooling {
+            Pooling::Mean => {
+                let mask = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2));
+                let mask = mask.map_err(error)?; // (rows, len, 1)
+                let sum = hidden.broadcast_mul(&mask).and_then(|h| h.sum(1));
+                let count = mask.sum(1).and_then(|c| c.clamp(1e-9f32, f32::MAX));
+                sum.and_then(|s| s.broadcast_div(&count?))
+            }
+            Pooling::Cls => hidden.narrow(1, 0, 1).and_then(|h| h.squeeze(1)),
+        };
+        let pooled = pooled.and_then(|p| p.to_vec2::<f32>()).map_err(error)?;
+        for (&i, mut vector) in rows.iter().zip(pooled) {
+            if vector.len() != self.dim || !normalize(&mut vector) {
+                return Err("the model produced a zero or non-finite vector".into());
+            }
+            out[i] = vector;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_long_text_at_a_char_boundary() {
+        assert_eq!(cut_at_char_boundary("héllo", 100), "héllo");
+        assert_eq!(cut_at_char_boundary("héllo", 2), "h");
+        assert_eq!(cut_at_char_boundary("héllo", 3), "hé");
+    }
+
+    #[test]
+    fn missing_dir_names_the_key_and_the_script() {
+        let dir = Path::new("/nonexistent/deja-model");
+        let problem = Model::load(dir, 1).err().expect("fails");
+        let message = describe(dir, &problem);
+        assert!(message.contains("embedding.model_dir"), "{message}");
+        assert!(message.contains("scripts/fetch-model.sh"), "{message}");
+        assert!(message.contains("no such directory"), "{message}");
+    }
+}

@@ -1,0 +1,147 @@
+"""deja end to end with the official `openai` Python SDK (run by tests/openai_sdk.rs).
+
+Each request is made twice against deja (OPENAI_BASE_URL): the first goes upstream (a miss),
+the second must be served from the cache and look the same to the SDK. Covered: a plain
+completion, a stream with usage, and a tool call. Exits non-zero naming the first failure.
+"""
+
+import os
+import sys
+
+import openai
+from openai import OpenAI
+
+MODEL = "gpt-4o-mini"
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+# No retries: a retried request would hide a failure and upset the upstream call count.
+client = OpenAI(
+    base_url=os.environ["OPENAI_BASE_URL"],
+    api_key="sk-test-e2e",
+    max_retries=0,
+    timeout=30,
+)
+
+
+class Failure(Exception):
+    pass
+
+
+# x-deja-match of every repeat, for the summary line.
+matches = []
+
+
+def check(condition, message):
+    if not condition:
+        raise Failure(message)
+
+
+def check_cache(headers, expected, what):
+    """x-deja-cache is `expected`. A repeat is an exact hit, or `coalesced` when it arrives
+    while deja is still writing the first answer to its store (then it is served that answer
+    in flight); either way nothing goes upstream, which the Rust side counts."""
+    cache = headers.get("x-deja-cache")
+    check(cache == expected, f"{what}: x-deja-cache is {cache!r}, expected {expected!r}")
+    if expected == "hit":
+        match = headers.get("x-deja-match")
+        check(match in ("exact", "coalesced"), f"{what}: x-deja-match is {match!r}")
+        matches.append(match)
+
+
+def chat_twice():
+    messages = [{"role": "user", "content": "Name three primary colors."}]
+    answers = []
+    for expected in ("miss", "hit"):
+        raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages)
+        check_cache(raw.headers, expected, f"chat ({expected})")
+        completion = raw.parse()
+        check(completion.choices[0].message.content, f"chat ({expected}): empty content")
+        check(completion.usage is not None, f"chat ({expected}): no usage")
+        check(completion.usage.total_tokens > 0, f"chat ({expected}): zero usage")
+        answers.append(completion)
+    first, second = answers
+    check(
+        first.choices[0].message.content == second.choices[0].message.content,
+        f"chat: hit content {second.choices[0].message.content!r} "
+        f"!= original {first.choices[0].message.content!r}",
+    )
+    check(first.usage == second.usage, f"chat: hit usage {second.usage} != {first.usage}")
+
+
+def stream_twice():
+    messages = [{"role": "user", "content": "Write a haiku about autumn rain."}]
+    answers = []
+    for expected in ("miss", "hit"):
+        with client.chat.completions.with_streaming_response.create(
+            model=MODEL,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+        ) as response:
+            check_cache(response.headers, expected, f"stream ({expected})")
+            text, usage, finish = [], None, None
+            for chunk in response.parse():
+                if chunk.usage is not None:
+                    check(chunk.choices == [], f"stream ({expected}): usage chunk has choices")
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    text.append(choice.delta.content or "")
+                    finish = choice.finish_reason or finish
+        check(usage is not None, f"stream ({expected}): no usage chunk")
+        check(finish == "stop", f"stream ({expected}): finish_reason {finish!r}")
+        answers.append(("".join(text), usage))
+    (first_text, first_usage), (second_text, second_usage) = answers
+    check(first_text, "stream: no content")
+    check(first_text == second_text, f"stream: hit {second_text!r} != original {first_text!r}")
+    check(first_usage == second_usage, f"stream: hit usage {second_usage} != {first_usage}")
+
+
+def tool_call_twice():
+    messages = [{"role": "user", "content": "What is the weather in Paris today?"}]
+    calls = []
+    for expected in ("miss", "hit"):
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=messages, tools=[WEATHER_TOOL]
+        )
+        check_cache(raw.headers, expected, f"tool call ({expected})")
+        choice = raw.parse().choices[0]
+        check(choice.finish_reason == "tool_calls", f"tool call ({expected}): {choice}")
+        tool_calls = choice.message.tool_calls or []
+        check(tool_calls, f"tool call ({expected}): no tool_calls in {choice.message}")
+        name = tool_calls[0].function.name
+        check(name == "get_weather", f"tool call ({expected}): function {name!r}")
+        calls.append(tool_calls[0].function.arguments)
+    check(calls[0] == calls[1], f"tool call: hit arguments {calls[1]!r} != {calls[0]!r}")
+
+
+def main():
+    try:
+        chat_twice()
+        stream_twice()
+        tool_call_twice()
+    except Failure as failure:
+        print(f"openai_sdk.py: FAILED: {failure}", file=sys.stderr)
+        return 1
+    except openai.OpenAIError as error:
+        print(f"openai_sdk.py: FAILED: SDK error: {error!r}", file=sys.stderr)
+        return 1
+    print(
+        f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream and tool-call "
+        f"repeats all hits ({', '.join(matches)})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

