@@ -113,7 +113,7 @@ impl Default for CacheConfig {
             semantic: true,
             sweep_interval_secs: 60,
             compact_dead_ratio: 0.25,
-            hnsw_min_entries: 512,
+            hnsw_min_entries: 4096,
             cache_stored_responses: false,
         }
     }
