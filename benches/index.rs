@@ -18,7 +18,9 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(1536);
     println!("one scope, {dim}-d vectors, {QUERIES} near queries");
-    println!("| entries | flat p50 (µs) | flat p99 (µs) | hnsw build (inserts/s) | hnsw p50 (µs) | hnsw p99 (µs) | hnsw recall@1 vs flat |");
+    println!(
+        "| entries | flat p50 (µs) | flat p99 (µs) | hnsw build (inserts/s) | hnsw p50 (µs) | hnsw p99 (µs) | hnsw recall@1 vs flat |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let scope = Hash32([1; 32]);
     for entries in [512, 2048, 8192] {

@@ -75,6 +75,7 @@ fn fill(dir: &std::path::Path, entries: usize, per_scope: usize, dim: usize) {
             expires_ms: u64::MAX,
             has_usage: true,
             response: response.clone(),
+            prompt: None,
         };
         store.insert(&entry, Some(&vector)).expect("insert");
     }

@@ -223,6 +223,7 @@ impl Call {
 
         let mut vector = None;
         let mut best = None;
+        let mut rejected = 0;
         // The vector serves the lookup and the stored entry; with neither, skip the call.
         let wants_vector = !(controls.no_cache && controls.no_store);
         if let (true, Some(text), Some(embedder)) = (
@@ -244,12 +245,14 @@ impl Call {
             let threshold =
                 controls.effective_threshold(self.app.config.cache.threshold_for(&lookup.model));
             let (scope, v) = (lookup.scope, v.clone());
+            let query = lookup.semantic_text.clone().unwrap_or_default();
             let outcome = blocking(&cache, move |c| {
-                c.lookup_semantic(&scope, &v, threshold, needs)
+                c.lookup_semantic(&scope, &v, &query, threshold, needs)
             })
             .await;
             if let Some(outcome) = outcome {
                 best = outcome.best;
+                rejected = outcome.rejected;
                 if let Some(hit) = outcome.hit
                     && let Some(response) = self.hit(&lookup, &hit, &cache)
                 {
@@ -266,10 +269,10 @@ impl Call {
             ttl_ms: controls.max_age_secs.map(|s| s.saturating_mul(1000)),
             leader,
         };
-        self.miss(lookup, store, best).await
+        self.miss(lookup, store, Near { best, rejected }).await
     }
 
-    async fn miss(self, lookup: Lookup, store: Store, best: Option<f32>) -> Response<ProxyBody> {
+    async fn miss(self, lookup: Lookup, store: Store, near: Near) -> Response<ProxyBody> {
         let upstream = match self.send_upstream().await {
             Ok(upstream) => upstream,
             Err(err) => {
@@ -279,15 +282,19 @@ impl Call {
         };
         let status = upstream.status();
         let mut headers = response_headers(upstream.headers(), Some("miss"));
-        if let Some(best) = best.and_then(|b| HeaderValue::from_str(&format!("{b:.4}")).ok()) {
-            headers.insert("x-deja-best-similarity", best);
+        if let Some(best) = near.best {
+            headers.insert("x-deja-best-similarity", header_num(best));
+        }
+        if near.rejected > 0 {
+            headers.insert("x-deja-verify-rejected", HeaderValue::from(near.rejected));
         }
         tracing::info!(
             endpoint = self.endpoint.name(),
             model = %lookup.model,
             cache = "miss",
             status = status.as_u16(),
-            best_similarity = best,
+            best_similarity = near.best,
+            verify_rejected = near.rejected,
             elapsed_ms = ms(self.started),
             "request"
         );
@@ -472,6 +479,12 @@ impl Call {
     }
 }
 
+/// What the semantic search saw on a miss, reported to the caller for threshold tuning.
+struct Near {
+    best: Option<f32>,
+    rejected: usize,
+}
+
 /// What to do with an upstream answer once it is complete.
 struct Store {
     /// `None` under `Cache-Control: no-store`.
@@ -513,6 +526,7 @@ impl Store {
             response: shared.response.clone(),
             has_usage,
             vector: self.vector,
+            prompt: self.lookup.semantic_text,
             ttl_ms: self.ttl_ms,
         };
         match tokio::task::spawn_blocking(move || cache.insert(new)).await {

@@ -96,6 +96,8 @@ pub struct CacheConfig {
     pub compact_dead_ratio: f32,
     /// Scopes with fewer entries are searched exactly; larger ones get an HNSW graph.
     pub hnsw_min_entries: usize,
+    /// The second check on semantic candidates (`[cache.verify]`).
+    pub verify: crate::cache::verify::VerifyConfig,
     /// Cache Responses API calls that upstream stores (`store` true or absent). Off: a cached
     /// answer's id would not exist upstream for `previous_response_id` or retrieval.
     pub cache_stored_responses: bool,
@@ -115,6 +117,7 @@ impl Default for CacheConfig {
             compact_dead_ratio: 0.25,
             hnsw_min_entries: 4096,
             cache_stored_responses: false,
+            verify: Default::default(),
         }
     }
 }

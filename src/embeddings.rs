@@ -235,6 +235,7 @@ fn store(
             response: item.to_string(),
             has_usage: false,
             vector: None,
+            prompt: None,
             ttl_ms: max_age_secs.map(|s| s.saturating_mul(1000)),
         })
         .collect();

@@ -65,6 +65,39 @@ async fn reworded_question_hits_semantically_and_near_miss_does_not() {
 }
 
 #[tokio::test]
+async fn verification_rejects_a_similar_prompt_with_other_numbers_or_negation() {
+    let h = Harness::start().await;
+    for text in [
+        "What is 2+2?",
+        "What is 2+3?",
+        "Is it safe?",
+        "Is it not safe?",
+    ] {
+        h.upstream.set_embedding(text, axis());
+    }
+    h.chat(&ask("What is 2+2?")).await;
+    let other_number = h.chat(&ask("What is 2+3?")).await;
+    assert_eq!(other_number.cache_status(), "miss");
+    assert_eq!(
+        other_number.header("x-deja-best-similarity"),
+        Some("1.0000")
+    );
+    assert_eq!(other_number.header("x-deja-verify-rejected"), Some("1"));
+
+    let off = Harness::with(|c| c.cache.verify.enabled = false).await;
+    off.upstream.set_embedding("Is it safe?", axis());
+    off.upstream.set_embedding("Is it not safe?", axis());
+    off.chat(&ask("Is it safe?")).await;
+    assert_eq!(
+        off.chat(&ask("Is it not safe?")).await.cache_status(),
+        "hit",
+        "similarity alone"
+    );
+    h.chat(&ask("Is it safe?")).await;
+    assert_eq!(h.chat(&ask("Is it not safe?")).await.cache_status(), "miss");
+}
+
+#[tokio::test]
 async fn anything_else_that_shapes_the_answer_must_match() {
     let h = Harness::start().await;
     let question = "What is the capital of France?";

@@ -23,6 +23,10 @@ pub struct Entry {
     pub has_usage: bool,
     /// The response JSON text.
     pub response: String,
+    /// The prompt text that was embedded, so a semantic candidate can be verified against a
+    /// new query (`verify`). `None` for exact-only entries.
+    #[serde(default)]
+    pub prompt: Option<String>,
 }
 
 impl Entry {

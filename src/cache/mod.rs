@@ -5,6 +5,7 @@
 //! - `entry`: the stored form of one answer
 //! - `store`: sled persistence
 //! - `index`: the per-scope vector index (exact search, then hnsw_rs)
+//! - `verify`: a second check on semantic candidates (numbers, negation)
 //!
 //! Every method here blocks; run it with `spawn_blocking`.
 
@@ -12,6 +13,7 @@ pub mod entry;
 pub mod index;
 pub mod key;
 pub mod store;
+pub mod verify;
 
 use std::collections::HashMap;
 
@@ -21,6 +23,7 @@ use entry::Entry;
 use index::{IndexSettings, VectorIndex};
 use key::Hash32;
 use store::{Store, StoreError};
+use verify::VerifyConfig;
 
 /// How many nearest vectors a semantic lookup examines before giving up.
 const SEMANTIC_CANDIDATES: usize = 4;
@@ -52,6 +55,8 @@ pub struct Hit {
 pub struct SemanticOutcome {
     pub hit: Option<Hit>,
     pub best: Option<f32>,
+    /// Candidates above the threshold that verification turned down.
+    pub rejected: usize,
 }
 
 /// A new answer to store.
@@ -62,6 +67,8 @@ pub struct NewEntry {
     pub response: String,
     pub has_usage: bool,
     pub vector: Option<Vec<f32>>,
+    /// The embedded prompt text, kept for verification of later candidates.
+    pub prompt: Option<String>,
     /// Overrides the configured TTL when shorter (`max-age` on the storing request).
     pub ttl_ms: Option<u64>,
 }
@@ -71,6 +78,7 @@ pub struct Cache {
     index: VectorIndex,
     clock: SharedClock,
     ttl_ms: u64,
+    verify: VerifyConfig,
 }
 
 impl Cache {
@@ -108,6 +116,7 @@ impl Cache {
             index,
             clock,
             ttl_ms: config.ttl_secs.saturating_mul(1000),
+            verify: config.verify,
         })
     }
 
@@ -132,11 +141,13 @@ impl Cache {
         }))
     }
 
-    /// The most similar usable entry in `scope` at or above `threshold`.
+    /// The most similar usable entry in `scope` at or above `threshold` whose prompt passes
+    /// verification against `query` (the text that was embedded).
     pub fn lookup_semantic(
         &self,
         scope: &Hash32,
         vector: &[f32],
+        query: &str,
         threshold: f32,
         needs: Requirements,
     ) -> Result<SemanticOutcome, StoreError> {
@@ -152,6 +163,12 @@ impl Cache {
             // The index is per scope already; checking again costs nothing and guards the
             // invariant that matters most.
             if entry.scope != *scope.as_bytes() || !self.usable(&entry, needs) {
+                continue;
+            }
+            if let Some(prompt) = &entry.prompt
+                && !self.verify.accepts(query, prompt)
+            {
+                outcome.rejected += 1;
                 continue;
             }
             outcome.hit = Some(Hit {
@@ -186,6 +203,7 @@ impl Cache {
             expires_ms: now.saturating_add(ttl),
             has_usage: new.has_usage,
             response: new.response,
+            prompt: new.prompt,
         };
         let (id, replaced) = self.store.insert(&entry, new.vector.as_deref())?;
         if let Some(replaced) = replaced {

@@ -243,6 +243,7 @@ mod tests {
             expires_ms,
             has_usage: true,
             response: "{}".into(),
+            prompt: None,
         }
     }
 
