@@ -7,9 +7,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::cache::key::KeyBuilder;
+use crate::cache::key::{KeyBuilder, scope_and_exact};
 use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan};
-use crate::sse::data_event;
+use crate::chunks::{ChunkGate, ChunkWriter, copy_fields, stored_choices};
 use crate::text::{fresh_id, pieces};
 
 /// Every field of a legacy completions request; unknown ones land in `other` (scope).
@@ -100,14 +100,7 @@ impl CompletionRequest {
             .opt_json("suffix", &suffix)
             .opt_json("temperature", &temperature)
             .opt_json("top_p", &top_p);
-        for (name, value) in &other {
-            scope.json(name, value);
-        }
-        let scope = scope.finish();
-        let exact = KeyBuilder::new("exact")
-            .bytes(scope.as_bytes())
-            .json("prompt", &prompt)
-            .finish();
+        let (scope, exact) = scope_and_exact(scope, &other, &prompt);
         let semantic_text = prompt
             .as_str()
             .map(str::trim)
@@ -157,39 +150,24 @@ impl Endpoint for Completions {
     }
 }
 
+/// Top-level fields every chunk repeats.
+const HEADER_KEYS: &[&str] = &["id", "created", "model", "system_fingerprint"];
+
 /// Collects `text_completion` chunks into one `text_completion`.
 #[derive(Default)]
 struct CompletionAssembler {
     header: Map<String, Value>,
     choices: BTreeMap<u64, (String, Option<Value>, Vec<Value>)>,
     usage: Option<Value>,
-    done: bool,
-    failed: bool,
+    gate: ChunkGate,
 }
 
 impl Assembler for CompletionAssembler {
     fn push(&mut self, data: &str) {
-        if self.done || self.failed {
-            self.failed |= self.done;
-            return;
-        }
-        if data.trim() == "[DONE]" {
-            self.done = true;
-            return;
-        }
-        let Ok(Value::Object(chunk)) = serde_json::from_str::<Value>(data) else {
-            self.failed = true;
+        let Some(chunk) = self.gate.accept(data) else {
             return;
         };
-        if chunk.contains_key("error") {
-            self.failed = true;
-            return;
-        }
-        for key in ["id", "created", "model", "system_fingerprint"] {
-            if let Some(value) = chunk.get(key).filter(|v| !v.is_null()) {
-                self.header.insert(key.into(), value.clone());
-            }
-        }
+        copy_fields(&chunk, &mut self.header, HEADER_KEYS);
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
             self.usage = Some(usage.clone());
         }
@@ -214,11 +192,11 @@ impl Assembler for CompletionAssembler {
     }
 
     fn ended(&self) -> bool {
-        self.done || self.failed
+        self.gate.ended()
     }
 
     fn finish(self: Box<Self>) -> Option<Value> {
-        if !self.done || self.failed || self.choices.is_empty() {
+        if !self.gate.clean() || self.choices.is_empty() {
             return None;
         }
         let mut choices = Vec::new();
@@ -262,61 +240,35 @@ fn merge_logprobs(parts: Vec<Value>) -> Value {
 }
 
 fn render_stream(stored: &Value, id: &str, include_usage: bool) -> Vec<Bytes> {
-    let mut header = Map::new();
-    header.insert("id".into(), json!(id));
-    header.insert("object".into(), json!("text_completion"));
-    for key in ["created", "model", "system_fingerprint"] {
-        if let Some(value) = stored.get(key) {
-            header.insert(key.into(), value.clone());
-        }
-    }
-    let chunk = |choice: Value| {
-        let mut chunk = header.clone();
-        chunk.insert("choices".into(), json!([choice]));
-        if include_usage {
-            chunk.insert("usage".into(), Value::Null);
-        }
-        data_event(&Value::Object(chunk).to_string())
-    };
-    let mut events = Vec::new();
-    let empty = Vec::new();
-    let choices = stored
-        .get("choices")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    for choice in choices {
+    let mut out = ChunkWriter::new(
+        stored,
+        id,
+        "text_completion",
+        &HEADER_KEYS[1..],
+        include_usage,
+    );
+    for choice in stored_choices(stored) {
         let index = choice.get("index").cloned().unwrap_or(json!(0));
         let text = choice.get("text").and_then(Value::as_str).unwrap_or("");
         let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
+        // With logprobs (parallel arrays per token) the text goes out whole.
         let parts = if logprobs.is_null() {
             pieces(text)
         } else {
             vec![text]
         };
         for part in parts {
-            events.push(chunk(
+            out.choice(
                 json!({"text": part, "index": index, "logprobs": logprobs, "finish_reason": null}),
-            ));
+            );
         }
         let finish = choice
             .get("finish_reason")
             .cloned()
             .unwrap_or(json!("stop"));
-        events.push(chunk(
-            json!({"text": "", "index": index, "logprobs": null, "finish_reason": finish}),
-        ));
+        out.choice(json!({"text": "", "index": index, "logprobs": null, "finish_reason": finish}));
     }
-    if include_usage {
-        let mut usage = header.clone();
-        usage.insert("choices".into(), json!([]));
-        usage.insert(
-            "usage".into(),
-            stored.get("usage").cloned().unwrap_or(Value::Null),
-        );
-        events.push(data_event(&Value::Object(usage).to_string()));
-    }
-    events.push(data_event("[DONE]"));
-    events
+    out.finish(stored.get("usage"))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! - `cached`: the flow of a cached endpoint (lookup, coalesce, forward, store)
 //! - `chat`: chat-completions specifics (scope fields, stream assembly and replay)
 //! - `completions`: the same for legacy `/v1/completions`
+//! - `chunks`: what the `[DONE]`-terminated chunk streams of both share
 //! - `responses`: the same for `/v1/responses` (typed event streams, stateful bypasses)
 //! - `control`: per-request cache controls and tenant isolation
 //! - `embeddings`: per-input exact cache of `/v1/embeddings` (partial batches)
@@ -24,6 +25,7 @@ pub mod body;
 pub mod cache;
 pub mod cached;
 pub mod chat;
+pub mod chunks;
 pub mod clock;
 pub mod coalesce;
 pub mod completions;

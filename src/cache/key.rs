@@ -76,6 +76,24 @@ impl KeyBuilder {
     }
 }
 
+/// Completes a request's scope with its unknown fields (unknown means "may shape the
+/// answer") and returns the scope and the exact key (the scope plus the last message).
+pub fn scope_and_exact(
+    mut scope: KeyBuilder,
+    other: &std::collections::BTreeMap<String, Value>,
+    last: &Value,
+) -> (Hash32, Hash32) {
+    for (name, value) in other {
+        scope.json(name, value);
+    }
+    let scope = scope.finish();
+    let exact = KeyBuilder::new("exact")
+        .bytes(scope.as_bytes())
+        .json("last", last)
+        .finish();
+    (scope, exact)
+}
+
 /// A copy of `value` with object keys sorted and integral floats written as integers, so
 /// `{"b":1.0,"a":2}` and `{"a":2,"b":1}` hash the same.
 pub fn canonical(value: &Value) -> Value {

@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use crate::chunks::{ChunkGate, copy_fields};
+
 /// Accumulates chunks; `finish` yields the completion only for a clean, successful stream.
 #[derive(Debug, Default)]
 pub struct ChatStreamAssembler {
     header: Map<String, Value>,
     choices: BTreeMap<u64, Choice>,
     usage: Option<Value>,
-    done: bool,
-    failed: bool,
+    gate: ChunkGate,
 }
 
 #[derive(Debug, Default)]
@@ -23,6 +24,15 @@ struct Choice {
     logprobs: Option<Value>,
     finish_reason: Option<Value>,
 }
+
+/// Top-level fields every chunk repeats; kept on the assembled completion.
+pub const HEADER_KEYS: &[&str] = &[
+    "id",
+    "created",
+    "model",
+    "system_fingerprint",
+    "service_tier",
+];
 
 /// Keys whose value is an identifier, repeated rather than split across chunks.
 const REPLACED_KEYS: [&str; 5] = ["id", "type", "role", "name", "expires_at"];
@@ -34,34 +44,10 @@ impl ChatStreamAssembler {
 
     /// Takes one event's `data` payload.
     pub fn push(&mut self, data: &str) {
-        if self.done || self.failed {
-            // Anything after [DONE] means the stream is not what we think it is.
-            self.failed |= self.done;
-            return;
-        }
-        if data.trim() == "[DONE]" {
-            self.done = true;
-            return;
-        }
-        let Ok(Value::Object(chunk)) = serde_json::from_str::<Value>(data) else {
-            self.failed = true;
+        let Some(chunk) = self.gate.accept(data) else {
             return;
         };
-        if chunk.contains_key("error") {
-            self.failed = true;
-            return;
-        }
-        for key in [
-            "id",
-            "created",
-            "model",
-            "system_fingerprint",
-            "service_tier",
-        ] {
-            if let Some(value) = chunk.get(key).filter(|v| !v.is_null()) {
-                self.header.insert(key.into(), value.clone());
-            }
-        }
+        copy_fields(&chunk, &mut self.header, HEADER_KEYS);
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
             self.usage = Some(usage.clone());
         }
@@ -86,13 +72,13 @@ impl ChatStreamAssembler {
 
     /// True once `[DONE]` (or a failure) was seen: nothing after it can change the outcome.
     pub fn ended(&self) -> bool {
-        self.done || self.failed
+        self.gate.ended()
     }
 
     /// The assembled `chat.completion`, or `None` if the stream did not end cleanly with
     /// `[DONE]`, carried an error, or left a choice without a finish reason.
     pub fn finish(self) -> Option<Value> {
-        if !self.done || self.failed || self.choices.is_empty() {
+        if !self.gate.clean() || self.choices.is_empty() {
             return None;
         }
         let mut choices = Vec::with_capacity(self.choices.len());

@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::sse::data_event;
+use super::assemble::HEADER_KEYS;
+use crate::chunks::{ChunkWriter, stored_choices};
 use crate::text::pieces;
 
 /// The stored completion with a fresh id, as a non-streaming response body.
@@ -18,33 +19,15 @@ pub fn render_json(stored: &Value, fresh_id: &str) -> Bytes {
 
 /// The stored completion as SSE events, ending with `data: [DONE]`.
 pub fn render_stream(stored: &Value, fresh_id: &str, include_usage: bool) -> Vec<Bytes> {
-    let mut header = Map::new();
-    header.insert("id".into(), Value::String(fresh_id.into()));
-    header.insert("object".into(), "chat.completion.chunk".into());
-    for key in ["created", "model", "system_fingerprint", "service_tier"] {
-        if let Some(value) = stored.get(key) {
-            header.insert(key.into(), value.clone());
-        }
-    }
-    let chunk = |index: &Value, delta: Value, logprobs: &Value, finish: &Value| {
-        let mut chunk = header.clone();
-        chunk.insert(
-            "choices".into(),
-            json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]),
-        );
-        if include_usage {
-            chunk.insert("usage".into(), Value::Null);
-        }
-        data_event(&Value::Object(chunk).to_string())
-    };
-
-    let mut events = Vec::new();
-    let empty = Vec::new();
-    let choices = stored
-        .get("choices")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    for (position, choice) in choices.iter().enumerate() {
+    let header_keys = &HEADER_KEYS[1..]; // all but the id, which is fresh
+    let mut out = ChunkWriter::new(
+        stored,
+        fresh_id,
+        "chat.completion.chunk",
+        header_keys,
+        include_usage,
+    );
+    for (position, choice) in stored_choices(stored).iter().enumerate() {
         let index = choice.get("index").cloned().unwrap_or(json!(position));
         let message = choice
             .get("message")
@@ -53,31 +36,23 @@ pub fn render_stream(stored: &Value, fresh_id: &str, include_usage: bool) -> Vec
             .unwrap_or_default();
         let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
         for delta in message_deltas(&message, !logprobs.is_null()) {
-            // Logprobs ride on the first content chunk; with logprobs content is one piece.
+            // Logprobs ride on the content chunk; with logprobs, content is one piece.
             let lp = if delta.get("content").is_some_and(|c| c != "") {
-                &logprobs
+                logprobs.clone()
             } else {
-                &Value::Null
+                Value::Null
             };
-            events.push(chunk(&index, delta, lp, &Value::Null));
+            out.choice(
+                json!({"index": index, "delta": delta, "logprobs": lp, "finish_reason": null}),
+            );
         }
         let finish = choice
             .get("finish_reason")
             .cloned()
             .unwrap_or(json!("stop"));
-        events.push(chunk(&index, json!({}), &Value::Null, &finish));
+        out.choice(json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}));
     }
-    if include_usage {
-        let mut usage_chunk = header.clone();
-        usage_chunk.insert("choices".into(), json!([]));
-        usage_chunk.insert(
-            "usage".into(),
-            stored.get("usage").cloned().unwrap_or(Value::Null),
-        );
-        events.push(data_event(&Value::Object(usage_chunk).to_string()));
-    }
-    events.push(data_event("[DONE]"));
-    events
+    out.finish(stored.get("usage"))
 }
 
 /// The deltas that rebuild `message`: role first, then other text fields (e.g. reasoning),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cache::key::KeyBuilder;
+use crate::cache::key::{KeyBuilder, scope_and_exact};
 use crate::cached::{Lookup, Partition, Plan};
 
 /// Every field of `POST /v1/chat/completions` that deja knows. Unknown fields land in
@@ -160,14 +160,7 @@ impl ChatRequest {
             .opt_json("top_p", &top_p)
             .opt_json("verbosity", &verbosity)
             .opt_json("web_search_options", &web_search_options);
-        for (name, value) in &other {
-            scope.json(name, value);
-        }
-        let scope = scope.finish();
-        let exact = KeyBuilder::new("exact")
-            .bytes(scope.as_bytes())
-            .json("last", &last)
-            .finish();
+        let (scope, exact) = scope_and_exact(scope, &other, &last);
 
         Plan::Cache(Lookup {
             scope,

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cache::key::KeyBuilder;
+use crate::cache::key::{KeyBuilder, scope_and_exact};
 use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan};
 
 /// Every field of a Responses request that deja knows; unknown ones land in `other` (scope).
@@ -144,14 +144,7 @@ impl ResponsesRequest {
             .opt_json("top_logprobs", &top_logprobs)
             .opt_json("top_p", &top_p)
             .opt_json("truncation", &truncation);
-        for (name, value) in &other {
-            scope.json(name, value);
-        }
-        let scope = scope.finish();
-        let exact = KeyBuilder::new("exact")
-            .bytes(scope.as_bytes())
-            .json("last", &last)
-            .finish();
+        let (scope, exact) = scope_and_exact(scope, &other, &last);
         Plan::Cache(Lookup {
             scope,
             exact,
