@@ -260,6 +260,15 @@ async fn answers_survive_a_graceful_restart() {
     assert_eq!(fake.calls(CHAT_PATH), 1);
     let status = deja.terminate().await;
     assert!(status.success(), "SIGTERM exits cleanly: {status}");
+    // Secrets and prompts stay out of everything deja wrote (logs at debug level, the store).
+    let output = deja.final_output();
+    assert!(output.contains("deja listening"), "output was captured");
+    assert!(!output.contains("sk-test-restart"), "API key in the logs");
+    assert!(!output.contains(QUESTION), "prompt text in the logs");
+    assert!(
+        !dir_contains(dir.path(), b"sk-test-restart"),
+        "API key in the store"
+    );
 
     // Same directory, new process (and new port).
     let deja = Deja::start(&config).await;
@@ -317,4 +326,17 @@ async fn out_of_range_threshold_is_refused_at_startup() {
     let output = deja.final_output();
     let expected = "stderr: deja: config: `cache.similarity_threshold`";
     assert!(output.contains(expected), "{output}");
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|item| {
+        let path = item.unwrap().path();
+        if path.is_dir() {
+            dir_contains(&path, needle)
+        } else {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        }
+    })
 }
