@@ -196,8 +196,14 @@ impl Call {
             needs_usage: !lookup.stream || lookup.include_usage,
         };
 
-        // Join the in-flight twin first: a leader unregisters only after its answer is
-        // stored, so once we lead, the exact lookup below sees every finished twin.
+        // Fast path: a stored answer needs no coordination.
+        if !controls.no_cache
+            && let Some(response) = self.exact_hit(&cache, &lookup, needs, &mut None).await
+        {
+            return response;
+        }
+        // Then join the in-flight twin. A leader unregisters only after its answer is stored,
+        // so once we lead, a second exact lookup sees every twin that finished meanwhile.
         let mut leader = None;
         if !controls.no_cache {
             match self.app.inflight.join(lookup.exact) {
@@ -211,12 +217,9 @@ impl Call {
                     }
                 }
             }
-            let exact = lookup.exact;
-            let found = blocking(&cache, move |c| c.lookup_exact(&exact, needs)).await;
-            if let Some(hit) = found.flatten()
-                && let Some(response) = self.hit(&lookup, &hit, &cache)
+            if leader.is_some()
+                && let Some(response) = self.exact_hit(&cache, &lookup, needs, &mut leader).await
             {
-                share(leader, &hit);
                 return response;
             }
         }
@@ -397,6 +400,23 @@ impl Call {
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         response
+    }
+
+    /// Answers from the exact tier if a usable entry is there, handing it to waiting twins.
+    async fn exact_hit(
+        &self,
+        cache: &Arc<Cache>,
+        lookup: &Lookup,
+        needs: Requirements,
+        leader: &mut Option<Leader>,
+    ) -> Option<Response<ProxyBody>> {
+        let exact = lookup.exact;
+        let hit = blocking(cache, move |c| c.lookup_exact(&exact, needs))
+            .await
+            .flatten()?;
+        let response = self.hit(lookup, &hit, cache)?;
+        share(leader.take(), &hit);
+        Some(response)
     }
 
     /// Renders a stored answer; `None` if it cannot be (then the request proceeds as a miss).

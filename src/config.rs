@@ -35,6 +35,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Connections served at once; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// Seconds a client may take to send its request headers (slow-loris defence).
+    pub header_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +46,8 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 32 * 1024 * 1024,
+            max_connections: 4096,
+            header_timeout_secs: 30,
         }
     }
 }
@@ -267,6 +273,12 @@ impl Config {
         }
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes", "must be positive");
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be positive");
+        }
+        if self.server.header_timeout_secs == 0 {
+            return invalid("server.header_timeout_secs", "must be at least 1 second");
         }
         check_url("upstream.base_url", &self.upstream.base_url)?;
         if !self.embedding.base_url.is_empty() {

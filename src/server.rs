@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::{App, StartError};
@@ -101,8 +101,22 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
     });
 
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(app.config.server.header_timeout_secs));
+    // A permit per open connection: past the limit, new clients wait in the kernel's queue
+    // instead of exhausting file descriptors and memory.
+    let permits = Arc::new(Semaphore::new(app.config.server.max_connections));
     loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = stopped.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
@@ -135,6 +149,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
                     if let Err(err) = connection.await {
                         tracing::debug!(error = %err, "connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             _ = stopped.changed() => break,

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
 /// A 32-byte blake3 digest used as a key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,11 +56,13 @@ impl KeyBuilder {
         self
     }
 
-    /// Adds a JSON value in canonical form (sorted keys, normalised numbers).
+    /// Adds a JSON value in canonical form (sorted keys, normalised numbers), streamed into
+    /// the hash without building a copy or a string (this runs on every request).
     pub fn json(&mut self, label: &str, value: &Value) -> &mut Self {
         self.part(label);
-        let canonical = canonical(value).to_string();
-        self.part(&canonical)
+        hash_canonical(&mut self.0, value);
+        self.0.update(&[0]);
+        self
     }
 
     /// Adds an optional JSON field; absent and `null` are the same request to OpenAI.
@@ -94,25 +96,51 @@ pub fn scope_and_exact(
     (scope, exact)
 }
 
-/// A copy of `value` with object keys sorted and integral floats written as integers, so
-/// `{"b":1.0,"a":2}` and `{"a":2,"b":1}` hash the same.
-pub fn canonical(value: &Value) -> Value {
+/// Feeds `value` into `hasher` as a self-delimiting, type-tagged encoding: object keys in
+/// sorted order, integral floats as integers, strings length-prefixed.
+fn hash_canonical(hasher: &mut blake3::Hasher, value: &Value) {
     match value {
+        Value::Null => {
+            hasher.update(b"n");
+        }
+        Value::Bool(b) => {
+            hasher.update(if *b { b"t" } else { b"f" });
+        }
+        Value::Number(number) => {
+            let text = canonical_number(number).to_string();
+            hasher.update(b"#");
+            hash_str(hasher, &text);
+        }
+        Value::String(text) => {
+            hasher.update(b"s");
+            hash_str(hasher, text);
+        }
+        Value::Array(items) => {
+            hasher.update(b"[");
+            hasher.update(&(items.len() as u64).to_be_bytes());
+            for item in items {
+                hash_canonical(hasher, item);
+            }
+        }
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            let mut out = Map::new();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            hasher.update(b"{");
+            hasher.update(&(entries.len() as u64).to_be_bytes());
             for (key, value) in entries {
-                out.insert(key.clone(), canonical(value));
+                hash_str(hasher, key);
+                hash_canonical(hasher, value);
             }
-            Value::Object(out)
         }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        Value::Number(number) => Value::Number(canonical_number(number)),
-        other => other.clone(),
     }
 }
 
+fn hash_str(hasher: &mut blake3::Hasher, text: &str) {
+    hasher.update(&(text.len() as u64).to_be_bytes());
+    hasher.update(text.as_bytes());
+}
+
+/// `1.0` and `1` are the same number to OpenAI.
 fn canonical_number(number: &Number) -> Number {
     match number.as_f64() {
         Some(f) if number.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
@@ -143,6 +171,15 @@ mod tests {
     fn values_matter() {
         assert_ne!(hash_of(&json!({"t": 0.7})), hash_of(&json!({"t": 0.8})));
         assert_ne!(hash_of(&json!(["a", "b"])), hash_of(&json!(["b", "a"])));
+    }
+
+    #[test]
+    fn types_and_boundaries_are_distinguished() {
+        assert_ne!(hash_of(&json!("1")), hash_of(&json!(1)));
+        assert_ne!(hash_of(&json!(["ab"])), hash_of(&json!(["a", "b"])));
+        assert_ne!(hash_of(&json!({"a": "b"})), hash_of(&json!({"ab": ""})));
+        assert_ne!(hash_of(&json!(null)), hash_of(&json!("n")));
+        assert_ne!(hash_of(&json!([[]])), hash_of(&json!([])));
     }
 
     #[test]
