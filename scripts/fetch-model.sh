@@ -45,6 +45,17 @@ if have_all; then
     exit 0
 fi
 
+# Test processes may run this at the same time: one fetches, the others wait and find it done.
+mkdir -p "$(dirname "$MODEL_DIR")"
+if command -v flock >/dev/null; then
+    exec 9>"$MODEL_DIR.lock"
+    flock 9
+    if have_all; then
+        echo "fetch-model: $MODEL_DIR already has ${REQUIRED[*]}; nothing to do"
+        exit 0
+    fi
+fi
+
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
@@ -74,11 +85,10 @@ if [ "$got" != "$WEIGHTS_SHA256" ]; then
 fi
 
 # Move into place only once complete, so an interrupted run never leaves a half folder behind.
-mkdir -p "$(dirname "$MODEL_DIR")"
-rm -rf "$MODEL_DIR.partial"
-mv "$tmp/model" "$MODEL_DIR.partial"
+partial="$MODEL_DIR.partial.$$"
+mv "$tmp/model" "$partial"
 rm -rf "$MODEL_DIR"
-mv "$MODEL_DIR.partial" "$MODEL_DIR"
+mv "$partial" "$MODEL_DIR"
 
 if ! have_all; then
     echo "fetch-model: $MODEL_DIR is missing one of ${REQUIRED[*]}" >&2

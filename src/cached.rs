@@ -410,10 +410,16 @@ impl Call {
         needs: Requirements,
         leader: &mut Option<Leader>,
     ) -> Option<Response<ProxyBody>> {
-        let exact = lookup.exact;
-        let hit = blocking(cache, move |c| c.lookup_exact(&exact, needs))
-            .await
-            .flatten()?;
+        // Inline, not on the blocking pool: an exact lookup is one sled read of a hot page
+        // (microseconds), while the hand-off to a blocking thread and back cost more CPU than
+        // the whole rest of a hit (benches/proxy_load.rs: context switches per request).
+        let hit = match cache.lookup_exact(&lookup.exact, needs) {
+            Ok(hit) => hit?,
+            Err(err) => {
+                tracing::warn!(error = %err, "cache lookup failed; serving as a miss");
+                return None;
+            }
+        };
         let response = self.hit(lookup, &hit, cache)?;
         share(leader.take(), &hit);
         Some(response)

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use deja::config::{Config, EmbeddingProvider};
-use deja::embed::Embedder;
+use deja::embed::{EmbedError, Embedder};
 use serde_json::Value;
 
 const MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
@@ -103,8 +103,13 @@ async fn matches_sentence_transformers() {
         let norm = got.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "not unit length: {norm}");
         let cos = cosine(&got, expected);
+        let worst = got
+            .iter()
+            .zip(expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         let label: String = text.chars().take(50).collect();
-        eprintln!("cosine to sentence-transformers {cos:.6}  {label:?}");
+        eprintln!("cosine {cos:.6}, largest difference {worst:.1e}  {label:?}");
         assert!(cos >= 0.999, "cosine {cos} for {label:?}");
     }
 }
@@ -179,6 +184,23 @@ async fn concurrent_requests_get_their_single_request_vectors() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn slow_embedding_times_out() {
+    let mut config = local_config(model_dir());
+    config.embedding.timeout_ms = 1;
+    let embedder = Embedder::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+    let long = "a prompt that takes a while to embed ".repeat(40);
+    let mut timeouts = 0;
+    for _ in 0..3 {
+        match embedder.embed(&long, None).await {
+            Err(EmbedError::Timeout(_)) => timeouts += 1,
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => {} // a very fast machine
+        }
+    }
+    assert!(timeouts > 0, "a 1 ms timeout never fired");
 }
 
 #[test]
