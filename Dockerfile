@@ -19,6 +19,7 @@ WORKDIR /var/lib/deja
 USER deja
 # Inside a container the listener must accept connections from outside the loopback.
 ENV DEJA_SERVER__LISTEN=0.0.0.0:8080 \
+    CANDLE_NUM_THREADS=1 \
     DEJA_CACHE__DIR=/var/lib/deja/cache
 EXPOSE 8080
 STOPSIGNAL SIGTERM
