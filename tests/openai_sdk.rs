@@ -107,5 +107,16 @@ async fn official_python_sdk_gets_cache_hits_it_can_parse() {
 
     // One miss per pair (plain, stream, tool call); every repeat was served by deja.
     assert_eq!(fake.calls(CHAT_PATH), 3, "upstream chat calls\n{stdout}");
+    assert_eq!(
+        fake.calls("/v1/responses"),
+        2,
+        "upstream responses calls\n{stdout}"
+    );
+    // The half-cached embeddings batch sent only its new input upstream (the script's last call).
+    let last = fake
+        .last_request("/v1/embeddings")
+        .expect("embeddings calls");
+    let sent: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!(sent["input"], serde_json::json!(["epsilon"]));
     server.shutdown().await;
 }

@@ -2,7 +2,8 @@
 
 Each request is made twice against deja (OPENAI_BASE_URL): the first goes upstream (a miss),
 the second must be served from the cache and look the same to the SDK. Covered: a plain
-completion, a stream with usage, and a tool call. Exits non-zero naming the first failure.
+completion, a stream with usage, a tool call, the Responses API (plain and streamed) and
+embeddings (a batch whose second call is half cached). Exits non-zero naming the first failure.
 """
 
 import os
@@ -125,11 +126,61 @@ def tool_call_twice():
     check(calls[0] == calls[1], f"tool call: hit arguments {calls[1]!r} != {calls[0]!r}")
 
 
+def responses_twice():
+    question = "What is the capital of France?"
+    texts = []
+    for expected in ("miss", "hit"):
+        raw = client.responses.with_raw_response.create(
+            model="gpt-4.1-mini", input=question, instructions="Be brief.", store=False
+        )
+        check_cache(raw.headers, expected, f"responses ({expected})")
+        response = raw.parse()
+        check(response.status == "completed", f"responses ({expected}): {response.status}")
+        check(response.usage is not None, f"responses ({expected}): no usage")
+        texts.append(response.output_text)
+    check(texts[0] and texts[0] == texts[1], f"responses: hit {texts[1]!r} != {texts[0]!r}")
+
+    streamed = []
+    for expected in ("miss", "hit"):
+        with client.responses.with_streaming_response.create(
+            model="gpt-4.1-mini", input="Why is the sky blue?", store=False, stream=True
+        ) as response:
+            check_cache(response.headers, expected, f"responses stream ({expected})")
+            deltas, completed = [], None
+            for event in response.parse():
+                if event.type == "response.output_text.delta":
+                    deltas.append(event.delta)
+                elif event.type == "response.completed":
+                    completed = event.response
+        check(completed is not None, f"responses stream ({expected}): no response.completed")
+        check("".join(deltas) == completed.output_text, f"responses stream ({expected}): deltas")
+        streamed.append(completed.output_text)
+    check(streamed[0] == streamed[1], f"responses stream: hit {streamed[1]!r} != {streamed[0]!r}")
+
+
+def embeddings_twice():
+    first = client.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input=["alpha beta", "gamma delta"]
+    )
+    check_cache(first.headers, "miss", "embeddings (miss)")
+    second = client.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input=["gamma delta", "epsilon"]
+    )
+    cached = second.headers.get("x-deja-cached-inputs")
+    check(cached == "1/2", f"embeddings: x-deja-cached-inputs is {cached!r}, expected '1/2'")
+    a, b = first.parse(), second.parse()
+    check([d.index for d in b.data] == [0, 1], f"embeddings: indexes {[d.index for d in b.data]}")
+    check(b.data[0].embedding == a.data[1].embedding, "embeddings: cached vector differs")
+    check(b.usage.prompt_tokens == 1, f"embeddings: usage counts cached inputs: {b.usage}")
+
+
 def main():
     try:
         chat_twice()
         stream_twice()
         tool_call_twice()
+        responses_twice()
+        embeddings_twice()
     except Failure as failure:
         print(f"openai_sdk.py: FAILED: {failure}", file=sys.stderr)
         return 1
@@ -137,8 +188,8 @@ def main():
         print(f"openai_sdk.py: FAILED: SDK error: {error!r}", file=sys.stderr)
         return 1
     print(
-        f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream and tool-call "
-        f"repeats all hits ({', '.join(matches)})"
+        f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream, tool-call and "
+        f"responses repeats all hits ({', '.join(matches)}); embeddings partly cached"
     )
     return 0
 
