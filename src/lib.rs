@@ -18,9 +18,11 @@
 //! - `embed`: prompt → unit vector (OpenAI-compatible embeddings API)
 //! - `sse`: Server-Sent Events parsing and writing
 //! - `error`: deja's own errors as OpenAI-shaped responses
+//! - `bench`: `deja bench quality`, hit rate and wrong hits on labelled paraphrase pairs
 //! - `body`, `clock`, `app`, `telemetry`, `text`: plumbing
 
 pub mod app;
+pub mod bench;
 pub mod body;
 pub mod cache;
 pub mod cached;

@@ -2,23 +2,43 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use deja::clock::SystemClock;
 use deja::config::Config;
 
-/// A drop-in caching proxy for OpenAI-compatible APIs.
+/// A drop-in caching proxy for OpenAI-compatible APIs. Without a command, it serves.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
     /// Configuration file; `DEJA_*` environment variables override its keys.
-    #[arg(long, default_value = "proxy.toml")]
+    #[arg(long, default_value = "proxy.toml", global = true)]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure deja's own code on recorded data (see `deja bench quality --help`).
+    Bench {
+        #[command(subcommand)]
+        bench: deja::bench::BenchCommand,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Bench { bench }) = args.command {
+        return match deja::bench::run(bench, &args.config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("deja bench: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(err) => {

@@ -1,0 +1,305 @@
+//! `deja bench quality`: replay labelled paraphrase pairs through the real cache.
+//!
+//! For one pair file: every `a` becomes a chat request, planned by `ChatCompletions` like a
+//! request the proxy received, and is stored with its embedding. Every `b` is then looked up
+//! the way `cached.rs` does it: exact tier first, then the semantic tier, in two caches that
+//! differ only in `cache.verify.enabled`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::metrics::{Found, Judge, Judged, Pair};
+use crate::cache::store::StoreError;
+use crate::cache::{Cache, Hit, NewEntry, Requirements};
+use crate::cached::{Endpoint, Lookup, Partition, Plan};
+use crate::chat::ChatCompletions;
+use crate::clock::SystemClock;
+use crate::config::CacheConfig;
+use crate::embed::Embedder;
+
+/// The request every prompt is wrapped in (one scope for the whole file).
+pub(super) const MODEL: &str = "gpt-4o-mini";
+pub(super) const SYSTEM: &str = "You are a helpful assistant.";
+/// Embeddings requested at once; the local embedder batches whatever is waiting.
+const CONCURRENT_EMBEDS: usize = 64;
+const NEEDS: Requirements = Requirements {
+    max_age_ms: None,
+    needs_usage: false,
+};
+
+/// Reads a pair file (JSON lines); texts are trimmed as `ChatCompletions` trims the prompt it
+/// embeds, so stored prompts and pair texts compare equal.
+pub fn read_pairs(path: &Path, limit: Option<usize>) -> Result<Vec<Pair>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut pairs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if limit.is_some_and(|limit| pairs.len() >= limit) {
+            break;
+        }
+        let mut pair: Pair =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        pair.a = pair.a.trim().to_string();
+        pair.b = pair.b.trim().to_string();
+        if pair.a.is_empty() || pair.b.is_empty() {
+            return Err(format!("{}:{}: empty text", path.display(), n + 1));
+        }
+        pairs.push(pair);
+    }
+    Ok(pairs)
+}
+
+/// Every distinct text of `pairs`, embedded by `embedder` (many at once).
+pub async fn embed_all(
+    embedder: &Embedder,
+    pairs: &[Pair],
+) -> Result<HashMap<String, Vec<f32>>, String> {
+    let mut texts: Vec<&str> = pairs.iter().flat_map(|p| [&*p.a, &*p.b]).collect();
+    texts.sort_unstable();
+    texts.dedup();
+    let total = texts.len();
+    let started = Instant::now();
+    let mut vectors = HashMap::with_capacity(total);
+    let mut results = futures_util::stream::iter(texts)
+        .map(|text| async move { (text, embedder.embed(text, None).await) })
+        .buffer_unordered(CONCURRENT_EMBEDS);
+    while let Some((text, vector)) = results.next().await {
+        let vector = vector.map_err(|e| format!("embedding failed: {e}"))?;
+        vectors.insert(text.to_string(), vector);
+        if vectors.len().is_multiple_of(1000) {
+            eprintln!(
+                "  embedded {}/{total} texts ({:.0} s)",
+                vectors.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(vectors)
+}
+
+/// The request the proxy would see for a prompt, planned by the chat endpoint.
+pub fn plan(text: &str) -> Result<Lookup, String> {
+    let body = json!({
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": text},
+        ],
+    });
+    let partition = Partition {
+        tenant: "bench".into(),
+        namespace: String::new(),
+    };
+    match ChatCompletions.plan(body, &partition) {
+        Plan::Cache(lookup) if lookup.semantic_text.is_some() => Ok(lookup),
+        Plan::Cache(_) => Err("the chat endpoint found no user text".into()),
+        Plan::Bypass { reason, .. } => Err(format!("the chat endpoint bypassed ({reason})")),
+    }
+}
+
+/// A cache in its own fresh directory, removed when dropped.
+pub struct TempCache {
+    pub cache: Cache,
+    dir: PathBuf,
+}
+
+impl TempCache {
+    pub fn open(config: &CacheConfig, embedder_id: &str, tag: &str) -> Result<TempCache, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "deja-bench-{}-{tag}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let mut config = config.clone();
+        config.dir = dir.clone();
+        // Entries must outlive the run, however long embedding takes.
+        config.ttl_secs = 10 * 365 * 24 * 3600;
+        let cache = Cache::open(&config, embedder_id, Arc::new(SystemClock))
+            .map_err(|e| format!("opening a cache in {}: {e}", dir.display()))?;
+        Ok(TempCache { cache, dir })
+    }
+}
+
+impl Drop for TempCache {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What one run measured, besides the answers.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Timings {
+    pub insert_ms: f64,
+    pub lookup_cosine_ms: f64,
+    pub lookup_verified_ms: f64,
+    pub entries: usize,
+}
+
+/// Stores every `a`, then looks up every `b` in a cosine-only cache and a verified one, at
+/// `lowest` (the lowest threshold of the sweep). Blocking.
+///
+/// One lookup per query decides every threshold of the sweep, for both caches.
+/// `Cache::lookup_semantic` walks the nearest candidates in falling similarity, stops at the
+/// first one below the threshold, skips the ones verification rejects, and returns the first
+/// that passes. Verification does not depend on the threshold, so at any threshold `t` the
+/// lookup returns the same first passing candidate `c` when `similarity(c) >= t`, and nothing
+/// otherwise (every candidate before `c` was rejected whatever `t`; every one after it scores
+/// at most `similarity(c)`). So "a hit at t iff similarity >= t" holds with verification on
+/// too. `single_lookup_decides_every_threshold` in `bench::tests` checks this against one
+/// lookup per threshold.
+pub fn measure(
+    pairs: &[Pair],
+    vectors: &HashMap<String, Vec<f32>>,
+    config: &CacheConfig,
+    embedder_id: &str,
+    lowest: f32,
+) -> Result<(Vec<Judged>, Vec<Trace>, Timings), String> {
+    let mut cosine_config = config.clone();
+    cosine_config.verify.enabled = false;
+    let mut verified_config = config.clone();
+    verified_config.verify.enabled = true;
+    let cosine = TempCache::open(&cosine_config, embedder_id, "cosine")?;
+    let verified = TempCache::open(&verified_config, embedder_id, "verified")?;
+
+    let mut timings = Timings::default();
+    let started = Instant::now();
+    store_all(&cosine.cache, pairs, vectors)?;
+    store_all(&verified.cache, pairs, vectors)?;
+    timings.insert_ms = started.elapsed().as_secs_f64() * 1000.0;
+    timings.entries = cosine.cache.entries();
+
+    let judge = Judge::new(pairs);
+    let mut judged = Vec::with_capacity(pairs.len());
+    let mut traces = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let answer = |cache: &Cache, spent: &mut f64| -> Result<Option<TraceHit>, String> {
+            let started = Instant::now();
+            let hit = ask(cache, &pair.b, vectors, lowest)?;
+            *spent += started.elapsed().as_secs_f64() * 1000.0;
+            Ok(hit.map(|hit| {
+                let text = hit.entry.prompt.clone().unwrap_or_default();
+                TraceHit {
+                    pair: pair_of(&hit.entry.response),
+                    right: judge.is_right(pair, &text),
+                    text,
+                    similarity: hit.similarity,
+                    exact: !hit.semantic,
+                }
+            }))
+        };
+        let cosine_hit = answer(&cosine.cache, &mut timings.lookup_cosine_ms)?;
+        let verified_hit = answer(&verified.cache, &mut timings.lookup_verified_ms)?;
+        let found = |hit: &Option<TraceHit>| {
+            hit.as_ref().map(|hit| Found {
+                similarity: hit.similarity,
+                exact: hit.exact,
+                right: hit.right,
+            })
+        };
+        judged.push(Judged {
+            label1: pair.label == 1,
+            exact: cosine_hit.as_ref().is_some_and(|hit| hit.exact),
+            cosine: found(&cosine_hit),
+            verified: found(&verified_hit),
+        });
+        traces.push(Trace {
+            id: pair.id.clone(),
+            label: pair.label,
+            query: pair.b.clone(),
+            cosine: cosine_hit,
+            verified: verified_hit,
+        });
+    }
+    Ok((judged, traces, timings))
+}
+
+fn vector_of<'v>(vectors: &'v HashMap<String, Vec<f32>>, text: &str) -> Result<&'v [f32], String> {
+    vectors
+        .get(text)
+        .map(Vec::as_slice)
+        .ok_or_else(|| format!("no vector for {text:?}"))
+}
+
+fn store_err(err: StoreError) -> String {
+    format!("cache: {err}")
+}
+
+/// Stores every pair's `a` as the answer to a chat request; the response names the pair.
+pub fn store_all(
+    cache: &Cache,
+    pairs: &[Pair],
+    vectors: &HashMap<String, Vec<f32>>,
+) -> Result<(), String> {
+    for pair in pairs {
+        let lookup = plan(&pair.a)?;
+        let prompt = lookup.semantic_text.unwrap_or_default();
+        cache
+            .insert(NewEntry {
+                scope: lookup.scope,
+                exact: lookup.exact,
+                model: lookup.model,
+                response: json!({"pair": pair.id}).to_string(),
+                has_usage: true,
+                vector: Some(vector_of(vectors, &prompt)?.to_vec()),
+                prompt: Some(prompt),
+                ttl_ms: None,
+            })
+            .map_err(store_err)?;
+    }
+    Ok(())
+}
+
+/// Looks `text` up as `cached.rs` does: the exact tier, then the semantic tier at `threshold`.
+pub fn ask(
+    cache: &Cache,
+    text: &str,
+    vectors: &HashMap<String, Vec<f32>>,
+    threshold: f32,
+) -> Result<Option<Hit>, String> {
+    let lookup = plan(text)?;
+    if let Some(hit) = cache
+        .lookup_exact(&lookup.exact, NEEDS)
+        .map_err(store_err)?
+    {
+        return Ok(Some(hit));
+    }
+    let query = lookup.semantic_text.unwrap_or_default();
+    let vector = vector_of(vectors, &query)?;
+    Ok(cache
+        .lookup_semantic(&lookup.scope, vector, &query, threshold, NEEDS)
+        .map_err(store_err)?
+        .hit)
+}
+
+/// The pair id named by a stored response (`{"pair": id}`).
+fn pair_of(response: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(response).ok()?;
+    value.get("pair")?.as_str().map(str::to_string)
+}
+
+/// One query's answers, for `--dump` (reading the failures behind the figures).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Trace {
+    pub id: String,
+    pub label: u8,
+    pub query: String,
+    pub cosine: Option<TraceHit>,
+    pub verified: Option<TraceHit>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TraceHit {
+    /// The pair whose `a` answered (the last one stored, when several share that text).
+    pub pair: Option<String>,
+    pub text: String,
+    pub similarity: f32,
+    pub exact: bool,
+    pub right: bool,
+}
