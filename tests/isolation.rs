@@ -38,8 +38,7 @@ async fn no_request_is_ever_answered_from_another_partition() {
             headers.push(("x-deja-namespace", NAMESPACES[namespace]));
         }
         let prompt = PROMPTS[rng.usize(..PROMPTS.len())];
-        let reply =
-            Reply::read(h.chat_with(TENANTS[tenant], &headers, &ask(prompt)).await).await;
+        let reply = Reply::read(h.chat_with(TENANTS[tenant], &headers, &ask(prompt)).await).await;
         assert_eq!(reply.status, 200);
         let content = reply.content();
         let own = produced.entry((tenant, namespace)).or_default();
