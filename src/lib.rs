@@ -6,7 +6,7 @@
 //! - `router`: which handler serves a path
 //! - `relay`: faithful streaming relay of any `/v1/*` request
 //! - `upstream`: the outgoing HTTP client, header hygiene, 502/504 mapping
-//! - `cached`: the flow of a cached endpoint (lookup, coalesce, forward, store)
+//! - `cached`: the flow of a cached endpoint (lookup, coalesce, forward, store); `hit` renders answers
 //! - `chat`: chat-completions specifics (scope fields, stream assembly and replay)
 //! - `completions`: the same for legacy `/v1/completions`
 //! - `chunks`: what the `[DONE]`-terminated chunk streams of both share

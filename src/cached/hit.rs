@@ -1,0 +1,134 @@
+//! Answering from the cache: exact lookups, rendering a stored answer (JSON or SSE) with the
+//! hit headers, and handing it to requests that waited on this one.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use serde_json::Value;
+
+use super::{Call, Lookup, header_num, ms};
+use crate::body::{BoxError, ProxyBody, full, streaming};
+use crate::cache::{Cache, Hit, Requirements};
+use crate::coalesce::{Leader, Shared};
+use crate::relay::CACHE_STATUS;
+
+impl Call {
+    /// Answers from the exact tier if a usable entry is there, handing it to waiting twins.
+    pub(super) async fn exact_hit(
+        &self,
+        cache: &Arc<Cache>,
+        lookup: &Lookup,
+        needs: Requirements,
+        leader: &mut Option<Leader>,
+    ) -> Option<Response<ProxyBody>> {
+        // Inline, not on the blocking pool: an exact lookup is one sled read of a hot page
+        // (microseconds), while the hand-off to a blocking thread and back cost more CPU than
+        // the whole rest of a hit (benches/proxy_load.rs: context switches per request).
+        let hit = match cache.lookup_exact(&lookup.exact, needs) {
+            Ok(hit) => hit?,
+            Err(err) => {
+                tracing::warn!(error = %err, "cache lookup failed; serving as a miss");
+                return None;
+            }
+        };
+        let response = self.hit(lookup, &hit, cache)?;
+        share(leader.take(), &hit);
+        Some(response)
+    }
+
+    /// Renders a stored answer; `None` if it cannot be (then the request proceeds as a miss).
+    pub(super) fn hit(
+        &self,
+        lookup: &Lookup,
+        hit: &Hit,
+        cache: &Cache,
+    ) -> Option<Response<ProxyBody>> {
+        let stored: Value = serde_json::from_str(&hit.entry.response).ok()?;
+        let age = hit.entry.age_secs(cache.now_ms());
+        let mut response = self.render(lookup, &stored);
+        let headers = response.headers_mut();
+        headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));
+        headers.insert(
+            "x-deja-match",
+            HeaderValue::from_static(if hit.semantic { "semantic" } else { "exact" }),
+        );
+        headers.insert("x-deja-similarity", header_num(hit.similarity));
+        headers.insert("x-deja-entry", HeaderValue::from(hit.id));
+        headers.insert(header::AGE, HeaderValue::from(age));
+        tracing::info!(
+            endpoint = self.endpoint.name(),
+            model = %lookup.model,
+            cache = "hit",
+            semantic = hit.semantic,
+            similarity = hit.similarity,
+            entry = hit.id,
+            elapsed_ms = ms(self.started),
+            "request"
+        );
+        Some(response)
+    }
+
+    pub(super) fn coalesced(
+        &self,
+        lookup: &Lookup,
+        shared: &Shared,
+        cache: &Cache,
+    ) -> Option<Response<ProxyBody>> {
+        let stored: Value = serde_json::from_str(&shared.response).ok()?;
+        let mut response = self.render(lookup, &stored);
+        let headers = response.headers_mut();
+        headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));
+        headers.insert("x-deja-match", HeaderValue::from_static("coalesced"));
+        headers.insert("x-deja-similarity", header_num(1.0));
+        let age_ms = shared.stored.map_or(0, |(id, created_ms)| {
+            headers.insert("x-deja-entry", HeaderValue::from(id));
+            cache.now_ms().saturating_sub(created_ms)
+        });
+        headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));
+        tracing::info!(
+            endpoint = self.endpoint.name(),
+            model = %lookup.model,
+            cache = "hit",
+            coalesced = true,
+            elapsed_ms = ms(self.started),
+            "request"
+        );
+        Some(response)
+    }
+
+    fn render(&self, lookup: &Lookup, stored: &Value) -> Response<ProxyBody> {
+        let (body, content_type) = if lookup.stream {
+            let events = self
+                .endpoint
+                .render_stream(stored, lookup.include_usage)
+                .into_iter()
+                .map(Ok::<_, BoxError>);
+            (
+                streaming(futures_util::stream::iter(events)),
+                "text/event-stream; charset=utf-8",
+            )
+        } else {
+            (full(self.endpoint.render_json(stored)), "application/json")
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = StatusCode::OK;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if lookup.stream {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+        response
+    }
+}
+
+/// Hands a hit to the requests waiting on this one.
+pub(super) fn share(leader: Option<Leader>, hit: &Hit) {
+    if let Some(leader) = leader {
+        leader.publish(Some(Arc::new(Shared {
+            response: hit.entry.response.clone(),
+            has_usage: hit.entry.has_usage,
+            stored: Some((hit.id, hit.entry.created_ms)),
+        })));
+    }
+}
