@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan};
+use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan, plan_as, stream_flags};
 use crate::chunks::{ChunkGate, ChunkWriter, copy_fields, stored_choices};
 use crate::text::{fresh_id, pieces};
 
@@ -62,12 +62,7 @@ impl CompletionRequest {
             user: _,
             other,
         } = self;
-        let stream = stream.as_ref().and_then(Value::as_bool).unwrap_or(false);
-        let include_usage = stream_options
-            .as_ref()
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let (stream, include_usage) = stream_flags(&stream, &stream_options);
         let bypass = |reason| Plan::Bypass { reason, stream };
         let Some(Value::String(model)) = model else {
             return bypass("no_model");
@@ -125,14 +120,7 @@ impl Endpoint for Completions {
     }
 
     fn plan(&self, body: Value, partition: &Partition) -> Plan {
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        match serde_json::from_value::<CompletionRequest>(body) {
-            Ok(request) => request.plan(partition),
-            Err(_) => Plan::Bypass {
-                reason: "unreadable",
-                stream,
-            },
-        }
+        plan_as(body, |request: CompletionRequest| request.plan(partition))
     }
 
     fn assembler(&self) -> Box<dyn Assembler> {

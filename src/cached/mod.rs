@@ -74,6 +74,30 @@ pub trait Endpoint: Send + Sync + 'static {
     fn render_stream(&self, stored: &Value, include_usage: bool) -> Vec<Bytes>;
 }
 
+/// Reads `body` as the endpoint's request type and plans it; a body of the wrong shape
+/// bypasses the cache, so the upstream explains what is wrong with it.
+pub fn plan_as<T: serde::de::DeserializeOwned>(body: Value, plan: impl FnOnce(T) -> Plan) -> Plan {
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    match serde_json::from_value::<T>(body) {
+        Ok(request) => plan(request),
+        Err(_) => Plan::Bypass {
+            reason: "unreadable",
+            stream,
+        },
+    }
+}
+
+/// `stream` and `stream_options.include_usage` of a request, both false when absent.
+pub fn stream_flags(stream: &Option<Value>, stream_options: &Option<Value>) -> (bool, bool) {
+    let stream = stream.as_ref().and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = stream_options
+        .as_ref()
+        .and_then(|options| options.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    (stream, include_usage)
+}
+
 pub trait Assembler: Send {
     fn push(&mut self, data: &str);
     /// True once the stream's final event (`[DONE]`, `response.completed`) has been seen.

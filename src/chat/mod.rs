@@ -11,7 +11,7 @@ pub mod request;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::cached::{Assembler, Endpoint, Partition, Plan};
+use crate::cached::{Assembler, Endpoint, Partition, Plan, plan_as};
 use crate::text::fresh_id;
 use assemble::ChatStreamAssembler;
 use request::ChatRequest;
@@ -24,15 +24,7 @@ impl Endpoint for ChatCompletions {
     }
 
     fn plan(&self, body: Value, partition: &Partition) -> Plan {
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        match serde_json::from_value::<ChatRequest>(body) {
-            Ok(request) => request.plan(partition),
-            // Let the upstream explain what is wrong with the request.
-            Err(_) => Plan::Bypass {
-                reason: "unreadable",
-                stream,
-            },
-        }
+        plan_as(body, |request: ChatRequest| request.plan(partition))
     }
 
     fn assembler(&self) -> Box<dyn Assembler> {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::cached::{Lookup, Partition, Plan};
+use crate::cached::{Lookup, Partition, Plan, stream_flags};
 
 /// Every field of `POST /v1/chat/completions` that deja knows. Unknown fields land in
 /// `other` and are put in the scope (unknown means "may shape the answer").
@@ -102,12 +102,7 @@ impl ChatRequest {
             other,
         } = self;
 
-        let stream = stream.as_ref().and_then(Value::as_bool).unwrap_or(false);
-        let include_usage = stream_options
-            .as_ref()
-            .and_then(|options| options.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let (stream, include_usage) = stream_flags(&stream, &stream_options);
         let bypass = |reason| Plan::Bypass { reason, stream };
 
         let Some(Value::String(model)) = model else {

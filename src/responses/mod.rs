@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan};
+use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan, plan_as};
 
 /// Every field of a Responses request that deja knows; unknown ones land in `other` (scope).
 #[derive(Debug, Default, Deserialize)]
@@ -207,14 +207,9 @@ impl Endpoint for Responses {
     }
 
     fn plan(&self, body: Value, partition: &Partition) -> Plan {
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        match serde_json::from_value::<ResponsesRequest>(body) {
-            Ok(request) => request.plan(partition, self.cache_stored),
-            Err(_) => Plan::Bypass {
-                reason: "unreadable",
-                stream,
-            },
-        }
+        plan_as(body, |request: ResponsesRequest| {
+            request.plan(partition, self.cache_stored)
+        })
     }
 
     fn assembler(&self) -> Box<dyn Assembler> {
