@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, Guard};
+
 use crate::cache::Cache;
 use crate::clock::SharedClock;
 use crate::coalesce::Coalescer;
@@ -10,7 +12,8 @@ use crate::embed::Embedder;
 use crate::upstream::Upstream;
 
 pub struct App {
-    pub config: Config,
+    /// Swapped whole on reload; read it per request with `config()`.
+    config: ArcSwap<Config>,
     pub upstream: Upstream,
     /// `None` when caching is off or the store could not be opened (then deja only relays).
     pub cache: Option<Arc<Cache>>,
@@ -34,6 +37,16 @@ pub enum StartError {
 }
 
 impl App {
+    /// The configuration in force now (a reload swaps it between requests).
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Puts a new configuration in force for the requests that start after this.
+    pub fn replace_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
+    }
+
     /// Builds the state; opening the cache may take a while (it rebuilds the vector index),
     /// so call this off the async workers. A cache that cannot be opened is logged and left
     /// out: deja then relays without caching rather than refusing to serve.
@@ -59,7 +72,7 @@ impl App {
             None
         };
         Ok(App {
-            config,
+            config: ArcSwap::from_pointee(config),
             upstream,
             cache,
             embedder,

@@ -95,12 +95,15 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
     let (bytes, json, controls) =
-        match read_request(body, &parts.headers, app.config.server.max_body_bytes).await {
+        match read_request(body, &parts.headers, app.config().server.max_body_bytes).await {
             Ok(read) => read,
             Err(err) => return err.into_response(),
         };
-    let partition =
-        control::partition(&parts.headers, app.config.cache.shared, &controls.namespace);
+    let partition = control::partition(
+        &parts.headers,
+        app.config().cache.shared,
+        &controls.namespace,
+    );
     let send = |body: Bytes| {
         app.upstream.send(
             parts.method.clone(),

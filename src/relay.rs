@@ -18,7 +18,7 @@ use crate::upstream::strip_hop_by_hop;
 
 /// Relays a request whose body is streamed (not buffered) to the upstream.
 pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Response<ProxyBody> {
-    let limit = app.config.server.max_body_bytes;
+    let limit = app.config().server.max_body_bytes;
     let (parts, body) = request.into_parts();
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
         return ApiError::BodyTooLarge { limit }.into_response();

@@ -21,7 +21,9 @@ fn cached_endpoint(app: &App, path: &str) -> Option<&'static dyn Endpoint> {
     match path {
         "/chat/completions" => Some(&ChatCompletions),
         "/completions" => Some(&Completions),
-        "/responses" if app.config.cache.cache_stored_responses => Some(&RESPONSES_CACHING_STORED),
+        "/responses" if app.config().cache.cache_stored_responses => {
+            Some(&RESPONSES_CACHING_STORED)
+        }
         "/responses" => Some(&RESPONSES),
         _ => None,
     }

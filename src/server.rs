@@ -65,7 +65,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
     let app = Arc::new(app);
     tracing::info!(
         %addr,
-        upstream = %app.config.upstream.base_url,
+        upstream = %app.config().upstream.base_url,
         cache = app.cache.is_some(),
         entries = app.cache.as_ref().map_or(0, |c| c.entries()),
         indexed = app.cache.as_ref().map_or(0, |c| c.indexed()),
@@ -83,7 +83,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
 
 async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     let sweeper = app.cache.clone().map(|cache| {
-        let every = Duration::from_secs(app.config.cache.sweep_interval_secs);
+        let every = Duration::from_secs(app.config().cache.sweep_interval_secs);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.tick().await;
@@ -105,10 +105,10 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(app.config.server.header_timeout_secs));
+        .header_read_timeout(Duration::from_secs(app.config().server.header_timeout_secs));
     // A permit per open connection: past the limit, new clients wait in the kernel's queue
     // instead of exhausting file descriptors and memory.
-    let permits = Arc::new(Semaphore::new(app.config.server.max_connections));
+    let permits = Arc::new(Semaphore::new(app.config().server.max_connections));
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {

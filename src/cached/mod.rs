@@ -123,7 +123,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
     let (body, json, controls) =
-        match read_request(body, &parts.headers, app.config.server.max_body_bytes).await {
+        match read_request(body, &parts.headers, app.config().server.max_body_bytes).await {
             Ok(read) => read,
             Err(err) => return err.into_response(),
         };
@@ -140,7 +140,7 @@ pub async fn handle(
     };
     let partition = control::partition(
         &call.parts.headers,
-        app.config.cache.shared,
+        app.config().cache.shared,
         &controls.namespace,
     );
     match endpoint.plan(json, &partition) {
@@ -258,7 +258,7 @@ impl Call {
         // The vector serves the lookup and the stored entry; with neither, skip the call.
         let wants_vector = !(controls.no_cache && controls.no_store);
         if let (true, Some(text), Some(embedder)) = (
-            self.app.config.cache.semantic && wants_vector,
+            self.app.config().cache.semantic && wants_vector,
             &lookup.semantic_text,
             &self.app.embedder,
         ) {
@@ -274,7 +274,7 @@ impl Call {
         }
         if let (Some(v), false) = (&vector, controls.no_cache) {
             let threshold =
-                controls.effective_threshold(self.app.config.cache.threshold_for(&lookup.model));
+                controls.effective_threshold(self.app.config().cache.threshold_for(&lookup.model));
             let (scope, v) = (lookup.scope, v.clone());
             let query = lookup.semantic_text.clone().unwrap_or_default();
             let outcome = blocking(&cache, move |c| {
