@@ -12,6 +12,10 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod access;
+
+pub use access::{AdminConfig, BudgetPeriod, KeyConfig, Price, UsageConfig};
+
 /// Everything deja reads at start-up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +30,17 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Managed mode: the callers' deja keys (`[[keys]]`), each with optional limits.
+    pub keys: Vec<KeyConfig>,
+    /// Dollars per million tokens by model, for costs, savings and budgets.
+    pub pricing: BTreeMap<String, Price>,
+    /// The admin listener: health, readiness, metrics, cache administration, reload.
+    pub admin: AdminConfig,
+    /// The per-request usage log.
+    pub usage: UsageConfig,
+    /// The file this was loaded from (for reloads); not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,8 +72,14 @@ impl Default for ServerConfig {
 pub struct UpstreamConfig {
     /// Base URL that `/v1/...` maps onto, including its own `/v1`.
     pub base_url: String,
-    /// When set, replaces the caller's `Authorization` on every upstream request.
+    /// When set, replaces the caller's `Authorization` on every upstream request. Give it
+    /// through `DEJA_UPSTREAM__API_KEY` or `api_key_file`; in proxy.toml it is refused unless
+    /// `allow_plaintext_key` is true.
     pub api_key: Option<Secret>,
+    /// A file holding the upstream key (trailing whitespace ignored).
+    pub api_key_file: Option<PathBuf>,
+    /// Accept `api_key` written in the TOML file itself.
+    pub allow_plaintext_key: bool,
     /// Seconds allowed to establish a TCP/TLS connection.
     pub connect_timeout_secs: f64,
     /// Seconds allowed until the upstream's response headers arrive (then 504).
@@ -72,6 +93,8 @@ impl Default for UpstreamConfig {
         Self {
             base_url: "https://api.openai.com/v1".into(),
             api_key: None,
+            api_key_file: None,
+            allow_plaintext_key: false,
             connect_timeout_secs: 10.0,
             timeout_secs: 600.0,
             idle_timeout_secs: 300.0,
@@ -244,13 +267,60 @@ pub enum ConfigError {
 impl Config {
     /// Reads `path` (missing file is fine: defaults), then `DEJA_*` env vars, then validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        let figment = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(path))
-            .merge(Env::prefixed("DEJA_").split("__"))
-            .extract()
-            .map_err(Box::new)?;
+            .merge(Env::prefixed("DEJA_").split("__"));
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        let key_in_file = figment
+            .find_metadata("upstream.api_key")
+            .is_some_and(|meta| meta.name.to_ascii_lowercase().contains("toml"));
+        if key_in_file && !config.upstream.allow_plaintext_key {
+            return invalid(
+                "upstream.api_key",
+                "is written in the config file; give it through DEJA_UPSTREAM__API_KEY or \
+                 upstream.api_key_file (or set upstream.allow_plaintext_key = true)",
+            );
+        }
+        config.resolve_secret_files()?;
+        config.source = Some(path.to_path_buf());
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads `*_file` secrets into their values (an explicit value wins).
+    pub fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if self.upstream.api_key.is_none()
+            && let Some(path) = &self.upstream.api_key_file
+        {
+            self.upstream.api_key = Some(access::read_secret_file("upstream.api_key_file", path)?);
+        }
+        if self.admin.token.is_none()
+            && let Some(path) = &self.admin.token_file
+        {
+            self.admin.token = Some(access::read_secret_file("admin.token_file", path)?);
+        }
+        Ok(())
+    }
+
+    /// Managed mode: callers authenticate with deja keys, deja calls upstream with its own.
+    pub fn managed(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The price of `model`'s tokens: its own entry, else the longest listed name it extends
+    /// with a dash (`gpt-4o-mini` prices `gpt-4o-mini-2024-07-18`).
+    pub fn price(&self, model: &str) -> Option<&Price> {
+        self.pricing.get(model).or_else(|| {
+            self.pricing
+                .iter()
+                .filter(|(name, _)| {
+                    model.len() > name.len()
+                        && model.starts_with(name.as_str())
+                        && model.as_bytes()[name.len()] == b'-'
+                })
+                .max_by_key(|(name, _)| name.len())
+                .map(|(_, price)| price)
+        })
     }
 
     /// Checks values whose meaning would otherwise be silently wrong.
@@ -319,7 +389,12 @@ impl Config {
                 "must be set when provider = \"local\"",
             );
         }
-        Ok(())
+        access::validate(
+            &self.keys,
+            &self.pricing,
+            self.upstream.api_key.is_some(),
+            &self.admin,
+        )
     }
 
     /// The base URL of the embeddings API (its own, or the upstream's).

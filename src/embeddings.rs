@@ -7,6 +7,7 @@
 //! only what was sent.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -16,13 +17,16 @@ use serde_json::{Map, Value, json};
 
 use crate::app::App;
 use crate::body::{ProxyBody, full};
+use crate::cache::entry::Owner;
 use crate::cache::key::{Hash32, KeyBuilder};
 use crate::cache::{NewEntry, Requirements};
 use crate::cached::{Partition, blocking, read_request};
 use crate::control;
 use crate::error::ApiError;
 use crate::relay::{CACHE_STATUS, response_headers, stream_response};
+use crate::track::{Tracker, estimate_tokens};
 use crate::upstream::cacheable_status;
+use crate::usage::Outcome;
 
 /// The inputs of a cacheable embeddings request and their keys.
 struct Batch {
@@ -92,28 +96,53 @@ pub async fn handle(
     app: Arc<App>,
     request: Request<Incoming>,
     suffix: String,
+    tracker: &Tracker,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
     let (bytes, json, controls) =
         match read_request(body, &parts.headers, app.config().server.max_body_bytes).await {
             Ok(read) => read,
-            Err(err) => return err.into_response(),
+            Err(err) => {
+                tracker.outcome(Outcome::Error);
+                return err.into_response();
+            }
         };
-    let partition = control::partition(
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    tracker.update(|r| {
+        r.model_used = model.clone();
+        r.model_asked = model;
+    });
+    let partition = control::partition_for(
         &parts.headers,
         app.config().cache.shared,
         &controls.namespace,
+        tracker.key(),
     );
-    let send = |body: Bytes| {
-        app.upstream.send(
-            parts.method.clone(),
-            &suffix,
-            &parts.headers,
-            reqwest::Body::from(body),
-            true,
-        )
+    let send = |body: Bytes| async {
+        // Embeddings have no completion; the prompt estimate is the body's size.
+        tracker.reserve(estimate_tokens(&body, None))?;
+        let sent = Instant::now();
+        let result = app
+            .upstream
+            .send(
+                parts.method.clone(),
+                &suffix,
+                &parts.headers,
+                reqwest::Body::from(body),
+                true,
+            )
+            .await;
+        tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
+        result
     };
     let (Some(cache), Some(batch)) = (app.cache.clone(), batch(&json, &partition)) else {
+        tracker.update(|r| {
+            r.cache = Outcome::Bypass;
+            r.bypass_reason = Some("unreadable");
+        });
         return match send(bytes).await {
             Ok(upstream) => stream_response(upstream, Some("bypass")),
             Err(err) => err.into_response(),
@@ -140,6 +169,11 @@ pub async fn handle(
     }
     let missing: Vec<usize> = (0..cached.len()).filter(|&i| cached[i].is_none()).collect();
     let hits = cached.len() - missing.len();
+    tracker.outcome(if missing.is_empty() {
+        Outcome::HitExact
+    } else {
+        Outcome::Miss
+    });
     tracing::info!(endpoint = "embeddings", model = %batch.model, inputs = cached.len(), cached = hits, "request");
     if missing.is_empty() {
         let data = cached.into_iter().flatten().collect();
@@ -186,8 +220,16 @@ pub async fn handle(
         return response;
     };
     let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
+    tracker.update(|r| r.take_usage(&parsed));
     if !controls.no_store {
-        store(&cache, &batch, &missing, &fresh, controls.max_age_secs);
+        store(
+            &cache,
+            &batch,
+            &missing,
+            &fresh,
+            controls.max_age_secs,
+            Owner::of(&partition),
+        );
     }
     for (&i, item) in missing.iter().zip(fresh.iter_mut()) {
         cached[i] = Some(std::mem::take(item));
@@ -227,6 +269,7 @@ fn store(
     missing: &[usize],
     fresh: &[Value],
     max_age_secs: Option<u64>,
+    owner: Owner,
 ) {
     let entries: Vec<NewEntry> = missing
         .iter()
@@ -240,6 +283,7 @@ fn store(
             vector: None,
             prompt: None,
             ttl_ms: max_age_secs.map(|s| s.saturating_mul(1000)),
+            owner: owner.clone(),
         })
         .collect();
     let cache = cache.clone();

@@ -14,10 +14,16 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::body::{BoxError, ProxyBody, streaming};
 use crate::error::ApiError;
+use crate::track::Tracker;
 use crate::upstream::strip_hop_by_hop;
 
 /// Relays a request whose body is streamed (not buffered) to the upstream.
-pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Response<ProxyBody> {
+pub async fn relay(
+    app: &App,
+    request: Request<Incoming>,
+    suffix: &str,
+    tracker: &Tracker,
+) -> Response<ProxyBody> {
     let limit = app.config().server.max_body_bytes;
     let (parts, body) = request.into_parts();
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -43,6 +49,7 @@ pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Respo
                 }
             }
         });
+    let sent = std::time::Instant::now();
     let result = app
         .upstream
         .send(
@@ -53,6 +60,7 @@ pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Respo
             false,
         )
         .await;
+    tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
     match result {
         Ok(response) => stream_response(response, None),
         Err(_) if exceeded.load(Ordering::Relaxed) => {

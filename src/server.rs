@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -27,16 +28,23 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// A started proxy. Dropping it does not stop it; call `shutdown`.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
     /// Stops accepting, drains connections (up to a deadline), flushes the store.
     pub async fn shutdown(self) {
+        self.app.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Some(admin) = self.admin {
+            let _ = admin.await;
+        }
     }
 
     /// Runs until `signal` completes, then shuts down.
@@ -56,6 +64,22 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    let admin_listener = match config.admin.listen {
+        Some(admin_addr) => {
+            Some(
+                TcpListener::bind(admin_addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: admin_addr,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
     let app = tokio::task::spawn_blocking(move || App::build(config, clock))
         .await
         .map_err(|e| StartError::Bind {
@@ -72,12 +96,18 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         "deja listening"
     );
     let (stop, stopped) = watch::channel(false);
+    let admin = admin_listener.map(|listener| {
+        tracing::info!(addr = ?admin_addr, "admin listening");
+        tokio::spawn(crate::admin::serve(listener, app.clone(), stopped.clone()))
+    });
     let task = tokio::spawn(serve(listener, app.clone(), stopped));
     Ok(RunningServer {
         addr,
+        admin_addr,
         app,
         stop,
         task,
+        admin,
     })
 }
 

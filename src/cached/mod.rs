@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::app::App;
 use crate::body::{BoxError, ProxyBody, full, streaming};
+use crate::cache::entry::Owner;
 use crate::cache::key::Hash32;
 use crate::cache::{Cache, NewEntry, Requirements};
 use crate::coalesce::{Leader, Role, Shared};
@@ -27,7 +28,9 @@ use crate::control::{self, Controls};
 use crate::error::ApiError;
 use crate::relay::{response_headers, stream_response};
 use crate::sse::SseParser;
+use crate::track::{Tracker, estimate_tokens};
 use crate::upstream::cacheable_status;
+use crate::usage::Outcome;
 
 mod hit;
 
@@ -113,6 +116,9 @@ struct Call {
     body: Bytes,
     suffix: String,
     started: Instant,
+    tracker: Tracker,
+    /// Prompt and completion tokens the request may use (for per-key limits).
+    estimate: (u64, u64),
 }
 
 pub async fn handle(
@@ -120,32 +126,47 @@ pub async fn handle(
     endpoint: &'static dyn Endpoint,
     request: Request<Incoming>,
     suffix: String,
+    tracker: &Tracker,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
     let (body, json, controls) =
         match read_request(body, &parts.headers, app.config().server.max_body_bytes).await {
             Ok(read) => read,
-            Err(err) => return err.into_response(),
+            Err(err) => {
+                tracker.outcome(Outcome::Error);
+                return err.into_response();
+            }
         };
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    tracker.update(|r| {
+        r.model_used = model.clone();
+        r.model_asked = model;
+    });
     let call = Call {
         app: app.clone(),
         endpoint,
         parts,
+        estimate: estimate_tokens(&body, Some(&json)),
         body,
         suffix,
         started: Instant::now(),
+        tracker: tracker.clone(),
     };
     let Some(cache) = app.cache.clone() else {
         return call.bypass("cache_off").await;
     };
-    let partition = control::partition(
+    let partition = control::partition_for(
         &call.parts.headers,
         app.config().cache.shared,
         &controls.namespace,
+        tracker.key(),
     );
     match endpoint.plan(json, &partition) {
         Plan::Bypass { reason, .. } => call.bypass(reason).await,
-        Plan::Cache(lookup) => call.cached(cache, controls, lookup).await,
+        Plan::Cache(lookup) => call.cached(cache, controls, lookup, partition).await,
     }
 }
 
@@ -187,6 +208,10 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
 
 impl Call {
     async fn bypass(self, reason: &'static str) -> Response<ProxyBody> {
+        self.tracker.update(|r| {
+            r.cache = Outcome::Bypass;
+            r.bypass_reason = Some(reason);
+        });
         tracing::info!(
             endpoint = self.endpoint.name(),
             cache = "bypass",
@@ -200,7 +225,10 @@ impl Call {
     }
 
     async fn send_upstream(&self) -> Result<reqwest::Response, ApiError> {
-        self.app
+        self.tracker.reserve(self.estimate)?;
+        let sent = Instant::now();
+        let result = self
+            .app
             .upstream
             .send(
                 self.parts.method.clone(),
@@ -209,7 +237,9 @@ impl Call {
                 reqwest::Body::from(self.body.clone()),
                 true,
             )
-            .await
+            .await;
+        self.tracker.update(|r| r.upstream_ms = Some(ms(sent)));
+        result
     }
 
     async fn cached(
@@ -217,6 +247,7 @@ impl Call {
         cache: Arc<Cache>,
         controls: Controls,
         lookup: Lookup,
+        partition: Partition,
     ) -> Response<ProxyBody> {
         let needs = Requirements {
             max_age_ms: controls.max_age_secs.map(|s| s.saturating_mul(1000)),
@@ -270,20 +301,27 @@ impl Call {
                 Ok(v) => vector = Some(v),
                 Err(err) => tracing::warn!(error = %err, "embedding failed; serving as a miss"),
             }
-            tracing::debug!(elapsed_ms = ms(embed_started), "embedded prompt");
+            let embed_ms = ms(embed_started);
+            self.tracker.update(|r| r.embedding_ms = Some(embed_ms));
+            tracing::debug!(elapsed_ms = embed_ms, "embedded prompt");
         }
         if let (Some(v), false) = (&vector, controls.no_cache) {
             let threshold =
                 controls.effective_threshold(self.app.config().cache.threshold_for(&lookup.model));
             let (scope, v) = (lookup.scope, v.clone());
             let query = lookup.semantic_text.clone().unwrap_or_default();
+            let lookup_started = Instant::now();
             let outcome = blocking(&cache, move |c| {
                 c.lookup_semantic(&scope, &v, &query, threshold, needs)
             })
             .await;
+            let lookup_ms = ms(lookup_started);
+            self.tracker
+                .update(|r| r.lookup_ms = Some(r.lookup_ms.unwrap_or(0.0) + lookup_ms));
             if let Some(outcome) = outcome {
                 best = outcome.best;
                 rejected = outcome.rejected;
+                self.tracker.update(|r| r.best_similarity = best);
                 if let Some(hit) = outcome.hit
                     && let Some(response) = self.hit(&lookup, &hit, &cache)
                 {
@@ -299,11 +337,13 @@ impl Call {
             vector,
             ttl_ms: controls.max_age_secs.map(|s| s.saturating_mul(1000)),
             leader,
+            owner: Owner::of(&partition),
         };
         self.miss(lookup, store, Near { best, rejected }).await
     }
 
     async fn miss(self, lookup: Lookup, store: Store, near: Near) -> Response<ProxyBody> {
+        self.tracker.outcome(Outcome::Miss);
         let upstream = match self.send_upstream().await {
             Ok(upstream) => upstream,
             Err(err) => {
@@ -347,6 +387,9 @@ impl Call {
                 let stored = serde_json::from_slice::<Value>(&bytes)
                     .ok()
                     .filter(|v| v.is_object() && v.get("error").is_none());
+                if let Some(answer) = &stored {
+                    self.tracker.update(|r| r.take_usage(answer));
+                }
                 store.finish(stored).await;
                 let mut response = Response::new(full(bytes));
                 *response.status_mut() = status;
@@ -375,6 +418,7 @@ impl Call {
         let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(32);
         let endpoint = self.endpoint;
         let status = upstream.status();
+        let tracker = self.tracker.clone();
         tokio::spawn(async move {
             let mut parser = SseParser::new();
             let mut assembler = endpoint.assembler();
@@ -410,8 +454,9 @@ impl Call {
             } else {
                 None
             };
-            if answer.is_none() {
-                tracing::info!(endpoint = endpoint.name(), "stream incomplete; not stored");
+            match &answer {
+                Some(answer) => tracker.update(|r| r.take_usage(answer)),
+                None => tracing::info!(endpoint = endpoint.name(), "stream incomplete; not stored"),
             }
             store.finish(answer).await;
             for bytes in held {
@@ -445,6 +490,7 @@ struct Store {
     vector: Option<Vec<f32>>,
     ttl_ms: Option<u64>,
     leader: Option<Leader>,
+    owner: Owner,
 }
 
 impl Store {
@@ -480,6 +526,7 @@ impl Store {
             vector: self.vector,
             prompt: self.lookup.semantic_text,
             ttl_ms: self.ttl_ms,
+            owner: self.owner,
         };
         match tokio::task::spawn_blocking(move || cache.insert(new)).await {
             Ok(Ok(stored)) => {
