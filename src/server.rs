@@ -33,6 +33,7 @@ pub struct RunningServer {
     pub app: Arc<App>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    admin_stop: watch::Sender<bool>,
     admin: Option<JoinHandle<()>>,
 }
 
@@ -42,6 +43,8 @@ impl RunningServer {
         self.app.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        // The admin listener goes last, so probes see `/readyz` fail during the drain.
+        let _ = self.admin_stop.send(true);
         if let Some(admin) = self.admin {
             let _ = admin.await;
         }
@@ -96,9 +99,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         "deja listening"
     );
     let (stop, stopped) = watch::channel(false);
+    let (admin_stop, admin_stopped) = watch::channel(false);
     let admin = admin_listener.map(|listener| {
         tracing::info!(addr = ?admin_addr, "admin listening");
-        tokio::spawn(crate::admin::serve(listener, app.clone(), stopped.clone()))
+        tokio::spawn(crate::admin::serve(listener, app.clone(), admin_stopped))
     });
     let task = tokio::spawn(serve(listener, app.clone(), stopped));
     Ok(RunningServer {
@@ -107,6 +111,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         app,
         stop,
         task,
+        admin_stop,
         admin,
     })
 }
