@@ -497,7 +497,17 @@ mod tests {
         let shipped: Config = Figment::from(Toml::file(&path)).extract().expect("parses");
         shipped.validate().expect("valid");
         let text = std::fs::read_to_string(&path).unwrap();
-        for section in ["[server]", "[upstream]", "[cache]", "[embedding]", "[log]"] {
+        for section in [
+            "[server]",
+            "[upstream]",
+            "[cache]",
+            "[embedding]",
+            "[log]",
+            "[admin]",
+            "[usage]",
+            "[pricing.",
+            "[[keys]]",
+        ] {
             assert!(text.contains(section), "{section} missing from proxy.toml");
         }
     }
@@ -529,6 +539,101 @@ mod tests {
             assert_eq!(config.embedding.max_batch, 4);
             Ok(())
         });
+    }
+
+    #[test]
+    fn upstream_key_is_refused_in_the_file_but_taken_from_env_or_a_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("proxy.toml", "[upstream]\napi_key = \"sk-in-file\"\n")?;
+            let err = Config::load(Path::new("proxy.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("upstream.api_key") && !err.contains("sk-in-file"),
+                "{err}"
+            );
+            jail.create_file(
+                "proxy.toml",
+                "[upstream]\napi_key = \"sk-in-file\"\nallow_plaintext_key = true\n",
+            )?;
+            assert!(Config::load(Path::new("proxy.toml")).is_ok());
+            jail.create_file("key.txt", "sk-from-file\n")?;
+            jail.create_file("proxy.toml", "[upstream]\napi_key_file = \"key.txt\"\n")?;
+            let config = Config::load(Path::new("proxy.toml")).expect("loads");
+            assert_eq!(config.upstream.api_key.unwrap().expose(), "sk-from-file");
+            jail.create_file("proxy.toml", "")?;
+            jail.set_env("DEJA_UPSTREAM__API_KEY", "sk-from-env");
+            let config = Config::load(Path::new("proxy.toml")).expect("loads");
+            assert_eq!(config.upstream.api_key.unwrap().expose(), "sk-from-env");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn managed_keys_are_validated() {
+        let key = KeyConfig {
+            id: "alice".into(),
+            hash: crate::keys::hash_key("sk-alice"),
+            tenant: None,
+            namespace: None,
+            rpm: 0,
+            tpm: 0,
+            budget_usd: None,
+            budget_period: BudgetPeriod::Day,
+        };
+        let mut config = Config::default();
+        config.keys.push(key.clone());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("upstream.api_key"), "{err}");
+        config.upstream.api_key = Some(Secret::new("sk-upstream"));
+        config.validate().unwrap();
+        for (change, key_name) in [
+            (
+                Box::new(|k: &mut KeyConfig| k.hash = "sha256:abc".into())
+                    as Box<dyn Fn(&mut KeyConfig)>,
+                "keys.alice.hash",
+            ),
+            (
+                Box::new(|k: &mut KeyConfig| k.budget_usd = Some(1.0)),
+                "keys.alice.budget_usd",
+            ),
+            (
+                Box::new(|k: &mut KeyConfig| k.namespace = Some("a b".into())),
+                "keys.alice.namespace",
+            ),
+        ] {
+            let mut bad = config.clone();
+            change(&mut bad.keys[0]);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key_name), "{err}");
+        }
+        config.keys.push(key);
+        assert!(config.validate().unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn dated_model_names_take_their_family_price() {
+        let mut config = Config::default();
+        let price = |p: f64| Price {
+            input_per_mtok: p,
+            output_per_mtok: p,
+        };
+        config.pricing.insert("gpt-4o".into(), price(1.0));
+        config.pricing.insert("gpt-4o-mini".into(), price(2.0));
+        assert_eq!(
+            config
+                .price("gpt-4o-mini-2024-07-18")
+                .unwrap()
+                .input_per_mtok,
+            2.0
+        );
+        assert_eq!(
+            config.price("gpt-4o-2024-08-06").unwrap().input_per_mtok,
+            1.0
+        );
+        assert!(config.price("gpt-4").is_none());
+        assert!(config.price("gpt-4omni").is_none());
     }
 
     #[test]

@@ -129,6 +129,19 @@ pub(super) fn validate(
         if !hashes.insert(digest.to_ascii_lowercase()) {
             return invalid(&format!("{name}.hash"), "is the hash of another key too");
         }
+        if let Some(namespace) = &key.namespace {
+            let valid = !namespace.is_empty()
+                && namespace.len() <= 128
+                && namespace
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
+            if !valid {
+                return invalid(
+                    &format!("{name}.namespace"),
+                    "must be 1 to 128 letters, digits and -_.:/",
+                );
+            }
+        }
         if let Some(budget) = key.budget_usd
             && !(budget.is_finite() && budget >= 0.0)
         {
