@@ -26,6 +26,8 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Model aliases and fallbacks (`crate::routing`).
+    pub routing: crate::routing::RoutingConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +67,8 @@ pub struct UpstreamConfig {
     pub timeout_secs: f64,
     /// Seconds a response body (e.g. a stream) may stay silent before it is cut.
     pub idle_timeout_secs: f64,
+    /// Retries of failed upstream calls (`[upstream.retry]`, `crate::retry`).
+    pub retry: crate::retry::RetryConfig,
 }
 
 impl Default for UpstreamConfig {
@@ -75,6 +79,7 @@ impl Default for UpstreamConfig {
             connect_timeout_secs: 10.0,
             timeout_secs: 600.0,
             idle_timeout_secs: 300.0,
+            retry: Default::default(),
         }
     }
 }
@@ -281,6 +286,8 @@ impl Config {
             return invalid("server.header_timeout_secs", "must be at least 1 second");
         }
         check_url("upstream.base_url", &self.upstream.base_url)?;
+        self.upstream.retry.validate()?;
+        self.routing.validate()?;
         if !self.embedding.base_url.is_empty() {
             check_url("embedding.base_url", &self.embedding.base_url)?;
         }
@@ -422,7 +429,16 @@ mod tests {
         let shipped: Config = Figment::from(Toml::file(&path)).extract().expect("parses");
         shipped.validate().expect("valid");
         let text = std::fs::read_to_string(&path).unwrap();
-        for section in ["[server]", "[upstream]", "[cache]", "[embedding]", "[log]"] {
+        for section in [
+            "[server]",
+            "[upstream]",
+            "[upstream.retry]",
+            "[cache]",
+            "[embedding]",
+            "[log]",
+            "[routing.aliases]",
+            "[routing.fallbacks]",
+        ] {
             assert!(text.contains(section), "{section} missing from proxy.toml");
         }
     }

@@ -19,10 +19,11 @@ use crate::body::{ProxyBody, full};
 use crate::cache::key::{Hash32, KeyBuilder};
 use crate::cache::{NewEntry, Requirements};
 use crate::cached::{Partition, blocking, read_request};
-use crate::control;
+use crate::control::{self, Controls};
 use crate::error::ApiError;
 use crate::relay::{CACHE_STATUS, response_headers, stream_response};
-use crate::upstream::cacheable_status;
+use crate::routing;
+use crate::upstream::{Outgoing, cacheable_status};
 
 /// The inputs of a cacheable embeddings request and their keys.
 struct Batch {
@@ -99,24 +100,36 @@ pub async fn handle(
             Ok(read) => read,
             Err(err) => return err.into_response(),
         };
+    // Aliases only: another model's vectors would not be comparable, so no fallbacks here.
+    let (bytes, json, route) = routing::apply(&app.config().routing, bytes, json, false);
+    let response = respond(app, parts, bytes, json, controls, suffix).await;
+    routing::label(response, route.as_ref())
+}
+
+async fn respond(
+    app: Arc<App>,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    json: Value,
+    controls: Controls,
+    suffix: String,
+) -> Response<ProxyBody> {
     let partition = control::partition(
         &parts.headers,
         app.config().cache.shared,
         &controls.namespace,
     );
-    let send = |body: Bytes| {
-        app.upstream.send(
-            parts.method.clone(),
-            &suffix,
-            &parts.headers,
-            reqwest::Body::from(body),
-            true,
-        )
+    let out = Outgoing {
+        method: &parts.method,
+        suffix: &suffix,
+        headers: &parts.headers,
+        parse_body: true,
     };
+    let send = |body: Bytes| routing::send(&app, &out, body, None);
     let (Some(cache), Some(batch)) = (app.cache.clone(), batch(&json, &partition)) else {
         return match send(bytes).await {
-            Ok(upstream) => stream_response(upstream, Some("bypass")),
-            Err(err) => err.into_response(),
+            Ok(sent) => stream_response(sent.response, Some("bypass")),
+            Err(failed) => failed.error.into_response(),
         };
     };
 
@@ -166,8 +179,8 @@ pub async fn handle(
         json!(missing.iter().map(|&i| &batch.texts[i]).collect::<Vec<_>>())
     };
     let upstream = match send(Bytes::from(partial.to_string())).await {
-        Ok(upstream) => upstream,
-        Err(err) => return err.into_response(),
+        Ok(sent) => sent.response,
+        Err(failed) => return failed.error.into_response(),
     };
     let status = upstream.status();
     if !cacheable_status(status) {

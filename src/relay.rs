@@ -1,5 +1,7 @@
 //! Faithful relay of any `/v1/*` request that deja does not cache: the request body streams
 //! up, the response (status, end-to-end headers, body) streams back as it arrives.
+//! A streamed body cannot be sent twice, so only GET, HEAD and DELETE without a body are
+//! retried here (`[upstream.retry]`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -7,14 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::BodyStream;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::app::App;
 use crate::body::{BoxError, ProxyBody, streaming};
 use crate::error::ApiError;
-use crate::upstream::strip_hop_by_hop;
+use crate::upstream::{Outgoing, strip_hop_by_hop};
 
 /// Relays a request whose body is streamed (not buffered) to the upstream.
 pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Response<ProxyBody> {
@@ -22,6 +24,26 @@ pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Respo
     let (parts, body) = request.into_parts();
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
         return ApiError::BodyTooLarge { limit }.into_response();
+    }
+    let config = arc_swap::Guard::into_inner(app.config());
+    let out = Outgoing {
+        method: &parts.method,
+        suffix,
+        headers: &parts.headers,
+        parse_body: false,
+    };
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE) && body.is_end_stream() {
+        return match app
+            .upstream
+            .send_retrying(&config.upstream, &out, Bytes::new())
+            .await
+        {
+            Ok(sent) => stream_response(sent.response, None),
+            Err(failed) => {
+                tracing::warn!(code = failed.error.code(), error = %failed.error, "relay failed");
+                failed.error.into_response()
+            }
+        };
     }
     let exceeded = Arc::new(AtomicBool::new(false));
     let seen = AtomicUsize::new(0);
@@ -46,11 +68,9 @@ pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Respo
     let result = app
         .upstream
         .send(
-            parts.method,
-            suffix,
-            &parts.headers,
+            &config.upstream,
+            &out,
             reqwest::Body::wrap_stream(body_stream),
-            false,
         )
         .await;
     match result {

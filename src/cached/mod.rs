@@ -26,8 +26,9 @@ use crate::coalesce::{Leader, Role, Shared};
 use crate::control::{self, Controls};
 use crate::error::ApiError;
 use crate::relay::{response_headers, stream_response};
+use crate::routing::{self, Route};
 use crate::sse::SseParser;
-use crate::upstream::cacheable_status;
+use crate::upstream::{Failed, Outgoing, Sent, cacheable_status};
 
 mod hit;
 
@@ -113,6 +114,8 @@ struct Call {
     body: Bytes,
     suffix: String,
     started: Instant,
+    /// The model routing of this request (`None`: the body names no model).
+    route: Option<Route>,
 }
 
 pub async fn handle(
@@ -127,6 +130,8 @@ pub async fn handle(
             Ok(read) => read,
             Err(err) => return err.into_response(),
         };
+    // Aliases resolve before the cache key is computed, so an alias shares its model's entries.
+    let (body, json, route) = routing::apply(&app.config().routing, body, json, true);
     let call = Call {
         app: app.clone(),
         endpoint,
@@ -134,19 +139,21 @@ pub async fn handle(
         body,
         suffix,
         started: Instant::now(),
+        route: route.clone(),
     };
     let Some(cache) = app.cache.clone() else {
-        return call.bypass("cache_off").await;
+        return routing::label(call.bypass("cache_off").await, route.as_ref());
     };
     let partition = control::partition(
         &call.parts.headers,
         app.config().cache.shared,
         &controls.namespace,
     );
-    match endpoint.plan(json, &partition) {
+    let response = match endpoint.plan(json, &partition) {
         Plan::Bypass { reason, .. } => call.bypass(reason).await,
         Plan::Cache(lookup) => call.cached(cache, controls, lookup).await,
-    }
+    };
+    routing::label(response, route.as_ref())
 }
 
 /// Reads a cached endpoint's request: the body (within `limit`), parsed as a JSON object,
@@ -194,22 +201,25 @@ impl Call {
             "request"
         );
         match self.send_upstream().await {
-            Ok(upstream) => stream_response(upstream, Some("bypass")),
-            Err(err) => err.into_response(),
+            Ok(sent) => {
+                let fallback = routing::fallback_headers(&sent);
+                let mut response = stream_response(sent.response, Some("bypass"));
+                response.headers_mut().extend(fallback);
+                response
+            }
+            Err(failed) => failed.error.into_response(),
         }
     }
 
-    async fn send_upstream(&self) -> Result<reqwest::Response, ApiError> {
-        self.app
-            .upstream
-            .send(
-                self.parts.method.clone(),
-                &self.suffix,
-                &self.parts.headers,
-                reqwest::Body::from(self.body.clone()),
-                true,
-            )
-            .await
+    /// With retries, and with fallback models when the route has them.
+    async fn send_upstream(&self) -> Result<Sent, Failed> {
+        let out = Outgoing {
+            method: &self.parts.method,
+            suffix: &self.suffix,
+            headers: &self.parts.headers,
+            parse_body: true,
+        };
+        routing::send(&self.app, &out, self.body.clone(), self.route.as_ref()).await
     }
 
     async fn cached(
@@ -303,16 +313,25 @@ impl Call {
         self.miss(lookup, store, Near { best, rejected }).await
     }
 
-    async fn miss(self, lookup: Lookup, store: Store, near: Near) -> Response<ProxyBody> {
-        let upstream = match self.send_upstream().await {
-            Ok(upstream) => upstream,
-            Err(err) => {
+    async fn miss(self, lookup: Lookup, mut store: Store, near: Near) -> Response<ProxyBody> {
+        let sent = match self.send_upstream().await {
+            Ok(sent) => sent,
+            Err(Failed { error: err, .. }) => {
                 tracing::warn!(endpoint = self.endpoint.name(), code = err.code(), error = %err, "upstream failed");
                 return err.into_response();
             }
         };
+        if sent.fallback {
+            // Another model's answer must not be served for this one: not stored, not shared
+            // (dropping the leader sends waiting twins upstream themselves).
+            store.cache = None;
+            store.leader = None;
+        }
+        let fallback = routing::fallback_headers(&sent);
+        let upstream = sent.response;
         let status = upstream.status();
         let mut headers = response_headers(upstream.headers(), Some("miss"));
+        headers.extend(fallback);
         if let Some(best) = near.best {
             headers.insert("x-deja-best-similarity", header_num(best));
         }
