@@ -319,6 +319,54 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn routing_and_retry_load_from_file_and_env_and_are_validated() {
+        use crate::config::Config;
+        use std::path::Path;
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env(); // a stray DEJA_* variable must not leak in
+            jail.create_file(
+                "proxy.toml",
+                r#"
+[upstream.retry]
+max_attempts = 5
+deadline_secs = 2.5
+[routing.aliases]
+fast = "gpt-4o-mini"
+[routing.fallbacks]
+"gpt-4o" = ["gpt-4o-mini", "fast"]
+"#,
+            )?;
+            jail.set_env("DEJA_UPSTREAM__RETRY__INITIAL_BACKOFF_MS", "50");
+            let config = Config::load(Path::new("proxy.toml")).expect("loads");
+            assert_eq!(config.upstream.retry.max_attempts, 5);
+            assert_eq!(config.upstream.retry.initial_backoff_ms, 50);
+            assert_eq!(config.upstream.retry.deadline_secs, 2.5);
+            assert_eq!(config.routing.resolve("fast"), "gpt-4o-mini");
+            assert_eq!(
+                config.routing.route("gpt-4o", true).models,
+                ["gpt-4o", "gpt-4o-mini"]
+            );
+            jail.create_file("proxy.toml", "[routing.fallbacks]\n\"gpt-4o\" = []\n")?;
+            let err = Config::load(Path::new("proxy.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("routing.fallbacks.\"gpt-4o\""), "{err}");
+            jail.create_file("proxy.toml", "[upstream.retry]\nmax_attempts = 0\n")?;
+            let err = Config::load(Path::new("proxy.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("upstream.retry.max_attempts"), "{err}");
+            jail.create_file("proxy.toml", "[routing]\nalias = {}\n")?;
+            assert!(
+                Config::load(Path::new("proxy.toml")).is_err(),
+                "unknown key"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn with_model_replaces_the_field() {
         let body = Bytes::from_static(br#"{"model":"a","messages":[{"role":"user"}]}"#);
         let out: Value = serde_json::from_slice(&with_model(&body, "b").unwrap()).unwrap();

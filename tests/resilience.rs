@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use deja::config::Config;
 use serde_json::{Value, json};
-use support::fake_upstream::{CHAT_PATH, EMBEDDINGS_PATH, FakeUpstream, Scripted};
+use support::fake_upstream::script::Scripted;
+use support::fake_upstream::{CHAT_PATH, EMBEDDINGS_PATH, FakeUpstream};
 use support::proxy::{Harness, KEY_A, Reply, ask, ask_stream};
 
 /// Fast retries for tests; each test adjusts what it checks.
@@ -72,7 +73,11 @@ async fn retry_after_and_retry_after_ms_are_waited_for() {
     assert_eq!(h.chat(&ask("second question")).await.status, 200);
     let at = h.upstream.arrivals(CHAT_PATH);
     assert_eq!(at.len(), 4);
-    assert!(at[1] - at[0] >= Duration::from_secs(1), "{:?}", at[1] - at[0]);
+    assert!(
+        at[1] - at[0] >= Duration::from_secs(1),
+        "{:?}",
+        at[1] - at[0]
+    );
     assert!(
         at[3] - at[2] >= Duration::from_millis(700),
         "{:?}",
@@ -96,7 +101,10 @@ async fn server_errors_exhaust_max_attempts_and_relay_the_last() {
     assert_eq!(reply.status, 503);
     assert_eq!(reply.cache_status(), "miss");
     let error = &reply.json()["error"];
-    assert_eq!(error["message"], "third", "the last upstream error, relayed");
+    assert_eq!(
+        error["message"], "third",
+        "the last upstream error, relayed"
+    );
     assert_eq!(error["type"], "server_error");
     assert_eq!(h.upstream.calls(CHAT_PATH), 3);
     assert_eq!(h.upstream.scripted_left(CHAT_PATH), 1);
@@ -181,7 +189,11 @@ async fn deadline_stops_retries() {
     let before = h.upstream.calls(CHAT_PATH);
     let reply = h.chat(&ask("two")).await;
     assert_eq!(reply.status, 429);
-    assert_eq!(reply.header("retry-after"), Some("5"), "relayed to the caller");
+    assert_eq!(
+        reply.header("retry-after"),
+        Some("5"),
+        "relayed to the caller"
+    );
     assert_eq!(h.upstream.calls(CHAT_PATH), before + 1);
 }
 
@@ -240,7 +252,11 @@ async fn an_alias_is_sent_as_its_model_and_shares_its_entries() {
     assert_eq!(models_seen(&h.upstream, CHAT_PATH), ["gpt-4o-mini"]);
 
     let target = h.chat(&asking("gpt-4o-mini", question)).await;
-    assert_eq!(target.cache_status(), "hit", "the alias stored under its model");
+    assert_eq!(
+        target.cache_status(),
+        "hit",
+        "the alias stored under its model"
+    );
     assert_eq!(target.header("x-deja-model"), None, "not routed");
     let alias_again = h.chat(&asking("fast", question)).await;
     assert_eq!(alias_again.cache_status(), "hit");
@@ -345,8 +361,7 @@ async fn relays_retry_only_requests_without_a_body() {
 #[tokio::test]
 async fn routes_and_retries_are_read_per_request() {
     let h = Harness::with(|c| c.upstream.retry.max_attempts = 1).await;
-    h.upstream
-        .script(CHAT_PATH, [Scripted::error(503, "busy")]);
+    h.upstream.script(CHAT_PATH, [Scripted::error(503, "busy")]);
     assert_eq!(h.chat(&asking("fast", "one")).await.status, 503);
 
     let mut reloaded = Config::clone(&h.proxy.app.config());
@@ -356,8 +371,7 @@ async fn routes_and_retries_are_read_per_request() {
         .aliases
         .insert("fast".into(), "gpt-4o-mini".into());
     h.proxy.app.replace_config(reloaded);
-    h.upstream
-        .script(CHAT_PATH, [Scripted::error(503, "busy")]);
+    h.upstream.script(CHAT_PATH, [Scripted::error(503, "busy")]);
     let reply = h.chat(&asking("fast", "two")).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-deja-model"), Some("gpt-4o-mini"));

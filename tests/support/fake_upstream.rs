@@ -39,8 +39,7 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 mod endpoints;
 // Scripted answers per path (retry tests), also in a file of their own.
 #[path = "fake_script.rs"]
-mod script;
-pub use script::Scripted;
+pub mod script;
 
 // === public types ===
 
