@@ -142,14 +142,19 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         && ms.is_finite()
         && ms >= 0.0
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(seconds(ms / 1000.0));
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return (secs.is_finite() && secs >= 0.0).then(|| seconds(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// A wait too long to represent is "forever" (past any deadline), not a panic.
+fn seconds(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -192,6 +197,12 @@ mod tests {
         let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
         map.insert("retry-after", HeaderValue::from_str(&past).unwrap());
         assert_eq!(retry_after(&map, now), Some(Duration::ZERO));
+        assert_eq!(secs(&[("retry-after", "1e30")]), Some(Duration::MAX));
+        assert_eq!(
+            secs(&[("retry-after-ms", "1e300")]),
+            Some(Duration::MAX),
+            "an absurd wait stops retries instead of panicking"
+        );
         for bad in ["-1", "tomorrow", "NaN", "inf"] {
             let mut map = HeaderMap::new();
             map.insert("retry-after", HeaderValue::from_static(bad));

@@ -100,6 +100,12 @@ impl Upstream {
     ) -> Result<Sent, Failed> {
         let started = Instant::now();
         let mut retries = Vec::new();
+        let sent = |response, retries| Sent {
+            response,
+            retries,
+            model: None,
+            fallback: false,
+        };
         loop {
             // An empty body (GET, HEAD, DELETE relays) is sent as no body at all.
             let attempt_body = (!body.is_empty()).then(|| reqwest::Body::from(body.clone()));
@@ -110,25 +116,13 @@ impl Upstream {
                     Ok(response),
                 ),
                 Err((error, Some(cause))) => (cause, None, Err(error)),
-                Ok(response) => {
-                    return Ok(Sent {
-                        response,
-                        retries,
-                        model: None,
-                        fallback: false,
-                    });
-                }
+                Ok(response) => return Ok(sent(response, retries)),
                 Err((error, None)) => return Err(Failed { error, retries }),
             };
             let attempts = retries.len() as u32 + 1;
             let Some(delay) = config.retry.next_delay(attempts, started.elapsed(), asked) else {
                 return match outcome {
-                    Ok(response) => Ok(Sent {
-                        response,
-                        retries,
-                        model: None,
-                        fallback: false,
-                    }),
+                    Ok(response) => Ok(sent(response, retries)),
                     Err(error) => Err(Failed { error, retries }),
                 };
             };
@@ -181,7 +175,9 @@ impl Upstream {
         if let Some(body) = body {
             request = request.body(body);
         }
-        let timeout = Duration::from_secs_f64(config.timeout_secs);
+        // Validated positive; a value too large to represent means no limit.
+        let timeout = Duration::try_from_secs_f64(config.timeout_secs)
+            .unwrap_or(Duration::from_secs(u32::MAX.into()));
         let timed_out = || ApiError::UpstreamTimeout {
             secs: timeout.as_secs_f64(),
         };
