@@ -17,10 +17,12 @@ COPY proxy.toml /etc/deja/proxy.toml
 VOLUME ["/var/lib/deja"]
 WORKDIR /var/lib/deja
 USER deja
-# Inside a container the listener must accept connections from outside the loopback.
+# Inside a container the listeners must accept connections from outside the loopback. The
+# admin listener serves probes to anyone and everything else only with DEJA_ADMIN__TOKEN.
 ENV DEJA_SERVER__LISTEN=0.0.0.0:8080 \
+    DEJA_ADMIN__LISTEN=0.0.0.0:8081 \
     CANDLE_NUM_THREADS=1 \
     DEJA_CACHE__DIR=/var/lib/deja/cache
-EXPOSE 8080
+EXPOSE 8080 8081
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/deja", "--config", "/etc/deja/proxy.toml"]

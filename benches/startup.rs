@@ -76,6 +76,7 @@ fn fill(dir: &std::path::Path, entries: usize, per_scope: usize, dim: usize) {
             has_usage: true,
             response: response.clone(),
             prompt: None,
+            owner: Default::default(),
         };
         store.insert(&entry, Some(&vector)).expect("insert");
     }

@@ -9,7 +9,11 @@ use crate::clock::SharedClock;
 use crate::coalesce::Coalescer;
 use crate::config::Config;
 use crate::embed::Embedder;
+use crate::keys::KeyRing;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::upstream::Upstream;
+use crate::usage::UsageLog;
 
 pub struct App {
     /// Swapped whole on reload; read it per request with `config()`.
@@ -21,6 +25,14 @@ pub struct App {
     pub embedder: Option<Embedder>,
     /// Requests currently upstream, by exact key, for coalescing.
     pub inflight: Arc<Coalescer>,
+    /// Managed keys by hash; swapped with the configuration on reload.
+    keys: ArcSwap<KeyRing>,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    pub usage: UsageLog,
+    pub clock: SharedClock,
+    /// Set once shutdown begins: readiness fails so load balancers stop sending.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +41,11 @@ pub enum StartError {
     Client(#[from] reqwest::Error),
     #[error("embedding: {0}")]
     Embedder(#[from] crate::embed::BuildError),
+    #[error("opening the usage log {path:?}: {source}")]
+    UsageLog {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("binding {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -44,7 +61,16 @@ impl App {
 
     /// Puts a new configuration in force for the requests that start after this.
     pub fn replace_config(&self, config: Config) {
+        self.keys.store(Arc::new(KeyRing::from_config(&config)));
         self.config.store(Arc::new(config));
+    }
+
+    pub fn keys(&self) -> Guard<Arc<KeyRing>> {
+        self.keys.load()
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Builds the state; opening the cache may take a while (it rebuilds the vector index),
@@ -61,7 +87,7 @@ impl App {
             .as_ref()
             .map_or_else(|| "none".into(), Embedder::id);
         let cache = if config.cache.enabled {
-            match Cache::open(&config.cache, &embedder_id, clock) {
+            match Cache::open(&config.cache, &embedder_id, clock.clone()) {
                 Ok(cache) => Some(Arc::new(cache)),
                 Err(err) => {
                     tracing::error!(error = %err, dir = %config.cache.dir.display(), "cache unavailable; relaying without caching");
@@ -71,7 +97,17 @@ impl App {
         } else {
             None
         };
+        let usage = UsageLog::open(&config.usage.log).map_err(|source| StartError::UsageLog {
+            path: config.usage.log.clone(),
+            source,
+        })?;
         Ok(App {
+            keys: ArcSwap::from_pointee(KeyRing::from_config(&config)),
+            limits: Limits::default(),
+            metrics: Metrics::default(),
+            usage,
+            clock,
+            draining: Default::default(),
             config: ArcSwap::from_pointee(config),
             upstream,
             cache,

@@ -12,6 +12,10 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod access;
+
+pub use access::{AdminConfig, BudgetPeriod, KeyConfig, Price, UsageConfig};
+
 /// Everything deja reads at start-up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +30,17 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Managed mode: the callers' deja keys (`[[keys]]`), each with optional limits.
+    pub keys: Vec<KeyConfig>,
+    /// Dollars per million tokens by model, for costs, savings and budgets.
+    pub pricing: BTreeMap<String, Price>,
+    /// The admin listener: health, readiness, metrics, cache administration, reload.
+    pub admin: AdminConfig,
+    /// The per-request usage log.
+    pub usage: UsageConfig,
+    /// The file this was loaded from (for reloads); not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// Model aliases and fallbacks (`crate::routing`).
     pub routing: crate::routing::RoutingConfig,
 }
@@ -59,8 +74,14 @@ impl Default for ServerConfig {
 pub struct UpstreamConfig {
     /// Base URL that `/v1/...` maps onto, including its own `/v1`.
     pub base_url: String,
-    /// When set, replaces the caller's `Authorization` on every upstream request.
+    /// When set, replaces the caller's `Authorization` on every upstream request. Give it
+    /// through `DEJA_UPSTREAM__API_KEY` or `api_key_file`; in proxy.toml it is refused unless
+    /// `allow_plaintext_key` is true.
     pub api_key: Option<Secret>,
+    /// A file holding the upstream key (trailing whitespace ignored).
+    pub api_key_file: Option<PathBuf>,
+    /// Accept `api_key` written in the TOML file itself.
+    pub allow_plaintext_key: bool,
     /// Seconds allowed to establish a TCP/TLS connection.
     pub connect_timeout_secs: f64,
     /// Seconds allowed until the upstream's response headers arrive (then 504).
@@ -76,6 +97,8 @@ impl Default for UpstreamConfig {
         Self {
             base_url: "https://api.openai.com/v1".into(),
             api_key: None,
+            api_key_file: None,
+            allow_plaintext_key: false,
             connect_timeout_secs: 10.0,
             timeout_secs: 600.0,
             idle_timeout_secs: 300.0,
@@ -249,13 +272,60 @@ pub enum ConfigError {
 impl Config {
     /// Reads `path` (missing file is fine: defaults), then `DEJA_*` env vars, then validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        let figment = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(path))
-            .merge(Env::prefixed("DEJA_").split("__"))
-            .extract()
-            .map_err(Box::new)?;
+            .merge(Env::prefixed("DEJA_").split("__"));
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        let key_in_file = figment
+            .find_metadata("upstream.api_key")
+            .is_some_and(|meta| meta.name.to_ascii_lowercase().contains("toml"));
+        if key_in_file && !config.upstream.allow_plaintext_key {
+            return invalid(
+                "upstream.api_key",
+                "is written in the config file; give it through DEJA_UPSTREAM__API_KEY or \
+                 upstream.api_key_file (or set upstream.allow_plaintext_key = true)",
+            );
+        }
+        config.resolve_secret_files()?;
+        config.source = Some(path.to_path_buf());
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads `*_file` secrets into their values (an explicit value wins).
+    pub fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if self.upstream.api_key.is_none()
+            && let Some(path) = &self.upstream.api_key_file
+        {
+            self.upstream.api_key = Some(access::read_secret_file("upstream.api_key_file", path)?);
+        }
+        if self.admin.token.is_none()
+            && let Some(path) = &self.admin.token_file
+        {
+            self.admin.token = Some(access::read_secret_file("admin.token_file", path)?);
+        }
+        Ok(())
+    }
+
+    /// Managed mode: callers authenticate with deja keys, deja calls upstream with its own.
+    pub fn managed(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The price of `model`'s tokens: its own entry, else the longest listed name it extends
+    /// with a dash (`gpt-4o-mini` prices `gpt-4o-mini-2024-07-18`).
+    pub fn price(&self, model: &str) -> Option<&Price> {
+        self.pricing.get(model).or_else(|| {
+            self.pricing
+                .iter()
+                .filter(|(name, _)| {
+                    model.len() > name.len()
+                        && model.starts_with(name.as_str())
+                        && model.as_bytes()[name.len()] == b'-'
+                })
+                .max_by_key(|(name, _)| name.len())
+                .map(|(_, price)| price)
+        })
     }
 
     /// Checks values whose meaning would otherwise be silently wrong.
@@ -326,7 +396,12 @@ impl Config {
                 "must be set when provider = \"local\"",
             );
         }
-        Ok(())
+        access::validate(
+            &self.keys,
+            &self.pricing,
+            self.upstream.api_key.is_some(),
+            &self.admin,
+        )
     }
 
     /// The base URL of the embeddings API (its own, or the upstream's).
@@ -436,6 +511,10 @@ mod tests {
             "[cache]",
             "[embedding]",
             "[log]",
+            "[admin]",
+            "[usage]",
+            "[pricing.",
+            "[[keys]]",
             "[routing.aliases]",
             "[routing.fallbacks]",
         ] {
@@ -470,6 +549,101 @@ mod tests {
             assert_eq!(config.embedding.max_batch, 4);
             Ok(())
         });
+    }
+
+    #[test]
+    fn upstream_key_is_refused_in_the_file_but_taken_from_env_or_a_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("proxy.toml", "[upstream]\napi_key = \"sk-in-file\"\n")?;
+            let err = Config::load(Path::new("proxy.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("upstream.api_key") && !err.contains("sk-in-file"),
+                "{err}"
+            );
+            jail.create_file(
+                "proxy.toml",
+                "[upstream]\napi_key = \"sk-in-file\"\nallow_plaintext_key = true\n",
+            )?;
+            assert!(Config::load(Path::new("proxy.toml")).is_ok());
+            jail.create_file("key.txt", "sk-from-file\n")?;
+            jail.create_file("proxy.toml", "[upstream]\napi_key_file = \"key.txt\"\n")?;
+            let config = Config::load(Path::new("proxy.toml")).expect("loads");
+            assert_eq!(config.upstream.api_key.unwrap().expose(), "sk-from-file");
+            jail.create_file("proxy.toml", "")?;
+            jail.set_env("DEJA_UPSTREAM__API_KEY", "sk-from-env");
+            let config = Config::load(Path::new("proxy.toml")).expect("loads");
+            assert_eq!(config.upstream.api_key.unwrap().expose(), "sk-from-env");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn managed_keys_are_validated() {
+        let key = KeyConfig {
+            id: "alice".into(),
+            hash: crate::keys::hash_key("sk-alice"),
+            tenant: None,
+            namespace: None,
+            rpm: 0,
+            tpm: 0,
+            budget_usd: None,
+            budget_period: BudgetPeriod::Day,
+        };
+        let mut config = Config::default();
+        config.keys.push(key.clone());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("upstream.api_key"), "{err}");
+        config.upstream.api_key = Some(Secret::new("sk-upstream"));
+        config.validate().unwrap();
+        for (change, key_name) in [
+            (
+                Box::new(|k: &mut KeyConfig| k.hash = "sha256:abc".into())
+                    as Box<dyn Fn(&mut KeyConfig)>,
+                "keys.alice.hash",
+            ),
+            (
+                Box::new(|k: &mut KeyConfig| k.budget_usd = Some(1.0)),
+                "keys.alice.budget_usd",
+            ),
+            (
+                Box::new(|k: &mut KeyConfig| k.namespace = Some("a b".into())),
+                "keys.alice.namespace",
+            ),
+        ] {
+            let mut bad = config.clone();
+            change(&mut bad.keys[0]);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key_name), "{err}");
+        }
+        config.keys.push(key);
+        assert!(config.validate().unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn dated_model_names_take_their_family_price() {
+        let mut config = Config::default();
+        let price = |p: f64| Price {
+            input_per_mtok: p,
+            output_per_mtok: p,
+        };
+        config.pricing.insert("gpt-4o".into(), price(1.0));
+        config.pricing.insert("gpt-4o-mini".into(), price(2.0));
+        assert_eq!(
+            config
+                .price("gpt-4o-mini-2024-07-18")
+                .unwrap()
+                .input_per_mtok,
+            2.0
+        );
+        assert_eq!(
+            config.price("gpt-4o-2024-08-06").unwrap().input_per_mtok,
+            1.0
+        );
+        assert!(config.price("gpt-4").is_none());
+        assert!(config.price("gpt-4omni").is_none());
     }
 
     #[test]

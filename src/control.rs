@@ -6,6 +6,7 @@ use http::HeaderMap;
 use http::header::{self, HeaderName};
 
 use crate::cached::Partition;
+use crate::config::KeyConfig;
 use crate::error::ApiError;
 
 /// Names a sub-cache; requests only hit entries stored with the same namespace.
@@ -103,6 +104,31 @@ impl Controls {
     pub fn effective_threshold(&self, configured: f32) -> f32 {
         self.threshold.map_or(configured, |t| t.max(configured))
     }
+}
+
+/// The partition of a request: in managed mode the key's tenant (keys configured with the same
+/// tenant share entries) and its namespace, which the header can only narrow; otherwise
+/// `partition`.
+pub fn partition_for(
+    headers: &HeaderMap,
+    shared: bool,
+    namespace: &str,
+    key: Option<&KeyConfig>,
+) -> Partition {
+    let Some(key) = key else {
+        return partition(headers, shared, namespace);
+    };
+    let tenant = if shared {
+        "shared".to_string()
+    } else {
+        format!("key:{}", key.tenant())
+    };
+    let namespace = match (key.namespace.as_deref().unwrap_or(""), namespace) {
+        ("", header) => header.to_string(),
+        // `|` cannot occur in a namespace header, so no header reaches another key namespace.
+        (own, header) => format!("{own}|{header}"),
+    };
+    Partition { tenant, namespace }
 }
 
 /// Whose entries a request may read and write. By default a hash of the caller's credentials

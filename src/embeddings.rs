@@ -7,6 +7,7 @@
 //! only what was sent.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -16,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::app::App;
 use crate::body::{ProxyBody, full};
+use crate::cache::entry::Owner;
 use crate::cache::key::{Hash32, KeyBuilder};
 use crate::cache::{NewEntry, Requirements};
 use crate::cached::{Partition, blocking, read_request};
@@ -23,7 +25,9 @@ use crate::control::{self, Controls};
 use crate::error::ApiError;
 use crate::relay::{CACHE_STATUS, response_headers, stream_response};
 use crate::routing;
-use crate::upstream::{Outgoing, cacheable_status};
+use crate::track::{Tracker, estimate_tokens};
+use crate::upstream::{Failed, Outgoing, cacheable_status};
+use crate::usage::Outcome;
 
 /// The inputs of a cacheable embeddings request and their keys.
 struct Batch {
@@ -93,16 +97,28 @@ pub async fn handle(
     app: Arc<App>,
     request: Request<Incoming>,
     suffix: String,
+    tracker: &Tracker,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
     let (bytes, json, controls) =
         match read_request(body, &parts.headers, app.config().server.max_body_bytes).await {
             Ok(read) => read,
-            Err(err) => return err.into_response(),
+            Err(err) => {
+                tracker.outcome(Outcome::Error);
+                return err.into_response();
+            }
         };
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     // Aliases only: another model's vectors would not be comparable, so no fallbacks here.
     let (bytes, json, route) = routing::apply(&app.config().routing, bytes, json, false);
-    let response = respond(app, parts, bytes, json, controls, suffix).await;
+    tracker.update(|r| {
+        r.model_used = route.as_ref().map(|route| route.model().to_string());
+        r.model_asked = model;
+    });
+    let response = respond(app, parts, bytes, json, controls, suffix, tracker).await;
     routing::label(response, route.as_ref())
 }
 
@@ -113,11 +129,13 @@ async fn respond(
     json: Value,
     controls: Controls,
     suffix: String,
+    tracker: &Tracker,
 ) -> Response<ProxyBody> {
-    let partition = control::partition(
+    let partition = control::partition_for(
         &parts.headers,
         app.config().cache.shared,
         &controls.namespace,
+        tracker.key(),
     );
     let out = Outgoing {
         method: &parts.method,
@@ -125,8 +143,24 @@ async fn respond(
         headers: &parts.headers,
         parse_body: true,
     };
-    let send = |body: Bytes| routing::send(&app, &out, body, None);
+    let send = |body: Bytes| async {
+        // Embeddings have no completion; the prompt estimate is the body's size.
+        tracker
+            .reserve(estimate_tokens(&body, None))
+            .map_err(|error| Failed {
+                error,
+                retries: Vec::new(),
+            })?;
+        let sent = Instant::now();
+        let result = routing::send(&app, &out, body, None).await;
+        tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
+        result
+    };
     let (Some(cache), Some(batch)) = (app.cache.clone(), batch(&json, &partition)) else {
+        tracker.update(|r| {
+            r.cache = Outcome::Bypass;
+            r.bypass_reason = Some("unreadable");
+        });
         return match send(bytes).await {
             Ok(sent) => stream_response(sent.response, Some("bypass")),
             Err(failed) => failed.error.into_response(),
@@ -153,6 +187,11 @@ async fn respond(
     }
     let missing: Vec<usize> = (0..cached.len()).filter(|&i| cached[i].is_none()).collect();
     let hits = cached.len() - missing.len();
+    tracker.outcome(if missing.is_empty() {
+        Outcome::HitExact
+    } else {
+        Outcome::Miss
+    });
     tracing::info!(endpoint = "embeddings", model = %batch.model, inputs = cached.len(), cached = hits, "request");
     if missing.is_empty() {
         let data = cached.into_iter().flatten().collect();
@@ -199,8 +238,16 @@ async fn respond(
         return response;
     };
     let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
+    tracker.update(|r| r.take_usage(&parsed));
     if !controls.no_store {
-        store(&cache, &batch, &missing, &fresh, controls.max_age_secs);
+        store(
+            &cache,
+            &batch,
+            &missing,
+            &fresh,
+            controls.max_age_secs,
+            Owner::of(&partition),
+        );
     }
     for (&i, item) in missing.iter().zip(fresh.iter_mut()) {
         cached[i] = Some(std::mem::take(item));
@@ -240,6 +287,7 @@ fn store(
     missing: &[usize],
     fresh: &[Value],
     max_age_secs: Option<u64>,
+    owner: Owner,
 ) {
     let entries: Vec<NewEntry> = missing
         .iter()
@@ -253,6 +301,7 @@ fn store(
             vector: None,
             prompt: None,
             ttl_ms: max_age_secs.map(|s| s.saturating_mul(1000)),
+            owner: owner.clone(),
         })
         .collect();
     let cache = cache.clone();

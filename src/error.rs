@@ -6,6 +6,7 @@ use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
 use crate::body::{ProxyBody, full};
+use crate::limits::Refusal;
 
 /// Errors that deja answers itself (upstream errors are relayed verbatim instead).
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,36 @@ pub enum ApiError {
     UpstreamTimeout { secs: f64 },
     #[error("no route for {0}: deja proxies paths under /v1/")]
     NotFound(String),
+    #[error(
+        "Incorrect API key provided. This deja proxy knows no such key; ask its operator for one."
+    )]
+    InvalidApiKey,
+    #[error("{}", refusal_message(.0))]
+    RateLimited(Refusal),
+}
+
+fn refusal_message(refusal: &Refusal) -> String {
+    let wait = crate::limits::duration_text(refusal.retry_ms());
+    match refusal {
+        Refusal::Requests { limit, .. } => format!(
+            "Rate limit reached for requests per minute (RPM): limit {limit}. Please try again in {wait}."
+        ),
+        Refusal::Tokens {
+            limit, requested, ..
+        } if requested > limit => format!(
+            "Request too large for tokens per minute (TPM): limit {limit}, requested {requested}. \
+             Reduce the prompt or max_tokens."
+        ),
+        Refusal::Tokens {
+            limit, requested, ..
+        } => format!(
+            "Rate limit reached for tokens per minute (TPM): limit {limit}, requested {requested}. \
+             Please try again in {wait}."
+        ),
+        Refusal::Budget { budget_usd, .. } => format!(
+            "You exceeded your budget of ${budget_usd:.2} for this period. It renews in {wait}."
+        ),
+    }
 }
 
 impl ApiError {
@@ -42,6 +73,8 @@ impl ApiError {
             ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -51,8 +84,12 @@ impl ApiError {
             ApiError::BodyTooLarge { .. }
             | ApiError::BodyRead(_)
             | ApiError::InvalidRequest { .. }
-            | ApiError::NotFound(_) => "invalid_request_error",
+            | ApiError::NotFound(_)
+            | ApiError::InvalidApiKey => "invalid_request_error",
             ApiError::UpstreamUnreachable(_) | ApiError::UpstreamTimeout { .. } => "upstream_error",
+            ApiError::RateLimited(Refusal::Requests { .. }) => "requests",
+            ApiError::RateLimited(Refusal::Tokens { .. }) => "tokens",
+            ApiError::RateLimited(Refusal::Budget { .. }) => "insufficient_quota",
         }
     }
 
@@ -65,6 +102,9 @@ impl ApiError {
             ApiError::UpstreamUnreachable(_) => "upstream_unreachable",
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",
             ApiError::NotFound(_) => "not_found",
+            ApiError::InvalidApiKey => "invalid_api_key",
+            ApiError::RateLimited(Refusal::Budget { .. }) => "insufficient_quota",
+            ApiError::RateLimited(_) => "rate_limit_exceeded",
         }
     }
 
@@ -86,10 +126,19 @@ impl ApiError {
         });
         let mut response = http::Response::new(full(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let ApiError::RateLimited(refusal) = &self {
+            let ms = refusal.retry_ms();
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(ms.div_ceil(1000).max(1)),
+            );
+            headers.insert("retry-after-ms", HeaderValue::from(ms));
+        }
         response
     }
 }

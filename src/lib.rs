@@ -20,9 +20,13 @@
 //! - `embed`: prompt → unit vector (OpenAI-compatible embeddings API)
 //! - `sse`: Server-Sent Events parsing and writing
 //! - `error`: deja's own errors as OpenAI-shaped responses
+//! - `admin`: the admin listener (probes, /metrics, cache administration, reload)
+//! - `keys`, `limits`: managed mode (deja keys, per-key rate limits and budgets)
+//! - `track`, `usage`, `metrics`: one record per request → usage log and Prometheus metrics
 //! - `bench`: `deja bench quality`, hit rate and wrong hits on labelled paraphrase pairs
 //! - `body`, `clock`, `app`, `telemetry`, `text`: plumbing
 
+pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod body;
@@ -38,6 +42,9 @@ pub mod control;
 pub mod embed;
 pub mod embeddings;
 pub mod error;
+pub mod keys;
+pub mod limits;
+pub mod metrics;
 pub mod relay;
 pub mod responses;
 pub mod retry;
@@ -47,4 +54,6 @@ pub mod server;
 pub mod sse;
 pub mod telemetry;
 pub mod text;
+pub mod track;
 pub mod upstream;
+pub mod usage;

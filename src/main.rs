@@ -25,11 +25,22 @@ enum Command {
         #[command(subcommand)]
         bench: deja::bench::BenchCommand,
     },
+    /// Print the `[[keys]].hash` of a key read from standard input (kept out of shell history).
+    HashKey,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::HashKey) = args.command {
+        let mut key = String::new();
+        if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
+            eprintln!("deja hash-key: give the key on standard input");
+            return ExitCode::from(2);
+        }
+        println!("{}", deja::keys::hash_key(key.trim()));
+        return ExitCode::SUCCESS;
+    }
     if let Some(Command::Bench { bench }) = args.command {
         return match deja::bench::run(bench, &args.config).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -54,8 +65,31 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    reload_on_sighup(server.app.clone());
     server.run_until(shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP re-reads the configuration file, as `POST /admin/reload` does.
+fn reload_on_sighup(app: Arc<deja::app::App>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let app = app.clone();
+            let result =
+                tokio::task::spawn_blocking(move || deja::admin::reload::reload(&app)).await;
+            if let Ok(Err(err)) = result {
+                tracing::error!(error = %err, "reload failed; configuration unchanged");
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = app;
 }
 
 /// Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send).

@@ -16,10 +16,16 @@ use hyper::body::{Body as _, Incoming};
 use crate::app::App;
 use crate::body::{BoxError, ProxyBody, streaming};
 use crate::error::ApiError;
+use crate::track::Tracker;
 use crate::upstream::{Outgoing, strip_hop_by_hop};
 
 /// Relays a request whose body is streamed (not buffered) to the upstream.
-pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Response<ProxyBody> {
+pub async fn relay(
+    app: &App,
+    request: Request<Incoming>,
+    suffix: &str,
+    tracker: &Tracker,
+) -> Response<ProxyBody> {
     let limit = app.config().server.max_body_bytes;
     let (parts, body) = request.into_parts();
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -33,11 +39,13 @@ pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Respo
         parse_body: false,
     };
     if matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE) && body.is_end_stream() {
-        return match app
+        let sent = std::time::Instant::now();
+        let result = app
             .upstream
             .send_retrying(&config.upstream, &out, Bytes::new())
-            .await
-        {
+            .await;
+        tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
+        return match result {
             Ok(sent) => stream_response(sent.response, None),
             Err(failed) => {
                 tracing::warn!(code = failed.error.code(), error = %failed.error, "relay failed");
@@ -65,6 +73,7 @@ pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Respo
                 }
             }
         });
+    let sent = std::time::Instant::now();
     let result = app
         .upstream
         .send(
@@ -73,6 +82,7 @@ pub async fn relay(app: &App, request: Request<Incoming>, suffix: &str) -> Respo
             reqwest::Body::wrap_stream(body_stream),
         )
         .await;
+    tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
     match result {
         Ok(response) => stream_response(response, None),
         Err(_) if exceeded.load(Ordering::Relaxed) => {

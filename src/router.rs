@@ -11,13 +11,18 @@ use crate::body::{ProxyBody, full};
 use crate::cached::{self, Endpoint};
 use crate::chat::ChatCompletions;
 use crate::completions::Completions;
+use crate::config::KeyConfig;
 use crate::embeddings;
 use crate::error::ApiError;
+use crate::keys::CREDENTIAL_HEADERS;
+use crate::limits::{Refusal, insert_headers};
 use crate::relay::relay;
 use crate::responses::{RESPONSES, RESPONSES_CACHING_STORED};
+use crate::track::Tracker;
+use crate::usage::Outcome;
 
 /// The cached endpoint for a `POST` path (after `/v1`), if any.
-fn cached_endpoint(app: &App, path: &str) -> Option<&'static dyn Endpoint> {
+pub(crate) fn cached_endpoint(app: &App, path: &str) -> Option<&'static dyn Endpoint> {
     match path {
         "/chat/completions" => Some(&ChatCompletions),
         "/completions" => Some(&Completions),
@@ -29,7 +34,7 @@ fn cached_endpoint(app: &App, path: &str) -> Option<&'static dyn Endpoint> {
     }
 }
 
-pub async fn route(app: Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let path = request.uri().path().to_string();
     if path == "/healthz" {
         let mut response = Response::new(full("ok"));
@@ -46,13 +51,73 @@ pub async fn route(app: Arc<App>, request: Request<Incoming>) -> Response<ProxyB
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_string(),
     };
-    if request.method() == Method::POST {
-        if let Some(endpoint) = cached_endpoint(&app, rest) {
-            return cached::handle(app, endpoint, request, suffix).await;
+    let cached = (request.method() == Method::POST)
+        .then(|| cached_endpoint(&app, rest))
+        .flatten();
+    let embeddings = request.method() == Method::POST && rest == "/embeddings";
+    let name = match (cached, embeddings) {
+        (Some(endpoint), _) => endpoint.name(),
+        (None, true) => "embeddings",
+        _ => "relay",
+    };
+
+    // Managed mode: a known deja key or 401; its credentials never travel further.
+    let key = if app.config().managed() {
+        let Some(key) = app.keys().authenticate(request.headers()) else {
+            let tracker = Tracker::new(app.clone(), name, None);
+            tracker.outcome(Outcome::Unauthorized);
+            return tracker.attach(ApiError::InvalidApiKey.into_response());
+        };
+        for header in CREDENTIAL_HEADERS {
+            request.headers_mut().remove(header);
         }
-        if rest == "/embeddings" {
-            return embeddings::handle(app, request, suffix).await;
-        }
+        Some(key)
+    } else {
+        None
+    };
+    let tracker = Tracker::new(app.clone(), name, key.clone());
+    if let Some(key) = &key
+        && let Err(refusal) = app.limits.admit(key, app.now_ms())
+    {
+        return refuse(&app, &tracker, key, refusal);
     }
-    relay(&app, request, &suffix).await
+
+    let response = match (cached, embeddings) {
+        (Some(endpoint), _) => {
+            cached::handle(app.clone(), endpoint, request, suffix, &tracker).await
+        }
+        (None, true) => embeddings::handle(app.clone(), request, suffix, &tracker).await,
+        _ => relay(&app, request, &suffix, &tracker).await,
+    };
+    finish(&app, tracker, key.as_deref(), response)
+}
+
+/// A 429 for a per-key limit, shaped like OpenAI's.
+pub fn refuse(
+    app: &App,
+    tracker: &Tracker,
+    key: &KeyConfig,
+    refusal: Refusal,
+) -> Response<ProxyBody> {
+    tracing::info!(key = %key.id, limit = refusal.limit_name(), "rate limited");
+    tracker.update(|r| {
+        r.cache = Outcome::RateLimited;
+        r.limit = Some(refusal.limit_name());
+    });
+    let mut response = ApiError::RateLimited(refusal).into_response();
+    insert_headers(response.headers_mut(), &app.limits.state(key, app.now_ms()));
+    tracker.clone().attach(response)
+}
+
+/// Adds the key's rate-limit headers and hands the response to the tracker.
+fn finish(
+    app: &App,
+    tracker: Tracker,
+    key: Option<&KeyConfig>,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    if let Some(key) = key {
+        insert_headers(response.headers_mut(), &app.limits.state(key, app.now_ms()));
+    }
+    tracker.attach(response)
 }

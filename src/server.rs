@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -27,16 +28,26 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// A started proxy. Dropping it does not stop it; call `shutdown`.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    admin_stop: watch::Sender<bool>,
+    admin: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
     /// Stops accepting, drains connections (up to a deadline), flushes the store.
     pub async fn shutdown(self) {
+        self.app.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        // The admin listener goes last, so probes see `/readyz` fail during the drain.
+        let _ = self.admin_stop.send(true);
+        if let Some(admin) = self.admin {
+            let _ = admin.await;
+        }
     }
 
     /// Runs until `signal` completes, then shuts down.
@@ -56,6 +67,22 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    let admin_listener = match config.admin.listen {
+        Some(admin_addr) => {
+            Some(
+                TcpListener::bind(admin_addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: admin_addr,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
     let app = tokio::task::spawn_blocking(move || App::build(config, clock))
         .await
         .map_err(|e| StartError::Bind {
@@ -72,12 +99,20 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         "deja listening"
     );
     let (stop, stopped) = watch::channel(false);
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let admin = admin_listener.map(|listener| {
+        tracing::info!(addr = ?admin_addr, "admin listening");
+        tokio::spawn(crate::admin::serve(listener, app.clone(), admin_stopped))
+    });
     let task = tokio::spawn(serve(listener, app.clone(), stopped));
     Ok(RunningServer {
         addr,
+        admin_addr,
         app,
         stop,
         task,
+        admin_stop,
+        admin,
     })
 }
 

@@ -250,6 +250,7 @@ pub fn store_all(
                 vector: Some(vector_of(vectors, &prompt)?.to_vec()),
                 prompt: Some(prompt),
                 ttl_ms: None,
+                owner: Default::default(),
             })
             .map_err(store_err)?;
     }

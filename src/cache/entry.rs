@@ -27,6 +27,26 @@ pub struct Entry {
     /// new query (`verify`). `None` for exact-only entries.
     #[serde(default)]
     pub prompt: Option<String>,
+    /// Whose entry this is, for administration (purge a tenant or a namespace). Lookups never
+    /// read it: the scope already contains both.
+    #[serde(default)]
+    pub owner: Owner,
+}
+
+/// The partition an entry was stored from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub tenant: String,
+    pub namespace: String,
+}
+
+impl Owner {
+    pub fn of(partition: &crate::cached::Partition) -> Owner {
+        Owner {
+            tenant: partition.tenant.clone(),
+            namespace: partition.namespace.clone(),
+        }
+    }
 }
 
 impl Entry {

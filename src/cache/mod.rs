@@ -9,6 +9,7 @@
 //!
 //! Every method here blocks; run it with `spawn_blocking`.
 
+pub mod admin;
 pub mod entry;
 pub mod index;
 pub mod key;
@@ -16,10 +17,13 @@ pub mod store;
 pub mod verify;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
 
 use crate::clock::SharedClock;
 use crate::config::CacheConfig;
-use entry::Entry;
+use entry::{Entry, Owner};
 use index::{IndexSettings, VectorIndex};
 use key::Hash32;
 use store::{Store, StoreError};
@@ -71,14 +75,16 @@ pub struct NewEntry {
     pub prompt: Option<String>,
     /// Overrides the configured TTL when shorter (`max-age` on the storing request).
     pub ttl_ms: Option<u64>,
+    pub owner: Owner,
 }
 
 pub struct Cache {
     store: Store,
     index: VectorIndex,
     clock: SharedClock,
-    ttl_ms: u64,
-    verify: VerifyConfig,
+    /// Both retuned by a configuration reload.
+    ttl_ms: AtomicU64,
+    verify: ArcSwap<VerifyConfig>,
 }
 
 impl Cache {
@@ -115,9 +121,16 @@ impl Cache {
             store,
             index,
             clock,
-            ttl_ms: config.ttl_secs.saturating_mul(1000),
-            verify: config.verify,
+            ttl_ms: AtomicU64::new(config.ttl_secs.saturating_mul(1000)),
+            verify: ArcSwap::from_pointee(config.verify),
         })
+    }
+
+    /// Applies a reloaded TTL (for entries stored from now on) and verification settings.
+    pub fn retune(&self, config: &CacheConfig) {
+        self.ttl_ms
+            .store(config.ttl_secs.saturating_mul(1000), Ordering::Relaxed);
+        self.verify.store(std::sync::Arc::new(config.verify));
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -166,7 +179,7 @@ impl Cache {
                 continue;
             }
             if let Some(prompt) = &entry.prompt
-                && !self.verify.accepts(query, prompt)
+                && !self.verify.load().accepts(query, prompt)
             {
                 outcome.rejected += 1;
                 continue;
@@ -194,7 +207,8 @@ impl Cache {
     /// Stores an answer; returns its id and the time it was stored.
     pub fn insert(&self, new: NewEntry) -> Result<(u64, u64), StoreError> {
         let now = self.now_ms();
-        let ttl = new.ttl_ms.map_or(self.ttl_ms, |t| t.min(self.ttl_ms));
+        let ttl_ms = self.ttl_ms.load(Ordering::Relaxed);
+        let ttl = new.ttl_ms.map_or(ttl_ms, |t| t.min(ttl_ms));
         let entry = Entry {
             scope: *new.scope.as_bytes(),
             exact: *new.exact.as_bytes(),
@@ -204,6 +218,7 @@ impl Cache {
             has_usage: new.has_usage,
             response: new.response,
             prompt: new.prompt,
+            owner: new.owner,
         };
         let (id, replaced) = self.store.insert(&entry, new.vector.as_deref())?;
         if let Some(replaced) = replaced {

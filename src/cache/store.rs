@@ -152,6 +152,14 @@ impl Store {
             .collect()
     }
 
+    /// Every entry with its id, in id order (for administration; not on a request path).
+    pub fn scan(&self) -> impl Iterator<Item = Result<(u64, Entry), StoreError>> + '_ {
+        self.entries.iter().filter_map(|item| match item {
+            Ok((key, value)) => Entry::decode(&value).map(|entry| Ok((decode_id(&key), entry))),
+            Err(err) => Some(Err(err.into())),
+        })
+    }
+
     /// Every stored vector (to rebuild the index at start-up).
     pub fn vectors(&self) -> impl Iterator<Item = Result<StoredVector, StoreError>> + '_ {
         self.vectors.iter().map(|item| {
@@ -244,6 +252,7 @@ mod tests {
             has_usage: true,
             response: "{}".into(),
             prompt: None,
+            owner: Default::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use crate::body::{BoxError, ProxyBody, full, streaming};
 use crate::cache::{Cache, Hit, Requirements};
 use crate::coalesce::{Leader, Shared};
 use crate::relay::CACHE_STATUS;
+use crate::usage::Outcome;
 
 impl Call {
     /// Answers from the exact tier if a usable entry is there, handing it to waiting twins.
@@ -25,7 +26,12 @@ impl Call {
         // Inline, not on the blocking pool: an exact lookup is one sled read of a hot page
         // (microseconds), while the hand-off to a blocking thread and back cost more CPU than
         // the whole rest of a hit (benches/proxy_load.rs: context switches per request).
-        let hit = match cache.lookup_exact(&lookup.exact, needs) {
+        let started = std::time::Instant::now();
+        let found = cache.lookup_exact(&lookup.exact, needs);
+        let lookup_ms = ms(started);
+        self.tracker
+            .update(|r| r.lookup_ms = Some(r.lookup_ms.unwrap_or(0.0) + lookup_ms));
+        let hit = match found {
             Ok(hit) => hit?,
             Err(err) => {
                 tracing::warn!(error = %err, "cache lookup failed; serving as a miss");
@@ -45,6 +51,15 @@ impl Call {
         cache: &Cache,
     ) -> Option<Response<ProxyBody>> {
         let stored: Value = serde_json::from_str(&hit.entry.response).ok()?;
+        self.tracker.update(|r| {
+            r.cache = if hit.semantic {
+                Outcome::HitSemantic
+            } else {
+                Outcome::HitExact
+            };
+            r.similarity = Some(hit.similarity);
+            r.take_usage(&stored);
+        });
         let age = hit.entry.age_secs(cache.now_ms());
         let mut response = self.render(lookup, &stored);
         let headers = response.headers_mut();
@@ -76,6 +91,11 @@ impl Call {
         cache: &Cache,
     ) -> Option<Response<ProxyBody>> {
         let stored: Value = serde_json::from_str(&shared.response).ok()?;
+        self.tracker.update(|r| {
+            r.cache = Outcome::Coalesced;
+            r.similarity = Some(1.0);
+            r.take_usage(&stored);
+        });
         let mut response = self.render(lookup, &stored);
         let headers = response.headers_mut();
         headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::app::App;
 use crate::body::{BoxError, ProxyBody, full, streaming};
+use crate::cache::entry::Owner;
 use crate::cache::key::Hash32;
 use crate::cache::{Cache, NewEntry, Requirements};
 use crate::coalesce::{Leader, Role, Shared};
@@ -28,7 +29,9 @@ use crate::error::ApiError;
 use crate::relay::{response_headers, stream_response};
 use crate::routing::{self, Route};
 use crate::sse::SseParser;
+use crate::track::{Tracker, estimate_tokens};
 use crate::upstream::{Failed, Outgoing, Sent, cacheable_status};
+use crate::usage::Outcome;
 
 mod hit;
 
@@ -114,6 +117,9 @@ struct Call {
     body: Bytes,
     suffix: String,
     started: Instant,
+    tracker: Tracker,
+    /// Prompt and completion tokens the request may use (for per-key limits).
+    estimate: (u64, u64),
     /// The model routing of this request (`None`: the body names no model).
     route: Option<Route>,
 }
@@ -123,35 +129,50 @@ pub async fn handle(
     endpoint: &'static dyn Endpoint,
     request: Request<Incoming>,
     suffix: String,
+    tracker: &Tracker,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
     let (body, json, controls) =
         match read_request(body, &parts.headers, app.config().server.max_body_bytes).await {
             Ok(read) => read,
-            Err(err) => return err.into_response(),
+            Err(err) => {
+                tracker.outcome(Outcome::Error);
+                return err.into_response();
+            }
         };
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     // Aliases resolve before the cache key is computed, so an alias shares its model's entries.
     let (body, json, route) = routing::apply(&app.config().routing, body, json, true);
+    tracker.update(|r| {
+        r.model_used = route.as_ref().map(|route| route.model().to_string());
+        r.model_asked = model;
+    });
     let call = Call {
         app: app.clone(),
         endpoint,
         parts,
+        estimate: estimate_tokens(&body, Some(&json)),
         body,
         suffix,
         started: Instant::now(),
+        tracker: tracker.clone(),
         route: route.clone(),
     };
     let Some(cache) = app.cache.clone() else {
         return routing::label(call.bypass("cache_off").await, route.as_ref());
     };
-    let partition = control::partition(
+    let partition = control::partition_for(
         &call.parts.headers,
         app.config().cache.shared,
         &controls.namespace,
+        tracker.key(),
     );
     let response = match endpoint.plan(json, &partition) {
         Plan::Bypass { reason, .. } => call.bypass(reason).await,
-        Plan::Cache(lookup) => call.cached(cache, controls, lookup).await,
+        Plan::Cache(lookup) => call.cached(cache, controls, lookup, partition).await,
     };
     routing::label(response, route.as_ref())
 }
@@ -194,6 +215,10 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
 
 impl Call {
     async fn bypass(self, reason: &'static str) -> Response<ProxyBody> {
+        self.tracker.update(|r| {
+            r.cache = Outcome::Bypass;
+            r.bypass_reason = Some(reason);
+        });
         tracing::info!(
             endpoint = self.endpoint.name(),
             cache = "bypass",
@@ -213,13 +238,30 @@ impl Call {
 
     /// With retries, and with fallback models when the route has them.
     async fn send_upstream(&self) -> Result<Sent, Failed> {
+        self.tracker
+            .reserve(self.estimate)
+            .map_err(|error| Failed {
+                error,
+                retries: Vec::new(),
+            })?;
         let out = Outgoing {
             method: &self.parts.method,
             suffix: &self.suffix,
             headers: &self.parts.headers,
             parse_body: true,
         };
-        routing::send(&self.app, &out, self.body.clone(), self.route.as_ref()).await
+        let sent = Instant::now();
+        let result = routing::send(&self.app, &out, self.body.clone(), self.route.as_ref()).await;
+        self.tracker.update(|r| {
+            r.upstream_ms = Some(ms(sent));
+            if let Ok(Sent {
+                model: Some(model), ..
+            }) = &result
+            {
+                r.model_used = Some(model.clone());
+            }
+        });
+        result
     }
 
     async fn cached(
@@ -227,6 +269,7 @@ impl Call {
         cache: Arc<Cache>,
         controls: Controls,
         lookup: Lookup,
+        partition: Partition,
     ) -> Response<ProxyBody> {
         let needs = Requirements {
             max_age_ms: controls.max_age_secs.map(|s| s.saturating_mul(1000)),
@@ -280,20 +323,27 @@ impl Call {
                 Ok(v) => vector = Some(v),
                 Err(err) => tracing::warn!(error = %err, "embedding failed; serving as a miss"),
             }
-            tracing::debug!(elapsed_ms = ms(embed_started), "embedded prompt");
+            let embed_ms = ms(embed_started);
+            self.tracker.update(|r| r.embedding_ms = Some(embed_ms));
+            tracing::debug!(elapsed_ms = embed_ms, "embedded prompt");
         }
         if let (Some(v), false) = (&vector, controls.no_cache) {
             let threshold =
                 controls.effective_threshold(self.app.config().cache.threshold_for(&lookup.model));
             let (scope, v) = (lookup.scope, v.clone());
             let query = lookup.semantic_text.clone().unwrap_or_default();
+            let lookup_started = Instant::now();
             let outcome = blocking(&cache, move |c| {
                 c.lookup_semantic(&scope, &v, &query, threshold, needs)
             })
             .await;
+            let lookup_ms = ms(lookup_started);
+            self.tracker
+                .update(|r| r.lookup_ms = Some(r.lookup_ms.unwrap_or(0.0) + lookup_ms));
             if let Some(outcome) = outcome {
                 best = outcome.best;
                 rejected = outcome.rejected;
+                self.tracker.update(|r| r.best_similarity = best);
                 if let Some(hit) = outcome.hit
                     && let Some(response) = self.hit(&lookup, &hit, &cache)
                 {
@@ -309,11 +359,13 @@ impl Call {
             vector,
             ttl_ms: controls.max_age_secs.map(|s| s.saturating_mul(1000)),
             leader,
+            owner: Owner::of(&partition),
         };
         self.miss(lookup, store, Near { best, rejected }).await
     }
 
     async fn miss(self, lookup: Lookup, mut store: Store, near: Near) -> Response<ProxyBody> {
+        self.tracker.outcome(Outcome::Miss);
         let sent = match self.send_upstream().await {
             Ok(sent) => sent,
             Err(Failed { error: err, .. }) => {
@@ -366,6 +418,9 @@ impl Call {
                 let stored = serde_json::from_slice::<Value>(&bytes)
                     .ok()
                     .filter(|v| v.is_object() && v.get("error").is_none());
+                if let Some(answer) = &stored {
+                    self.tracker.update(|r| r.take_usage(answer));
+                }
                 store.finish(stored).await;
                 let mut response = Response::new(full(bytes));
                 *response.status_mut() = status;
@@ -394,6 +449,7 @@ impl Call {
         let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(32);
         let endpoint = self.endpoint;
         let status = upstream.status();
+        let tracker = self.tracker.clone();
         tokio::spawn(async move {
             let mut parser = SseParser::new();
             let mut assembler = endpoint.assembler();
@@ -429,8 +485,9 @@ impl Call {
             } else {
                 None
             };
-            if answer.is_none() {
-                tracing::info!(endpoint = endpoint.name(), "stream incomplete; not stored");
+            match &answer {
+                Some(answer) => tracker.update(|r| r.take_usage(answer)),
+                None => tracing::info!(endpoint = endpoint.name(), "stream incomplete; not stored"),
             }
             store.finish(answer).await;
             for bytes in held {
@@ -464,6 +521,7 @@ struct Store {
     vector: Option<Vec<f32>>,
     ttl_ms: Option<u64>,
     leader: Option<Leader>,
+    owner: Owner,
 }
 
 impl Store {
@@ -499,6 +557,7 @@ impl Store {
             vector: self.vector,
             prompt: self.lookup.semantic_text,
             ttl_ms: self.ttl_ms,
+            owner: self.owner,
         };
         match tokio::task::spawn_blocking(move || cache.insert(new)).await {
             Ok(Ok(stored)) => {

@@ -1,0 +1,95 @@
+//! Re-reading proxy.toml (and the `DEJA_*` environment) into the running proxy, on
+//! `POST /admin/reload` or SIGHUP. Thresholds, TTLs, verification, keys, limits, prices and
+//! routes apply to the next request; settings bound at start-up (listeners, upstream
+//! connection, store, embedding model, logging) keep their running values and are reported
+//! as needing a restart. An invalid file changes nothing.
+
+use serde::Serialize;
+
+use crate::app::App;
+use crate::config::{Config, ConfigError};
+
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Keys that changed in the file but only take effect after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+pub fn reload(app: &App) -> Result<ReloadReport, ConfigError> {
+    let running = app.config();
+    let Some(path) = running.source.clone() else {
+        return Err(ConfigError::Invalid {
+            key: "reload".into(),
+            problem: "this proxy was not started from a configuration file".into(),
+        });
+    };
+    let mut next = Config::load(&path)?;
+    let report = keep_start_up_settings(&running, &mut next);
+    if let Some(cache) = &app.cache {
+        cache.retune(&next.cache);
+    }
+    app.replace_config(next);
+    tracing::info!(
+        path = %path.display(),
+        needs_restart = ?report.needs_restart,
+        "configuration reloaded"
+    );
+    Ok(report)
+}
+
+/// Copies the settings that cannot change while running from `running` into `next`, naming
+/// those the new file changed.
+fn keep_start_up_settings(running: &Config, next: &mut Config) -> ReloadReport {
+    let mut report = ReloadReport::default();
+    macro_rules! keep {
+        ($name:literal, $($field:tt).+) => {
+            if differs(&running.$($field).+, &next.$($field).+) {
+                report.needs_restart.push($name);
+                next.$($field).+ = running.$($field).+.clone();
+            }
+        };
+    }
+    keep!("server", server);
+    keep!("embedding", embedding);
+    keep!("admin.listen", admin.listen);
+    keep!("usage", usage);
+    keep!("log", log);
+    keep!("upstream.base_url", upstream.base_url);
+    keep!("upstream.api_key", upstream.api_key);
+    keep!(
+        "upstream.connect_timeout_secs",
+        upstream.connect_timeout_secs
+    );
+    keep!("upstream.timeout_secs", upstream.timeout_secs);
+    keep!("upstream.idle_timeout_secs", upstream.idle_timeout_secs);
+    keep!("cache.enabled", cache.enabled);
+    keep!("cache.dir", cache.dir);
+    keep!("cache.semantic", cache.semantic);
+    keep!("cache.hnsw_min_entries", cache.hnsw_min_entries);
+    keep!("cache.compact_dead_ratio", cache.compact_dead_ratio);
+    keep!("cache.sweep_interval_secs", cache.sweep_interval_secs);
+    report
+}
+
+fn differs<T: Serialize>(a: &T, b: &T) -> bool {
+    serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_up_settings_stay_and_are_reported() {
+        let running = Config::default();
+        let mut next = Config::default();
+        next.cache.similarity_threshold = 0.99;
+        next.cache.dir = "elsewhere".into();
+        next.server.max_connections = 7;
+        let report = keep_start_up_settings(&running, &mut next);
+        assert_eq!(report.needs_restart, vec!["server", "cache.dir"]);
+        assert_eq!(next.cache.dir, running.cache.dir);
+        assert_eq!(next.server.max_connections, running.server.max_connections);
+        assert_eq!(next.cache.similarity_threshold, 0.99);
+    }
+}

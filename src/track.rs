@@ -1,0 +1,172 @@
+//! Follows one request from arrival to the last byte of its response, then settles it: cost
+//! and savings from the pricing table, the key's token/budget reservation, the metrics and the
+//! usage log. The handle is shared (a stream's pump task fills in the tokens after the
+//! handler has returned); the record is finished when the last holder lets go, which for a
+//! response is when its body has been sent or dropped.
+
+use std::sync::Arc;
+
+use http::Response;
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::app::App;
+use crate::body::ProxyBody;
+use crate::config::KeyConfig;
+use crate::error::ApiError;
+use crate::limits::Reservation;
+use crate::usage::{Outcome, Record};
+
+#[derive(Clone)]
+pub struct Tracker(Arc<Inner>);
+
+struct Inner {
+    app: Arc<App>,
+    key: Option<Arc<KeyConfig>>,
+    record: Mutex<Record>,
+    reservation: Mutex<Option<Reservation>>,
+}
+
+impl Tracker {
+    pub fn new(app: Arc<App>, endpoint: &'static str, key: Option<Arc<KeyConfig>>) -> Tracker {
+        let mut record = Record::new(endpoint, app.now_ms());
+        if let Some(key) = &key {
+            record.key_id = Some(key.id.clone());
+            record.tenant = Some(key.tenant().to_string());
+        }
+        Tracker(Arc::new(Inner {
+            app,
+            key,
+            record: Mutex::new(record),
+            reservation: Mutex::new(None),
+        }))
+    }
+
+    /// The managed key the request came with.
+    pub fn key(&self) -> Option<&KeyConfig> {
+        self.0.key.as_deref()
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut Record)) {
+        change(&mut self.0.record.lock());
+    }
+
+    pub fn outcome(&self, outcome: Outcome) {
+        self.update(|r| r.cache = outcome);
+    }
+
+    /// Before an upstream call: sets aside the tokens and dollars the request may use
+    /// (`estimate_tokens`). Only managed keys have limits; a refusal marks the record.
+    pub fn reserve(&self, estimate: (u64, u64)) -> Result<(), ApiError> {
+        let Some(key) = &self.0.key else {
+            return Ok(());
+        };
+        if key.tpm == 0 && key.budget_usd.is_none() {
+            return Ok(());
+        }
+        let (prompt, completion) = estimate;
+        let model = {
+            let record = self.0.record.lock();
+            record
+                .model_used
+                .clone()
+                .or_else(|| record.model_asked.clone())
+        };
+        let config = self.0.app.config();
+        let cost = model
+            .and_then(|model| config.price(&model).copied())
+            .map_or(0.0, |price| price.cost(prompt, completion));
+        let app = &self.0.app;
+        match app
+            .limits
+            .reserve(key, prompt + completion, cost, app.now_ms())
+        {
+            Ok(reservation) => {
+                *self.0.reservation.lock() = Some(reservation);
+                Ok(())
+            }
+            Err(refusal) => {
+                tracing::info!(key = %key.id, limit = refusal.limit_name(), "rate limited");
+                self.update(|r| {
+                    r.cache = Outcome::RateLimited;
+                    r.limit = Some(refusal.limit_name());
+                });
+                Err(ApiError::RateLimited(refusal))
+            }
+        }
+    }
+
+    /// Keeps the request open until `response`'s body has been sent (or dropped), and
+    /// records its status.
+    pub fn attach(self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        let status = response.status().as_u16();
+        self.update(|r| r.status = status);
+        let body = std::mem::replace(response.body_mut(), crate::body::full(""));
+        let holder = self;
+        *response.body_mut() = body
+            .map_frame(move |frame| {
+                let _keep_open = &holder;
+                frame
+            })
+            .boxed_unsync();
+        response
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let mut record = std::mem::replace(self.record.get_mut(), Record::new("", 0));
+        record.latency_ms = record.started.elapsed().as_secs_f64() * 1000.0;
+        let config = self.app.config();
+        let model = record.model_used.as_ref().or(record.model_asked.as_ref());
+        let cost = match (model.and_then(|m| config.price(m)), record.prompt_tokens) {
+            (Some(price), Some(prompt)) => {
+                Some(price.cost(prompt, record.completion_tokens.unwrap_or(0)))
+            }
+            _ => None,
+        };
+        if record.cache.is_hit() {
+            record.saved_usd = cost;
+        } else if record.upstream_ms.is_some() && record.status < 400 {
+            record.cost_usd = cost;
+        }
+        if let Some(reservation) = self.reservation.get_mut().take() {
+            let tokens = record
+                .prompt_tokens
+                .map(|p| p + record.completion_tokens.unwrap_or(0));
+            // A failed call costs nothing; an unknown usage keeps the estimate.
+            let cost = if record.status >= 400 {
+                Some(0.0)
+            } else {
+                record.cost_usd
+            };
+            let tokens = if record.status >= 400 {
+                Some(0)
+            } else {
+                tokens
+            };
+            self.app.limits.settle(reservation, tokens, cost);
+        }
+        if record.cache == Outcome::Relay && record.endpoint.is_empty() {
+            return;
+        }
+        self.app.metrics.observe(&record);
+        self.app.usage.write(&record);
+    }
+}
+
+/// Tokens a request may use: its prompt at ~4 bytes a token (the body's size, an upper bound
+/// that needs no tokenizer) and its `max_tokens` (or `max_completion_tokens`,
+/// `max_output_tokens`; 0 when absent, settled from the real usage afterwards).
+pub fn estimate_tokens(body: &[u8], json: Option<&Value>) -> (u64, u64) {
+    let prompt = (body.len() as u64).div_ceil(4);
+    let completion = json
+        .and_then(|json| {
+            ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+                .iter()
+                .find_map(|field| json.get(field)?.as_u64())
+        })
+        .unwrap_or(0);
+    (prompt, completion)
+}
