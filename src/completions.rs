@@ -133,6 +133,10 @@ impl Endpoint for Completions {
         Bytes::from(completion.to_string())
     }
 
+    fn render_json_text(&self, stored: &str) -> Option<Bytes> {
+        crate::chat::replay::render_json_text(stored, &fresh_id("cmpl-", 29))
+    }
+
     fn render_stream(&self, stored: &Value, include_usage: bool) -> Vec<Bytes> {
         render_stream(stored, &fresh_id("cmpl-", 29), include_usage)
     }

@@ -247,7 +247,8 @@ async fn respond(
             &fresh,
             controls.max_age_secs,
             Owner::of(&partition),
-        );
+        )
+        .await;
     }
     for (&i, item) in missing.iter().zip(fresh.iter_mut()) {
         cached[i] = Some(std::mem::take(item));
@@ -281,7 +282,8 @@ fn fresh_items(body: &[u8], expected: usize) -> Option<Vec<Value>> {
     (items.len() == expected && in_order).then(|| items.into_iter().map(|(_, v)| v).collect())
 }
 
-fn store(
+/// Stores the fresh items before the answer goes out, so a repeat sent after it hits.
+async fn store(
     cache: &Arc<crate::cache::Cache>,
     batch: &Batch,
     missing: &[usize],
@@ -305,14 +307,15 @@ fn store(
         })
         .collect();
     let cache = cache.clone();
-    tokio::task::spawn_blocking(move || {
+    let _ = tokio::task::spawn_blocking(move || {
         for entry in entries {
             if let Err(err) = cache.insert(entry) {
                 tracing::warn!(error = %err, "cache store failed; embedding not cached");
                 return;
             }
         }
-    });
+    })
+    .await;
 }
 
 fn list(items: Vec<Value>, model: &str, usage: Value) -> Value {

@@ -24,6 +24,7 @@
 //! - `keys`, `limits`: managed mode (deja keys, per-key rate limits and budgets)
 //! - `track`, `usage`, `metrics`: one record per request → usage log and Prometheus metrics
 //! - `bench`: `deja bench quality`, hit rate and wrong hits on labelled paraphrase pairs
+//! - `json_splice`: replacing one top-level field of stored JSON text (fresh ids on hits)
 //! - `body`, `clock`, `app`, `telemetry`, `text`: plumbing
 
 pub mod admin;
@@ -42,6 +43,7 @@ pub mod control;
 pub mod embed;
 pub mod embeddings;
 pub mod error;
+pub mod json_splice;
 pub mod keys;
 pub mod limits;
 pub mod metrics;

@@ -28,8 +28,38 @@ pub struct CacheGauges {
     pub indexed: u64,
 }
 
+/// Endpoints whose request counters are resolved once (a label lookup hashes its strings).
+const ENDPOINTS: [&str; 5] = [
+    "chat.completions",
+    "completions",
+    "responses",
+    "embeddings",
+    "relay",
+];
+const OUTCOMES: [Outcome; 9] = [
+    Outcome::HitExact,
+    Outcome::HitSemantic,
+    Outcome::Coalesced,
+    Outcome::Miss,
+    Outcome::Bypass,
+    Outcome::Relay,
+    Outcome::RateLimited,
+    Outcome::Unauthorized,
+    Outcome::Error,
+];
+
+/// Series of the hot path, resolved at start-up: observing a hit touches atomics only.
+struct Resolved {
+    requests: Vec<Counter>,
+    hits: [Counter; 3],
+    seconds: [Histogram; 3],
+    tokens: [Counter; 2],
+    tokens_saved: [Counter; 2],
+}
+
 pub struct Metrics {
     registry: Registry,
+    resolved: Resolved,
     requests: Family<Labels2, Counter>,
     hits: Family<Labels, Counter>,
     misses: Counter,
@@ -92,7 +122,38 @@ impl Default for Metrics {
             indexed: Gauge::default(),
             usage_log_dropped: Gauge::default(),
             registry: Registry::default(),
+            resolved: Resolved {
+                requests: Vec::new(),
+                hits: Default::default(),
+                seconds: [latency(), latency(), latency()],
+                tokens: Default::default(),
+                tokens_saved: Default::default(),
+            },
         };
+        let resolved = Resolved {
+            requests: ENDPOINTS
+                .iter()
+                .flat_map(|endpoint| {
+                    OUTCOMES.iter().map(|outcome| {
+                        m.requests
+                            .get_or_create(&[
+                                ("endpoint", *endpoint),
+                                ("outcome", outcome.as_str()),
+                            ])
+                            .clone()
+                    })
+                })
+                .collect(),
+            hits: ["exact", "semantic", "coalesced"]
+                .map(|tier| m.hits.get_or_create(&[("tier", tier)]).clone()),
+            seconds: ["hit", "upstream", "other"]
+                .map(|class| m.request_seconds.get_or_create(&[("class", class)]).clone()),
+            tokens: ["prompt", "completion"]
+                .map(|kind| m.tokens.get_or_create(&[("kind", kind)]).clone()),
+            tokens_saved: ["prompt", "completion"]
+                .map(|kind| m.tokens_saved.get_or_create(&[("kind", kind)]).clone()),
+        };
+        let m = Metrics { resolved, ..m };
         // Counters get their `_total` suffix from the registry.
         let r = &mut registry;
         r.register(
@@ -213,14 +274,24 @@ impl Metrics {
     /// Counts a finished request.
     pub fn observe(&self, record: &Record) {
         let outcome = record.cache;
-        self.requests
-            .get_or_create(&[("endpoint", record.endpoint), ("outcome", outcome.as_str())])
-            .inc();
+        let r = &self.resolved;
+        let outcome_index = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        match ENDPOINTS.iter().position(|e| *e == record.endpoint) {
+            Some(endpoint) => r.requests[endpoint * OUTCOMES.len() + outcome_index].inc(),
+            None => self
+                .requests
+                .get_or_create(&[("endpoint", record.endpoint), ("outcome", outcome.as_str())])
+                .inc(),
+        };
         match outcome {
-            Outcome::HitExact => self.hit("exact"),
-            Outcome::HitSemantic => self.hit("semantic"),
+            Outcome::HitExact => {
+                r.hits[0].inc();
+            }
+            Outcome::HitSemantic => {
+                r.hits[1].inc();
+            }
             Outcome::Coalesced => {
-                self.hit("coalesced");
+                r.hits[2].inc();
                 self.coalesced.inc();
             }
             Outcome::Miss => {
@@ -248,15 +319,13 @@ impl Metrics {
             self.retries.get_or_create(&[("cause", cause)]).inc();
         }
         let class = if outcome.is_hit() {
-            "hit"
+            0
         } else if upstream_called {
-            "upstream"
+            1
         } else {
-            "other"
+            2
         };
-        self.request_seconds
-            .get_or_create(&[("class", class)])
-            .observe(record.latency_ms / 1000.0);
+        r.seconds[class].observe(record.latency_ms / 1000.0);
         for (value, histogram) in [
             (record.lookup_ms, &self.lookup_seconds),
             (record.embedding_ms, &self.embedding_seconds),
@@ -273,15 +342,15 @@ impl Metrics {
             self.near_miss_similarity.observe(f64::from(best));
         }
         let tokens = if outcome.is_hit() {
-            &self.tokens_saved
+            &r.tokens_saved
         } else {
-            &self.tokens
+            &r.tokens
         };
         if let Some(n) = record.prompt_tokens {
-            tokens.get_or_create(&[("kind", "prompt")]).inc_by(n);
+            tokens[0].inc_by(n);
         }
         if let Some(n) = record.completion_tokens {
-            tokens.get_or_create(&[("kind", "completion")]).inc_by(n);
+            tokens[1].inc_by(n);
         }
         if let Some(cost) = record.cost_usd {
             self.cost.inc_by(cost);
@@ -289,10 +358,6 @@ impl Metrics {
         if let Some(saved) = record.saved_usd {
             self.cost_saved.inc_by(saved);
         }
-    }
-
-    fn hit(&self, tier: &'static str) {
-        self.hits.get_or_create(&[("tier", tier)]).inc();
     }
 
     /// The exposition text (OpenMetrics), with the cache gauges as of now.

@@ -125,9 +125,16 @@ impl Record {
     /// Takes prompt and completion tokens from a stored or upstream answer's `usage` (chat and
     /// completions name them prompt/completion, Responses input/output).
     pub fn take_usage(&mut self, answer: &serde_json::Value) {
-        let Some(usage) = answer.get("usage").filter(|u| u.is_object()) else {
+        if let Some(usage) = answer.get("usage") {
+            self.take_usage_value(usage);
+        }
+    }
+
+    /// The same from the `usage` object itself.
+    pub fn take_usage_value(&mut self, usage: &serde_json::Value) {
+        if !usage.is_object() {
             return;
-        };
+        }
         let field = |a: &str, b: &str| usage.get(a).or_else(|| usage.get(b))?.as_u64();
         self.prompt_tokens = field("prompt_tokens", "input_tokens");
         self.completion_tokens = field("completion_tokens", "output_tokens").or(Some(0));

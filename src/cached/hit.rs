@@ -11,6 +11,7 @@ use super::{Call, Lookup, header_num, ms};
 use crate::body::{BoxError, ProxyBody, full, streaming};
 use crate::cache::{Cache, Hit, Requirements};
 use crate::coalesce::{Leader, Shared};
+use crate::json_splice;
 use crate::relay::CACHE_STATUS;
 use crate::usage::Outcome;
 
@@ -50,7 +51,7 @@ impl Call {
         hit: &Hit,
         cache: &Cache,
     ) -> Option<Response<ProxyBody>> {
-        let stored: Value = serde_json::from_str(&hit.entry.response).ok()?;
+        let mut response = self.render(lookup, &hit.entry.response)?;
         self.tracker.update(|r| {
             r.cache = if hit.semantic {
                 Outcome::HitSemantic
@@ -58,10 +59,8 @@ impl Call {
                 Outcome::HitExact
             };
             r.similarity = Some(hit.similarity);
-            r.take_usage(&stored);
         });
         let age = hit.entry.age_secs(cache.now_ms());
-        let mut response = self.render(lookup, &stored);
         let headers = response.headers_mut();
         headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));
         headers.insert(
@@ -90,13 +89,11 @@ impl Call {
         shared: &Shared,
         cache: &Cache,
     ) -> Option<Response<ProxyBody>> {
-        let stored: Value = serde_json::from_str(&shared.response).ok()?;
+        let mut response = self.render(lookup, &shared.response)?;
         self.tracker.update(|r| {
             r.cache = Outcome::Coalesced;
             r.similarity = Some(1.0);
-            r.take_usage(&stored);
         });
-        let mut response = self.render(lookup, &stored);
         let headers = response.headers_mut();
         headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));
         headers.insert("x-deja-match", HeaderValue::from_static("coalesced"));
@@ -117,19 +114,44 @@ impl Call {
         Some(response)
     }
 
-    fn render(&self, lookup: &Lookup, stored: &Value) -> Response<ProxyBody> {
-        let (body, content_type) = if lookup.stream {
+    /// A stored answer as this request wants it (JSON or SSE), its usage noted in the record;
+    /// `None` if the stored text cannot be read. A JSON answer only needs a fresh id spliced
+    /// in; everything else is rendered from the parsed answer.
+    fn render(&self, lookup: &Lookup, text: &str) -> Option<Response<ProxyBody>> {
+        if !lookup.stream
+            && let Some(body) = self.endpoint.render_json_text(text)
+        {
+            let usage = json_splice::top_level_value(text, "usage")
+                .and_then(|range| serde_json::from_str::<Value>(&text[range]).ok());
+            if let Some(usage) = usage {
+                self.tracker.update(|r| r.take_usage_value(&usage));
+            }
+            return Some(self.respond(lookup, full(body)));
+        }
+        let stored: Value = serde_json::from_str(text).ok()?;
+        self.tracker.update(|r| r.take_usage(&stored));
+        Some(self.render_value(lookup, &stored))
+    }
+
+    fn render_value(&self, lookup: &Lookup, stored: &Value) -> Response<ProxyBody> {
+        let body = if lookup.stream {
             let events = self
                 .endpoint
                 .render_stream(stored, lookup.include_usage)
                 .into_iter()
                 .map(Ok::<_, BoxError>);
-            (
-                streaming(futures_util::stream::iter(events)),
-                "text/event-stream; charset=utf-8",
-            )
+            streaming(futures_util::stream::iter(events))
         } else {
-            (full(self.endpoint.render_json(stored)), "application/json")
+            full(self.endpoint.render_json(stored))
+        };
+        self.respond(lookup, body)
+    }
+
+    fn respond(&self, lookup: &Lookup, body: ProxyBody) -> Response<ProxyBody> {
+        let content_type = if lookup.stream {
+            "text/event-stream; charset=utf-8"
+        } else {
+            "application/json"
         };
         let mut response = Response::new(body);
         *response.status_mut() = StatusCode::OK;

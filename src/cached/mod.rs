@@ -74,6 +74,11 @@ pub trait Endpoint: Send + Sync + 'static {
     fn assembler(&self) -> Box<dyn Assembler>;
     /// The stored answer as a non-streaming response body.
     fn render_json(&self, stored: &Value) -> Bytes;
+    /// The same from the stored text, when the endpoint can do it without parsing (only the
+    /// id changes); `None` falls back to `render_json`.
+    fn render_json_text(&self, _stored: &str) -> Option<Bytes> {
+        None
+    }
     /// The stored answer as SSE events.
     fn render_stream(&self, stored: &Value, include_usage: bool) -> Vec<Bytes>;
 }

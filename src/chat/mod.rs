@@ -35,6 +35,10 @@ impl Endpoint for ChatCompletions {
         replay::render_json(stored, &fresh_id("chatcmpl-", 29))
     }
 
+    fn render_json_text(&self, stored: &str) -> Option<Bytes> {
+        replay::render_json_text(stored, &fresh_id("chatcmpl-", 29))
+    }
+
     fn render_stream(&self, stored: &Value, include_usage: bool) -> Vec<Bytes> {
         replay::render_stream(stored, &fresh_id("chatcmpl-", 29), include_usage)
     }

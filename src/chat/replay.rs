@@ -17,6 +17,12 @@ pub fn render_json(stored: &Value, fresh_id: &str) -> Bytes {
     Bytes::from(completion.to_string())
 }
 
+/// `render_json` on the stored text: the id is spliced in, nothing else is touched.
+pub fn render_json_text(stored: &str, fresh_id: &str) -> Option<Bytes> {
+    // Fresh ids are letters, digits and dashes: no JSON escaping needed.
+    crate::json_splice::replace_top_level(stored, "id", &format!("\"{fresh_id}\"")).map(Bytes::from)
+}
+
 /// The stored completion as SSE events, ending with `data: [DONE]`.
 pub fn render_stream(stored: &Value, fresh_id: &str, include_usage: bool) -> Vec<Bytes> {
     let header_keys = &HEADER_KEYS[1..]; // all but the id, which is fresh
