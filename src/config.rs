@@ -41,6 +41,8 @@ pub struct Config {
     /// The file this was loaded from (for reloads); not a key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// Model aliases and fallbacks (`crate::routing`).
+    pub routing: crate::routing::RoutingConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +88,8 @@ pub struct UpstreamConfig {
     pub timeout_secs: f64,
     /// Seconds a response body (e.g. a stream) may stay silent before it is cut.
     pub idle_timeout_secs: f64,
+    /// Retries of failed upstream calls (`[upstream.retry]`, `crate::retry`).
+    pub retry: crate::retry::RetryConfig,
 }
 
 impl Default for UpstreamConfig {
@@ -98,6 +102,7 @@ impl Default for UpstreamConfig {
             connect_timeout_secs: 10.0,
             timeout_secs: 600.0,
             idle_timeout_secs: 300.0,
+            retry: Default::default(),
         }
     }
 }
@@ -351,6 +356,8 @@ impl Config {
             return invalid("server.header_timeout_secs", "must be at least 1 second");
         }
         check_url("upstream.base_url", &self.upstream.base_url)?;
+        self.upstream.retry.validate()?;
+        self.routing.validate()?;
         if !self.embedding.base_url.is_empty() {
             check_url("embedding.base_url", &self.embedding.base_url)?;
         }
@@ -500,6 +507,7 @@ mod tests {
         for section in [
             "[server]",
             "[upstream]",
+            "[upstream.retry]",
             "[cache]",
             "[embedding]",
             "[log]",
@@ -507,6 +515,8 @@ mod tests {
             "[usage]",
             "[pricing.",
             "[[keys]]",
+            "[routing.aliases]",
+            "[routing.fallbacks]",
         ] {
             assert!(text.contains(section), "{section} missing from proxy.toml");
         }

@@ -21,11 +21,12 @@ use crate::cache::entry::Owner;
 use crate::cache::key::{Hash32, KeyBuilder};
 use crate::cache::{NewEntry, Requirements};
 use crate::cached::{Partition, blocking, read_request};
-use crate::control;
+use crate::control::{self, Controls};
 use crate::error::ApiError;
 use crate::relay::{CACHE_STATUS, response_headers, stream_response};
+use crate::routing;
 use crate::track::{Tracker, estimate_tokens};
-use crate::upstream::cacheable_status;
+use crate::upstream::{Failed, Outgoing, cacheable_status};
 use crate::usage::Outcome;
 
 /// The inputs of a cacheable embeddings request and their keys.
@@ -111,30 +112,47 @@ pub async fn handle(
         .get("model")
         .and_then(Value::as_str)
         .map(str::to_string);
+    // Aliases only: another model's vectors would not be comparable, so no fallbacks here.
+    let (bytes, json, route) = routing::apply(&app.config().routing, bytes, json, false);
     tracker.update(|r| {
-        r.model_used = model.clone();
+        r.model_used = route.as_ref().map(|route| route.model().to_string());
         r.model_asked = model;
     });
+    let response = respond(app, parts, bytes, json, controls, suffix, tracker).await;
+    routing::label(response, route.as_ref())
+}
+
+async fn respond(
+    app: Arc<App>,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    json: Value,
+    controls: Controls,
+    suffix: String,
+    tracker: &Tracker,
+) -> Response<ProxyBody> {
     let partition = control::partition_for(
         &parts.headers,
         app.config().cache.shared,
         &controls.namespace,
         tracker.key(),
     );
+    let out = Outgoing {
+        method: &parts.method,
+        suffix: &suffix,
+        headers: &parts.headers,
+        parse_body: true,
+    };
     let send = |body: Bytes| async {
         // Embeddings have no completion; the prompt estimate is the body's size.
-        tracker.reserve(estimate_tokens(&body, None))?;
+        tracker
+            .reserve(estimate_tokens(&body, None))
+            .map_err(|error| Failed {
+                error,
+                retries: Vec::new(),
+            })?;
         let sent = Instant::now();
-        let result = app
-            .upstream
-            .send(
-                parts.method.clone(),
-                &suffix,
-                &parts.headers,
-                reqwest::Body::from(body),
-                true,
-            )
-            .await;
+        let result = routing::send(&app, &out, body, None).await;
         tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
         result
     };
@@ -144,8 +162,8 @@ pub async fn handle(
             r.bypass_reason = Some("unreadable");
         });
         return match send(bytes).await {
-            Ok(upstream) => stream_response(upstream, Some("bypass")),
-            Err(err) => err.into_response(),
+            Ok(sent) => stream_response(sent.response, Some("bypass")),
+            Err(failed) => failed.error.into_response(),
         };
     };
 
@@ -200,8 +218,8 @@ pub async fn handle(
         json!(missing.iter().map(|&i| &batch.texts[i]).collect::<Vec<_>>())
     };
     let upstream = match send(Bytes::from(partial.to_string())).await {
-        Ok(upstream) => upstream,
-        Err(err) => return err.into_response(),
+        Ok(sent) => sent.response,
+        Err(failed) => return failed.error.into_response(),
     };
     let status = upstream.status();
     if !cacheable_status(status) {

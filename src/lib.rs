@@ -6,6 +6,8 @@
 //! - `router`: which handler serves a path
 //! - `relay`: faithful streaming relay of any `/v1/*` request
 //! - `upstream`: the outgoing HTTP client, header hygiene, 502/504 mapping
+//! - `retry`: when and how long to wait before retrying an upstream call
+//! - `routing`: model aliases and fallbacks
 //! - `cached`: the flow of a cached endpoint (lookup, coalesce, forward, store); `hit` renders answers
 //! - `chat`: chat-completions specifics (scope fields, stream assembly and replay)
 //! - `completions`: the same for legacy `/v1/completions`
@@ -47,7 +49,9 @@ pub mod limits;
 pub mod metrics;
 pub mod relay;
 pub mod responses;
+pub mod retry;
 pub mod router;
+pub mod routing;
 pub mod server;
 pub mod sse;
 pub mod telemetry;

@@ -1,5 +1,7 @@
 //! Faithful relay of any `/v1/*` request that deja does not cache: the request body streams
 //! up, the response (status, end-to-end headers, body) streams back as it arrives.
+//! A streamed body cannot be sent twice, so only GET, HEAD and DELETE without a body are
+//! retried here (`[upstream.retry]`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -7,15 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::BodyStream;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::app::App;
 use crate::body::{BoxError, ProxyBody, streaming};
 use crate::error::ApiError;
 use crate::track::Tracker;
-use crate::upstream::strip_hop_by_hop;
+use crate::upstream::{Outgoing, strip_hop_by_hop};
 
 /// Relays a request whose body is streamed (not buffered) to the upstream.
 pub async fn relay(
@@ -28,6 +30,28 @@ pub async fn relay(
     let (parts, body) = request.into_parts();
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
         return ApiError::BodyTooLarge { limit }.into_response();
+    }
+    let config = arc_swap::Guard::into_inner(app.config());
+    let out = Outgoing {
+        method: &parts.method,
+        suffix,
+        headers: &parts.headers,
+        parse_body: false,
+    };
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE) && body.is_end_stream() {
+        let sent = std::time::Instant::now();
+        let result = app
+            .upstream
+            .send_retrying(&config.upstream, &out, Bytes::new())
+            .await;
+        tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
+        return match result {
+            Ok(sent) => stream_response(sent.response, None),
+            Err(failed) => {
+                tracing::warn!(code = failed.error.code(), error = %failed.error, "relay failed");
+                failed.error.into_response()
+            }
+        };
     }
     let exceeded = Arc::new(AtomicBool::new(false));
     let seen = AtomicUsize::new(0);
@@ -53,11 +77,9 @@ pub async fn relay(
     let result = app
         .upstream
         .send(
-            parts.method,
-            suffix,
-            &parts.headers,
+            &config.upstream,
+            &out,
             reqwest::Body::wrap_stream(body_stream),
-            false,
         )
         .await;
     tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));

@@ -1,13 +1,17 @@
-//! The upstream client: builds the outgoing request (URL, end-to-end headers, credentials) and
-//! maps transport failures to 502/504. Callers decide what to do with the response.
+//! The upstream client: builds the outgoing request (URL, end-to-end headers, credentials),
+//! retries what is safe to retry (`retry`), and maps transport failures to 502/504. Callers
+//! decide what to do with the response.
 
-use std::time::Duration;
+use std::io::ErrorKind;
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
-use crate::config::{Secret, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::error::ApiError;
+use crate::retry::{RetryCause, retry_after, retryable_status};
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 9] = [
@@ -25,12 +29,42 @@ const HOP_BY_HOP: [&str; 9] = [
 /// Prefix of deja's own request headers (cache controls); they stop here.
 pub const DEJA_HEADER_PREFIX: &str = "x-deja-";
 
+/// The outgoing client. Base URL, key, timeout and retry policy come from the configuration
+/// passed with each request, so a reload applies to the next one; only the connection
+/// settings of the client itself are fixed at start-up.
 #[derive(Clone)]
 pub struct Upstream {
     client: reqwest::Client,
-    base_url: String,
-    api_key: Option<Secret>,
-    timeout: Duration,
+}
+
+/// One upstream request, minus its body.
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// The path after `/v1` plus the query, e.g. `/chat/completions?x=1`.
+    pub suffix: &'a str,
+    /// The client's headers (filtered by `forwardable`).
+    pub headers: &'a HeaderMap,
+    /// deja reads this response to cache it, so it asks for an uncompressed body.
+    pub parse_body: bool,
+}
+
+/// An upstream response, possibly after retries and fallbacks. The response has not been
+/// relayed yet; its status may still be an error (the last one, when retries ran out).
+pub struct Sent {
+    pub response: reqwest::Response,
+    /// The cause of every retry, in order, across all models tried (for metrics).
+    pub retries: Vec<RetryCause>,
+    /// The model that answered, when the request was routed by model (`routing::send`).
+    pub model: Option<String>,
+    /// True when `model` is a fallback, not the model the request resolved to.
+    pub fallback: bool,
+}
+
+/// No response at all, after `retries`.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ApiError,
+    pub retries: Vec<RetryCause>,
 }
 
 impl Upstream {
@@ -39,35 +73,93 @@ impl Upstream {
             Duration::from_secs_f64(config.connect_timeout_secs),
             Some(Duration::from_secs_f64(config.idle_timeout_secs)),
         )?;
-        Ok(Upstream {
-            client,
-            base_url: config.base_url.trim_end_matches('/').to_string(),
-            api_key: config.api_key.clone(),
-            timeout: Duration::from_secs_f64(config.timeout_secs),
-        })
+        Ok(Upstream { client })
     }
 
-    /// `suffix` is the path after `/v1` plus the query, e.g. `/chat/completions?x=1`.
-    pub fn url(&self, suffix: &str) -> String {
-        format!("{}{}", self.base_url, suffix)
-    }
-
-    /// Sends a request and waits for the response headers (not the body).
+    /// Sends a request once and waits for the response headers (not the body).
     pub async fn send(
         &self,
-        method: Method,
-        suffix: &str,
-        client_headers: &HeaderMap,
+        config: &UpstreamConfig,
+        out: &Outgoing<'_>,
         body: reqwest::Body,
-        parse_body: bool,
     ) -> Result<reqwest::Response, ApiError> {
-        let mut headers = forwardable(client_headers);
-        if let Some(key) = &self.api_key {
-            let value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
-                .map_err(|_| ApiError::UpstreamUnreachable("invalid upstream.api_key".into()))?;
+        self.attempt(config, out, Some(body))
+            .await
+            .map_err(|(error, _)| error)
+    }
+
+    /// Sends a request held in memory, retrying per `config.retry` on 429/500/502/503/504 and
+    /// on connection failures before any response. Only the status is looked at, so nothing
+    /// has reached the client when a retry starts. Our own timeout (504) is not retried: that
+    /// request may still be running upstream.
+    pub async fn send_retrying(
+        &self,
+        config: &UpstreamConfig,
+        out: &Outgoing<'_>,
+        body: Bytes,
+    ) -> Result<Sent, Failed> {
+        let started = Instant::now();
+        let mut retries = Vec::new();
+        let sent = |response, retries| Sent {
+            response,
+            retries,
+            model: None,
+            fallback: false,
+        };
+        loop {
+            // An empty body (GET, HEAD, DELETE relays) is sent as no body at all.
+            let attempt_body = (!body.is_empty()).then(|| reqwest::Body::from(body.clone()));
+            let (cause, asked, outcome) = match self.attempt(config, out, attempt_body).await {
+                Ok(response) if retryable_status(response.status()) => (
+                    RetryCause::Status(response.status().as_u16()),
+                    retry_after(response.headers(), SystemTime::now()),
+                    Ok(response),
+                ),
+                Err((error, Some(cause))) => (cause, None, Err(error)),
+                Ok(response) => return Ok(sent(response, retries)),
+                Err((error, None)) => return Err(Failed { error, retries }),
+            };
+            let attempts = retries.len() as u32 + 1;
+            let Some(delay) = config.retry.next_delay(attempts, started.elapsed(), asked) else {
+                return match outcome {
+                    Ok(response) => Ok(sent(response, retries)),
+                    Err(error) => Err(Failed { error, retries }),
+                };
+            };
+            let path = out.suffix.split('?').next().unwrap_or_default();
+            tracing::warn!(
+                path,
+                attempt = attempts,
+                cause = cause.label(),
+                delay_ms = delay.as_millis() as u64,
+                "upstream failed; retrying"
+            );
+            retries.push(cause);
+            drop(outcome);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One attempt; an error carries its retry cause when a retry is safe (no response came,
+    /// and the request never reached the upstream or was cut before any answer).
+    async fn attempt(
+        &self,
+        config: &UpstreamConfig,
+        out: &Outgoing<'_>,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, (ApiError, Option<RetryCause>)> {
+        let mut headers = forwardable(out.headers);
+        if let Some(key) = &config.api_key {
+            let value =
+                HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(|_| {
+                    (
+                        ApiError::UpstreamUnreachable("invalid upstream.api_key".into()),
+                        None,
+                    )
+                })?;
             headers.insert(header::AUTHORIZATION, value);
         }
-        if parse_body {
+        if out.parse_body {
             // deja must read this body to cache it; ask for it uncompressed.
             headers.insert(
                 header::ACCEPT_ENCODING,
@@ -75,22 +167,60 @@ impl Upstream {
             );
             headers.remove(header::CONTENT_LENGTH);
         }
-        let request = self
+        let url = format!("{}{}", config.base_url.trim_end_matches('/'), out.suffix);
+        let mut request = self
             .client
-            .request(method, self.url(suffix))
-            .headers(headers)
-            .body(body);
-        match tokio::time::timeout(self.timeout, request.send()).await {
-            Err(_) => Err(ApiError::UpstreamTimeout {
-                secs: self.timeout.as_secs_f64(),
-            }),
-            Ok(Err(err)) if err.is_timeout() => Err(ApiError::UpstreamTimeout {
-                secs: self.timeout.as_secs_f64(),
-            }),
-            Ok(Err(err)) => Err(ApiError::UpstreamUnreachable(describe(&err))),
+            .request(out.method.clone(), url)
+            .headers(headers);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        // Validated positive; a value too large to represent means no limit.
+        let timeout = Duration::try_from_secs_f64(config.timeout_secs)
+            .unwrap_or(Duration::from_secs(u32::MAX.into()));
+        let timed_out = || ApiError::UpstreamTimeout {
+            secs: timeout.as_secs_f64(),
+        };
+        match tokio::time::timeout(timeout, request.send()).await {
+            Err(_) => Err((timed_out(), None)),
+            // A connect timeout never reached the upstream, so it may be retried.
+            Ok(Err(err)) if err.is_timeout() => Err((timed_out(), connect_cause(&err))),
+            Ok(Err(err)) => Err((
+                ApiError::UpstreamUnreachable(describe(&err)),
+                connect_cause(&err),
+            )),
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+/// Whether a failed send may be retried: the connection could not be made, or it was reset
+/// or closed before any response (a stale pooled connection, an upstream restarting).
+fn connect_cause(err: &reqwest::Error) -> Option<RetryCause> {
+    if err.is_connect() {
+        return Some(RetryCause::Connect);
+    }
+    if err.is_body() || err.is_decode() || err.is_timeout() {
+        return None;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>()
+            && hyper.is_incomplete_message()
+        {
+            return Some(RetryCause::Closed);
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+            )
+        {
+            return Some(RetryCause::Closed);
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// A reqwest client with rustls on ring (installed once per process).

@@ -329,7 +329,8 @@ async fn embedding_outage_degrades_to_a_miss() {
 
 #[tokio::test]
 async fn upstream_errors_are_relayed_and_never_cached() {
-    let h = Harness::start().await;
+    // One attempt per request: retries are tests/resilience.rs's subject.
+    let h = Harness::with(|c| c.upstream.retry.max_attempts = 1).await;
     let body = ask("What is the capital of France?");
     let error = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
     h.upstream

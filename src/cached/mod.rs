@@ -27,9 +27,10 @@ use crate::coalesce::{Leader, Role, Shared};
 use crate::control::{self, Controls};
 use crate::error::ApiError;
 use crate::relay::{response_headers, stream_response};
+use crate::routing::{self, Route};
 use crate::sse::SseParser;
 use crate::track::{Tracker, estimate_tokens};
-use crate::upstream::cacheable_status;
+use crate::upstream::{Failed, Outgoing, Sent, cacheable_status};
 use crate::usage::Outcome;
 
 mod hit;
@@ -124,6 +125,8 @@ struct Call {
     tracker: Tracker,
     /// Prompt and completion tokens the request may use (for per-key limits).
     estimate: (u64, u64),
+    /// The model routing of this request (`None`: the body names no model).
+    route: Option<Route>,
 }
 
 pub async fn handle(
@@ -146,8 +149,10 @@ pub async fn handle(
         .get("model")
         .and_then(Value::as_str)
         .map(str::to_string);
+    // Aliases resolve before the cache key is computed, so an alias shares its model's entries.
+    let (body, json, route) = routing::apply(&app.config().routing, body, json, true);
     tracker.update(|r| {
-        r.model_used = model.clone();
+        r.model_used = route.as_ref().map(|route| route.model().to_string());
         r.model_asked = model;
     });
     let call = Call {
@@ -159,9 +164,10 @@ pub async fn handle(
         suffix,
         started: Instant::now(),
         tracker: tracker.clone(),
+        route: route.clone(),
     };
     let Some(cache) = app.cache.clone() else {
-        return call.bypass("cache_off").await;
+        return routing::label(call.bypass("cache_off").await, route.as_ref());
     };
     let partition = control::partition_for(
         &call.parts.headers,
@@ -169,10 +175,11 @@ pub async fn handle(
         &controls.namespace,
         tracker.key(),
     );
-    match endpoint.plan(json, &partition) {
+    let response = match endpoint.plan(json, &partition) {
         Plan::Bypass { reason, .. } => call.bypass(reason).await,
         Plan::Cache(lookup) => call.cached(cache, controls, lookup, partition).await,
-    }
+    };
+    routing::label(response, route.as_ref())
 }
 
 /// Reads a cached endpoint's request: the body (within `limit`), parsed as a JSON object,
@@ -224,26 +231,41 @@ impl Call {
             "request"
         );
         match self.send_upstream().await {
-            Ok(upstream) => stream_response(upstream, Some("bypass")),
-            Err(err) => err.into_response(),
+            Ok(sent) => {
+                let fallback = routing::fallback_headers(&sent);
+                let mut response = stream_response(sent.response, Some("bypass"));
+                response.headers_mut().extend(fallback);
+                response
+            }
+            Err(failed) => failed.error.into_response(),
         }
     }
 
-    async fn send_upstream(&self) -> Result<reqwest::Response, ApiError> {
-        self.tracker.reserve(self.estimate)?;
+    /// With retries, and with fallback models when the route has them.
+    async fn send_upstream(&self) -> Result<Sent, Failed> {
+        self.tracker
+            .reserve(self.estimate)
+            .map_err(|error| Failed {
+                error,
+                retries: Vec::new(),
+            })?;
+        let out = Outgoing {
+            method: &self.parts.method,
+            suffix: &self.suffix,
+            headers: &self.parts.headers,
+            parse_body: true,
+        };
         let sent = Instant::now();
-        let result = self
-            .app
-            .upstream
-            .send(
-                self.parts.method.clone(),
-                &self.suffix,
-                &self.parts.headers,
-                reqwest::Body::from(self.body.clone()),
-                true,
-            )
-            .await;
-        self.tracker.update(|r| r.upstream_ms = Some(ms(sent)));
+        let result = routing::send(&self.app, &out, self.body.clone(), self.route.as_ref()).await;
+        self.tracker.update(|r| {
+            r.upstream_ms = Some(ms(sent));
+            if let Ok(Sent {
+                model: Some(model), ..
+            }) = &result
+            {
+                r.model_used = Some(model.clone());
+            }
+        });
         result
     }
 
@@ -347,17 +369,26 @@ impl Call {
         self.miss(lookup, store, Near { best, rejected }).await
     }
 
-    async fn miss(self, lookup: Lookup, store: Store, near: Near) -> Response<ProxyBody> {
+    async fn miss(self, lookup: Lookup, mut store: Store, near: Near) -> Response<ProxyBody> {
         self.tracker.outcome(Outcome::Miss);
-        let upstream = match self.send_upstream().await {
-            Ok(upstream) => upstream,
-            Err(err) => {
+        let sent = match self.send_upstream().await {
+            Ok(sent) => sent,
+            Err(Failed { error: err, .. }) => {
                 tracing::warn!(endpoint = self.endpoint.name(), code = err.code(), error = %err, "upstream failed");
                 return err.into_response();
             }
         };
+        if sent.fallback {
+            // Another model's answer must not be served for this one: not stored, not shared
+            // (dropping the leader sends waiting twins upstream themselves).
+            store.cache = None;
+            store.leader = None;
+        }
+        let fallback = routing::fallback_headers(&sent);
+        let upstream = sent.response;
         let status = upstream.status();
         let mut headers = response_headers(upstream.headers(), Some("miss"));
+        headers.extend(fallback);
         if let Some(best) = near.best {
             headers.insert("x-deja-best-similarity", header_num(best));
         }

@@ -37,6 +37,9 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 // `/v1/completions` and `/v1/responses` live in their own file to keep this one readable.
 #[path = "fake_endpoints.rs"]
 mod endpoints;
+// Scripted answers per path (retry tests), also in a file of their own.
+#[path = "fake_script.rs"]
+pub mod script;
 
 // === public types ===
 
@@ -85,6 +88,7 @@ struct Config {
 struct State {
     requests: Mutex<Vec<RecordedRequest>>,
     config: Mutex<Config>,
+    script: script::Script,
 }
 
 pub struct FakeUpstream {
@@ -101,10 +105,16 @@ impl FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("fake upstream: bind 127.0.0.1:0");
+        FakeUpstream::serve(listener)
+    }
+
+    /// Serves on a listener the test made (e.g. on an address that refused connections first).
+    pub fn serve(listener: TcpListener) -> FakeUpstream {
         let addr = listener.local_addr().expect("fake upstream: local_addr");
         let state = Arc::new(State {
             requests: Mutex::new(Vec::new()),
             config: Mutex::new(Config::default()),
+            script: Default::default(),
         });
         let (shutdown, mut stop) = watch::channel(());
         let server_state = state.clone();
@@ -122,7 +132,7 @@ impl FakeUpstream {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(state, req).await) }
+                        async move { script::unless_hung_up(handle(state, req).await) }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
@@ -229,6 +239,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         body,
     };
     let n = record(&state, recorded.clone());
+    if let Some(scripted) = state.script.next(&recorded) {
+        return scripted;
+    }
     match (recorded.method.as_str(), recorded.path.as_str()) {
         ("POST", CHAT_PATH) => chat(&state, n, &recorded.body).await,
         ("POST", EMBEDDINGS_PATH) => embeddings(&state, &recorded.body).await,
