@@ -153,7 +153,7 @@ async fn respond(
             })?;
         let sent = Instant::now();
         let result = routing::send(&app, &out, body, None).await;
-        tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
+        tracker.upstream_call(sent, &result);
         result
     };
     let (Some(cache), Some(batch)) = (app.cache.clone(), batch(&json, &partition)) else {

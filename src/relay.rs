@@ -44,7 +44,7 @@ pub async fn relay(
             .upstream
             .send_retrying(&config.upstream, &out, Bytes::new())
             .await;
-        tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
+        tracker.upstream_call(sent, &result);
         return match result {
             Ok(sent) => stream_response(sent.response, None),
             Err(failed) => {

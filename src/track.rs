@@ -52,6 +52,23 @@ impl Tracker {
         change(&mut self.0.record.lock());
     }
 
+    /// Notes an upstream call: its time and the retries it took (whatever its result).
+    pub fn upstream_call(
+        &self,
+        started: std::time::Instant,
+        result: &Result<crate::upstream::Sent, crate::upstream::Failed>,
+    ) {
+        let retries = match result {
+            Ok(sent) => &sent.retries,
+            Err(failed) => &failed.retries,
+        };
+        self.update(|r| {
+            r.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            r.retries = retries.len() as u32;
+            r.retry_causes = retries.iter().map(|cause| cause.label()).collect();
+        });
+    }
+
     pub fn outcome(&self, outcome: Outcome) {
         self.update(|r| r.cache = outcome);
     }
@@ -118,6 +135,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let mut record = std::mem::replace(self.record.get_mut(), Record::new("", 0));
         record.latency_ms = record.started.elapsed().as_secs_f64() * 1000.0;
+        if record.model_used.is_none() {
+            record.model_used = record.model_asked.clone();
+        }
         let config = self.app.config();
         let model = record.model_used.as_ref().or(record.model_asked.as_ref());
         let cost = match (model.and_then(|m| config.price(m)), record.prompt_tokens) {

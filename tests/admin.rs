@@ -8,6 +8,7 @@ use deja::config::Price;
 use serde_json::{Value, json};
 use support::admin::{ADMIN_TOKEN, key, managed, metric, with_admin};
 use support::fake_upstream::CHAT_PATH;
+use support::fake_upstream::script::Scripted;
 use support::proxy::{Harness, KEY_A, KEY_B, Reply, ask, at_cosine, axis};
 
 async fn admin_harness() -> Harness {
@@ -119,6 +120,39 @@ async fn refusals_are_counted() {
         2.0
     );
     assert_eq!(metric(&text, "deja_unauthorized_total"), 1.0);
+}
+
+#[tokio::test]
+async fn retries_are_counted_by_cause() {
+    let h = Harness::with(|c| {
+        with_admin(c);
+        c.upstream.retry.initial_backoff_ms = 1;
+        c.upstream.retry.max_backoff_ms = 5;
+    })
+    .await;
+    h.upstream.script(
+        CHAT_PATH,
+        [
+            Scripted::error(429, "slow down"),
+            Scripted::error(503, "busy"),
+        ],
+    );
+    let reply = h.chat(&ask("eventually answered")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let text = h.metrics().await;
+    assert_eq!(
+        metric(&text, "deja_upstream_retries_total{cause=\"429\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "deja_upstream_retries_total{cause=\"503\"}"),
+        1.0
+    );
+    // The request itself succeeded: not an upstream error.
+    assert_eq!(
+        metric(&text, "deja_upstream_errors_total{status=\"503\"}"),
+        0.0
+    );
 }
 
 /// Stores "stored question" at `axis()` and makes "nearby question" embed at cosine 0.95.

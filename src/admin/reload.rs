@@ -1,8 +1,9 @@
 //! Re-reading proxy.toml (and the `DEJA_*` environment) into the running proxy, on
-//! `POST /admin/reload` or SIGHUP. Thresholds, TTLs, verification, keys, limits, prices and
-//! routes apply to the next request; settings bound at start-up (listeners, upstream
-//! connection, store, embedding model, logging) keep their running values and are reported
-//! as needing a restart. An invalid file changes nothing.
+//! `POST /admin/reload` or SIGHUP. Thresholds, TTLs, verification, keys, limits, prices,
+//! routes, retries and the upstream address and key apply to the next request; settings bound
+//! at start-up (listeners, the client's connect/idle timeouts, store, embedding model,
+//! logging) keep their running values and are reported as needing a restart. An invalid file
+//! changes nothing.
 
 use serde::Serialize;
 

@@ -257,8 +257,8 @@ impl Call {
         };
         let sent = Instant::now();
         let result = routing::send(&self.app, &out, self.body.clone(), self.route.as_ref()).await;
+        self.tracker.upstream_call(sent, &result);
         self.tracker.update(|r| {
-            r.upstream_ms = Some(ms(sent));
             if let Ok(Sent {
                 model: Some(model), ..
             }) = &result
