@@ -5,6 +5,8 @@
 
 use std::ops::Range;
 
+use serde_json::Value;
+
 /// The byte range of the value of `key` at the top level of the JSON object `text`. `None`
 /// when `text` is not a well-formed object (as far as the scan needs) or has no such key.
 pub fn top_level_value(text: &str, key: &str) -> Option<Range<usize>> {
@@ -49,6 +51,38 @@ pub fn replace_top_level(text: &str, key: &str, value_json: &str) -> Option<Stri
     out.push_str(value_json);
     out.push_str(&text[range.end..]);
     Some(out)
+}
+
+/// `value` as JSON text with `keys` (those present) first, in that order, then the rest.
+/// Answers are stored this way with `id` and `usage` leading, so a hit finds both without
+/// scanning past the answer's content.
+pub fn with_keys_first(value: &Value, keys: &[&str]) -> String {
+    let Some(object) = value.as_object() else {
+        return value.to_string();
+    };
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    let mut first = true;
+    let mut push = |out: &mut String, key: &str, value: &Value| {
+        if !std::mem::take(&mut first) {
+            out.push(',');
+        }
+        out.push_str(&Value::String(key.to_string()).to_string());
+        out.push(':');
+        out.push_str(&value.to_string());
+    };
+    for key in keys {
+        if let Some(value) = object.get(*key) {
+            push(&mut out, key, value);
+        }
+    }
+    for (key, value) in object {
+        if !keys.contains(&key.as_str()) {
+            push(&mut out, key, value);
+        }
+    }
+    out.push('}');
+    out
 }
 
 fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
@@ -107,7 +141,7 @@ fn skip_value(bytes: &[u8], i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     #[test]
     fn finds_only_top_level_keys() {
@@ -144,6 +178,17 @@ mod tests {
             expected["id"] = json!("chatcmpl-new");
             assert_eq!(serde_json::from_str::<Value>(&replaced).unwrap(), expected);
         }
+    }
+
+    #[test]
+    fn leading_keys_keep_the_value() {
+        let value = json!({"b": 1, "usage": {"x": [1, "a\"b"]}, "id": "i\u{e9}", "a": null});
+        let text = with_keys_first(&value, &["id", "usage", "missing"]);
+        assert!(text.starts_with(r#"{"id":"ié","usage":"#), "{text}");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
+        assert_eq!(&text[top_level_value(&text, "id").unwrap()], "\"ié\"");
+        assert_eq!(with_keys_first(&json!([1]), &["id"]), "[1]");
+        assert_eq!(with_keys_first(&json!({}), &["id"]), "{}");
     }
 
     #[test]

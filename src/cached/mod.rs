@@ -543,7 +543,8 @@ impl Store {
         };
         let has_usage = answer.get("usage").is_some_and(|u| !u.is_null());
         let mut shared = Shared {
-            response: answer.to_string(),
+            // `id` and `usage` first: a hit then reads both without scanning the content.
+            response: crate::json_splice::with_keys_first(&answer, &["id", "usage"]),
             has_usage,
             stored: None,
         };
