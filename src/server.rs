@@ -98,6 +98,16 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         indexed = app.cache.as_ref().map_or(0, |c| c.indexed()),
         "deja listening"
     );
+    {
+        let config = app.config();
+        if config.upstream.api_key.is_some() && !config.managed() {
+            // Anyone who reaches the listener spends this key: say so once.
+            tracing::warn!(
+                "upstream.api_key is set without [[keys]]: every caller that can reach {addr} \
+                 uses it; list deja keys to require authentication"
+            );
+        }
+    }
     let (stop, stopped) = watch::channel(false);
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin = admin_listener.map(|listener| {
