@@ -41,6 +41,9 @@ use deja::clock::SystemClock;
 use deja::config::Config;
 use deja::server::RunningServer;
 
+#[path = "proxy_load/semantic.rs"]
+mod semantic;
+
 const CHAT_PATH: &str = "/v1/chat/completions";
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Fixed rate of the open-loop miss runs.
@@ -107,6 +110,7 @@ fn main() {
     } else {
         load_rt.block_on(hit_section(&servers, plan));
         load_rt.block_on(miss_section(&servers, plan));
+        load_rt.block_on(semantic::semantic_section(&servers, plan));
     }
 
     servers_rt.block_on(servers.stop());
@@ -494,6 +498,8 @@ enum Expect {
     Anything,
     Hit,
     Miss,
+    /// A hit found by the semantic tier.
+    Semantic,
 }
 
 /// Outcomes seen in a run.
@@ -505,6 +511,7 @@ struct Counts {
     miss: u64,
     exact: u64,
     coalesced: u64,
+    semantic: u64,
 }
 
 impl Counts {
@@ -519,6 +526,7 @@ impl Counts {
         match headers.get("x-deja-match").map(HeaderValue::as_bytes) {
             Some(b"exact") => self.exact += 1,
             Some(b"coalesced") => self.coalesced += 1,
+            Some(b"semantic") => self.semantic += 1,
             _ => {}
         }
     }
@@ -530,6 +538,7 @@ impl Counts {
         self.miss += other.miss;
         self.exact += other.exact;
         self.coalesced += other.coalesced;
+        self.semantic += other.semantic;
     }
 
     fn check(&self, expect: Expect, what: &str) {
@@ -545,6 +554,13 @@ impl Counts {
                 self.total,
                 "{what}: {} of {} responses lacked `x-deja-cache: hit`",
                 self.total - self.hit,
+                self.total
+            ),
+            Expect::Semantic => assert_eq!(
+                self.semantic,
+                self.total,
+                "{what}: {} of {} responses lacked `x-deja-match: semantic`",
+                self.total - self.semantic,
                 self.total
             ),
             Expect::Miss => assert_eq!(
@@ -690,9 +706,19 @@ struct Target {
     method: Method,
     body: Bytes,
     expect: Expect,
+    /// A body per worker (worker `i` sends the `i`-th), instead of `body` for all.
+    per_worker: Option<Arc<Vec<Bytes>>>,
 }
 
 impl Target {
+    fn for_worker(&self, worker: usize) -> Target {
+        let mut target = self.clone();
+        if let Some(bodies) = &self.per_worker {
+            target.body = bodies[worker % bodies.len()].clone();
+        }
+        target
+    }
+
     fn request(&self) -> Request<Full<Bytes>> {
         Request::builder()
             .method(self.method.clone())
@@ -715,8 +741,8 @@ async fn closed_loop(
     let start = Instant::now();
     let window = (start + warmup, start + warmup + measure);
     let mut workers = JoinSet::new();
-    for _ in 0..concurrency {
-        let target = target.clone();
+    for worker in 0..concurrency {
+        let target = target.for_worker(worker);
         workers.spawn(async move {
             // One connection per worker: its own pool, one request at a time.
             let client = http_client(1);
@@ -771,18 +797,21 @@ async fn hit_section(servers: &Servers, plan: Plan) {
         method: Method::POST,
         body: body.clone(),
         expect: Expect::Anything,
+        per_worker: None,
     };
     let hit = Target {
         uri: uri(servers.deja.addr, CHAT_PATH),
         method: Method::POST,
         body,
         expect: Expect::Hit,
+        per_worker: None,
     };
     let health = Target {
         uri: uri(servers.deja.addr, "/healthz"),
         method: Method::GET,
         body: Bytes::new(),
         expect: Expect::Anything,
+        per_worker: None,
     };
     let targets = [
         ("bare hyper (baseline)", &bare),
@@ -879,6 +908,7 @@ async fn profile_hits(servers: &Servers, concurrency: usize) {
         method: Method::POST,
         body: chat_body(HIT_PROMPT, false),
         expect: Expect::Hit,
+        per_worker: None,
     };
     let mut load = closed_loop(
         &target,
