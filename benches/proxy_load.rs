@@ -834,20 +834,9 @@ async fn hit_section(servers: &Servers, plan: Plan) {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut at16 = None;
     for concurrency in CONCURRENCY {
-        let mut loads: Vec<Load> = targets.iter().map(|_| Load::default()).collect();
-        // A B C C B A: each target gets two half-length blocks.
-        let order: Vec<usize> = (0..targets.len()).chain((0..targets.len()).rev()).collect();
-        for &i in &order {
-            let block = closed_loop(targets[i].1, concurrency, plan.warmup, plan.measure / 2).await;
-            loads[i].add(block);
-        }
+        let loads = interleaved(&targets, concurrency, plan).await;
         let bare_rate = loads[0].rate();
-        for (i, ((name, target), load)) in targets.iter().zip(loads.iter_mut()).enumerate() {
-            load.counts.check(
-                target.expect,
-                &format!("{name} at concurrency {concurrency}"),
-            );
-            load.latencies_ns.sort_unstable();
+        for (i, ((name, target), load)) in targets.iter().zip(loads.iter()).enumerate() {
             let ratio = if i == 0 {
                 "1 (baseline)".to_string()
             } else {
@@ -895,6 +884,25 @@ async fn hit_section(servers: &Servers, plan: Plan) {
         );
     }
     println!();
+}
+
+/// Runs each target in two half-length blocks, interleaved (A B C C B A) so a drift of the
+/// shared machine affects all alike; checks every response and sorts the latencies.
+async fn interleaved(targets: &[(&str, &Target)], concurrency: usize, plan: Plan) -> Vec<Load> {
+    let mut loads: Vec<Load> = targets.iter().map(|_| Load::default()).collect();
+    let order: Vec<usize> = (0..targets.len()).chain((0..targets.len()).rev()).collect();
+    for &i in &order {
+        let block = closed_loop(targets[i].1, concurrency, plan.warmup, plan.measure / 2).await;
+        loads[i].add(block);
+    }
+    for ((name, target), load) in targets.iter().zip(loads.iter_mut()) {
+        load.counts.check(
+            target.expect,
+            &format!("{name} at concurrency {concurrency}"),
+        );
+        load.latencies_ns.sort_unstable();
+    }
+    loads
 }
 
 fn verdict(met: bool) -> &'static str {

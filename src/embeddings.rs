@@ -20,7 +20,7 @@ use crate::body::{ProxyBody, full};
 use crate::cache::entry::Owner;
 use crate::cache::key::{Hash32, KeyBuilder};
 use crate::cache::{NewEntry, Requirements};
-use crate::cached::{Partition, blocking, read_request};
+use crate::cached::{Partition, blocking, read_routed};
 use crate::control::{self, Controls};
 use crate::error::ApiError;
 use crate::relay::{CACHE_STATUS, response_headers, stream_response};
@@ -100,24 +100,12 @@ pub async fn handle(
     tracker: &Tracker,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
-    let (bytes, json, controls) =
-        match read_request(body, &parts.headers, app.config().server.max_body_bytes).await {
-            Ok(read) => read,
-            Err(err) => {
-                tracker.outcome(Outcome::Error);
-                return err.into_response();
-            }
-        };
-    let model = json
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_string);
     // Aliases only: another model's vectors would not be comparable, so no fallbacks here.
-    let (bytes, json, route) = routing::apply(&app.config().routing, bytes, json, false);
-    tracker.update(|r| {
-        r.model_used = route.as_ref().map(|route| route.model().to_string());
-        r.model_asked = model;
-    });
+    let (bytes, json, controls, route) = match read_routed(&app, body, &parts, tracker, false).await
+    {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
     let response = respond(app, parts, bytes, json, controls, suffix, tracker).await;
     routing::label(response, route.as_ref())
 }

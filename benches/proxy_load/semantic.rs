@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 
 use super::{
-    CHAT_PATH, CONCURRENCY, Expect, HIT_PROMPT, Load, Plan, Servers, Target, cache_header,
-    chat_body, closed_loop, http_client, pct_us, send_whole, uri,
+    CHAT_PATH, CONCURRENCY, Expect, HIT_PROMPT, Plan, Servers, Target, cache_header, chat_body,
+    http_client, interleaved, pct_us, send_whole, uri,
 };
 use deja::clock::SystemClock;
 use deja::config::{Config, EmbeddingProvider};
@@ -102,18 +102,9 @@ pub async fn semantic_section(servers: &Servers, plan: Plan) {
         ("deja semantic hit", &semantic),
     ];
     for concurrency in CONCURRENCY {
-        let mut loads: Vec<Load> = targets.iter().map(|_| Load::default()).collect();
-        for i in [0, 1, 1, 0] {
-            let block = closed_loop(targets[i].1, concurrency, plan.warmup, plan.measure / 2).await;
-            loads[i].add(block);
-        }
+        let loads = interleaved(&targets, concurrency, plan).await;
         let bare_rate = loads[0].rate();
-        for (i, ((name, target), load)) in targets.iter().zip(loads.iter_mut()).enumerate() {
-            load.counts.check(
-                target.expect,
-                &format!("{name} at concurrency {concurrency}"),
-            );
-            load.latencies_ns.sort_unstable();
+        for (i, (name, load)) in targets.iter().map(|t| t.0).zip(loads.iter()).enumerate() {
             let ratio = if i == 0 {
                 "1 (baseline)".to_string()
             } else {

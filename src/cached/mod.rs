@@ -137,24 +137,11 @@ pub async fn handle(
     tracker: &Tracker,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
-    let (body, json, controls) =
-        match read_request(body, &parts.headers, app.config().server.max_body_bytes).await {
-            Ok(read) => read,
-            Err(err) => {
-                tracker.outcome(Outcome::Error);
-                return err.into_response();
-            }
-        };
-    let model = json
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_string);
     // Aliases resolve before the cache key is computed, so an alias shares its model's entries.
-    let (body, json, route) = routing::apply(&app.config().routing, body, json, true);
-    tracker.update(|r| {
-        r.model_used = route.as_ref().map(|route| route.model().to_string());
-        r.model_asked = model;
-    });
+    let (body, json, controls, route) = match read_routed(&app, body, &parts, tracker, true).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
     let call = Call {
         app: app.clone(),
         endpoint,
@@ -180,6 +167,37 @@ pub async fn handle(
         Plan::Cache(lookup) => call.cached(cache, controls, lookup, partition).await,
     };
     routing::label(response, route.as_ref())
+}
+
+/// Reads a request (`read_request`), resolves its model's alias (`routing::apply`; fallbacks
+/// only when `fallbacks`) and notes the model asked and the model routed to in the record.
+/// An unreadable request is answered at once.
+#[allow(clippy::result_large_err)] // the Err is the response itself
+pub(crate) async fn read_routed(
+    app: &App,
+    body: Incoming,
+    parts: &http::request::Parts,
+    tracker: &Tracker,
+    fallbacks: bool,
+) -> Result<(Bytes, Value, Controls, Option<routing::Route>), Response<ProxyBody>> {
+    let limit = app.config().server.max_body_bytes;
+    let (body, json, controls) = match read_request(body, &parts.headers, limit).await {
+        Ok(read) => read,
+        Err(err) => {
+            tracker.outcome(Outcome::Error);
+            return Err(err.into_response());
+        }
+    };
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let (body, json, route) = routing::apply(&app.config().routing, body, json, fallbacks);
+    tracker.update(|r| {
+        r.model_used = route.as_ref().map(|route| route.model().to_string());
+        r.model_asked = model;
+    });
+    Ok((body, json, controls, route))
 }
 
 /// Reads a cached endpoint's request: the body (within `limit`), parsed as a JSON object,
