@@ -16,11 +16,6 @@ use parking_lot::RwLock;
 
 use super::key::Hash32;
 
-/// HNSW build parameters (M, ef_construction) and search breadth, from the field notes:
-/// ef_search 64 gave recall@1 0.945 on random 384-d vectors; we re-score exactly anyway.
-const HNSW_M: usize = 16;
-const HNSW_EF_CONSTRUCTION: usize = 200;
-const HNSW_EF_SEARCH: usize = 64;
 const HNSW_MAX_LAYERS: usize = 16;
 /// Candidates fetched per search, so dead ids can be skipped without a filter (filters
 /// disable hnsw_rs's early exit and were 5x slower).
@@ -33,6 +28,37 @@ const GRAPH_SCALE: f32 = 1.0 - 1e-5;
 pub struct IndexSettings {
     pub hnsw_min_entries: usize,
     pub compact_dead_ratio: f32,
+    pub params: HnswParams,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        Self {
+            hnsw_min_entries: 4096,
+            compact_dead_ratio: 0.25,
+            params: HnswParams::default(),
+        }
+    }
+}
+
+/// HNSW build parameters and search breadth (`benches/index_scale.rs` measures them).
+#[derive(Debug, Clone, Copy)]
+pub struct HnswParams {
+    /// Links per point (M); layer 0 keeps twice as many.
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        // From the field notes: ef_search 64 gave recall@1 0.945 on random 384-d vectors.
+        Self {
+            m: 16,
+            ef_construction: 200,
+            ef_search: 64,
+        }
+    }
 }
 
 /// A search result: the entry id and its exact cosine similarity to the query.
@@ -42,13 +68,18 @@ pub struct Candidate {
     pub similarity: f32,
 }
 
+/// Where the exact f32 vectors live (the store), for re-scoring candidates.
+pub trait VectorSource: Send + Sync {
+    fn vector(&self, id: u64) -> Option<Vec<f32>>;
+}
+
 pub struct VectorIndex {
     settings: IndexSettings,
     partitions: RwLock<HashMap<Hash32, Arc<RwLock<Partition>>>>,
 }
 
 impl VectorIndex {
-    pub fn new(settings: IndexSettings) -> Self {
+    pub fn new(settings: IndexSettings, _source: Arc<dyn VectorSource>) -> Self {
         Self {
             settings,
             partitions: RwLock::new(HashMap::new()),
@@ -72,7 +103,8 @@ impl VectorIndex {
         if let Partition::Flat(flat) = &*partition
             && flat.ids.len() >= self.settings.hnsw_min_entries
         {
-            *partition = Partition::Graph(Graph::build(flat.dim, flat.rows()));
+            *partition =
+                Partition::Graph(Graph::build(flat.dim, flat.rows(), self.settings.params));
         }
     }
 
@@ -83,7 +115,7 @@ impl VectorIndex {
         };
         let rows: Vec<_> = rows.into_iter().filter(|(_, v)| v.len() == dim).collect();
         let partition = if rows.len() >= self.settings.hnsw_min_entries {
-            Partition::Graph(Graph::build(dim, rows))
+            Partition::Graph(Graph::build(dim, rows, self.settings.params))
         } else {
             Partition::Flat(Flat::from_rows(dim, rows))
         };
@@ -111,7 +143,7 @@ impl VectorIndex {
             *guard = if rows.len() < self.settings.hnsw_min_entries {
                 Partition::Flat(Flat::from_rows(graph.dim, rows))
             } else {
-                Partition::Graph(Graph::build(graph.dim, rows))
+                Partition::Graph(Graph::build(graph.dim, rows, self.settings.params))
             };
         }
     }
@@ -262,18 +294,19 @@ impl Flat {
 /// An HNSW graph plus the live vectors (for exact re-scoring and rebuilds).
 struct Graph {
     dim: usize,
+    ef_search: usize,
     hnsw: Hnsw<'static, f32, DistDot>,
     vectors: HashMap<u64, Vec<f32>>,
     dead: HashSet<u64>,
 }
 
 impl Graph {
-    fn build(dim: usize, rows: Vec<(u64, Vec<f32>)>) -> Self {
+    fn build(dim: usize, rows: Vec<(u64, Vec<f32>)>, params: HnswParams) -> Self {
         let hnsw = Hnsw::new(
-            HNSW_M,
+            params.m,
             rows.len().max(1024),
             HNSW_MAX_LAYERS,
-            HNSW_EF_CONSTRUCTION,
+            params.ef_construction,
             DistDot,
         );
         let scaled: Vec<(Vec<f32>, usize)> = rows
@@ -284,6 +317,7 @@ impl Graph {
         hnsw.parallel_insert(&refs);
         Graph {
             dim,
+            ef_search: params.ef_search,
             hnsw,
             vectors: rows.into_iter().collect(),
             dead: HashSet::new(),
@@ -310,7 +344,7 @@ impl Graph {
     fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
         let fetch = k + OVERFETCH + self.dead.len().min(OVERFETCH * 4);
         self.hnsw
-            .search(&scale(query), fetch, HNSW_EF_SEARCH.max(fetch))
+            .search(&scale(query), fetch, self.ef_search.max(fetch))
             .into_iter()
             .filter_map(|neighbour| {
                 let id = neighbour.d_id as u64;
@@ -357,11 +391,23 @@ mod tests {
         Hash32([n; 32])
     }
 
+    /// Test vectors are `unit(id, dim)`, so the source can regenerate them.
+    struct Regenerate(usize);
+
+    impl VectorSource for Regenerate {
+        fn vector(&self, id: u64) -> Option<Vec<f32>> {
+            Some(unit(id, self.0))
+        }
+    }
+
     fn index(hnsw_min_entries: usize) -> VectorIndex {
-        VectorIndex::new(IndexSettings {
-            hnsw_min_entries,
-            compact_dead_ratio: 0.25,
-        })
+        VectorIndex::new(
+            IndexSettings {
+                hnsw_min_entries,
+                ..IndexSettings::default()
+            },
+            Arc::new(Regenerate(0)),
+        )
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod store;
 pub mod verify;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::clock::SharedClock;
 use crate::config::CacheConfig;
@@ -96,10 +97,14 @@ impl Cache {
             store.clear_vectors()?;
             store.set_meta("embedder", embedder_id)?;
         }
-        let index = VectorIndex::new(IndexSettings {
-            hnsw_min_entries: config.hnsw_min_entries,
-            compact_dead_ratio: config.compact_dead_ratio,
-        });
+        let index = VectorIndex::new(
+            IndexSettings {
+                hnsw_min_entries: config.hnsw_min_entries,
+                compact_dead_ratio: config.compact_dead_ratio,
+                ..IndexSettings::default()
+            },
+            Arc::new(store.vector_source()),
+        );
         let mut by_scope: HashMap<Hash32, Vec<(u64, Vec<f32>)>> = HashMap::new();
         for stored in store.vectors() {
             let stored = stored?;

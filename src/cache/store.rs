@@ -11,6 +11,7 @@ use std::path::Path;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::entry::Entry;
+use super::index::VectorSource;
 use super::key::Hash32;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,16 @@ pub struct StoredVector {
     pub id: u64,
     pub scope: Hash32,
     pub vector: Vec<f32>,
+}
+
+/// Reads a stored vector by id (a cheap clone of the `vectors` tree).
+pub struct StoredVectors(sled::Tree);
+
+impl VectorSource for StoredVectors {
+    fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        let bytes = self.0.get(id.to_be_bytes()).ok()??;
+        Some(decode_vector(&bytes).1)
+    }
 }
 
 /// What an insert displaced: the older entry under the same exact key.
@@ -163,6 +174,11 @@ impl Store {
                 vector,
             })
         })
+    }
+
+    /// A handle that reads single vectors, for exact re-scoring in the index.
+    pub fn vector_source(&self) -> StoredVectors {
+        StoredVectors(self.vectors.clone())
     }
 
     /// Drops every vector (the embedding model changed), keeping the entries' exact tier.
