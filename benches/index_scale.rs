@@ -7,9 +7,10 @@
 //! duration is printed with the row. Queries are stored vectors plus noise (cosine ≈ 0.96 to
 //! their source), which is what a cache hit looks like; random vectors are HNSW's worst case.
 //!
-//! Memory is the growth of VmRSS (/proc/self/status) while the index is built, with the data
-//! set already allocated; the f32 vectors the index re-scores from (sled in deja) are that data
-//! set and are not counted. Freed build buffers may stay in the allocator and count.
+//! Memory is the growth of VmRSS (/proc/self/status) from just before the index's input is
+//! copied to just after the build, with the data set (the store's stand-in, which a restored
+//! graph replays from) already allocated and not counted. Freed build buffers the allocator
+//! keeps count, so the figure errs high.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,10 +89,11 @@ fn run(args: &Args, n: usize, dim: usize) {
         data.clone(),
     );
     let scope = Hash32([1; 32]);
+    // Measured before the bulk copy, which the index consumes (and frees, or keeps).
+    let rss_before = rss_bytes();
     let bulk: Vec<(u64, Vec<f32>)> = (0..n)
         .map(|id| (id as u64, data.rows[id * dim..][..dim].to_vec()))
         .collect();
-    let rss_before = rss_bytes();
     let started = Instant::now();
     index.load(scope, bulk);
     let build_rate = n as f64 / started.elapsed().as_secs_f64();

@@ -15,13 +15,15 @@ pub mod key;
 pub mod store;
 pub mod verify;
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::clock::SharedClock;
 use crate::config::CacheConfig;
 use entry::Entry;
-use index::{IndexSettings, VectorIndex};
+use index::{DumpPolicy, Dumps, IndexSettings, VectorIndex};
 use key::Hash32;
 use store::{Store, StoreError};
 use verify::VerifyConfig;
@@ -30,6 +32,11 @@ use verify::VerifyConfig;
 const SEMANTIC_CANDIDATES: usize = 4;
 /// Expired entries removed per sweep step (keeps each blocking step short).
 const SWEEP_BATCH: usize = 1024;
+/// A graph is dumped in the background once it has this many unsaved changes (a restart
+/// replays them: a few seconds of inserts at most) ...
+const DUMP_MIN_CHANGES: u64 = 1000;
+/// ... and no more often than this, since a dump of a million entries writes gigabytes.
+const DUMP_MIN_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What a lookup needs besides the key.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +87,9 @@ pub struct Cache {
     clock: SharedClock,
     ttl_ms: u64,
     verify: VerifyConfig,
+    /// Graph dumps under `dir/index`, reloaded at start-up.
+    dumps: Dumps,
+    last_dump: Mutex<Instant>,
 }
 
 impl Cache {
@@ -93,28 +103,42 @@ impl Cache {
     ) -> Result<Cache, StoreError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| StoreError::Sled(e.into()))?;
         let store = Store::open(&config.dir)?;
+        let dumps = Dumps::open(config.dir.join("index"), embedder_id)
+            .map_err(|e| StoreError::Sled(e.into()))?;
         if store.meta("embedder")?.as_deref() != Some(embedder_id) {
             store.clear_vectors()?;
+            dumps.clear().map_err(|e| StoreError::Sled(e.into()))?;
             store.set_meta("embedder", embedder_id)?;
         }
+        let source = Arc::new(store.vector_source());
         let index = VectorIndex::new(
             IndexSettings {
                 hnsw_min_entries: config.hnsw_min_entries,
                 compact_dead_ratio: config.compact_dead_ratio,
                 ..IndexSettings::default()
             },
-            Arc::new(store.vector_source()),
+            source.clone(),
         );
-        let mut by_scope: HashMap<Hash32, Vec<(u64, Vec<f32>)>> = HashMap::new();
-        for stored in store.vectors() {
-            let stored = stored?;
-            by_scope
-                .entry(stored.scope)
-                .or_default()
-                .push((stored.id, stored.vector));
-        }
-        for (scope, rows) in by_scope {
+        // Large scopes reload their graph dump and replay what changed since; the rest (and
+        // any scope whose dump is missing, stale beyond use or damaged) are built from the
+        // stored vectors.
+        let mut restored = std::collections::HashSet::new();
+        for scoped in store.scoped_ids() {
+            let (scope, ids) = scoped?;
+            if ids.len() >= config.hnsw_min_entries
+                && index.restore(scope, &ids.iter().copied().collect(), &dumps)
+            {
+                restored.insert(scope);
+                continue;
+            }
+            let rows = ids
+                .into_iter()
+                .filter_map(|id| Some((id, index::VectorSource::vector(&*source, id)?)))
+                .collect();
             index.load(scope, rows);
+        }
+        if let Err(err) = dumps.retain(&restored) {
+            tracing::warn!(error = %err, "cleaning index dumps failed");
         }
         Ok(Cache {
             store,
@@ -122,6 +146,8 @@ impl Cache {
             clock,
             ttl_ms: config.ttl_secs.saturating_mul(1000),
             verify: config.verify,
+            dumps,
+            last_dump: Mutex::new(Instant::now()),
         })
     }
 
@@ -249,6 +275,31 @@ impl Cache {
 
     pub fn indexed(&self) -> usize {
         self.index.len()
+    }
+
+    /// Dumps vector graphs so the next start reloads them instead of rebuilding. `all`
+    /// (shutdown) writes every graph changed since its last dump; otherwise only graphs with
+    /// many unsaved changes, at most every few minutes. Returns how many were written.
+    pub fn dump_index(&self, all: bool) -> usize {
+        let policy = if all {
+            DumpPolicy { min_changes: 1 }
+        } else {
+            let mut last = self.last_dump.lock();
+            if last.elapsed() < DUMP_MIN_INTERVAL {
+                return 0;
+            }
+            *last = Instant::now();
+            DumpPolicy {
+                min_changes: DUMP_MIN_CHANGES,
+            }
+        };
+        // Flush first, so a dump rarely covers vectors a crash could still lose (a restart
+        // would only find them dead).
+        if let Err(err) = self.store.flush() {
+            tracing::warn!(error = %err, "flush before index dump failed");
+            return 0;
+        }
+        self.index.dump(&self.dumps, policy)
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {

@@ -2,27 +2,26 @@
 //!
 //! A semantic hit is only allowed between prompts of the same scope, so each scope gets its
 //! own partition and a search never even sees another tenant's or conversation's vectors.
-//! Small partitions (most scopes: one conversation prefix) are searched exactly with ndarray;
-//! a partition that grows past `hnsw_min_entries` gets an `hnsw_rs` graph. HNSW has no delete:
-//! removed ids are remembered as dead, over-fetched past, and the graph is rebuilt once the dead
-//! pass `compact_dead_ratio`. All methods block (CPU work): call them off the async workers.
+//! Small partitions (most scopes: one conversation prefix) are searched exactly (`flat`); a
+//! partition that grows past `hnsw_min_entries` gets an `hnsw_rs` graph (`graph`). HNSW has no delete: removed ids are
+//! remembered as dead, over-fetched past, and the graph is rebuilt once the dead pass
+//! `compact_dead_ratio`. Graphs are dumped to disk (`dump`) so a restart reloads them.
+//! All methods block (CPU work): call them off the async workers.
+
+mod dump;
+mod flat;
+mod graph;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use hnsw_rs::prelude::{DistDot, Hnsw};
-use ndarray::{ArrayView1, ArrayView2};
 use parking_lot::RwLock;
 
-use super::key::Hash32;
+pub use dump::Dumps;
+use flat::Flat;
+use graph::Graph;
 
-const HNSW_MAX_LAYERS: usize = 16;
-/// Candidates fetched per search, so dead ids can be skipped without a filter (filters
-/// disable hnsw_rs's early exit and were 5x slower).
-const OVERFETCH: usize = 10;
-/// hnsw_rs asserts dot <= 1.000002; scaling stored unit vectors down by this much keeps
-/// rounding from tripping it. Similarities are re-scored exactly, so nothing else changes.
-const GRAPH_SCALE: f32 = 1.0 - 1e-5;
+use super::key::Hash32;
 
 #[derive(Debug, Clone, Copy)]
 pub struct IndexSettings {
@@ -52,13 +51,18 @@ pub struct HnswParams {
 
 impl Default for HnswParams {
     fn default() -> Self {
-        // From the field notes: ef_search 64 gave recall@1 0.945 on random 384-d vectors.
         Self {
             m: 16,
             ef_construction: 200,
             ef_search: 64,
         }
     }
+}
+
+/// Where the stored vectors live (the store): a restored graph inserts the ones its dump
+/// lacks from here.
+pub trait VectorSource: Send + Sync {
+    fn vector(&self, id: u64) -> Option<Vec<f32>>;
 }
 
 /// A search result: the entry id and its exact cosine similarity to the query.
@@ -68,20 +72,23 @@ pub struct Candidate {
     pub similarity: f32,
 }
 
-/// Where the exact f32 vectors live (the store), for re-scoring candidates.
-pub trait VectorSource: Send + Sync {
-    fn vector(&self, id: u64) -> Option<Vec<f32>>;
+/// When a graph is worth dumping: how many changes since its last dump.
+#[derive(Debug, Clone, Copy)]
+pub struct DumpPolicy {
+    pub min_changes: u64,
 }
 
 pub struct VectorIndex {
     settings: IndexSettings,
+    source: Arc<dyn VectorSource>,
     partitions: RwLock<HashMap<Hash32, Arc<RwLock<Partition>>>>,
 }
 
 impl VectorIndex {
-    pub fn new(settings: IndexSettings, _source: Arc<dyn VectorSource>) -> Self {
+    pub fn new(settings: IndexSettings, source: Arc<dyn VectorSource>) -> Self {
         Self {
             settings,
+            source,
             partitions: RwLock::new(HashMap::new()),
         }
     }
@@ -92,19 +99,22 @@ impl VectorIndex {
             .partitions
             .write()
             .entry(scope)
-            .or_insert_with(|| Arc::new(RwLock::new(Partition::new(vector.len()))))
+            .or_insert_with(|| Arc::new(RwLock::new(Partition::Flat(Flat::new(vector.len())))))
             .clone();
         let mut partition = partition.write();
         if partition.dim() != vector.len() {
             // A vector from another model; the cache layer prevents this, never mix them.
             return;
         }
-        partition.insert(id, vector);
-        if let Partition::Flat(flat) = &*partition
-            && flat.ids.len() >= self.settings.hnsw_min_entries
-        {
-            *partition =
-                Partition::Graph(Graph::build(flat.dim, flat.rows(), self.settings.params));
+        match &mut *partition {
+            Partition::Flat(flat) => {
+                flat.insert(id, vector);
+                if flat.ids.len() >= self.settings.hnsw_min_entries {
+                    let graph = Graph::from_f32(flat.dim, flat.rows(), self.settings.params);
+                    *partition = Partition::Graph(Box::new(graph));
+                }
+            }
+            Partition::Graph(graph) => graph.insert(id, vector),
         }
     }
 
@@ -115,13 +125,78 @@ impl VectorIndex {
         };
         let rows: Vec<_> = rows.into_iter().filter(|(_, v)| v.len() == dim).collect();
         let partition = if rows.len() >= self.settings.hnsw_min_entries {
-            Partition::Graph(Graph::build(dim, rows, self.settings.params))
+            Partition::Graph(Box::new(Graph::from_f32(dim, rows, self.settings.params)))
         } else {
             Partition::Flat(Flat::from_rows(dim, rows))
         };
         self.partitions
             .write()
             .insert(scope, Arc::new(RwLock::new(partition)));
+    }
+
+    /// Installs `scope`'s graph from its dump, reconciled with `live` (the store's ids for
+    /// the scope): dumped ids not in `live` are dead, ids the dump lacks are inserted. False
+    /// when there is no usable dump, or it covers less than half of `live` (a fresh build is
+    /// then as cheap and better balanced); the caller then uses `load`.
+    pub fn restore(&self, scope: Hash32, live: &HashSet<u64>, dumps: &Dumps) -> bool {
+        let Some(dim) = live
+            .iter()
+            .next()
+            .and_then(|&id| self.source.vector(id))
+            .map(|v| v.len())
+        else {
+            return false;
+        };
+        let Some(hnsw) = dumps.load(&scope, dim) else {
+            return false;
+        };
+        let Some(graph) = Graph::restored(dim, hnsw, live, self.settings.params, &*self.source)
+        else {
+            return false;
+        };
+        let partition = if graph.dead_ratio() > self.settings.compact_dead_ratio {
+            graph.compacted()
+        } else {
+            graph
+        };
+        self.partitions.write().insert(
+            scope,
+            Arc::new(RwLock::new(Partition::Graph(Box::new(partition)))),
+        );
+        true
+    }
+
+    /// Dumps every graph with at least `policy.min_changes` changes since its last dump, and
+    /// forgets dumps of scopes that have no graph any more; returns how many were written.
+    /// Inserts into a scope wait while its graph is written; searches do not.
+    pub fn dump(&self, dumps: &Dumps, policy: DumpPolicy) -> usize {
+        let partitions: Vec<_> = self
+            .partitions
+            .read()
+            .iter()
+            .map(|(scope, p)| (*scope, p.clone()))
+            .collect();
+        let mut written = 0;
+        for (scope, partition) in partitions {
+            let partition = partition.read();
+            let Partition::Graph(graph) = &*partition else {
+                continue;
+            };
+            if graph.unsaved() == 0 || graph.unsaved() < policy.min_changes {
+                continue;
+            }
+            let changes = graph.changes();
+            match dumps.save(&scope, graph.dim, graph.hnsw()) {
+                Ok(()) => {
+                    graph.mark_dumped(changes);
+                    written += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(scope = %scope.short(), error = %err, "index dump failed")
+                }
+            }
+        }
+        written
     }
 
     /// Forgets `id`; its vector is never returned again.
@@ -139,11 +214,10 @@ impl VectorIndex {
         if let Partition::Graph(graph) = &*guard
             && graph.dead_ratio() > self.settings.compact_dead_ratio
         {
-            let rows = graph.rows();
-            *guard = if rows.len() < self.settings.hnsw_min_entries {
-                Partition::Flat(Flat::from_rows(graph.dim, rows))
+            *guard = if graph.live() < self.settings.hnsw_min_entries {
+                Partition::Flat(Flat::from_rows(graph.dim, graph.live_rows()))
             } else {
-                Partition::Graph(Graph::build(graph.dim, rows, self.settings.params))
+                Partition::Graph(Box::new(graph.compacted()))
             };
         }
     }
@@ -157,7 +231,10 @@ impl VectorIndex {
         if partition.dim() != query.len() {
             return Vec::new();
         }
-        let mut found = partition.search(query, k);
+        let mut found = match &*partition {
+            Partition::Flat(flat) => flat.search(query, k),
+            Partition::Graph(graph) => graph.search(query, k),
+        };
         found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
         found.truncate(k);
         found
@@ -180,18 +257,10 @@ impl VectorIndex {
 
 enum Partition {
     Flat(Flat),
-    Graph(Graph),
+    Graph(Box<Graph>),
 }
 
 impl Partition {
-    fn new(dim: usize) -> Self {
-        Partition::Flat(Flat {
-            dim,
-            ids: Vec::new(),
-            vectors: Vec::new(),
-        })
-    }
-
     fn dim(&self) -> usize {
         match self {
             Partition::Flat(flat) => flat.dim,
@@ -202,168 +271,16 @@ impl Partition {
     fn live(&self) -> usize {
         match self {
             Partition::Flat(flat) => flat.ids.len(),
-            Partition::Graph(graph) => graph.vectors.len(),
-        }
-    }
-
-    fn insert(&mut self, id: u64, vector: &[f32]) {
-        match self {
-            Partition::Flat(flat) => {
-                flat.ids.push(id);
-                flat.vectors.extend_from_slice(vector);
-            }
-            Partition::Graph(graph) => graph.insert(id, vector),
+            Partition::Graph(graph) => graph.live(),
         }
     }
 
     fn remove(&mut self, id: u64) {
         match self {
-            Partition::Flat(flat) => {
-                if let Some(row) = flat.ids.iter().position(|&x| x == id) {
-                    flat.ids.swap_remove(row);
-                    let dim = flat.dim;
-                    let last = flat.vectors.len() - dim;
-                    if row * dim != last {
-                        flat.vectors.copy_within(last.., row * dim);
-                    }
-                    flat.vectors.truncate(last);
-                }
-            }
-            Partition::Graph(graph) => {
-                if graph.vectors.remove(&id).is_some() {
-                    graph.dead.insert(id);
-                }
-            }
+            Partition::Flat(flat) => flat.remove(id),
+            Partition::Graph(graph) => graph.remove(id),
         }
     }
-
-    fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
-        match self {
-            Partition::Flat(flat) => flat.search(query, k),
-            Partition::Graph(graph) => graph.search(query, k),
-        }
-    }
-}
-
-/// Exact search over a row-major matrix: one matrix-vector product.
-struct Flat {
-    dim: usize,
-    ids: Vec<u64>,
-    vectors: Vec<f32>,
-}
-
-impl Flat {
-    fn from_rows(dim: usize, rows: Vec<(u64, Vec<f32>)>) -> Self {
-        let mut flat = Flat {
-            dim,
-            ids: Vec::with_capacity(rows.len()),
-            vectors: Vec::with_capacity(rows.len() * dim),
-        };
-        for (id, vector) in rows {
-            flat.ids.push(id);
-            flat.vectors.extend_from_slice(&vector);
-        }
-        flat
-    }
-
-    fn rows(&self) -> Vec<(u64, Vec<f32>)> {
-        self.ids
-            .iter()
-            .zip(self.vectors.chunks_exact(self.dim))
-            .map(|(&id, v)| (id, v.to_vec()))
-            .collect()
-    }
-
-    fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
-        let Ok(matrix) = ArrayView2::from_shape((self.ids.len(), self.dim), &self.vectors) else {
-            return Vec::new();
-        };
-        let scores = matrix.dot(&ArrayView1::from(query));
-        let mut found: Vec<Candidate> = self
-            .ids
-            .iter()
-            .zip(scores.iter())
-            .map(|(&id, &similarity)| Candidate { id, similarity })
-            .collect();
-        found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-        found.truncate(k);
-        found
-    }
-}
-
-/// An HNSW graph plus the live vectors (for exact re-scoring and rebuilds).
-struct Graph {
-    dim: usize,
-    ef_search: usize,
-    hnsw: Hnsw<'static, f32, DistDot>,
-    vectors: HashMap<u64, Vec<f32>>,
-    dead: HashSet<u64>,
-}
-
-impl Graph {
-    fn build(dim: usize, rows: Vec<(u64, Vec<f32>)>, params: HnswParams) -> Self {
-        let hnsw = Hnsw::new(
-            params.m,
-            rows.len().max(1024),
-            HNSW_MAX_LAYERS,
-            params.ef_construction,
-            DistDot,
-        );
-        let scaled: Vec<(Vec<f32>, usize)> = rows
-            .iter()
-            .map(|(id, v)| (scale(v), *id as usize))
-            .collect();
-        let refs: Vec<(&Vec<f32>, usize)> = scaled.iter().map(|(v, id)| (v, *id)).collect();
-        hnsw.parallel_insert(&refs);
-        Graph {
-            dim,
-            ef_search: params.ef_search,
-            hnsw,
-            vectors: rows.into_iter().collect(),
-            dead: HashSet::new(),
-        }
-    }
-
-    fn insert(&mut self, id: u64, vector: &[f32]) {
-        self.hnsw.insert((&scale(vector), id as usize));
-        self.vectors.insert(id, vector.to_vec());
-    }
-
-    fn dead_ratio(&self) -> f32 {
-        let total = self.vectors.len() + self.dead.len();
-        self.dead.len() as f32 / total.max(1) as f32
-    }
-
-    fn rows(&self) -> Vec<(u64, Vec<f32>)> {
-        self.vectors
-            .iter()
-            .map(|(&id, v)| (id, v.clone()))
-            .collect()
-    }
-
-    fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
-        let fetch = k + OVERFETCH + self.dead.len().min(OVERFETCH * 4);
-        self.hnsw
-            .search(&scale(query), fetch, self.ef_search.max(fetch))
-            .into_iter()
-            .filter_map(|neighbour| {
-                let id = neighbour.d_id as u64;
-                let vector = self.vectors.get(&id)?;
-                Some(Candidate {
-                    id,
-                    similarity: dot(query, vector),
-                })
-            })
-            .collect()
-    }
-}
-
-fn scale(vector: &[f32]) -> Vec<f32> {
-    vector.iter().map(|x| x * GRAPH_SCALE).collect()
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Scales `vector` to unit length in place; false for a zero or non-finite vector.
@@ -400,20 +317,20 @@ mod tests {
         }
     }
 
-    fn index(hnsw_min_entries: usize) -> VectorIndex {
+    fn index(hnsw_min_entries: usize, dim: usize) -> VectorIndex {
         VectorIndex::new(
             IndexSettings {
                 hnsw_min_entries,
                 ..IndexSettings::default()
             },
-            Arc::new(Regenerate(0)),
+            Arc::new(Regenerate(dim)),
         )
     }
 
     #[test]
     fn finds_the_same_vector_with_similarity_one() {
         for min in [1_000_000, 1] {
-            let index = index(min);
+            let index = index(min, 64);
             for id in 0..50 {
                 index.insert(scope(1), id, &unit(id, 64));
             }
@@ -426,7 +343,7 @@ mod tests {
 
     #[test]
     fn scopes_never_mix() {
-        let index = index(1_000_000);
+        let index = index(1_000_000, 16);
         index.insert(scope(1), 1, &unit(1, 16));
         assert!(index.search(scope(2), &unit(1, 16), 5).is_empty());
         assert_eq!(index.search(scope(1), &unit(1, 16), 5).len(), 1);
@@ -435,7 +352,7 @@ mod tests {
     #[test]
     fn removed_ids_are_never_returned() {
         for min in [1_000_000, 8] {
-            let index = index(min);
+            let index = index(min, 32);
             for id in 0..40 {
                 index.insert(scope(1), id, &unit(id, 32));
             }
@@ -451,7 +368,7 @@ mod tests {
 
     #[test]
     fn graph_partition_has_good_recall() {
-        let index = index(64);
+        let index = index(64, 48);
         for id in 0..600 {
             index.insert(scope(1), id, &unit(id, 48));
         }
@@ -465,7 +382,7 @@ mod tests {
     #[test]
     fn bulk_load_matches_inserts() {
         for min in [1_000_000, 16] {
-            let index = index(min);
+            let index = index(min, 24);
             let rows: Vec<_> = (0..40).map(|id| (id, unit(id, 24))).collect();
             index.load(scope(1), rows);
             assert_eq!(index.len(), 40);
@@ -475,7 +392,7 @@ mod tests {
 
     #[test]
     fn other_dimensions_are_ignored() {
-        let index = index(1_000_000);
+        let index = index(1_000_000, 16);
         index.insert(scope(1), 1, &unit(1, 16));
         index.insert(scope(1), 2, &unit(1, 32));
         assert_eq!(index.len(), 1);
@@ -484,7 +401,7 @@ mod tests {
 
     #[test]
     fn empty_partitions_are_dropped() {
-        let index = index(1_000_000);
+        let index = index(1_000_000, 16);
         index.insert(scope(1), 1, &unit(1, 16));
         index.remove(scope(1), 1);
         assert!(index.is_empty());
