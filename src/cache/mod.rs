@@ -6,12 +6,14 @@
 //! - `store`: sled persistence
 //! - `index`: the per-scope vector index (exact search, then hnsw_rs)
 //! - `verify`: a second check on semantic candidates (numbers, negation)
+//! - `recency`: least-recently-used order and eviction for the capacity caps
 //!
 //! Every method here blocks; run it with `spawn_blocking`.
 
 pub mod entry;
 pub mod index;
 pub mod key;
+pub mod recency;
 pub mod store;
 pub mod verify;
 
@@ -25,6 +27,7 @@ use crate::config::CacheConfig;
 use entry::Entry;
 use index::{DumpPolicy, Dumps, IndexSettings, VectorIndex};
 use key::Hash32;
+use recency::{Capacity, Recency};
 use store::{Store, StoreError};
 use verify::VerifyConfig;
 
@@ -90,6 +93,10 @@ pub struct Cache {
     /// Graph dumps under `dir/index`, reloaded at start-up.
     dumps: Dumps,
     last_dump: Mutex<Instant>,
+    /// `cache.max_entries` / `cache.max_bytes`.
+    capacity: Capacity,
+    /// Use order for eviction; empty when there is no cap.
+    recency: Recency,
 }
 
 impl Cache {
@@ -123,8 +130,16 @@ impl Cache {
         // any scope whose dump is missing, stale beyond use or damaged) are built from the
         // stored vectors.
         let mut restored = std::collections::HashSet::new();
+        let capacity = Capacity {
+            max_entries: config.max_entries,
+            max_bytes: config.max_bytes,
+        };
+        let mut with_vectors = std::collections::HashSet::new();
         for scoped in store.scoped_ids() {
             let (scope, ids) = scoped?;
+            if capacity.is_limited() {
+                with_vectors.extend(ids.iter().copied());
+            }
             if ids.len() >= config.hnsw_min_entries
                 && index.restore(scope, &ids.iter().copied().collect(), &dumps)
             {
@@ -140,7 +155,7 @@ impl Cache {
         if let Err(err) = dumps.retain(&restored) {
             tracing::warn!(error = %err, "cleaning index dumps failed");
         }
-        Ok(Cache {
+        let cache = Cache {
             store,
             index,
             clock,
@@ -148,7 +163,11 @@ impl Cache {
             verify: config.verify,
             dumps,
             last_dump: Mutex::new(Instant::now()),
-        })
+            capacity,
+            recency: Recency::default(),
+        };
+        cache.load_recency(&with_vectors)?;
+        Ok(cache)
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -164,7 +183,11 @@ impl Cache {
         let Some((id, entry)) = self.store.get_exact(exact)? else {
             return Ok(None);
         };
-        Ok(self.usable(&entry, needs).then_some(Hit {
+        let usable = self.usable(&entry, needs);
+        if usable {
+            self.recency.touched(id);
+        }
+        Ok(usable.then_some(Hit {
             id,
             entry,
             similarity: 1.0,
@@ -202,6 +225,7 @@ impl Cache {
                 outcome.rejected += 1;
                 continue;
             }
+            self.recency.touched(candidate.id);
             outcome.hit = Some(Hit {
                 id: candidate.id,
                 entry,
@@ -239,10 +263,12 @@ impl Cache {
         let (id, replaced) = self.store.insert(&entry, new.vector.as_deref())?;
         if let Some(replaced) = replaced {
             self.index.remove(replaced.scope, replaced.id);
+            self.recency.removed(replaced.id);
         }
         if let Some(vector) = &new.vector {
             self.index.insert(new.scope, id, vector);
         }
+        self.stored(id, &entry, new.vector.as_deref())?;
         Ok((id, now))
     }
 
@@ -252,6 +278,7 @@ impl Cache {
             return Ok(false);
         };
         self.index.remove(entry.scope(), id);
+        self.recency.removed(id);
         Ok(true)
     }
 

@@ -224,6 +224,19 @@ impl Store {
         })
     }
 
+    /// Every entry's id and stored size in bytes, in id order.
+    pub fn entry_sizes(&self) -> impl Iterator<Item = Result<(u64, u64), StoreError>> + '_ {
+        self.entries.iter().map(|item| {
+            let (key, value) = item?;
+            Ok((decode_id(&key), value.len() as u64))
+        })
+    }
+
+    /// The stored size of `id`'s vector.
+    pub fn vector_len(&self, id: u64) -> Option<u64> {
+        Some(self.vectors.get(id.to_be_bytes()).ok()??.len() as u64)
+    }
+
     /// A handle that reads single vectors, for exact re-scoring in the index.
     pub fn vector_source(&self) -> StoredVectors {
         StoredVectors(self.vectors.clone())
