@@ -3,7 +3,8 @@
 //! search over the same data, and resident memory per entry.
 //!
 //! `cargo bench --bench index_scale -- SIZES DIMS [--queries 200] [--m 16] [--efc 200]
-//! [--ef 64] [--inserts 200]`, e.g. `-- 10000,100000 384,1536`. Every run stops by itself; its
+//! [--ef 64,128] [--inserts 200]`, e.g. `-- 10000,100000 384,1536`. Each `--ef` value
+//! (search breadth) is measured on the same build, one row each. Every run stops by itself; its
 //! duration is printed with the row. Queries are stored vectors plus noise (cosine ≈ 0.96 to
 //! their source), which is what a cache hit looks like; random vectors are HNSW's worst case.
 //!
@@ -27,6 +28,7 @@ struct Args {
     queries: usize,
     inserts: usize,
     params: HnswParams,
+    ef: Vec<usize>,
 }
 
 /// The stand-in for sled: every vector, row-major, id = row.
@@ -45,13 +47,13 @@ impl VectorSource for Data {
 fn main() {
     let args = parse();
     println!(
-        "one scope, {} near queries, k={K}, M={} ef_construction={} ef_search={}",
-        args.queries, args.params.m, args.params.ef_construction, args.params.ef_search
+        "one scope, {} near queries, k={K}, M={} ef_construction={}",
+        args.queries, args.params.m, args.params.ef_construction
     );
     println!(
-        "| entries | dim | build (inserts/s) | live insert p50 (ms) | live insert p99 (ms) | search p50 (µs) | search p99 (µs) | recall@1 | RSS/entry (bytes) | run (s) |"
+        "| entries | dim | build (inserts/s) | RSS/entry (bytes) | ef_search | search p50 (µs) | search p99 (µs) | recall@1 | live insert p50 (ms) | live insert p99 (ms) | run (s) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &dim in &args.dims {
         for &n in &args.sizes {
             run(&args, n, dim);
@@ -99,13 +101,23 @@ fn run(args: &Args, n: usize, dim: usize) {
     let build_rate = n as f64 / started.elapsed().as_secs_f64();
     let per_entry = rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
 
-    let mut times = Vec::with_capacity(queries.len());
-    let mut right = 0;
-    for (query, best) in queries.iter().zip(&truth) {
-        let started = Instant::now();
-        let found = index.search(scope, query, K);
-        times.push(started.elapsed().as_secs_f64() * 1e6);
-        right += usize::from(found.first().map(|c| c.id) == Some(*best));
+    let mut rows = Vec::new();
+    for &ef in &args.ef {
+        index.set_ef_search(ef);
+        let mut times = Vec::with_capacity(queries.len());
+        let mut right = 0;
+        for (query, best) in queries.iter().zip(&truth) {
+            let started = Instant::now();
+            let found = index.search(scope, query, K);
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+            right += usize::from(found.first().map(|c| c.id) == Some(*best));
+        }
+        rows.push(format!(
+            "| {n} | {dim} | {build_rate:.0} | {per_entry:.0} | {ef} | {:.0} | {:.0} | {:.3} |",
+            pct(&times, 0.5),
+            pct(&times, 0.99),
+            right as f64 / queries.len() as f64,
+        ));
     }
     let mut inserts = Vec::with_capacity(args.inserts);
     for id in n..n + args.inserts {
@@ -113,15 +125,14 @@ fn run(args: &Args, n: usize, dim: usize) {
         index.insert(scope, id as u64, &data.rows[id * dim..][..dim]);
         inserts.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    println!(
-        "| {n} | {dim} | {build_rate:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.3} | {per_entry:.0} | {:.0} |",
-        pct(&inserts, 0.5),
-        pct(&inserts, 0.99),
-        pct(&times, 0.5),
-        pct(&times, 0.99),
-        right as f64 / queries.len() as f64,
-        started_run.elapsed().as_secs_f64(),
-    );
+    for row in rows {
+        println!(
+            "{row} {:.2} | {:.2} | {:.0} |",
+            pct(&inserts, 0.5),
+            pct(&inserts, 0.99),
+            started_run.elapsed().as_secs_f64(),
+        );
+    }
 }
 
 /// The id of the most similar stored vector for each query, by one matrix product per block.
@@ -162,6 +173,7 @@ fn parse() -> Args {
         queries: 200,
         inserts: 200,
         params: HnswParams::default(),
+        ef: vec![HnswParams::default().ef_search],
     };
     let list = |v: &str| -> Vec<usize> { v.split(',').filter_map(|x| x.parse().ok()).collect() };
     let mut positional = 0;
@@ -173,7 +185,7 @@ fn parse() -> Args {
             "--inserts" => args.inserts = value(),
             "--m" => args.params.m = value(),
             "--efc" => args.params.ef_construction = value(),
-            "--ef" => args.params.ef_search = value(),
+            "--ef" => args.ef = list(&it.next().expect("a list")),
             "--bench" => {}
             other if positional == 0 => {
                 args.sizes = list(other);

@@ -7,9 +7,10 @@
 //! `benches/results/index_scale.md`: without unsafe SIMD dispatch its distance was 4x slower.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hnsw_rs::prelude::{DistDot, Hnsw};
+use hnsw_rs::prelude::{DistDot, Hnsw, Point};
 
 use super::{Candidate, HnswParams, VectorSource};
 
@@ -104,6 +105,10 @@ impl Graph {
         &self.hnsw
     }
 
+    pub fn set_ef_search(&mut self, ef_search: usize) {
+        self.params.ef_search = ef_search;
+    }
+
     pub fn live(&self) -> usize {
         self.live.len()
     }
@@ -126,11 +131,33 @@ impl Graph {
     }
 
     /// A new graph of the live points only (dropping the dead), from the graph's vectors.
+    /// Inserts borrow the old graph's vectors, so the peak is two graphs, not two graphs plus
+    /// a copy of every vector.
     pub fn compacted(&self) -> Graph {
-        let rows: Vec<(u64, Vec<f32>)> = points(&self.hnsw)
-            .filter(|(id, _)| self.live.contains(id))
+        let live: Vec<_> = points(&self.hnsw)
+            .filter(|p| self.live.contains(&(p.get_origin_id() as u64)))
             .collect();
-        Graph::build(self.dim, &rows, self.params)
+        let hnsw = Hnsw::new(
+            self.params.m,
+            live.len().max(1024),
+            MAX_LAYERS,
+            self.params.ef_construction,
+            DistDot,
+        );
+        let slices: Vec<(&[f32], usize)> = live
+            .iter()
+            .map(|p| (p.get_v(), p.get_origin_id()))
+            .collect();
+        hnsw.parallel_insert_slice(&slices);
+        Graph {
+            dim: self.dim,
+            params: self.params,
+            hnsw,
+            live: self.live.clone(),
+            dead: 0,
+            changes: 1,
+            dumped: AtomicU64::new(0),
+        }
     }
 
     /// Changes not yet covered by a dump.
@@ -150,8 +177,9 @@ impl Graph {
     /// The live points' vectors, unscaled (to turn a shrunken graph back into a flat scan).
     pub fn live_rows(&self) -> Vec<(u64, Vec<f32>)> {
         points(&self.hnsw)
+            .map(|p| (p.get_origin_id() as u64, p))
             .filter(|(id, _)| self.live.contains(id))
-            .map(|(id, v)| (id, v.iter().map(|x| x / GRAPH_SCALE).collect()))
+            .map(|(id, p)| (id, p.get_v().iter().map(|x| x / GRAPH_SCALE).collect()))
             .collect()
     }
 
@@ -169,23 +197,16 @@ impl Graph {
     }
 }
 
-/// Every point's id and (scaled) vector (an empty graph has none; hnsw_rs's iterator
-/// would panic on it).
-fn points(hnsw: &GraphHnsw) -> impl Iterator<Item = (u64, Vec<f32>)> + '_ {
+/// Every point of the graph (an empty graph has none; hnsw_rs's iterator would panic on it).
+fn points(hnsw: &GraphHnsw) -> impl Iterator<Item = Arc<Point<'static, f32>>> + '_ {
     let any = hnsw.get_nb_point() > 0;
     any.then(|| hnsw.get_point_indexation().into_iter())
         .into_iter()
         .flatten()
-        .map(|p| (p.get_origin_id() as u64, p.get_v().to_vec()))
 }
 
 fn point_ids(hnsw: &GraphHnsw) -> HashSet<u64> {
-    let any = hnsw.get_nb_point() > 0;
-    any.then(|| hnsw.get_point_indexation().into_iter())
-        .into_iter()
-        .flatten()
-        .map(|p| p.get_origin_id() as u64)
-        .collect()
+    points(hnsw).map(|p| p.get_origin_id() as u64).collect()
 }
 
 fn scale(vector: &[f32]) -> Vec<f32> {
