@@ -5,6 +5,8 @@
 //! the baseline in the same run opens the same store and reads every vector without building
 //! an index (sled alone), so the index rebuild's share is visible.
 //!
+//! `--per-scope=N` measures only that spread.
+//!
 //! `-- ENTRIES DIM --restart`: one scope of ENTRIES; builds its graph once, dumps it, then
 //! starts a fresh process that opens the cache and answers a semantic lookup, and reports
 //! the time from spawning that process to the hit, with its resident memory per entry. Then
@@ -42,7 +44,12 @@ fn main() {
         "| scopes | entries/scope | sled open + read vectors (ms) | Cache::open incl. index rebuild (ms) |"
     );
     println!("|---|---|---|---|");
-    for per_scope in [1, 10, 100, entries] {
+    // `--per-scope=N` runs one spread only (a large store is slow to fill four times).
+    let spreads = match all.iter().find_map(|a| a.strip_prefix("--per-scope=")) {
+        Some(n) => vec![n.parse().expect("--per-scope=N")],
+        None => vec![1, 10, 100, entries],
+    };
+    for per_scope in spreads {
         let scopes = entries / per_scope;
         let dir = tempfile::tempdir().expect("tempdir");
         fill(dir.path(), entries, per_scope, dim);
