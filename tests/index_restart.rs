@@ -185,3 +185,42 @@ fn changes_after_the_dump_are_replayed() {
     }
     assert_eq!(cache.indexed(), ENTRIES - 2);
 }
+
+/// Dumps only save start-up time: a dump directory that cannot be used (here a file is in
+/// its place) leaves the cache working, and rebuilding on the next start.
+#[test]
+fn an_unusable_dump_directory_does_not_disable_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index"), b"not a directory").unwrap();
+    let config = CacheConfig {
+        dir: dir.path().to_path_buf(),
+        hnsw_min_entries: MIN_ENTRIES,
+        ..CacheConfig::default()
+    };
+    let scope = Hash32([7; 32]);
+    let cache = Cache::open(&config, "e", ManualClock::starting_now()).unwrap();
+    for i in 0..ENTRIES {
+        let new = NewEntry {
+            scope,
+            exact: Hash32([i as u8; 32]),
+            model: "m".into(),
+            response: format!("answer {i}"),
+            has_usage: true,
+            vector: Some(basis(i)),
+            prompt: None,
+            ttl_ms: None,
+        };
+        cache.insert(new).unwrap();
+    }
+    assert_eq!(cache.dump_index(true), 0);
+    let needs = Requirements {
+        max_age_ms: None,
+        needs_usage: false,
+    };
+    let hit = cache
+        .lookup_semantic(&scope, &reworded(3), "q", 0.9, needs)
+        .unwrap()
+        .hit
+        .expect("semantic hit");
+    assert_eq!(hit.entry.response, "answer 3");
+}

@@ -110,11 +110,14 @@ impl Cache {
     ) -> Result<Cache, StoreError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| StoreError::Sled(e.into()))?;
         let store = Store::open(&config.dir)?;
-        let dumps = Dumps::open(config.dir.join("index"), embedder_id)
-            .map_err(|e| StoreError::Sled(e.into()))?;
+        // Dumps only save time: failing to use them is a warning, never a cache without store.
+        let dumps = Dumps::new(config.dir.join("index"), embedder_id);
         if store.meta("embedder")?.as_deref() != Some(embedder_id) {
             store.clear_vectors()?;
-            dumps.clear().map_err(|e| StoreError::Sled(e.into()))?;
+            // Leftovers would be refused anyway: each manifest names its embedder.
+            if let Err(err) = dumps.clear() {
+                tracing::warn!(error = %err, "clearing index dumps failed");
+            }
             store.set_meta("embedder", embedder_id)?;
         }
         let source = Arc::new(store.vector_source());

@@ -42,12 +42,15 @@ pub struct Dumps {
 }
 
 impl Dumps {
-    pub fn open(dir: PathBuf, embedder: &str) -> io::Result<Dumps> {
-        fs::create_dir_all(&dir)?;
-        Ok(Dumps {
+    /// Creates `dir` if needed; if that fails, loads find nothing and saves fail (warned).
+    pub fn new(dir: PathBuf, embedder: &str) -> Dumps {
+        if let Err(err) = fs::create_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %err, "index dump directory unusable");
+        }
+        Dumps {
             dir,
             embedder: embedder.to_string(),
-        })
+        }
     }
 
     /// Deletes every dump (the stored vectors were dropped).
@@ -235,7 +238,7 @@ mod tests {
 
     /// An index with ids 0..40 in one graph scope, dumped into `dir` for embedder "e".
     fn dumped(dir: &Path) -> Dumps {
-        let dumps = Dumps::open(dir.to_path_buf(), "e").unwrap();
+        let dumps = Dumps::new(dir.to_path_buf(), "e");
         let index = index();
         for id in 0..40 {
             index.insert(Hash32([1; 32]), id, &unit(id));
@@ -280,7 +283,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         dumped(dir.path());
-        let other = Dumps::open(dir.path().to_path_buf(), "another-model").unwrap();
+        let other = Dumps::new(dir.path().to_path_buf(), "another-model");
         assert!(!index().restore(scope, &live, &other));
 
         for suffix in [".hnsw.data", ".hnsw.graph"] {
