@@ -5,12 +5,23 @@
 //! vectors plus noise (cosine ≈ 0.96 to their source), which is what a cache hit looks like.
 //! The flat search is the baseline measured in the same run.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use deja::cache::index::{IndexSettings, VectorIndex, normalize};
+use deja::cache::index::{IndexSettings, VectorIndex, VectorSource, normalize};
 use deja::cache::key::Hash32;
 
 const QUERIES: usize = 200;
+
+/// The exact vectors the index re-scores from (sled, in deja).
+struct Rows(HashMap<u64, Vec<f32>>);
+
+impl VectorSource for Rows {
+    fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        self.0.get(&id).cloned()
+    }
+}
 
 fn main() {
     let dim: usize = std::env::args()
@@ -40,18 +51,25 @@ fn main() {
             })
             .collect();
 
-        let flat = VectorIndex::new(IndexSettings {
-            hnsw_min_entries: usize::MAX,
-            compact_dead_ratio: 0.25,
-        });
+        let source = Arc::new(Rows(rows.iter().cloned().collect()));
+        let flat = VectorIndex::new(
+            IndexSettings {
+                hnsw_min_entries: usize::MAX,
+                ..IndexSettings::default()
+            },
+            source.clone(),
+        );
         flat.load(scope, rows.clone());
         let (flat_times, flat_ids) = run(&flat, scope, &queries);
 
         let started = Instant::now();
-        let graph = VectorIndex::new(IndexSettings {
-            hnsw_min_entries: 1,
-            compact_dead_ratio: 0.25,
-        });
+        let graph = VectorIndex::new(
+            IndexSettings {
+                hnsw_min_entries: 1,
+                ..IndexSettings::default()
+            },
+            source,
+        );
         graph.load(scope, rows);
         let build_rate = entries as f64 / started.elapsed().as_secs_f64();
         let (graph_times, graph_ids) = run(&graph, scope, &queries);

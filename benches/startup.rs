@@ -4,7 +4,15 @@
 //! `cargo bench --bench startup -- [ENTRIES] [DIM]` (defaults 10000 and 1536). Prints a table;
 //! the baseline in the same run opens the same store and reads every vector without building
 //! an index (sled alone), so the index rebuild's share is visible.
+//!
+//! `--per-scope=N` measures only that spread.
+//!
+//! `-- ENTRIES DIM --restart`: one scope of ENTRIES; builds its graph once, dumps it, then
+//! starts a fresh process that opens the cache and answers a semantic lookup, and reports
+//! the time from spawning that process to the hit, with its resident memory per entry. Then
+//! the same after 1000 more entries were stored without a dump (a crash): they are replayed.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,18 +24,32 @@ use deja::clock::SystemClock;
 use deja::config::CacheConfig;
 
 fn main() {
-    let args: Vec<String> = std::env::args()
+    let all: Vec<String> = std::env::args().collect();
+    let args: Vec<String> = all
+        .iter()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
+        .cloned()
         .collect();
     let entries: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let dim: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1536);
+    if all.iter().any(|a| a == "--open-only") {
+        return restart::open_only(Path::new(&args[2]), dim);
+    }
+    if all.iter().any(|a| a == "--restart") {
+        return restart::run(entries, dim);
+    }
     println!("start-up with {entries} entries, {dim}-d vectors");
     println!(
         "| scopes | entries/scope | sled open + read vectors (ms) | Cache::open incl. index rebuild (ms) |"
     );
     println!("|---|---|---|---|");
-    for per_scope in [1, 10, 100, entries] {
+    // `--per-scope=N` runs one spread only (a large store is slow to fill four times).
+    let spreads = match all.iter().find_map(|a| a.strip_prefix("--per-scope=")) {
+        Some(n) => vec![n.parse().expect("--per-scope=N")],
+        None => vec![1, 10, 100, entries],
+    };
+    for per_scope in spreads {
         let scopes = entries / per_scope;
         let dir = tempfile::tempdir().expect("tempdir");
         fill(dir.path(), entries, per_scope, dim);
@@ -51,7 +73,7 @@ fn main() {
     }
 }
 
-fn fill(dir: &std::path::Path, entries: usize, per_scope: usize, dim: usize) {
+fn fill(dir: &Path, entries: usize, per_scope: usize, dim: usize) {
     let store = Store::open(dir).expect("store");
     store.set_meta("embedder", "bench").expect("meta");
     let mut rng = fastrand::Rng::with_seed(7);
@@ -65,8 +87,7 @@ fn fill(dir: &std::path::Path, entries: usize, per_scope: usize, dim: usize) {
         scope_key[..8].copy_from_slice(&scope);
         let mut exact = [0u8; 32];
         exact[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        let mut vector: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
-        normalize(&mut vector);
+        let vector = unit(&mut rng, dim);
         let entry = Entry {
             scope: scope_key,
             exact,
@@ -81,4 +102,124 @@ fn fill(dir: &std::path::Path, entries: usize, per_scope: usize, dim: usize) {
         store.insert(&entry, Some(&vector)).expect("insert");
     }
     store.flush().expect("flush");
+}
+
+fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
+    let mut vector: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
+    normalize(&mut vector);
+    vector
+}
+
+mod restart {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    use deja::cache::key::Hash32;
+    use deja::cache::{NewEntry, Requirements};
+
+    use super::*;
+
+    const LATE: usize = 1000;
+
+    pub fn run(entries: usize, dim: usize) {
+        println!("restart with one scope of {entries} entries, {dim}-d vectors");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        fill(dir.path(), entries, entries, dim);
+        println!("fill sled: {:.1} s", started.elapsed().as_secs_f64());
+        let config = config(dir.path());
+        let started = Instant::now();
+        let cache = Cache::open(&config, "bench", Arc::new(SystemClock)).expect("open");
+        println!(
+            "cold open (graph built): {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let started = Instant::now();
+        assert_eq!(cache.dump_index(true), 1);
+        println!("dump: {:.1} s", started.elapsed().as_secs_f64());
+        drop(cache);
+        println!(
+            "| start | spawn → first semantic hit (s) | Cache::open (s) | RSS/entry (bytes) |"
+        );
+        println!("|---|---|---|---|");
+        child(dir.path(), dim, "from dump");
+
+        let cache = Cache::open(&config, "bench", Arc::new(SystemClock)).expect("open");
+        let mut rng = fastrand::Rng::with_seed(99);
+        for i in 0..LATE {
+            let mut exact = [0xee; 32];
+            exact[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let new = NewEntry {
+                scope: Hash32([0; 32]),
+                exact: Hash32(exact),
+                model: "gpt-4o-mini".into(),
+                response: "{}".into(),
+                has_usage: true,
+                vector: Some(unit(&mut rng, dim)),
+                prompt: None,
+                ttl_ms: None,
+                owner: Default::default(),
+            };
+            cache.insert(new).expect("insert");
+        }
+        cache.flush().expect("flush");
+        drop(cache);
+        child(dir.path(), dim, &format!("dump + {LATE} stored after it"));
+    }
+
+    fn config(dir: &Path) -> CacheConfig {
+        CacheConfig {
+            dir: dir.to_path_buf(),
+            ..CacheConfig::default()
+        }
+    }
+
+    /// Runs `--open-only` in a new process and prints its row.
+    fn child(dir: &Path, dim: usize, label: &str) {
+        let started = Instant::now();
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .args(["0", &dim.to_string(), &dir.to_string_lossy(), "--open-only"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        let to_hit = started.elapsed().as_secs_f64();
+        child.wait().expect("wait");
+        println!("| {label} | {to_hit:.1} | {} |", line.trim());
+    }
+
+    /// The child: open, look up the first stored vector, report.
+    pub fn open_only(dir: &Path, dim: usize) {
+        let rss = rss_bytes();
+        let started = Instant::now();
+        let cache = Cache::open(&config(dir), "bench", Arc::new(SystemClock)).expect("open");
+        let open_s = started.elapsed().as_secs_f64();
+        let query = unit(&mut fastrand::Rng::with_seed(7), dim);
+        let needs = Requirements {
+            max_age_ms: None,
+            needs_usage: false,
+        };
+        let found = cache
+            .lookup_semantic(&Hash32([0; 32]), &query, "", 0.99, needs)
+            .expect("lookup");
+        let per_entry = rss_bytes().saturating_sub(rss) as f64 / cache.indexed() as f64;
+        let hit = if found.hit.is_some() {
+            ""
+        } else {
+            " (lookup missed)"
+        };
+        println!("{open_s:.1}{hit} | {per_entry:.0}");
+    }
+
+    fn rss_bytes() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
 }

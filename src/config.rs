@@ -130,6 +130,10 @@ pub struct CacheConfig {
     pub compact_dead_ratio: f32,
     /// Scopes with fewer entries are searched exactly; larger ones get an HNSW graph.
     pub hnsw_min_entries: usize,
+    /// Most entries kept; past it the least recently hit (or stored) are evicted. 0: no cap.
+    pub max_entries: u64,
+    /// Most bytes of stored answers and vectors kept, evicting likewise. 0: no cap.
+    pub max_bytes: u64,
     /// The second check on semantic candidates (`[cache.verify]`).
     pub verify: crate::cache::verify::VerifyConfig,
     /// Cache Responses API calls that upstream stores (`store` true or absent). Off: a cached
@@ -150,6 +154,8 @@ impl Default for CacheConfig {
             sweep_interval_secs: 60,
             compact_dead_ratio: 0.25,
             hnsw_min_entries: 4096,
+            max_entries: 0,
+            max_bytes: 0,
             cache_stored_responses: false,
             verify: Default::default(),
         }
@@ -346,6 +352,12 @@ impl Config {
         if !(self.cache.compact_dead_ratio > 0.0 && self.cache.compact_dead_ratio <= 1.0) {
             return invalid("cache.compact_dead_ratio", "must be in (0, 1]");
         }
+        if self.cache.max_bytes > 0 && self.cache.max_bytes < MIN_MAX_BYTES {
+            return invalid(
+                "cache.max_bytes",
+                "must be 0 (no cap) or at least 65536: smaller holds hardly one answer",
+            );
+        }
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes", "must be positive");
         }
@@ -413,6 +425,9 @@ impl Config {
         }
     }
 }
+
+/// The smallest byte cap accepted: one long answer with its vector takes tens of KB.
+const MIN_MAX_BYTES: u64 = 64 * 1024;
 
 fn invalid<T>(key: &str, problem: &str) -> Result<T, ConfigError> {
     Err(ConfigError::Invalid {
@@ -644,6 +659,17 @@ mod tests {
         );
         assert!(config.price("gpt-4").is_none());
         assert!(config.price("gpt-4omni").is_none());
+    }
+
+    #[test]
+    fn capacity_caps_are_validated() {
+        let mut config = Config::default();
+        config.cache.max_entries = 1;
+        config.cache.max_bytes = 64 * 1024;
+        config.validate().unwrap();
+        config.cache.max_bytes = 1000;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("cache.max_bytes"), "{err}");
     }
 
     #[test]

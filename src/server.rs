@@ -135,7 +135,12 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
             loop {
                 ticks.tick().await;
                 let cache = cache.clone();
-                match tokio::task::spawn_blocking(move || cache.sweep_expired()).await {
+                let sweep = move || {
+                    let swept = cache.sweep_expired();
+                    cache.dump_index(false);
+                    swept
+                };
+                match tokio::task::spawn_blocking(sweep).await {
                     Ok(Ok(0)) => {}
                     Ok(Ok(n)) => tracing::debug!(removed = n, "expired entries swept"),
                     Ok(Err(err)) => tracing::warn!(error = %err, "expiry sweep failed"),
@@ -209,6 +214,10 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
         sweeper.abort();
     }
     if let Some(cache) = app.cache.clone() {
-        let _ = tokio::task::spawn_blocking(move || cache.flush()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            cache.dump_index(true);
+            cache.flush()
+        })
+        .await;
     }
 }

@@ -69,6 +69,8 @@ fn keep_start_up_settings(running: &Config, next: &mut Config) -> ReloadReport {
     keep!("cache.hnsw_min_entries", cache.hnsw_min_entries);
     keep!("cache.compact_dead_ratio", cache.compact_dead_ratio);
     keep!("cache.sweep_interval_secs", cache.sweep_interval_secs);
+    keep!("cache.max_entries", cache.max_entries);
+    keep!("cache.max_bytes", cache.max_bytes);
     report
 }
 

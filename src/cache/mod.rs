@@ -6,6 +6,7 @@
 //! - `store`: sled persistence
 //! - `index`: the per-scope vector index (exact search, then hnsw_rs)
 //! - `verify`: a second check on semantic candidates (numbers, negation)
+//! - `recency`: least-recently-used order and eviction for the capacity caps
 //!
 //! Every method here blocks; run it with `spawn_blocking`.
 
@@ -13,19 +14,23 @@ pub mod admin;
 pub mod entry;
 pub mod index;
 pub mod key;
+pub mod recency;
 pub mod store;
 pub mod verify;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use crate::clock::SharedClock;
 use crate::config::CacheConfig;
 use entry::{Entry, Owner};
-use index::{IndexSettings, VectorIndex};
+use index::{DumpPolicy, Dumps, IndexSettings, VectorIndex};
 use key::Hash32;
+use recency::{Capacity, Recency};
 use store::{Store, StoreError};
 use verify::VerifyConfig;
 
@@ -33,6 +38,11 @@ use verify::VerifyConfig;
 const SEMANTIC_CANDIDATES: usize = 4;
 /// Expired entries removed per sweep step (keeps each blocking step short).
 const SWEEP_BATCH: usize = 1024;
+/// A graph is dumped in the background once it has this many unsaved changes (a restart
+/// replays them: a few seconds of inserts at most) ...
+const DUMP_MIN_CHANGES: u64 = 1000;
+/// ... and no more often than this, since a dump of a million entries writes gigabytes.
+const DUMP_MIN_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What a lookup needs besides the key.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +95,13 @@ pub struct Cache {
     /// Both retuned by a configuration reload.
     ttl_ms: AtomicU64,
     verify: ArcSwap<VerifyConfig>,
+    /// Graph dumps under `dir/index`, reloaded at start-up.
+    dumps: Dumps,
+    last_dump: Mutex<Instant>,
+    /// `cache.max_entries` / `cache.max_bytes`.
+    capacity: Capacity,
+    /// Use order for eviction; empty when there is no cap.
+    recency: Recency,
 }
 
 impl Cache {
@@ -98,32 +115,67 @@ impl Cache {
     ) -> Result<Cache, StoreError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| StoreError::Sled(e.into()))?;
         let store = Store::open(&config.dir)?;
+        // Dumps only save time: failing to use them is a warning, never a cache without store.
+        let dumps = Dumps::new(config.dir.join("index"), embedder_id);
         if store.meta("embedder")?.as_deref() != Some(embedder_id) {
             store.clear_vectors()?;
+            // Leftovers would be refused anyway: each manifest names its embedder.
+            if let Err(err) = dumps.clear() {
+                tracing::warn!(error = %err, "clearing index dumps failed");
+            }
             store.set_meta("embedder", embedder_id)?;
         }
-        let index = VectorIndex::new(IndexSettings {
-            hnsw_min_entries: config.hnsw_min_entries,
-            compact_dead_ratio: config.compact_dead_ratio,
-        });
-        let mut by_scope: HashMap<Hash32, Vec<(u64, Vec<f32>)>> = HashMap::new();
-        for stored in store.vectors() {
-            let stored = stored?;
-            by_scope
-                .entry(stored.scope)
-                .or_default()
-                .push((stored.id, stored.vector));
-        }
-        for (scope, rows) in by_scope {
+        let source = Arc::new(store.vector_source());
+        let index = VectorIndex::new(
+            IndexSettings {
+                hnsw_min_entries: config.hnsw_min_entries,
+                compact_dead_ratio: config.compact_dead_ratio,
+                ..IndexSettings::default()
+            },
+            source.clone(),
+        );
+        // Large scopes reload their graph dump and replay what changed since; the rest (and
+        // any scope whose dump is missing, stale beyond use or damaged) are built from the
+        // stored vectors.
+        let mut restored = std::collections::HashSet::new();
+        let capacity = Capacity {
+            max_entries: config.max_entries,
+            max_bytes: config.max_bytes,
+        };
+        let mut with_vectors = std::collections::HashSet::new();
+        for scoped in store.scoped_ids() {
+            let (scope, ids) = scoped?;
+            if capacity.is_limited() {
+                with_vectors.extend(ids.iter().copied());
+            }
+            if ids.len() >= config.hnsw_min_entries
+                && index.restore(scope, &ids.iter().copied().collect(), &dumps)
+            {
+                restored.insert(scope);
+                continue;
+            }
+            let rows = ids
+                .into_iter()
+                .filter_map(|id| Some((id, index::VectorSource::vector(&*source, id)?)))
+                .collect();
             index.load(scope, rows);
         }
-        Ok(Cache {
+        if let Err(err) = dumps.retain(&restored) {
+            tracing::warn!(error = %err, "cleaning index dumps failed");
+        }
+        let cache = Cache {
             store,
             index,
             clock,
             ttl_ms: AtomicU64::new(config.ttl_secs.saturating_mul(1000)),
             verify: ArcSwap::from_pointee(config.verify),
-        })
+            dumps,
+            last_dump: Mutex::new(Instant::now()),
+            capacity,
+            recency: Recency::default(),
+        };
+        cache.load_recency(&with_vectors)?;
+        Ok(cache)
     }
 
     /// Applies a reloaded TTL (for entries stored from now on) and verification settings.
@@ -146,7 +198,11 @@ impl Cache {
         let Some((id, entry)) = self.store.get_exact(exact)? else {
             return Ok(None);
         };
-        Ok(self.usable(&entry, needs).then_some(Hit {
+        let usable = self.usable(&entry, needs);
+        if usable {
+            self.recency.touched(id);
+        }
+        Ok(usable.then_some(Hit {
             id,
             entry,
             similarity: 1.0,
@@ -184,6 +240,7 @@ impl Cache {
                 outcome.rejected += 1;
                 continue;
             }
+            self.recency.touched(candidate.id);
             outcome.hit = Some(Hit {
                 id: candidate.id,
                 entry,
@@ -223,10 +280,12 @@ impl Cache {
         let (id, replaced) = self.store.insert(&entry, new.vector.as_deref())?;
         if let Some(replaced) = replaced {
             self.index.remove(replaced.scope, replaced.id);
+            self.recency.removed(replaced.id);
         }
         if let Some(vector) = &new.vector {
             self.index.insert(new.scope, id, vector);
         }
+        self.stored(id, &entry, new.vector.as_deref())?;
         Ok((id, now))
     }
 
@@ -236,6 +295,7 @@ impl Cache {
             return Ok(false);
         };
         self.index.remove(entry.scope(), id);
+        self.recency.removed(id);
         Ok(true)
     }
 
@@ -259,6 +319,31 @@ impl Cache {
 
     pub fn indexed(&self) -> usize {
         self.index.len()
+    }
+
+    /// Dumps vector graphs so the next start reloads them instead of rebuilding. `all`
+    /// (shutdown) writes every graph changed since its last dump; otherwise only graphs with
+    /// many unsaved changes, at most every few minutes. Returns how many were written.
+    pub fn dump_index(&self, all: bool) -> usize {
+        let policy = if all {
+            DumpPolicy { min_changes: 1 }
+        } else {
+            let mut last = self.last_dump.lock();
+            if last.elapsed() < DUMP_MIN_INTERVAL {
+                return 0;
+            }
+            *last = Instant::now();
+            DumpPolicy {
+                min_changes: DUMP_MIN_CHANGES,
+            }
+        };
+        // Flush first, so a dump rarely covers vectors a crash could still lose (a restart
+        // would only find them dead).
+        if let Err(err) = self.store.flush() {
+            tracing::warn!(error = %err, "flush before index dump failed");
+            return 0;
+        }
+        self.index.dump(&self.dumps, policy)
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {

@@ -1,7 +1,9 @@
 //! Durable storage of entries in sled.
 //!
 //! Trees: `entries` (id → entry), `exact` (exact key → id), `vectors` (id → scope ‖ f32 LE
-//! vector), `expiry` (expires_ms ‖ id → ()), `meta` (settings the data depends on). Ids are
+//! vector), `scoped` (scope ‖ id → (), which ids each scope has, so start-up learns them
+//! without reading every vector), `expiry` (expires_ms ‖ id → ()), `meta` (settings the data
+//! depends on). Ids are
 //! big-endian u64 so trees iterate in order, and the same id is the vector index's point id.
 //! Every write touches all trees in one transaction, so a crash never leaves an exact key
 //! pointing at nothing. All methods block (disk I/O): call them off the async workers.
@@ -11,6 +13,7 @@ use std::path::Path;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::entry::Entry;
+use super::index::VectorSource;
 use super::key::Hash32;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,16 @@ pub struct StoredVector {
     pub vector: Vec<f32>,
 }
 
+/// Reads a stored vector by id (a cheap clone of the `vectors` tree).
+pub struct StoredVectors(sled::Tree);
+
+impl VectorSource for StoredVectors {
+    fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        let bytes = self.0.get(id.to_be_bytes()).ok()??;
+        Some(decode_vector(&bytes).1)
+    }
+}
+
 /// What an insert displaced: the older entry under the same exact key.
 pub struct Replaced {
     pub id: u64,
@@ -48,6 +61,7 @@ pub struct Store {
     entries: sled::Tree,
     exact: sled::Tree,
     vectors: sled::Tree,
+    scoped: sled::Tree,
     expiry: sled::Tree,
     meta: sled::Tree,
 }
@@ -58,14 +72,25 @@ impl Store {
             .path(dir)
             .flush_every_ms(Some(200))
             .open()?;
-        Ok(Store {
+        let store = Store {
             entries: db.open_tree("entries")?,
             exact: db.open_tree("exact")?,
             vectors: db.open_tree("vectors")?,
+            scoped: db.open_tree("scoped")?,
             expiry: db.open_tree("expiry")?,
             meta: db.open_tree("meta")?,
             db,
-        })
+        };
+        // Stores written before `scoped` existed: fill it once.
+        if store.scoped.is_empty() && !store.vectors.is_empty() {
+            for stored in store.vectors() {
+                let stored = stored?;
+                store
+                    .scoped
+                    .insert(scoped_key(stored.scope.as_bytes(), stored.id), &[])?;
+            }
+        }
+        Ok(store)
     }
 
     /// Stores `entry` (and its vector), replacing any entry with the same exact key.
@@ -77,30 +102,37 @@ impl Store {
         let id = self.db.generate_id()?;
         let encoded = entry.encode();
         let vector_bytes = vector.map(|v| encode_vector(&entry.scope, v));
-        let replaced = (&self.entries, &self.exact, &self.vectors, &self.expiry).transaction(
-            |(entries, exact, vectors, expiry)| {
-                let mut replaced = None;
-                if let Some(old) = exact.insert(&entry.exact, &id.to_be_bytes())? {
-                    let old_id = decode_id(&old);
-                    if let Some(old_entry) = entries.remove(&old_id.to_be_bytes())? {
-                        if let Some(old_entry) = Entry::decode(&old_entry) {
-                            expiry.remove(expiry_key(old_entry.expires_ms, old_id).as_slice())?;
-                            replaced = Some(Replaced {
-                                id: old_id,
-                                scope: old_entry.scope(),
-                            });
-                        }
-                        vectors.remove(&old_id.to_be_bytes())?;
+        let trees = (
+            &self.entries,
+            &self.exact,
+            &self.vectors,
+            &self.scoped,
+            &self.expiry,
+        );
+        let replaced = trees.transaction(|(entries, exact, vectors, scoped, expiry)| {
+            let mut replaced = None;
+            if let Some(old) = exact.insert(&entry.exact, &id.to_be_bytes())? {
+                let old_id = decode_id(&old);
+                if let Some(old_entry) = entries.remove(&old_id.to_be_bytes())? {
+                    if let Some(old_entry) = Entry::decode(&old_entry) {
+                        expiry.remove(expiry_key(old_entry.expires_ms, old_id).as_slice())?;
+                        scoped.remove(scoped_key(&old_entry.scope, old_id).as_slice())?;
+                        replaced = Some(Replaced {
+                            id: old_id,
+                            scope: old_entry.scope(),
+                        });
                     }
+                    vectors.remove(&old_id.to_be_bytes())?;
                 }
-                entries.insert(&id.to_be_bytes(), encoded.as_slice())?;
-                if let Some(bytes) = &vector_bytes {
-                    vectors.insert(&id.to_be_bytes(), bytes.as_slice())?;
-                }
-                expiry.insert(expiry_key(entry.expires_ms, id).as_slice(), &[])?;
-                Ok::<_, ConflictableTransactionError<()>>(replaced)
-            },
-        )?;
+            }
+            entries.insert(&id.to_be_bytes(), encoded.as_slice())?;
+            if let Some(bytes) = &vector_bytes {
+                vectors.insert(&id.to_be_bytes(), bytes.as_slice())?;
+                scoped.insert(scoped_key(&entry.scope, id).as_slice(), &[])?;
+            }
+            expiry.insert(expiry_key(entry.expires_ms, id).as_slice(), &[])?;
+            Ok::<_, ConflictableTransactionError<()>>(replaced)
+        })?;
         Ok((id, replaced))
     }
 
@@ -122,22 +154,28 @@ impl Store {
 
     /// Deletes an entry from every tree; returns it if it existed.
     pub fn remove(&self, id: u64) -> Result<Option<Entry>, StoreError> {
-        let removed = (&self.entries, &self.exact, &self.vectors, &self.expiry).transaction(
-            |(entries, exact, vectors, expiry)| {
-                let Some(bytes) = entries.remove(&id.to_be_bytes())? else {
-                    return Ok(None);
-                };
-                vectors.remove(&id.to_be_bytes())?;
-                let Some(entry) = Entry::decode(&bytes) else {
-                    return Ok(None);
-                };
-                expiry.remove(expiry_key(entry.expires_ms, id).as_slice())?;
-                if exact.get(entry.exact)?.map(|v| decode_id(&v)) == Some(id) {
-                    exact.remove(&entry.exact)?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(Some(entry))
-            },
-        )?;
+        let trees = (
+            &self.entries,
+            &self.exact,
+            &self.vectors,
+            &self.scoped,
+            &self.expiry,
+        );
+        let removed = trees.transaction(|(entries, exact, vectors, scoped, expiry)| {
+            let Some(bytes) = entries.remove(&id.to_be_bytes())? else {
+                return Ok(None);
+            };
+            vectors.remove(&id.to_be_bytes())?;
+            let Some(entry) = Entry::decode(&bytes) else {
+                return Ok(None);
+            };
+            scoped.remove(scoped_key(&entry.scope, id).as_slice())?;
+            expiry.remove(expiry_key(entry.expires_ms, id).as_slice())?;
+            if exact.get(entry.exact)?.map(|v| decode_id(&v)) == Some(id) {
+                exact.remove(&entry.exact)?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>(Some(entry))
+        })?;
         Ok(removed)
     }
 
@@ -173,8 +211,48 @@ impl Store {
         })
     }
 
+    /// Every scope that has vectors, with the ids of its vectors, one scope at a time.
+    pub fn scoped_ids(&self) -> impl Iterator<Item = Result<(Hash32, Vec<u64>), StoreError>> + '_ {
+        let mut keys = self.scoped.iter().keys().peekable();
+        std::iter::from_fn(move || {
+            let first = match keys.next()? {
+                Ok(key) => key,
+                Err(err) => return Some(Err(err.into())),
+            };
+            let scope = Hash32::from_slice(&first[..32.min(first.len())])?;
+            let mut ids = vec![decode_id(&first[32..])];
+            while let Some(Ok(key)) = keys.peek() {
+                if key.get(..32) != Some(scope.as_bytes().as_slice()) {
+                    break;
+                }
+                ids.push(decode_id(&key[32..]));
+                keys.next();
+            }
+            Some(Ok((scope, ids)))
+        })
+    }
+
+    /// Every entry's id and stored size in bytes, in id order.
+    pub fn entry_sizes(&self) -> impl Iterator<Item = Result<(u64, u64), StoreError>> + '_ {
+        self.entries.iter().map(|item| {
+            let (key, value) = item?;
+            Ok((decode_id(&key), value.len() as u64))
+        })
+    }
+
+    /// The stored size of `id`'s vector.
+    pub fn vector_len(&self, id: u64) -> Option<u64> {
+        Some(self.vectors.get(id.to_be_bytes()).ok()??.len() as u64)
+    }
+
+    /// A handle that reads single vectors, for exact re-scoring in the index.
+    pub fn vector_source(&self) -> StoredVectors {
+        StoredVectors(self.vectors.clone())
+    }
+
     /// Drops every vector (the embedding model changed), keeping the entries' exact tier.
     pub fn clear_vectors(&self) -> Result<(), StoreError> {
+        self.scoped.clear()?;
         Ok(self.vectors.clear()?)
     }
 
@@ -211,6 +289,13 @@ fn decode_id(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(id)
 }
 
+fn scoped_key(scope: &[u8; 32], id: u64) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..32].copy_from_slice(scope);
+    key[32..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
 fn expiry_key(expires_ms: u64, id: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&expires_ms.to_be_bytes());
@@ -218,8 +303,13 @@ fn expiry_key(expires_ms: u64, id: u64) -> [u8; 16] {
     key
 }
 
+/// The stored size of a vector of `dim` components (scope ‖ f32s).
+pub fn vector_bytes(dim: usize) -> u64 {
+    32 + 4 * dim as u64
+}
+
 fn encode_vector(scope: &[u8; 32], vector: &[f32]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(32 + vector.len() * 4);
+    let mut bytes = Vec::with_capacity(vector_bytes(vector.len()) as usize);
     bytes.extend_from_slice(scope);
     for x in vector {
         bytes.extend_from_slice(&x.to_le_bytes());
@@ -269,7 +359,11 @@ mod tests {
         assert_eq!(vectors[0].vector, vec![0.6, 0.8]);
         assert_eq!(vectors[0].scope, Hash32([1; 32]));
 
+        let scoped: Vec<_> = store.scoped_ids().map(Result::unwrap).collect();
+        assert_eq!(scoped, vec![(Hash32([1; 32]), vec![id])]);
+
         assert!(store.remove(id).unwrap().is_some());
+        assert_eq!(store.scoped_ids().count(), 0);
         assert!(store.get_exact(&Hash32([1; 32])).unwrap().is_none());
         assert_eq!(store.vectors().count(), 0);
         assert!(store.expired(u64::MAX, 10).unwrap().is_empty());
@@ -290,6 +384,27 @@ mod tests {
         );
         assert_eq!(store.expired(150, 10).unwrap(), Vec::<u64>::new());
         assert_eq!(store.vectors().count(), 1);
+    }
+
+    #[test]
+    fn scoped_ids_group_by_scope_and_follow_replacements() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut other = entry(9, 100);
+        other.scope = [2; 32];
+        let (a, _) = store.insert(&entry(1, 100), Some(&[1.0])).unwrap();
+        let (b, _) = store.insert(&other, Some(&[1.0])).unwrap();
+        let (c, _) = store.insert(&entry(2, 100), Some(&[1.0])).unwrap();
+        store.insert(&entry(3, 100), None).unwrap();
+        let (d, _) = store.insert(&entry(1, 200), Some(&[1.0])).unwrap();
+        let scoped: Vec<_> = store.scoped_ids().map(Result::unwrap).collect();
+        assert_eq!(
+            scoped,
+            vec![(Hash32([1; 32]), vec![c, d]), (Hash32([2; 32]), vec![b])]
+        );
+        assert!(a < c);
+        store.clear_vectors().unwrap();
+        assert_eq!(store.scoped_ids().count(), 0);
     }
 
     #[test]

@@ -1,0 +1,216 @@
+//! The vector index at scale: one scope of N random unit vectors (N up to 10^6), measuring bulk
+//! build rate, live insert latency, search latency p50/p99, recall@1 against brute-force exact
+//! search over the same data, and resident memory per entry.
+//!
+//! `cargo bench --bench index_scale -- SIZES DIMS [--queries 200] [--m 16] [--efc 200]
+//! [--ef 64,128] [--inserts 200]`, e.g. `-- 10000,100000 384,1536`. Each `--ef` value
+//! (search breadth) is measured on the same build, one row each. Every run stops by itself; its
+//! duration is printed with the row. Queries are stored vectors plus noise (cosine ≈ 0.96 to
+//! their source), which is what a cache hit looks like; random vectors are HNSW's worst case.
+//!
+//! Memory is the growth of VmRSS (/proc/self/status) from just before the index's input is
+//! copied to just after the build, with the data set (the store's stand-in, which a restored
+//! graph replays from) already allocated and not counted. Freed build buffers the allocator
+//! keeps count, so the figure errs high.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use deja::cache::index::{HnswParams, IndexSettings, VectorIndex, VectorSource, normalize};
+use deja::cache::key::Hash32;
+use ndarray::{ArrayView2, Axis, Slice};
+
+const K: usize = 4;
+
+struct Args {
+    sizes: Vec<usize>,
+    dims: Vec<usize>,
+    queries: usize,
+    inserts: usize,
+    params: HnswParams,
+    ef: Vec<usize>,
+}
+
+/// The stand-in for sled: every vector, row-major, id = row.
+struct Data {
+    dim: usize,
+    rows: Vec<f32>,
+}
+
+impl VectorSource for Data {
+    fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        let start = usize::try_from(id).ok()? * self.dim;
+        self.rows.get(start..start + self.dim).map(<[f32]>::to_vec)
+    }
+}
+
+fn main() {
+    let args = parse();
+    println!(
+        "one scope, {} near queries, k={K}, M={} ef_construction={}",
+        args.queries, args.params.m, args.params.ef_construction
+    );
+    println!(
+        "| entries | dim | build (inserts/s) | RSS/entry (bytes) | ef_search | search p50 (µs) | search p99 (µs) | recall@1 | live insert p50 (ms) | live insert p99 (ms) | run (s) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for &dim in &args.dims {
+        for &n in &args.sizes {
+            run(&args, n, dim);
+        }
+    }
+}
+
+fn run(args: &Args, n: usize, dim: usize) {
+    let started_run = Instant::now();
+    let mut rng = fastrand::Rng::with_seed((n * 31 + dim) as u64);
+    let mut rows = Vec::with_capacity((n + args.inserts) * dim);
+    for _ in 0..n + args.inserts {
+        rows.extend(unit(&mut rng, dim));
+    }
+    let data = Arc::new(Data { dim, rows });
+    let queries: Vec<Vec<f32>> = (0..args.queries)
+        .map(|i| {
+            let source = &data.rows[((i * 7919) % n) * dim..][..dim];
+            let noise = 0.6 / (dim as f32).sqrt();
+            let mut q: Vec<f32> = source
+                .iter()
+                .map(|x| x + (rng.f32() - 0.5) * noise)
+                .collect();
+            normalize(&mut q);
+            q
+        })
+        .collect();
+    let truth = brute_force(&data.rows[..n * dim], dim, &queries);
+
+    let index = VectorIndex::new(
+        IndexSettings {
+            params: args.params,
+            ..IndexSettings::default()
+        },
+        data.clone(),
+    );
+    let scope = Hash32([1; 32]);
+    // Measured before the bulk copy, which the index consumes (and frees, or keeps).
+    let rss_before = rss_bytes();
+    let bulk: Vec<(u64, Vec<f32>)> = (0..n)
+        .map(|id| (id as u64, data.rows[id * dim..][..dim].to_vec()))
+        .collect();
+    let started = Instant::now();
+    index.load(scope, bulk);
+    let build_rate = n as f64 / started.elapsed().as_secs_f64();
+    let per_entry = rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
+
+    let mut rows = Vec::new();
+    for &ef in &args.ef {
+        index.set_ef_search(ef);
+        let mut times = Vec::with_capacity(queries.len());
+        let mut right = 0;
+        for (query, best) in queries.iter().zip(&truth) {
+            let started = Instant::now();
+            let found = index.search(scope, query, K);
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+            right += usize::from(found.first().map(|c| c.id) == Some(*best));
+        }
+        rows.push(format!(
+            "| {n} | {dim} | {build_rate:.0} | {per_entry:.0} | {ef} | {:.0} | {:.0} | {:.3} |",
+            pct(&times, 0.5),
+            pct(&times, 0.99),
+            right as f64 / queries.len() as f64,
+        ));
+    }
+    let mut inserts = Vec::with_capacity(args.inserts);
+    for id in n..n + args.inserts {
+        let started = Instant::now();
+        index.insert(scope, id as u64, &data.rows[id * dim..][..dim]);
+        inserts.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    for row in rows {
+        println!(
+            "{row} {:.2} | {:.2} | {:.0} |",
+            pct(&inserts, 0.5),
+            pct(&inserts, 0.99),
+            started_run.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+/// The id of the most similar stored vector for each query, by one matrix product per block.
+fn brute_force(rows: &[f32], dim: usize, queries: &[Vec<f32>]) -> Vec<u64> {
+    let n = rows.len() / dim;
+    let flat: Vec<f32> = queries.iter().flatten().copied().collect();
+    let q = ArrayView2::from_shape((queries.len(), dim), &flat).expect("queries");
+    let all = ArrayView2::from_shape((n, dim), rows).expect("rows");
+    let mut best = vec![(f32::MIN, 0u64); queries.len()];
+    const BLOCK: usize = 16384;
+    for start in (0..n).step_by(BLOCK) {
+        let end = (start + BLOCK).min(n);
+        let scores = all.slice_axis(Axis(0), Slice::from(start..end)).dot(&q.t());
+        for (row, scores) in scores.outer_iter().enumerate() {
+            for (qi, &score) in scores.iter().enumerate() {
+                if score > best[qi].0 {
+                    best[qi] = (score, (start + row) as u64);
+                }
+            }
+        }
+    }
+    best.into_iter().map(|(_, id)| id).collect()
+}
+
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn parse() -> Args {
+    let mut args = Args {
+        sizes: vec![10_000],
+        dims: vec![384],
+        queries: 200,
+        inserts: 200,
+        params: HnswParams::default(),
+        ef: vec![HnswParams::default().ef_search],
+    };
+    let list = |v: &str| -> Vec<usize> { v.split(',').filter_map(|x| x.parse().ok()).collect() };
+    let mut positional = 0;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().and_then(|v| v.parse().ok()).expect("a number");
+        match arg.as_str() {
+            "--queries" => args.queries = value(),
+            "--inserts" => args.inserts = value(),
+            "--m" => args.params.m = value(),
+            "--efc" => args.params.ef_construction = value(),
+            "--ef" => args.ef = list(&it.next().expect("a list")),
+            "--bench" => {}
+            other if positional == 0 => {
+                args.sizes = list(other);
+                positional += 1;
+            }
+            other => {
+                args.dims = list(other);
+                positional += 1;
+            }
+        }
+    }
+    args
+}
+
+fn pct(times: &[f64], q: f64) -> f64 {
+    if times.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
+    normalize(&mut v);
+    v
+}

@@ -1,0 +1,422 @@
+//! The in-process vector index, partitioned by scope.
+//!
+//! A semantic hit is only allowed between prompts of the same scope, so each scope gets its
+//! own partition and a search never even sees another tenant's or conversation's vectors.
+//! Small partitions (most scopes: one conversation prefix) are searched exactly (`flat`); a
+//! partition that grows past `hnsw_min_entries` gets an `hnsw_rs` graph (`graph`). HNSW has no delete: removed ids are
+//! remembered as dead, over-fetched past, and the graph is rebuilt once the dead pass
+//! `compact_dead_ratio`. Graphs are dumped to disk (`dump`) so a restart reloads them.
+//! All methods block (CPU work): call them off the async workers.
+
+mod dump;
+mod flat;
+mod graph;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+pub use dump::Dumps;
+use flat::Flat;
+use graph::Graph;
+
+use super::key::Hash32;
+
+#[derive(Debug, Clone, Copy)]
+pub struct IndexSettings {
+    pub hnsw_min_entries: usize,
+    pub compact_dead_ratio: f32,
+    pub params: HnswParams,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        Self {
+            hnsw_min_entries: 4096,
+            compact_dead_ratio: 0.25,
+            params: HnswParams::default(),
+        }
+    }
+}
+
+/// HNSW build parameters and search breadth (`benches/index_scale.rs` measures them).
+#[derive(Debug, Clone, Copy)]
+pub struct HnswParams {
+    /// Links per point (M); layer 0 keeps twice as many.
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+}
+
+impl Default for HnswParams {
+    /// ef_search 128: on 100k random 384-d vectors recall@1 was 0.970 at 64 and 1.000 at 128
+    /// (`benches/results/index_scale.md`). A missed hit costs an upstream call; the wider
+    /// search costs about 2x a search of a few ms.
+    fn default() -> Self {
+        Self {
+            m: 16,
+            ef_construction: 200,
+            ef_search: 128,
+        }
+    }
+}
+
+/// Where the stored vectors live (the store): a restored graph inserts the ones its dump
+/// lacks from here.
+pub trait VectorSource: Send + Sync {
+    fn vector(&self, id: u64) -> Option<Vec<f32>>;
+}
+
+/// A search result: the entry id and its exact cosine similarity to the query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    pub id: u64,
+    pub similarity: f32,
+}
+
+/// When a graph is worth dumping: how many changes since its last dump.
+#[derive(Debug, Clone, Copy)]
+pub struct DumpPolicy {
+    pub min_changes: u64,
+}
+
+pub struct VectorIndex {
+    settings: IndexSettings,
+    source: Arc<dyn VectorSource>,
+    partitions: RwLock<HashMap<Hash32, Arc<RwLock<Partition>>>>,
+}
+
+impl VectorIndex {
+    pub fn new(settings: IndexSettings, source: Arc<dyn VectorSource>) -> Self {
+        Self {
+            settings,
+            source,
+            partitions: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Adds a unit vector for `id` in `scope`.
+    pub fn insert(&self, scope: Hash32, id: u64, vector: &[f32]) {
+        let partition = self
+            .partitions
+            .write()
+            .entry(scope)
+            .or_insert_with(|| Arc::new(RwLock::new(Partition::Flat(Flat::new(vector.len())))))
+            .clone();
+        let mut partition = partition.write();
+        if partition.dim() != vector.len() {
+            // A vector from another model; the cache layer prevents this, never mix them.
+            return;
+        }
+        match &mut *partition {
+            Partition::Flat(flat) => {
+                flat.insert(id, vector);
+                if flat.ids.len() >= self.settings.hnsw_min_entries {
+                    let graph = Graph::from_f32(flat.dim, flat.rows(), self.settings.params);
+                    *partition = Partition::Graph(Box::new(graph));
+                }
+            }
+            Partition::Graph(graph) => graph.insert(id, vector),
+        }
+    }
+
+    /// Replaces a whole partition at once (start-up): one bulk graph build, not many inserts.
+    pub fn load(&self, scope: Hash32, rows: Vec<(u64, Vec<f32>)>) {
+        let Some(dim) = rows.first().map(|(_, v)| v.len()) else {
+            return;
+        };
+        let rows: Vec<_> = rows.into_iter().filter(|(_, v)| v.len() == dim).collect();
+        let partition = if rows.len() >= self.settings.hnsw_min_entries {
+            Partition::Graph(Box::new(Graph::from_f32(dim, rows, self.settings.params)))
+        } else {
+            Partition::Flat(Flat::from_rows(dim, rows))
+        };
+        self.partitions
+            .write()
+            .insert(scope, Arc::new(RwLock::new(partition)));
+    }
+
+    /// Installs `scope`'s graph from its dump, reconciled with `live` (the store's ids for
+    /// the scope): dumped ids not in `live` are dead, ids the dump lacks are inserted. False
+    /// when there is no usable dump, or it covers less than half of `live` (a fresh build is
+    /// then as cheap and better balanced); the caller then uses `load`.
+    pub fn restore(&self, scope: Hash32, live: &HashSet<u64>, dumps: &Dumps) -> bool {
+        let Some(dim) = live
+            .iter()
+            .next()
+            .and_then(|&id| self.source.vector(id))
+            .map(|v| v.len())
+        else {
+            return false;
+        };
+        let Some(hnsw) = dumps.load(&scope, dim) else {
+            return false;
+        };
+        let Some(graph) = Graph::restored(dim, hnsw, live, self.settings.params, &*self.source)
+        else {
+            return false;
+        };
+        let partition = if graph.dead_ratio() > self.settings.compact_dead_ratio {
+            graph.compacted()
+        } else {
+            graph
+        };
+        self.partitions.write().insert(
+            scope,
+            Arc::new(RwLock::new(Partition::Graph(Box::new(partition)))),
+        );
+        true
+    }
+
+    /// Dumps every graph with at least `policy.min_changes` changes since its last dump, and
+    /// forgets dumps of scopes that have no graph any more; returns how many were written.
+    /// Inserts into a scope wait while its graph is written; searches do not.
+    pub fn dump(&self, dumps: &Dumps, policy: DumpPolicy) -> usize {
+        let partitions: Vec<_> = self
+            .partitions
+            .read()
+            .iter()
+            .map(|(scope, p)| (*scope, p.clone()))
+            .collect();
+        let mut written = 0;
+        for (scope, partition) in partitions {
+            let partition = partition.read();
+            let Partition::Graph(graph) = &*partition else {
+                continue;
+            };
+            if graph.unsaved() == 0 || graph.unsaved() < policy.min_changes {
+                continue;
+            }
+            let changes = graph.changes();
+            match dumps.save(&scope, graph.dim, graph.hnsw()) {
+                Ok(()) => {
+                    graph.mark_dumped(changes);
+                    written += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(scope = %scope.short(), error = %err, "index dump failed")
+                }
+            }
+        }
+        written
+    }
+
+    /// Forgets `id`; its vector is never returned again.
+    pub fn remove(&self, scope: Hash32, id: u64) {
+        let Some(partition) = self.partitions.read().get(&scope).cloned() else {
+            return;
+        };
+        let mut guard = partition.write();
+        guard.remove(id);
+        if guard.live() == 0 {
+            drop(guard);
+            self.partitions.write().remove(&scope);
+            return;
+        }
+        if let Partition::Graph(graph) = &*guard
+            && graph.dead_ratio() > self.settings.compact_dead_ratio
+        {
+            *guard = if graph.live() < self.settings.hnsw_min_entries {
+                Partition::Flat(Flat::from_rows(graph.dim, graph.live_rows()))
+            } else {
+                Partition::Graph(Box::new(graph.compacted()))
+            };
+        }
+    }
+
+    /// Up to `k` live candidates in `scope`, most similar first.
+    pub fn search(&self, scope: Hash32, query: &[f32], k: usize) -> Vec<Candidate> {
+        let Some(partition) = self.partitions.read().get(&scope).cloned() else {
+            return Vec::new();
+        };
+        let partition = partition.read();
+        if partition.dim() != query.len() {
+            return Vec::new();
+        }
+        let mut found = match &*partition {
+            Partition::Flat(flat) => flat.search(query, k),
+            Partition::Graph(graph) => graph.search(query, k),
+        };
+        found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        found.truncate(k);
+        found
+    }
+
+    /// Sets the search breadth of the existing graphs (benches compare several on one build).
+    pub fn set_ef_search(&self, ef_search: usize) {
+        for partition in self.partitions.read().values() {
+            if let Partition::Graph(graph) = &mut *partition.write() {
+                graph.set_ef_search(ef_search);
+            }
+        }
+    }
+
+    /// Live vectors across all partitions.
+    pub fn len(&self) -> usize {
+        let partitions: Vec<_> = self.partitions.read().values().cloned().collect();
+        partitions.iter().map(|p| p.read().live()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&self) {
+        self.partitions.write().clear();
+    }
+}
+
+enum Partition {
+    Flat(Flat),
+    Graph(Box<Graph>),
+}
+
+impl Partition {
+    fn dim(&self) -> usize {
+        match self {
+            Partition::Flat(flat) => flat.dim,
+            Partition::Graph(graph) => graph.dim,
+        }
+    }
+
+    fn live(&self) -> usize {
+        match self {
+            Partition::Flat(flat) => flat.ids.len(),
+            Partition::Graph(graph) => graph.live(),
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        match self {
+            Partition::Flat(flat) => flat.remove(id),
+            Partition::Graph(graph) => graph.remove(id),
+        }
+    }
+}
+
+/// Scales `vector` to unit length in place; false for a zero or non-finite vector.
+pub fn normalize(vector: &mut [f32]) -> bool {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if !(norm.is_finite() && norm > 0.0) {
+        return false;
+    }
+    vector.iter_mut().for_each(|x| *x /= norm);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
+        normalize(&mut v);
+        v
+    }
+
+    fn scope(n: u8) -> Hash32 {
+        Hash32([n; 32])
+    }
+
+    /// Test vectors are `unit(id, dim)`, so the source can regenerate them.
+    struct Regenerate(usize);
+
+    impl VectorSource for Regenerate {
+        fn vector(&self, id: u64) -> Option<Vec<f32>> {
+            Some(unit(id, self.0))
+        }
+    }
+
+    fn index(hnsw_min_entries: usize, dim: usize) -> VectorIndex {
+        VectorIndex::new(
+            IndexSettings {
+                hnsw_min_entries,
+                ..IndexSettings::default()
+            },
+            Arc::new(Regenerate(dim)),
+        )
+    }
+
+    #[test]
+    fn finds_the_same_vector_with_similarity_one() {
+        for min in [1_000_000, 1] {
+            let index = index(min, 64);
+            for id in 0..50 {
+                index.insert(scope(1), id, &unit(id, 64));
+            }
+            let found = index.search(scope(1), &unit(7, 64), 3);
+            assert_eq!(found[0].id, 7, "hnsw_min_entries={min}");
+            assert!((found[0].similarity - 1.0).abs() < 1e-4);
+            assert!(found[1].similarity < found[0].similarity);
+        }
+    }
+
+    #[test]
+    fn scopes_never_mix() {
+        let index = index(1_000_000, 16);
+        index.insert(scope(1), 1, &unit(1, 16));
+        assert!(index.search(scope(2), &unit(1, 16), 5).is_empty());
+        assert_eq!(index.search(scope(1), &unit(1, 16), 5).len(), 1);
+    }
+
+    #[test]
+    fn removed_ids_are_never_returned() {
+        for min in [1_000_000, 8] {
+            let index = index(min, 32);
+            for id in 0..40 {
+                index.insert(scope(1), id, &unit(id, 32));
+            }
+            for id in 0..30 {
+                index.remove(scope(1), id);
+            }
+            assert_eq!(index.len(), 10);
+            let found = index.search(scope(1), &unit(3, 32), 20);
+            assert!(found.iter().all(|c| c.id >= 30), "min={min}: {found:?}");
+            assert_eq!(found.len(), 10);
+        }
+    }
+
+    #[test]
+    fn graph_partition_has_good_recall() {
+        let index = index(64, 48);
+        for id in 0..600 {
+            index.insert(scope(1), id, &unit(id, 48));
+        }
+        let hits = (0..600)
+            .step_by(7)
+            .filter(|&id| index.search(scope(1), &unit(id, 48), 1)[0].id == id)
+            .count();
+        assert!(hits >= 84, "recall {hits}/86");
+    }
+
+    #[test]
+    fn bulk_load_matches_inserts() {
+        for min in [1_000_000, 16] {
+            let index = index(min, 24);
+            let rows: Vec<_> = (0..40).map(|id| (id, unit(id, 24))).collect();
+            index.load(scope(1), rows);
+            assert_eq!(index.len(), 40);
+            assert_eq!(index.search(scope(1), &unit(9, 24), 1)[0].id, 9);
+        }
+    }
+
+    #[test]
+    fn other_dimensions_are_ignored() {
+        let index = index(1_000_000, 16);
+        index.insert(scope(1), 1, &unit(1, 16));
+        index.insert(scope(1), 2, &unit(1, 32));
+        assert_eq!(index.len(), 1);
+        assert!(index.search(scope(1), &unit(1, 32), 1).is_empty());
+    }
+
+    #[test]
+    fn empty_partitions_are_dropped() {
+        let index = index(1_000_000, 16);
+        index.insert(scope(1), 1, &unit(1, 16));
+        index.remove(scope(1), 1);
+        assert!(index.is_empty());
+        assert!(index.partitions.read().is_empty());
+    }
+}
