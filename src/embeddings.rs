@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::app::App;
 use crate::body::{ProxyBody, full};
 use crate::cache::key::{Hash32, KeyBuilder};
+use crate::cache::store::StoreError;
 use crate::cache::{NewEntry, Requirements};
 use crate::cached::{Partition, blocking, read_request};
 use crate::control;
@@ -242,9 +243,14 @@ fn store(
     let cache = cache.clone();
     tokio::task::spawn_blocking(move || {
         for entry in entries {
-            if let Err(err) = cache.insert(entry) {
-                tracing::warn!(error = %err, "cache store failed; embedding not cached");
-                return;
+            match cache.insert(entry) {
+                Ok(_) => {}
+                // Disk trouble is warned about once, by the cache itself.
+                Err(StoreError::WritesOff) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cache store failed; embedding not cached");
+                    return;
+                }
             }
         }
     });

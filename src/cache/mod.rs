@@ -6,20 +6,26 @@
 //! - `store`: sled persistence
 //! - `index`: the per-scope vector index (exact search, then hnsw_rs)
 //! - `verify`: a second check on semantic candidates (numbers, negation)
+//! - `health`: write failures (full or read-only disk) turn writes off, then probe and recover
 //!
 //! Every method here blocks; run it with `spawn_blocking`.
 
 pub mod entry;
+pub mod health;
 pub mod index;
 pub mod key;
 pub mod store;
 pub mod verify;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 
 use crate::clock::SharedClock;
 use crate::config::CacheConfig;
 use entry::Entry;
+use health::{Permit, WriteHealth};
 use index::{IndexSettings, VectorIndex};
 use key::Hash32;
 use store::{Store, StoreError};
@@ -74,7 +80,10 @@ pub struct NewEntry {
 }
 
 pub struct Cache {
-    store: Store,
+    /// `None` only while a probe reopens it, or when reopening failed (lookups then miss).
+    store: RwLock<Option<Store>>,
+    dir: PathBuf,
+    health: WriteHealth,
     index: VectorIndex,
     clock: SharedClock,
     ttl_ms: u64,
@@ -112,7 +121,9 @@ impl Cache {
             index.load(scope, rows);
         }
         Ok(Cache {
-            store,
+            store: RwLock::new(Some(store)),
+            dir: config.dir.clone(),
+            health: WriteHealth::new(),
             index,
             clock,
             ttl_ms: config.ttl_secs.saturating_mul(1000),
@@ -124,13 +135,86 @@ impl Cache {
         self.clock.now_ms()
     }
 
+    /// The store for reading. A lookup never waits for a reopen: it misses instead.
+    fn store(&self) -> Result<MappedRwLockReadGuard<'_, Store>, StoreError> {
+        let guard = self.store.try_read().ok_or(StoreError::Unavailable)?;
+        RwLockReadGuard::try_map(guard, Option::as_ref).map_err(|_| StoreError::Unavailable)
+    }
+
+    /// Runs a write under the health rules: skipped while writes are off, counted and turning
+    /// writes off when it fails, and once the backoff has passed run as a probe on a reopened
+    /// store, made durable before writes count as on again.
+    fn write<T>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let now = self.now_ms();
+        let probe = match self.health.permit(now) {
+            Permit::Write => false,
+            Permit::Skip => return Err(StoreError::WritesOff),
+            Permit::Probe => true,
+        };
+        let result = (|| -> Result<T, StoreError> {
+            if probe {
+                self.reopen()?;
+            }
+            let guard = self.store.read();
+            let store = guard.as_ref().ok_or(StoreError::Unavailable)?;
+            let value = work(store)?;
+            if probe {
+                store.flush()?;
+            }
+            Ok(value)
+        })();
+        match result {
+            Ok(value) => {
+                if probe {
+                    self.health.succeeded();
+                }
+                Ok(value)
+            }
+            Err(err) => {
+                self.health.failed(now, &err);
+                Err(StoreError::WritesOff)
+            }
+        }
+    }
+
+    /// Drops the store and opens it again (sled holds a file lock, so never two at once).
+    /// Vectors of writes lost with the old instance stay in the index; their ids are never
+    /// reused and lookups skip ids the store does not have.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.store.write();
+        *slot = None;
+        *slot = Some(Store::open(&self.dir)?);
+        Ok(())
+    }
+
+    /// Whether cache writes are on (off after a disk error, until a probe succeeds).
+    pub fn writes_enabled(&self) -> bool {
+        self.health.writes_enabled()
+    }
+
+    /// Cache writes that failed since start-up (disk full, read-only, I/O errors).
+    pub fn write_failures(&self) -> u64 {
+        self.health.failures()
+    }
+
+    /// Cache writes skipped because writes were off.
+    pub fn writes_skipped(&self) -> u64 {
+        self.health.skipped()
+    }
+
     /// The entry stored under exactly this request, if usable.
     pub fn lookup_exact(
         &self,
         exact: &Hash32,
         needs: Requirements,
     ) -> Result<Option<Hit>, StoreError> {
-        let Some((id, entry)) = self.store.get_exact(exact)? else {
+        let Ok(store) = self.store() else {
+            return Ok(None);
+        };
+        let Some((id, entry)) = store.get_exact(exact)? else {
             return Ok(None);
         };
         Ok(self.usable(&entry, needs).then_some(Hit {
@@ -157,7 +241,10 @@ impl Cache {
             if candidate.similarity < threshold {
                 break;
             }
-            let Some(entry) = self.store.get(candidate.id)? else {
+            let Ok(store) = self.store() else {
+                break;
+            };
+            let Some(entry) = store.get(candidate.id)? else {
                 continue;
             };
             // The index is per scope already; checking again costs nothing and guards the
@@ -205,7 +292,7 @@ impl Cache {
             response: new.response,
             prompt: new.prompt,
         };
-        let (id, replaced) = self.store.insert(&entry, new.vector.as_deref())?;
+        let (id, replaced) = self.write(|store| store.insert(&entry, new.vector.as_deref()))?;
         if let Some(replaced) = replaced {
             self.index.remove(replaced.scope, replaced.id);
         }
@@ -217,7 +304,7 @@ impl Cache {
 
     /// Removes one entry from the store and the index.
     pub fn remove(&self, id: u64) -> Result<bool, StoreError> {
-        let Some(entry) = self.store.remove(id)? else {
+        let Some(entry) = self.write(|store| store.remove(id))? else {
             return Ok(false);
         };
         self.index.remove(entry.scope(), id);
@@ -227,8 +314,11 @@ impl Cache {
     /// Deletes every expired entry; returns how many.
     pub fn sweep_expired(&self) -> Result<usize, StoreError> {
         let mut removed = 0;
+        if !self.health.writes_enabled() {
+            return Ok(0); // expired entries are not served; they go once writes are back
+        }
         loop {
-            let ids = self.store.expired(self.now_ms(), SWEEP_BATCH)?;
+            let ids = self.store()?.expired(self.now_ms(), SWEEP_BATCH)?;
             if ids.is_empty() {
                 return Ok(removed);
             }
@@ -239,7 +329,7 @@ impl Cache {
     }
 
     pub fn entries(&self) -> usize {
-        self.store.len()
+        self.store().map_or(0, |store| store.len())
     }
 
     pub fn indexed(&self) -> usize {
@@ -247,6 +337,6 @@ impl Cache {
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.store.flush()
+        self.store()?.flush()
     }
 }

@@ -19,6 +19,12 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("cache store: transaction: {0}")]
     Transaction(String),
+    /// Writes are off after a write failure (see `cache::health`); not itself a new failure.
+    #[error("cache store: writes are off after a disk error")]
+    WritesOff,
+    /// The store is being reopened, or could not be reopened after a disk error.
+    #[error("cache store: unavailable")]
+    Unavailable,
 }
 
 impl From<TransactionError<()>> for StoreError {

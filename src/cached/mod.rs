@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::app::App;
 use crate::body::{BoxError, ProxyBody, full, streaming};
 use crate::cache::key::Hash32;
+use crate::cache::store::StoreError;
 use crate::cache::{Cache, NewEntry, Requirements};
 use crate::coalesce::{Leader, Role, Shared};
 use crate::control::{self, Controls};
@@ -485,6 +486,10 @@ impl Store {
             Ok(Ok(stored)) => {
                 tracing::debug!(entry = stored.0, "stored");
                 shared.stored = Some(stored);
+            }
+            // Disk trouble is warned about once, by the cache itself.
+            Ok(Err(StoreError::WritesOff)) => {
+                tracing::debug!("cache writes off; answer not cached")
             }
             Ok(Err(err)) => tracing::warn!(error = %err, "cache store failed; answer not cached"),
             Err(err) => tracing::warn!(error = %err, "cache store task failed"),
