@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 
 pub mod fake_upstream;
+pub mod process;
 pub mod proxy;
 pub mod sse;
