@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod fake_upstream;
+pub mod faulty_upstream;
 pub mod process;
 pub mod proxy;
 pub mod sse;
