@@ -95,11 +95,11 @@ pub async fn handle(
     suffix: String,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
-    let (bytes, json, controls) =
-        match read_request(body, &parts.headers, app.config.server.max_body_bytes).await {
-            Ok(read) => read,
-            Err(err) => return err.into_response(),
-        };
+    let (bytes, json, controls) = match read_request(body, &parts.headers, &app.config.server).await
+    {
+        Ok(read) => read,
+        Err(err) => return err.into_response(),
+    };
     let partition =
         control::partition(&parts.headers, app.config.cache.shared, &controls.namespace);
     let send = |body: Bytes| {

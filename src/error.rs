@@ -14,6 +14,8 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {secs} seconds")]
+    BodyTimeout { secs: u64 },
     #[error("{message}")]
     InvalidRequest {
         message: String,
@@ -39,6 +41,7 @@ impl ApiError {
         match self {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyRead(_) | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -50,6 +53,7 @@ impl ApiError {
         match self {
             ApiError::BodyTooLarge { .. }
             | ApiError::BodyRead(_)
+            | ApiError::BodyTimeout { .. }
             | ApiError::InvalidRequest { .. }
             | ApiError::NotFound(_) => "invalid_request_error",
             ApiError::UpstreamUnreachable(_) | ApiError::UpstreamTimeout { .. } => "upstream_error",
@@ -61,6 +65,7 @@ impl ApiError {
         match self {
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::BodyRead(_) => "body_read_failed",
+            ApiError::BodyTimeout { .. } => "request_timeout",
             ApiError::InvalidRequest { .. } => "invalid_request",
             ApiError::UpstreamUnreachable(_) => "upstream_unreachable",
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",

@@ -7,7 +7,7 @@
 //! replayed) sit behind the `Endpoint` trait.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -24,6 +24,7 @@ use crate::cache::key::Hash32;
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, NewEntry, Requirements};
 use crate::coalesce::{Leader, Role, Shared};
+use crate::config::ServerConfig;
 use crate::control::{self, Controls};
 use crate::error::ApiError;
 use crate::relay::{response_headers, stream_response};
@@ -123,11 +124,11 @@ pub async fn handle(
     suffix: String,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
-    let (body, json, controls) =
-        match read_request(body, &parts.headers, app.config.server.max_body_bytes).await {
-            Ok(read) => read,
-            Err(err) => return err.into_response(),
-        };
+    let (body, json, controls) = match read_request(body, &parts.headers, &app.config.server).await
+    {
+        Ok(read) => read,
+        Err(err) => return err.into_response(),
+    };
     let call = Call {
         app: app.clone(),
         endpoint,
@@ -150,14 +151,21 @@ pub async fn handle(
     }
 }
 
-/// Reads a cached endpoint's request: the body (within `limit`), parsed as a JSON object,
-/// and the cache controls from its headers.
+/// Reads a cached endpoint's request: the body (within the size limit and the body timeout),
+/// parsed as a JSON object, and the cache controls from its headers.
 pub(crate) async fn read_request(
     body: Incoming,
     headers: &http::HeaderMap,
-    limit: usize,
+    server: &ServerConfig,
 ) -> Result<(Bytes, Value, Controls), ApiError> {
-    let body = read_body(body, limit).await?;
+    let secs = server.body_timeout_secs;
+    // A client dripping its body (slow-loris) would otherwise hold a connection for ever.
+    let body = tokio::time::timeout(
+        Duration::from_secs(secs),
+        read_body(body, server.max_body_bytes),
+    )
+    .await
+    .map_err(|_| ApiError::BodyTimeout { secs })??;
     let json = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => Value::Object(map),
         Ok(_) => {

@@ -26,6 +26,10 @@ pub const FAULTS: [&str; 9] = [
     "error_500",      // a well-formed OpenAI error
 ];
 
+/// Faults outside the `FAULTS` round: `evil_headers` answers 200 with obs-text and a tab in
+/// one header value and a bare CR (followed by `injected: yes`) in another.
+pub const HEADER_FAULTS: [&str; 2] = ["evil_headers", "obs_text_headers"];
+
 /// How long a stall lasts at most (far beyond any timeout the tests configure).
 const STALL: Duration = Duration::from_secs(20);
 
@@ -86,6 +90,7 @@ async fn serve(mut stream: TcpStream, requests: Arc<AtomicUsize>) {
     let body = String::from_utf8_lossy(&body);
     let fault = FAULTS
         .iter()
+        .chain(&HEADER_FAULTS)
         .find(|f| body.contains(&format!("fault:{f}\"")))
         .copied()
         .unwrap_or("none");
@@ -142,6 +147,16 @@ async fn serve(mut stream: TcpStream, requests: Arc<AtomicUsize>) {
         "error_500" => {
             let error = r#"{"error":{"message":"upstream broke","type":"server_error","param":null,"code":null}}"#;
             respond(&mut stream, 500, "application/json", error).await
+        }
+        "evil_headers" | "obs_text_headers" => {
+            let mut head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             x-obs: a\xff\tb\r\n"
+                .to_vec();
+            if fault == "evil_headers" {
+                head.extend_from_slice(b"x-split: a\rinjected: yes\r\n");
+            }
+            head.extend_from_slice(b"content-length: 2\r\nconnection: close\r\n\r\n{}");
+            stream.write_all(&head).await
         }
         _ => respond(&mut stream, 404, "application/json", "{}").await,
     };
