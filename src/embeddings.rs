@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::body::{ProxyBody, full};
 use crate::cache::entry::Owner;
 use crate::cache::key::{Hash32, KeyBuilder};
+use crate::cache::store::StoreError;
 use crate::cache::{NewEntry, Requirements};
 use crate::cached::{Partition, blocking, read_routed};
 use crate::control::{self, Controls};
@@ -297,9 +298,14 @@ async fn store(
     let cache = cache.clone();
     let _ = tokio::task::spawn_blocking(move || {
         for entry in entries {
-            if let Err(err) = cache.insert(entry) {
-                tracing::warn!(error = %err, "cache store failed; embedding not cached");
-                return;
+            match cache.insert(entry) {
+                Ok(_) => {}
+                // Disk trouble is warned about once, by the cache itself.
+                Err(StoreError::WritesOff) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cache store failed; embedding not cached");
+                    return;
+                }
             }
         }
     })

@@ -15,6 +15,8 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {secs} seconds")]
+    BodyTimeout { secs: u64 },
     #[error("{message}")]
     InvalidRequest {
         message: String,
@@ -70,6 +72,7 @@ impl ApiError {
         match self {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyRead(_) | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -83,6 +86,7 @@ impl ApiError {
         match self {
             ApiError::BodyTooLarge { .. }
             | ApiError::BodyRead(_)
+            | ApiError::BodyTimeout { .. }
             | ApiError::InvalidRequest { .. }
             | ApiError::NotFound(_)
             | ApiError::InvalidApiKey => "invalid_request_error",
@@ -98,6 +102,7 @@ impl ApiError {
         match self {
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::BodyRead(_) => "body_read_failed",
+            ApiError::BodyTimeout { .. } => "request_timeout",
             ApiError::InvalidRequest { .. } => "invalid_request",
             ApiError::UpstreamUnreachable(_) => "upstream_unreachable",
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",

@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::BodyStream;
@@ -73,6 +74,24 @@ pub async fn relay(
                 }
             }
         });
+    // A client that stops sending mid-body (slow-loris) is cut off after the body timeout.
+    let idle = Duration::from_secs(app.config().server.body_timeout_secs);
+    let stalled = Arc::new(AtomicBool::new(false));
+    let stall_flag = stalled.clone();
+    let body_stream = futures_util::stream::unfold(Some(Box::pin(body_stream)), move |body| {
+        let stall_flag = stall_flag.clone();
+        async move {
+            let mut body = body?;
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(item)) => Some((item, Some(body))),
+                Ok(None) => None,
+                Err(_) => {
+                    stall_flag.store(true, Ordering::Relaxed);
+                    Some((Err::<Bytes, BoxError>("request body stalled".into()), None))
+                }
+            }
+        }
+    });
     let sent = std::time::Instant::now();
     let result = app
         .upstream
@@ -88,6 +107,10 @@ pub async fn relay(
         Err(_) if exceeded.load(Ordering::Relaxed) => {
             ApiError::BodyTooLarge { limit }.into_response()
         }
+        Err(_) if stalled.load(Ordering::Relaxed) => ApiError::BodyTimeout {
+            secs: idle.as_secs(),
+        }
+        .into_response(),
         Err(err) => {
             tracing::warn!(code = err.code(), error = %err, "relay failed");
             err.into_response()

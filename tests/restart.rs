@@ -340,3 +340,93 @@ fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
         }
     })
 }
+
+/// Error bodies deja writes itself, its logs (debug level) and its data directory never hold
+/// the caller's API key or prompt, whatever went wrong: unreachable or reset upstream, upstream
+/// timeout, a relayed upstream error, malformed or oversized bodies, a body that never ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_logs_and_disk_hold_no_key_or_prompt() {
+    use support::faulty_upstream::FaultyUpstream;
+    use support::process::{DejaProcess, write_config};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const KEY: &str = "sk-test-secret-errors-9f8e7d";
+    const PROMPT: &str = "my private question about zebra-quokka-42";
+    let faulty = FaultyUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &faulty.base_url(),
+        "deja=debug,info",
+        "semantic = false",
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[upstream]\n",
+        "[upstream]\ntimeout_secs = 1\nidle_timeout_secs = 1\n",
+    );
+    let text = text.replace(
+        "[server]\n",
+        "[server]\nmax_body_bytes = 4096\nbody_timeout_secs = 1\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut deja = DejaProcess::start(&config).await;
+    let client = support::fake_upstream::http_client();
+    let url = format!("http://{}/v1/chat/completions", deja.addr);
+    let body = |fault: &str| {
+        json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": format!("{PROMPT} fault:{fault}")}]})
+        .to_string()
+    };
+    let mut bodies = Vec::new();
+    for (request_body, status) in [
+        (body("reset"), 502),
+        (body("cut_json"), 502),
+        (body("slow_headers"), 504),
+        (body("error_500"), 500),
+        (
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{PROMPT}"}}"#),
+            400,
+        ),
+        (
+            format!(r#"{{"messages":"{PROMPT}{}"}}"#, "x".repeat(5000)),
+            413,
+        ),
+    ] {
+        let response = client
+            .post(&url)
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .body(request_body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+        bodies.push(response.text().await.unwrap());
+    }
+    // A body that never ends: 408.
+    let mut stream = tokio::net::TcpStream::connect(deja.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Length: 500\r\n\r\n{{\"messages\":\"{PROMPT}"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    bodies.push(answer);
+
+    for body in &bodies {
+        assert!(!body.contains(KEY), "API key in an error body: {body}");
+        assert!(!body.contains(PROMPT), "prompt in an error body: {body}");
+    }
+    deja.crash().await;
+    let output = deja.output();
+    assert!(
+        output.contains("upstream failed"),
+        "errors were logged: {output}"
+    );
+    assert!(!output.contains(KEY), "API key in the logs");
+    assert!(!output.contains(PROMPT), "prompt in the logs");
+    assert!(!dir_contains(dir.path(), KEY.as_bytes()), "API key on disk");
+}

@@ -51,7 +51,7 @@ impl Cache {
     ) -> Result<Vec<Neighbour>, StoreError> {
         let mut out = Vec::new();
         for candidate in self.index.search(*scope, vector, k) {
-            let Some(entry) = self.store.get(candidate.id)? else {
+            let Some(entry) = self.store()?.get(candidate.id)? else {
                 continue;
             };
             let verified = entry
@@ -71,13 +71,13 @@ impl Cache {
 
     /// One entry by id.
     pub fn get(&self, id: u64) -> Result<Option<Entry>, StoreError> {
-        self.store.get(id)
+        self.store()?.get(id)
     }
 
     /// Deletes every entry the selector matches; returns how many.
     pub fn purge(&self, selector: &Selector) -> Result<usize, StoreError> {
         let ids: Vec<u64> = self
-            .store
+            .store()?
             .scan()
             .filter_map(|item| match item {
                 Ok((id, entry)) => selector.matches(&entry).then_some(Ok(id)),

@@ -7,27 +7,31 @@
 //! - `index`: the per-scope vector index (exact search, then hnsw_rs)
 //! - `verify`: a second check on semantic candidates (numbers, negation)
 //! - `recency`: least-recently-used order and eviction for the capacity caps
+//! - `health`: write failures (full or read-only disk) turn writes off, then probe and recover
 //!
 //! Every method here blocks; run it with `spawn_blocking`.
 
 pub mod admin;
 pub mod entry;
+pub mod health;
 pub mod index;
 pub mod key;
 pub mod recency;
 pub mod store;
 pub mod verify;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use parking_lot::Mutex;
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use crate::clock::SharedClock;
 use crate::config::CacheConfig;
 use entry::{Entry, Owner};
+use health::{Permit, WriteHealth};
 use index::{DumpPolicy, Dumps, IndexSettings, VectorIndex};
 use key::Hash32;
 use recency::{Capacity, Recency};
@@ -89,7 +93,12 @@ pub struct NewEntry {
 }
 
 pub struct Cache {
-    store: Store,
+    /// `None` only while a probe reopens it, or when reopening failed (lookups then miss).
+    /// Shared with the index's vector source, so nothing else keeps an old store (and its
+    /// file lock) alive across a reopen.
+    store: Arc<RwLock<Option<Store>>>,
+    dir: PathBuf,
+    health: WriteHealth,
     index: VectorIndex,
     clock: SharedClock,
     /// Both retuned by a configuration reload.
@@ -104,6 +113,16 @@ pub struct Cache {
     recency: Recency,
 }
 
+/// Reads vectors for the index through the cache's store slot: after a reopen, the new store.
+struct SlotVectors(Arc<RwLock<Option<Store>>>);
+
+impl index::VectorSource for SlotVectors {
+    fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        // During a reopen the vector is missing for a moment: the candidate is skipped.
+        self.0.try_read()?.as_ref()?.vector(id)
+    }
+}
+
 impl Cache {
     /// Opens the store under `config.dir` and rebuilds the vector index from it. Vectors made
     /// by another embedding model than `embedder_id` are dropped (their entries stay
@@ -114,7 +133,9 @@ impl Cache {
         clock: SharedClock,
     ) -> Result<Cache, StoreError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| StoreError::Sled(e.into()))?;
-        let store = Store::open(&config.dir)?;
+        let slot = Arc::new(RwLock::new(Some(Store::open(&config.dir)?)));
+        let guard = slot.read();
+        let store = guard.as_ref().ok_or(StoreError::Unavailable)?;
         // Dumps only save time: failing to use them is a warning, never a cache without store.
         let dumps = Dumps::new(config.dir.join("index"), embedder_id);
         if store.meta("embedder")?.as_deref() != Some(embedder_id) {
@@ -125,7 +146,7 @@ impl Cache {
             }
             store.set_meta("embedder", embedder_id)?;
         }
-        let source = Arc::new(store.vector_source());
+        let source = Arc::new(SlotVectors(slot.clone()));
         let index = VectorIndex::new(
             IndexSettings {
                 hnsw_min_entries: config.hnsw_min_entries,
@@ -163,8 +184,11 @@ impl Cache {
         if let Err(err) = dumps.retain(&restored) {
             tracing::warn!(error = %err, "cleaning index dumps failed");
         }
+        drop(guard);
         let cache = Cache {
-            store,
+            store: slot,
+            dir: config.dir.clone(),
+            health: WriteHealth::new(),
             index,
             clock,
             ttl_ms: AtomicU64::new(config.ttl_secs.saturating_mul(1000)),
@@ -189,13 +213,86 @@ impl Cache {
         self.clock.now_ms()
     }
 
+    /// The store for reading. A lookup never waits for a reopen: it misses instead.
+    fn store(&self) -> Result<MappedRwLockReadGuard<'_, Store>, StoreError> {
+        let guard = self.store.try_read().ok_or(StoreError::Unavailable)?;
+        RwLockReadGuard::try_map(guard, Option::as_ref).map_err(|_| StoreError::Unavailable)
+    }
+
+    /// Runs a write under the health rules: skipped while writes are off, counted and turning
+    /// writes off when it fails, and once the backoff has passed run as a probe on a reopened
+    /// store, made durable before writes count as on again.
+    fn write<T>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let now = self.now_ms();
+        let probe = match self.health.permit(now) {
+            Permit::Write => false,
+            Permit::Skip => return Err(StoreError::WritesOff),
+            Permit::Probe => true,
+        };
+        let result = (|| -> Result<T, StoreError> {
+            if probe {
+                self.reopen()?;
+            }
+            let guard = self.store.read();
+            let store = guard.as_ref().ok_or(StoreError::Unavailable)?;
+            let value = work(store)?;
+            if probe {
+                store.flush()?;
+            }
+            Ok(value)
+        })();
+        match result {
+            Ok(value) => {
+                if probe {
+                    self.health.succeeded();
+                }
+                Ok(value)
+            }
+            Err(err) => {
+                self.health.failed(now, &err);
+                Err(StoreError::WritesOff)
+            }
+        }
+    }
+
+    /// Drops the store and opens it again (sled holds a file lock, so never two at once).
+    /// Vectors of writes lost with the old instance stay in the index; their ids are never
+    /// reused and lookups skip ids the store does not have.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.store.write();
+        *slot = None;
+        *slot = Some(Store::open(&self.dir)?);
+        Ok(())
+    }
+
+    /// Whether cache writes are on (off after a disk error, until a probe succeeds).
+    pub fn writes_enabled(&self) -> bool {
+        self.health.writes_enabled()
+    }
+
+    /// Cache writes that failed since start-up (disk full, read-only, I/O errors).
+    pub fn write_failures(&self) -> u64 {
+        self.health.failures()
+    }
+
+    /// Cache writes skipped because writes were off.
+    pub fn writes_skipped(&self) -> u64 {
+        self.health.skipped()
+    }
+
     /// The entry stored under exactly this request, if usable.
     pub fn lookup_exact(
         &self,
         exact: &Hash32,
         needs: Requirements,
     ) -> Result<Option<Hit>, StoreError> {
-        let Some((id, entry)) = self.store.get_exact(exact)? else {
+        let Ok(store) = self.store() else {
+            return Ok(None);
+        };
+        let Some((id, entry)) = store.get_exact(exact)? else {
             return Ok(None);
         };
         let usable = self.usable(&entry, needs);
@@ -226,7 +323,10 @@ impl Cache {
             if candidate.similarity < threshold {
                 break;
             }
-            let Some(entry) = self.store.get(candidate.id)? else {
+            let Ok(store) = self.store() else {
+                break;
+            };
+            let Some(entry) = store.get(candidate.id)? else {
                 continue;
             };
             // The index is per scope already; checking again costs nothing and guards the
@@ -277,7 +377,7 @@ impl Cache {
             prompt: new.prompt,
             owner: new.owner,
         };
-        let (id, replaced) = self.store.insert(&entry, new.vector.as_deref())?;
+        let (id, replaced) = self.write(|store| store.insert(&entry, new.vector.as_deref()))?;
         if let Some(replaced) = replaced {
             self.index.remove(replaced.scope, replaced.id);
             self.recency.removed(replaced.id);
@@ -291,7 +391,7 @@ impl Cache {
 
     /// Removes one entry from the store and the index.
     pub fn remove(&self, id: u64) -> Result<bool, StoreError> {
-        let Some(entry) = self.store.remove(id)? else {
+        let Some(entry) = self.write(|store| store.remove(id))? else {
             return Ok(false);
         };
         self.index.remove(entry.scope(), id);
@@ -302,8 +402,11 @@ impl Cache {
     /// Deletes every expired entry; returns how many.
     pub fn sweep_expired(&self) -> Result<usize, StoreError> {
         let mut removed = 0;
+        if !self.health.writes_enabled() {
+            return Ok(0); // expired entries are not served; they go once writes are back
+        }
         loop {
-            let ids = self.store.expired(self.now_ms(), SWEEP_BATCH)?;
+            let ids = self.store()?.expired(self.now_ms(), SWEEP_BATCH)?;
             if ids.is_empty() {
                 return Ok(removed);
             }
@@ -314,7 +417,7 @@ impl Cache {
     }
 
     pub fn entries(&self) -> usize {
-        self.store.len()
+        self.store().map_or(0, |store| store.len())
     }
 
     pub fn indexed(&self) -> usize {
@@ -339,7 +442,7 @@ impl Cache {
         };
         // Flush first, so a dump rarely covers vectors a crash could still lose (a restart
         // would only find them dead).
-        if let Err(err) = self.store.flush() {
+        if let Err(err) = self.store().and_then(|store| store.flush()) {
             tracing::warn!(error = %err, "flush before index dump failed");
             return 0;
         }
@@ -347,6 +450,6 @@ impl Cache {
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.store.flush()
+        self.store()?.flush()
     }
 }

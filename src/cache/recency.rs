@@ -141,12 +141,13 @@ impl Cache {
         if !self.capacity.is_limited() {
             return Ok(());
         }
+        let store = self.store()?;
         let vector_size = with_vectors
             .iter()
             .next()
-            .and_then(|&id| self.store.vector_len(id))
+            .and_then(|&id| store.vector_len(id))
             .unwrap_or(0);
-        for sized in self.store.entry_sizes() {
+        for sized in store.entry_sizes() {
             let (id, size) = sized?;
             let vector = if with_vectors.contains(&id) {
                 vector_size
@@ -155,6 +156,7 @@ impl Cache {
             };
             self.recency.stored(id, size + vector);
         }
+        drop(store);
         self.evict()
     }
 

@@ -13,7 +13,6 @@ use std::path::Path;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::entry::Entry;
-use super::index::VectorSource;
 use super::key::Hash32;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +21,12 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("cache store: transaction: {0}")]
     Transaction(String),
+    /// Writes are off after a write failure (see `cache::health`); not itself a new failure.
+    #[error("cache store: writes are off after a disk error")]
+    WritesOff,
+    /// The store is being reopened, or could not be reopened after a disk error.
+    #[error("cache store: unavailable")]
+    Unavailable,
 }
 
 impl From<TransactionError<()>> for StoreError {
@@ -38,16 +43,6 @@ pub struct StoredVector {
     pub id: u64,
     pub scope: Hash32,
     pub vector: Vec<f32>,
-}
-
-/// Reads a stored vector by id (a cheap clone of the `vectors` tree).
-pub struct StoredVectors(sled::Tree);
-
-impl VectorSource for StoredVectors {
-    fn vector(&self, id: u64) -> Option<Vec<f32>> {
-        let bytes = self.0.get(id.to_be_bytes()).ok()??;
-        Some(decode_vector(&bytes).1)
-    }
 }
 
 /// What an insert displaced: the older entry under the same exact key.
@@ -245,9 +240,10 @@ impl Store {
         Some(self.vectors.get(id.to_be_bytes()).ok()??.len() as u64)
     }
 
-    /// A handle that reads single vectors, for exact re-scoring in the index.
-    pub fn vector_source(&self) -> StoredVectors {
-        StoredVectors(self.vectors.clone())
+    /// One stored vector, for exact re-scoring in the index.
+    pub fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        let bytes = self.vectors.get(id.to_be_bytes()).ok()??;
+        Some(decode_vector(&bytes).1)
     }
 
     /// Drops every vector (the embedding model changed), keeping the entries' exact tier.

@@ -7,7 +7,7 @@
 //! replayed) sit behind the `Endpoint` trait.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -22,8 +22,10 @@ use crate::app::App;
 use crate::body::{BoxError, ProxyBody, full, streaming};
 use crate::cache::entry::Owner;
 use crate::cache::key::Hash32;
+use crate::cache::store::StoreError;
 use crate::cache::{Cache, NewEntry, Requirements};
 use crate::coalesce::{Leader, Role, Shared};
+use crate::config::ServerConfig;
 use crate::control::{self, Controls};
 use crate::error::ApiError;
 use crate::relay::{response_headers, stream_response};
@@ -180,8 +182,8 @@ pub(crate) async fn read_routed(
     tracker: &Tracker,
     fallbacks: bool,
 ) -> Result<(Bytes, Value, Controls, Option<routing::Route>), Response<ProxyBody>> {
-    let limit = app.config().server.max_body_bytes;
-    let (body, json, controls) = match read_request(body, &parts.headers, limit).await {
+    let server = app.config().server.clone();
+    let (body, json, controls) = match read_request(body, &parts.headers, &server).await {
         Ok(read) => read,
         Err(err) => {
             tracker.outcome(Outcome::Error);
@@ -200,14 +202,21 @@ pub(crate) async fn read_routed(
     Ok((body, json, controls, route))
 }
 
-/// Reads a cached endpoint's request: the body (within `limit`), parsed as a JSON object,
-/// and the cache controls from its headers.
+/// Reads a cached endpoint's request: the body (within the size limit and the body timeout),
+/// parsed as a JSON object, and the cache controls from its headers.
 pub(crate) async fn read_request(
     body: Incoming,
     headers: &http::HeaderMap,
-    limit: usize,
+    server: &ServerConfig,
 ) -> Result<(Bytes, Value, Controls), ApiError> {
-    let body = read_body(body, limit).await?;
+    let secs = server.body_timeout_secs;
+    // A client dripping its body (slow-loris) would otherwise hold a connection for ever.
+    let body = tokio::time::timeout(
+        Duration::from_secs(secs),
+        read_body(body, server.max_body_bytes),
+    )
+    .await
+    .map_err(|_| ApiError::BodyTimeout { secs })??;
     let json = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => Value::Object(map),
         Ok(_) => {
@@ -587,6 +596,10 @@ impl Store {
             Ok(Ok(stored)) => {
                 tracing::debug!(entry = stored.0, "stored");
                 shared.stored = Some(stored);
+            }
+            // Disk trouble is warned about once, by the cache itself.
+            Ok(Err(StoreError::WritesOff)) => {
+                tracing::debug!("cache writes off; answer not cached")
             }
             Ok(Err(err)) => tracing::warn!(error = %err, "cache store failed; answer not cached"),
             Err(err) => tracing::warn!(error = %err, "cache store task failed"),

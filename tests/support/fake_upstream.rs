@@ -83,6 +83,8 @@ struct Config {
     chunk_delay: Duration,
     latency: Duration,
     embeddings: HashMap<String, Vec<f32>>,
+    /// Chat answers depend on the prompt only (`deterministic_answer`), not on the call count.
+    deterministic: bool,
 }
 
 struct State {
@@ -190,6 +192,11 @@ impl FakeUpstream {
 
     pub fn set_latency(&self, d: Duration) {
         self.state.config.lock().latency = d;
+    }
+
+    /// Chat answers become `deterministic_answer(last message)`, the same on every call.
+    pub fn set_deterministic(&self, on: bool) {
+        self.state.config.lock().deterministic = on;
     }
 
     pub fn set_embed_mode(&self, mode: EmbedMode) {
@@ -385,7 +392,11 @@ async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body> {
         }
         _ => None,
     };
-    let content = format!("answer {n}: {last}");
+    let content = if state.config.lock().deterministic {
+        deterministic_answer(&last)
+    } else {
+        format!("answer {n}: {last}")
+    };
     let completion_tokens = match &tool_call {
         Some((_, _, args)) => word_count(args),
         None => word_count(&content),
@@ -435,6 +446,13 @@ async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body> {
     resp.headers_mut()
         .insert("openai-processing-ms", HeaderValue::from_static("1"));
     resp
+}
+
+/// The chat answer to `prompt` in deterministic mode: the prompt and a digest of it, a few
+/// hundred bytes, so a torn or mixed-up entry cannot pass for it.
+pub fn deterministic_answer(prompt: &str) -> String {
+    let digest = blake3::hash(prompt.as_bytes()).to_hex();
+    format!("answer to {prompt}: {digest} {digest} {digest} end")
 }
 
 /// All SSE events of a streamed completion, without the final `data: [DONE]`.

@@ -2,5 +2,7 @@
 
 pub mod admin;
 pub mod fake_upstream;
+pub mod faulty_upstream;
+pub mod process;
 pub mod proxy;
 pub mod sse;
