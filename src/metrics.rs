@@ -26,6 +26,10 @@ type Money = Counter<f64, AtomicU64>;
 pub struct CacheGauges {
     pub entries: u64,
     pub indexed: u64,
+    /// Totals kept by the cache's write health (disk full or read-only).
+    pub write_failures: u64,
+    pub writes_skipped: u64,
+    pub writes_enabled: bool,
 }
 
 /// Endpoints whose request counters are resolved once (a label lookup hashes its strings).
@@ -82,6 +86,9 @@ pub struct Metrics {
     entries: Gauge,
     indexed: Gauge,
     usage_log_dropped: Gauge,
+    write_failures: Counter,
+    writes_skipped: Counter,
+    writes_enabled: Gauge,
 }
 
 fn latency() -> Histogram {
@@ -121,6 +128,9 @@ impl Default for Metrics {
             entries: Gauge::default(),
             indexed: Gauge::default(),
             usage_log_dropped: Gauge::default(),
+            write_failures: Counter::default(),
+            writes_skipped: Counter::default(),
+            writes_enabled: Gauge::default(),
             registry: Registry::default(),
             resolved: Resolved {
                 requests: Vec::new(),
@@ -266,6 +276,21 @@ impl Default for Metrics {
             "Usage records dropped because the writer fell behind",
             m.usage_log_dropped.clone(),
         );
+        r.register(
+            "deja_cache_write_failures",
+            "Cache writes that failed (disk full, read-only, I/O errors)",
+            m.write_failures.clone(),
+        );
+        r.register(
+            "deja_cache_writes_skipped",
+            "Cache writes skipped while writes were off after a failure",
+            m.writes_skipped.clone(),
+        );
+        r.register(
+            "deja_cache_writes_enabled",
+            "1 while cache writes are on, 0 while a disk problem keeps them off",
+            m.writes_enabled.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -365,6 +390,14 @@ impl Metrics {
         self.entries.set(cache.entries as i64);
         self.indexed.set(cache.indexed as i64);
         self.usage_log_dropped.set(usage_log_dropped as i64);
+        // The cache keeps the totals; the counters catch up to them.
+        for (counter, total) in [
+            (&self.write_failures, cache.write_failures),
+            (&self.writes_skipped, cache.writes_skipped),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        self.writes_enabled.set(i64::from(cache.writes_enabled));
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
@@ -410,13 +443,25 @@ mod tests {
         miss.status = 503;
         miss.retry_causes = vec!["503", "503"];
         metrics.observe(&miss);
-        let text = metrics.render(
-            CacheGauges {
-                entries: 3,
-                indexed: 2,
-            },
-            0,
-        );
+        let gauges = CacheGauges {
+            entries: 3,
+            indexed: 2,
+            write_failures: 2,
+            writes_skipped: 5,
+            writes_enabled: false,
+        };
+        let text = metrics.render(gauges, 0);
+        assert_eq!(value(&text, "deja_cache_write_failures_total"), 2.0);
+        assert_eq!(value(&text, "deja_cache_writes_skipped_total"), 5.0);
+        assert_eq!(value(&text, "deja_cache_writes_enabled"), 0.0);
+        let later = CacheGauges {
+            write_failures: 3,
+            writes_enabled: true,
+            ..gauges
+        };
+        let again = metrics.render(later, 0);
+        assert_eq!(value(&again, "deja_cache_write_failures_total"), 3.0);
+        assert_eq!(value(&again, "deja_cache_writes_enabled"), 1.0);
         assert_eq!(
             value(&text, "deja_cache_hits_total{tier=\"semantic\"}"),
             1.0

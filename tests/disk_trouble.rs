@@ -16,6 +16,7 @@ use std::time::Duration;
 use deja::cache::health::FIRST_BACKOFF_MS;
 use parking_lot::Mutex;
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+use support::admin::{metric, with_admin};
 use support::fake_upstream::CHAT_PATH;
 use support::proxy::{Harness, ask};
 use tokio::signal::unix::{SignalKind, signal};
@@ -83,7 +84,7 @@ impl Logs {
 async fn a_disk_that_refuses_writes_turns_caching_off_then_back_on() {
     let _xfsz = signal(SignalKind::from_raw(SIGXFSZ)).expect("handle SIGXFSZ");
     let logs = Logs::install();
-    let h = Harness::start().await;
+    let h = Harness::with(with_admin).await;
     let stored_before = h.chat(&ask("stored before the trouble")).await;
     assert_eq!(
         h.chat(&ask("stored before the trouble"))
@@ -137,6 +138,12 @@ async fn a_disk_that_refuses_writes_turns_caching_off_then_back_on() {
     assert!(!h.cache().writes_enabled());
     assert_eq!(h.cache().write_failures(), failures + 1);
 
+    // Operators see it in the metrics.
+    let text = h.metrics().await;
+    assert_eq!(metric(&text, "deja_cache_writes_enabled"), 0.0);
+    assert!(metric(&text, "deja_cache_write_failures_total") >= 1.0);
+    assert!(metric(&text, "deja_cache_writes_skipped_total") >= 3.0);
+
     // Space returns; after the (doubled) backoff the next store reopens the store and succeeds.
     drop(limit);
     assert_eq!(h.chat(&ask("before the next probe")).await.status, 200);
@@ -150,6 +157,7 @@ async fn a_disk_that_refuses_writes_turns_caching_off_then_back_on() {
     );
     let again = h.chat(&ask("after recovery")).await;
     assert_eq!(again.cache_status(), "hit");
+    assert_eq!(metric(&h.metrics().await, "deja_cache_writes_enabled"), 1.0);
     assert_eq!(again.content(), first.content());
     assert_eq!(
         h.chat(&ask("stored before the trouble")).await.content(),

@@ -28,6 +28,9 @@ pub fn metrics(app: &App) -> Response<ProxyBody> {
         .map_or_else(CacheGauges::default, |cache| CacheGauges {
             entries: cache.entries() as u64,
             indexed: cache.indexed() as u64,
+            write_failures: cache.write_failures(),
+            writes_skipped: cache.writes_skipped(),
+            writes_enabled: cache.writes_enabled(),
         });
     let mut response = Response::new(crate::body::full(
         app.metrics.render(gauges, app.usage.dropped()),
@@ -65,6 +68,8 @@ pub fn stats(app: &App) -> Response<ProxyBody> {
             "cache": app.cache.as_ref().map(|cache| json!({
                 "entries": cache.entries(),
                 "indexed": cache.indexed(),
+                "writes_enabled": cache.writes_enabled(),
+                "write_failures": cache.write_failures(),
             })),
             "similarity_threshold": config.cache.similarity_threshold,
             "model_thresholds": config.cache.model_thresholds,
