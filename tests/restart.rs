@@ -282,6 +282,63 @@ async fn answers_survive_a_graceful_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_threshold_and_a_bad_file_changes_nothing() {
+    // Three rewordings, each near the question but apart from each other (a miss stores its
+    // own answer, so each check needs a prompt of its own).
+    let rewordings = [
+        "Which city is the French capital?",
+        "Name the capital city of France.",
+        "France's capital is which city?",
+    ];
+    let fake = FakeUpstream::start().await;
+    for (k, text) in rewordings.iter().enumerate() {
+        let mut vector = bag_of_words_embedding(QUESTION);
+        let zero = vector
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| **x == 0.0)
+            .nth(k)
+            .unwrap()
+            .0;
+        vector[zero] = 0.1;
+        fake.set_embedding(text, vector);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // 1.0: only identical prompts hit; the rewordings score just below.
+    let config = write_config(dir.path(), &fake.base_url(), "1.0");
+    let mut deja = Deja::start(&config).await;
+    let first = ask(&deja, QUESTION).await;
+    deja.wait_for_log("stored").await;
+    assert_eq!(
+        ask(&deja, rewordings[0]).await.header("x-deja-cache"),
+        "miss"
+    );
+
+    let hangup = |deja: &Deja| {
+        let pid = deja.child.id().to_string();
+        let sent = Command::new("kill").args(["-HUP", &pid]).status();
+        assert!(sent.expect("run kill").success(), "kill -HUP {pid}");
+    };
+    // A file that does not validate: logged, and the running threshold stays.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let bad = text.replace("similarity_threshold = 1.0", "similarity_threshold = 1.5");
+    std::fs::write(&config, bad).unwrap();
+    hangup(&deja);
+    deja.wait_for_log("reload failed; configuration unchanged")
+        .await;
+    assert_eq!(
+        ask(&deja, rewordings[1]).await.header("x-deja-cache"),
+        "miss"
+    );
+
+    write_config(dir.path(), &fake.base_url(), "0.9");
+    hangup(&deja);
+    deja.wait_for_log("configuration reloaded").await;
+    assert_hit(&ask(&deja, rewordings[2]).await, "semantic", &first.content);
+    assert!(deja.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_survive_a_crash() {
     let questions = [
         QUESTION,
