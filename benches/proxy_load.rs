@@ -47,7 +47,7 @@ mod semantic;
 const CHAT_PATH: &str = "/v1/chat/completions";
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Fixed rate of the open-loop miss runs.
-const MISS_RATE: f64 = 200.0;
+const MISS_RATE: f64 = 1000.0;
 /// Latencies of the fake upstream for the miss runs.
 const UPSTREAM_LATENCY_MS: [u64; 2] = [0, 50];
 /// The fake upstream's stream: this many chunks, this far apart, then `data: [DONE]`.
