@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use serde_json::Value;
 
@@ -14,6 +14,11 @@ use crate::coalesce::{Leader, Shared};
 use crate::json_splice;
 use crate::relay::CACHE_STATUS;
 use crate::usage::Outcome;
+
+// Names parsed once, not on every hit.
+const MATCH: HeaderName = HeaderName::from_static("x-deja-match");
+const SIMILARITY: HeaderName = HeaderName::from_static("x-deja-similarity");
+const ENTRY: HeaderName = HeaderName::from_static("x-deja-entry");
 
 impl Call {
     /// Answers from the exact tier if a usable entry is there, handing it to waiting twins.
@@ -64,11 +69,11 @@ impl Call {
         let headers = response.headers_mut();
         headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));
         headers.insert(
-            "x-deja-match",
+            MATCH,
             HeaderValue::from_static(if hit.semantic { "semantic" } else { "exact" }),
         );
-        headers.insert("x-deja-similarity", header_num(hit.similarity));
-        headers.insert("x-deja-entry", HeaderValue::from(hit.id));
+        headers.insert(SIMILARITY, header_num(hit.similarity));
+        headers.insert(ENTRY, HeaderValue::from(hit.id));
         headers.insert(header::AGE, HeaderValue::from(age));
         tracing::info!(
             endpoint = self.endpoint.name(),
@@ -96,10 +101,10 @@ impl Call {
         });
         let headers = response.headers_mut();
         headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));
-        headers.insert("x-deja-match", HeaderValue::from_static("coalesced"));
-        headers.insert("x-deja-similarity", header_num(1.0));
+        headers.insert(MATCH, HeaderValue::from_static("coalesced"));
+        headers.insert(SIMILARITY, header_num(1.0));
         let age_ms = shared.stored.map_or(0, |(id, created_ms)| {
-            headers.insert("x-deja-entry", HeaderValue::from(id));
+            headers.insert(ENTRY, HeaderValue::from(id));
             cache.now_ms().saturating_sub(created_ms)
         });
         headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));

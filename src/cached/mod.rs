@@ -631,6 +631,10 @@ where
 }
 
 fn header_num(value: f32) -> HeaderValue {
+    // Every exact hit says 1.0: skip the float formatting and its allocation.
+    if value == 1.0 {
+        return HeaderValue::from_static("1.0000");
+    }
     HeaderValue::from_str(&format!("{value:.4}")).unwrap_or(HeaderValue::from_static("0"))
 }
 
