@@ -13,6 +13,9 @@
 //! graph replays from) already allocated and not counted. Freed build buffers the allocator
 //! keeps count, so the figure errs high.
 
+#[path = "common/rss.rs"]
+mod rss;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -92,14 +95,14 @@ fn run(args: &Args, n: usize, dim: usize) {
     );
     let scope = Hash32([1; 32]);
     // Measured before the bulk copy, which the index consumes (and frees, or keeps).
-    let rss_before = rss_bytes();
+    let rss_before = rss::rss_bytes();
     let bulk: Vec<(u64, Vec<f32>)> = (0..n)
         .map(|id| (id as u64, data.rows[id * dim..][..dim].to_vec()))
         .collect();
     let started = Instant::now();
     index.load(scope, bulk);
     let build_rate = n as f64 / started.elapsed().as_secs_f64();
-    let per_entry = rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
+    let per_entry = rss::rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
 
     let mut rows = Vec::new();
     for &ef in &args.ef {
@@ -155,15 +158,6 @@ fn brute_force(rows: &[f32], dim: usize, queries: &[Vec<f32>]) -> Vec<u64> {
         }
     }
     best.into_iter().map(|(_, id)| id).collect()
-}
-
-fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn parse() -> Args {

@@ -18,6 +18,9 @@
 #[path = "../tests/support/fake_upstream.rs"]
 mod fake_upstream;
 
+#[path = "common/rss.rs"]
+mod rss;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -147,7 +150,7 @@ async fn soak(seconds: usize, out: PathBuf) -> ExitCode {
         ticks.tick().await;
         samples.push(Sample {
             second,
-            rss_kib: rss_kib(pid),
+            rss_kib: rss::rss_kib(&pid.to_string()),
             requests: counts.requests.load(Ordering::Relaxed),
             hits: counts.hits.load(Ordering::Relaxed),
         });
@@ -234,15 +237,6 @@ async fn request(
     } else {
         Err(format!("status {status}, complete {complete}"))
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn report(samples: &[Sample], verdict: &str) -> String {

@@ -12,6 +12,9 @@
 //! the time from spawning that process to the hit, with its resident memory per entry. Then
 //! the same after 1000 more entries were stored without a dump (a crash): they are replayed.
 
+#[path = "common/rss.rs"]
+mod rss;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -193,7 +196,7 @@ mod restart {
 
     /// The child: open, look up the first stored vector, report.
     pub fn open_only(dir: &Path, dim: usize) {
-        let rss = rss_bytes();
+        let rss = rss::rss_bytes();
         let started = Instant::now();
         let cache = Cache::open(&config(dir), "bench", Arc::new(SystemClock)).expect("open");
         let open_s = started.elapsed().as_secs_f64();
@@ -205,21 +208,12 @@ mod restart {
         let found = cache
             .lookup_semantic(&Hash32([0; 32]), &query, "", 0.99, needs)
             .expect("lookup");
-        let per_entry = rss_bytes().saturating_sub(rss) as f64 / cache.indexed() as f64;
+        let per_entry = rss::rss_bytes().saturating_sub(rss) as f64 / cache.indexed() as f64;
         let hit = if found.hit.is_some() {
             ""
         } else {
             " (lookup missed)"
         };
         println!("{open_s:.1}{hit} | {per_entry:.0}");
-    }
-
-    fn rss_bytes() -> usize {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-            .map_or(0, |kb| kb * 1024)
     }
 }

@@ -15,7 +15,7 @@ use crate::config::KeyConfig;
 use crate::embeddings;
 use crate::error::ApiError;
 use crate::keys::CREDENTIAL_HEADERS;
-use crate::limits::{Refusal, insert_headers};
+use crate::limits::insert_headers;
 use crate::relay::relay;
 use crate::responses::{RESPONSES, RESPONSES_CACHING_STORED};
 use crate::track::Tracker;
@@ -79,7 +79,8 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     if let Some(key) = &key
         && let Err(refusal) = app.limits.admit(key, app.now_ms())
     {
-        return refuse(&app, &tracker, key, refusal);
+        let refused = tracker.refused(refusal).into_response();
+        return finish(&app, tracker, Some(key), refused);
     }
 
     let response = match (cached, embeddings) {
@@ -90,23 +91,6 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
         _ => relay(&app, request, &suffix, &tracker).await,
     };
     finish(&app, tracker, key.as_deref(), response)
-}
-
-/// A 429 for a per-key limit, shaped like OpenAI's.
-pub fn refuse(
-    app: &App,
-    tracker: &Tracker,
-    key: &KeyConfig,
-    refusal: Refusal,
-) -> Response<ProxyBody> {
-    tracing::info!(key = %key.id, limit = refusal.limit_name(), "rate limited");
-    tracker.update(|r| {
-        r.cache = Outcome::RateLimited;
-        r.limit = Some(refusal.limit_name());
-    });
-    let mut response = ApiError::RateLimited(refusal).into_response();
-    insert_headers(response.headers_mut(), &app.limits.state(key, app.now_ms()));
-    tracker.clone().attach(response)
 }
 
 /// Adds the key's rate-limit headers and hands the response to the tracker.

@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::body::ProxyBody;
 use crate::config::KeyConfig;
 use crate::error::ApiError;
-use crate::limits::Reservation;
+use crate::limits::{Refusal, Reservation};
 use crate::usage::{Outcome, Record};
 
 #[derive(Clone)]
@@ -103,15 +103,19 @@ impl Tracker {
                 *self.0.reservation.lock() = Some(reservation);
                 Ok(())
             }
-            Err(refusal) => {
-                tracing::info!(key = %key.id, limit = refusal.limit_name(), "rate limited");
-                self.update(|r| {
-                    r.cache = Outcome::RateLimited;
-                    r.limit = Some(refusal.limit_name());
-                });
-                Err(ApiError::RateLimited(refusal))
-            }
+            Err(refusal) => Err(self.refused(refusal)),
         }
+    }
+
+    /// A per-key limit turned the request down: logged, marked in the record, and the 429.
+    pub fn refused(&self, refusal: Refusal) -> ApiError {
+        let key = self.0.key.as_ref().map_or("", |key| key.id.as_str());
+        tracing::info!(key, limit = refusal.limit_name(), "rate limited");
+        self.update(|r| {
+            r.cache = Outcome::RateLimited;
+            r.limit = Some(refusal.limit_name());
+        });
+        ApiError::RateLimited(refusal)
     }
 
     /// Keeps the request open until `response`'s body has been sent (or dropped), and
@@ -167,9 +171,6 @@ impl Drop for Inner {
                 tokens
             };
             self.app.limits.settle(reservation, tokens, cost);
-        }
-        if record.cache == Outcome::Relay && record.endpoint.is_empty() {
-            return;
         }
         self.app.metrics.observe(&record);
         self.app.usage.write(&record);

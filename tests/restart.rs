@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,6 +15,7 @@ use http::HeaderMap;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use support::fake_upstream::{CHAT_PATH, FakeUpstream, bag_of_words_embedding, cosine};
+use support::process::drain;
 use tokio::sync::mpsc;
 
 /// How long to wait for a log line (start-up includes opening the store) or for an exit.
@@ -151,24 +151,6 @@ impl Drop for Deja {
             eprintln!("--- deja output ---\n{}", self.output.lock());
         }
     }
-}
-
-/// Copies a pipe into `output` line by line until EOF, so deja never blocks on a full pipe;
-/// JSON lines also go to `logs`.
-fn drain(
-    pipe: impl Read + Send + 'static,
-    prefix: &'static str,
-    output: Arc<Mutex<String>>,
-    logs: mpsc::UnboundedSender<Value>,
-) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            output.lock().push_str(&format!("{prefix}{line}\n"));
-            if let Ok(json) = serde_json::from_str::<Value>(&line) {
-                let _ = logs.send(json);
-            }
-        }
-    })
 }
 
 /// Writes `proxy.toml` into `dir`, with the store in `dir/cache`. Debug level for deja so the

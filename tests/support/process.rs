@@ -45,6 +45,7 @@ impl DejaProcess {
             .expect("spawn deja");
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, logs) = mpsc::unbounded_channel();
+        // Detached: the readers end with the process's pipes.
         drain(child.stdout.take().unwrap(), "", output.clone(), tx.clone());
         drain(child.stderr.take().unwrap(), "stderr: ", output.clone(), tx);
         let mut deja = DejaProcess {
@@ -108,12 +109,12 @@ impl Drop for DejaProcess {
 
 /// Copies a pipe into `output` line by line until EOF (deja never blocks on a full pipe);
 /// JSON lines also go to `logs`.
-fn drain(
+pub fn drain(
     pipe: impl Read + Send + 'static,
     prefix: &'static str,
     output: Arc<Mutex<String>>,
     logs: mpsc::UnboundedSender<Value>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
             output.lock().push_str(&format!("{prefix}{line}\n"));
@@ -121,7 +122,7 @@ fn drain(
                 let _ = logs.send(json);
             }
         }
-    });
+    })
 }
 
 /// Writes `dir/proxy.toml` (JSON logs at `level`, store in `dir/cache`); `extra` lines go into
