@@ -24,6 +24,21 @@ fn basis(i: usize) -> Vec<f32> {
     v
 }
 
+/// Entry `i` of `scope`: its answer names it, its vector is basis vector `i`.
+fn entry(scope: Hash32, i: usize) -> NewEntry {
+    NewEntry {
+        scope,
+        exact: Hash32([i as u8; 32]),
+        model: "m".into(),
+        response: format!("answer {i}"),
+        has_usage: true,
+        vector: Some(basis(i)),
+        prompt: None,
+        ttl_ms: None,
+        owner: Default::default(),
+    }
+}
+
 /// A rewording of question `i`: cosine 0.95 to `basis(i)`, 0 to every other question.
 fn reworded(i: usize) -> Vec<f32> {
     let mut v = vec![0.0; EMBED_DIM];
@@ -134,20 +149,7 @@ fn changes_after_the_dump_are_replayed() {
         ..CacheConfig::default()
     };
     let scope = Hash32([7; 32]);
-    let store = |cache: &Cache, i: usize| {
-        let new = NewEntry {
-            scope,
-            exact: Hash32([i as u8; 32]),
-            model: "m".into(),
-            response: format!("answer {i}"),
-            has_usage: true,
-            vector: Some(basis(i)),
-            prompt: None,
-            ttl_ms: None,
-            owner: Default::default(),
-        };
-        cache.insert(new).unwrap().0
-    };
+    let store = |cache: &Cache, i: usize| cache.insert(entry(scope, i)).unwrap().0;
     let clock = ManualClock::starting_now();
     let ids: Vec<u64> = {
         let cache = Cache::open(&config, "e", clock.clone()).unwrap();
@@ -201,18 +203,7 @@ fn an_unusable_dump_directory_does_not_disable_the_cache() {
     let scope = Hash32([7; 32]);
     let cache = Cache::open(&config, "e", ManualClock::starting_now()).unwrap();
     for i in 0..ENTRIES {
-        let new = NewEntry {
-            scope,
-            exact: Hash32([i as u8; 32]),
-            model: "m".into(),
-            response: format!("answer {i}"),
-            has_usage: true,
-            vector: Some(basis(i)),
-            prompt: None,
-            ttl_ms: None,
-            owner: Default::default(),
-        };
-        cache.insert(new).unwrap();
+        cache.insert(entry(scope, i)).unwrap();
     }
     assert_eq!(cache.dump_index(true), 0);
     let needs = Requirements {
