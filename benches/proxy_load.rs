@@ -6,7 +6,7 @@
 //!    every request a miss (cache on, semantic tier off), open loop at a fixed rate; and the
 //!    time to first byte of a streamed miss.
 //!
-//! `cargo bench --bench proxy_load -- [--quick] [--profile[=C]]`. Prints markdown tables; each
+//! `cargo bench --bench proxy_load -- [--quick] [--profile[=C]] [--only=hit|miss|semantic]`. Prints markdown tables; each
 //! figure for deja has its baseline measured in the same run, interleaved (A B B A) so a drift
 //! of the shared machine affects both alike. `--quick` shortens every cell; `--profile[=C]`
 //! runs only deja's exact hits at concurrency C (default 16) for 15 s, to run under a profiler. Timing targets are
@@ -108,9 +108,18 @@ fn main() {
     if let Some(concurrency) = profile {
         load_rt.block_on(profile_hits(&servers, concurrency));
     } else {
-        load_rt.block_on(hit_section(&servers, plan));
-        load_rt.block_on(miss_section(&servers, plan));
-        load_rt.block_on(semantic::semantic_section(&servers, plan));
+        // `--only=hit|miss|semantic` runs one section.
+        let only = args.iter().find_map(|a| a.strip_prefix("--only="));
+        let runs = |section: &str| only.is_none_or(|only| only == section);
+        if runs("hit") {
+            load_rt.block_on(hit_section(&servers, plan));
+        }
+        if runs("miss") {
+            load_rt.block_on(miss_section(&servers, plan));
+        }
+        if runs("semantic") {
+            load_rt.block_on(semantic::semantic_section(&servers, plan));
+        }
     }
 
     servers_rt.block_on(servers.stop());

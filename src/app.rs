@@ -5,6 +5,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 
 use crate::cache::Cache;
+use crate::cached::PlanMemo;
 use crate::clock::SharedClock;
 use crate::coalesce::Coalescer;
 use crate::config::Config;
@@ -25,6 +26,8 @@ pub struct App {
     pub embedder: Option<Embedder>,
     /// Requests currently upstream, by exact key, for coalescing.
     pub inflight: Arc<Coalescer>,
+    /// Plans of recently seen bodies; cleared when the configuration changes.
+    pub plans: PlanMemo,
     /// Managed keys by hash; swapped with the configuration on reload.
     keys: ArcSwap<KeyRing>,
     pub limits: Limits,
@@ -63,6 +66,8 @@ impl App {
     pub fn replace_config(&self, config: Config) {
         self.keys.store(Arc::new(KeyRing::from_config(&config)));
         self.config.store(Arc::new(config));
+        // After the swap, so a plan made under the old configuration is not kept (`epoch`).
+        self.plans.clear();
     }
 
     pub fn keys(&self) -> Guard<Arc<KeyRing>> {
@@ -113,6 +118,7 @@ impl App {
             cache,
             embedder,
             inflight: Arc::new(Coalescer::default()),
+            plans: PlanMemo::default(),
         })
     }
 }

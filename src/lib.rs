@@ -8,7 +8,7 @@
 //! - `upstream`: the outgoing HTTP client, header hygiene, 502/504 mapping
 //! - `retry`: when and how long to wait before retrying an upstream call
 //! - `routing`: model aliases and fallbacks
-//! - `cached`: the flow of a cached endpoint (lookup, coalesce, forward, store); `hit` renders answers, `miss` forwards and stores
+//! - `cached`: the flow of a cached endpoint (lookup, coalesce, forward, store); `hit` renders answers, `miss` forwards and stores, `memo` remembers the plans of repeated bodies
 //! - `chat`: chat-completions specifics (scope fields, stream assembly and replay)
 //! - `completions`: the same for legacy `/v1/completions`
 //! - `chunks`: what the `[DONE]`-terminated chunk streams of both share

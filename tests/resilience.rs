@@ -264,6 +264,52 @@ async fn an_alias_is_sent_as_its_model_and_shares_its_entries() {
     assert_eq!(h.upstream.calls(CHAT_PATH), 1);
 }
 
+/// A repeated body reuses its plan (parsed, routed, keyed) from memory; a new configuration
+/// must not: the same bytes then route to the alias's new model.
+#[tokio::test]
+async fn a_reloaded_alias_applies_to_a_body_seen_before() {
+    let h = Harness::with(|c| {
+        c.routing
+            .aliases
+            .insert("fast".into(), "gpt-4o-mini".into());
+    })
+    .await;
+    let body = asking("fast", "What is the capital of France?");
+    assert_eq!(h.chat(&body).await.cache_status(), "miss");
+    let repeat = h.chat(&body).await;
+    assert_eq!(repeat.cache_status(), "hit");
+    assert_eq!(repeat.header("x-deja-model"), Some("gpt-4o-mini"));
+
+    let mut config = (**h.proxy.app.config()).clone();
+    config
+        .routing
+        .aliases
+        .insert("fast".into(), "gpt-4o".into());
+    h.proxy.app.replace_config(config);
+    let rerouted = h.chat(&body).await;
+    assert_eq!(rerouted.cache_status(), "miss", "gpt-4o has no entry yet");
+    assert_eq!(rerouted.header("x-deja-model"), Some("gpt-4o"));
+    assert_eq!(
+        models_seen(&h.upstream, CHAT_PATH),
+        ["gpt-4o-mini", "gpt-4o"]
+    );
+    assert_eq!(h.chat(&body).await.header("x-deja-model"), Some("gpt-4o"));
+}
+
+/// The same bytes from two tenants are two plans: the second tenant never gets the first's
+/// remembered key.
+#[tokio::test]
+async fn a_repeated_body_from_another_key_is_not_served_the_first_keys_answer() {
+    let h = Harness::start().await;
+    let body = ask("What is the capital of France?");
+    for _ in 0..2 {
+        h.chat(&body).await;
+    }
+    let other = Reply::read(h.chat_with(support::proxy::KEY_B, &[], &body).await).await;
+    assert_eq!(other.cache_status(), "miss");
+    assert_eq!(h.upstream.calls(CHAT_PATH), 2);
+}
+
 #[tokio::test]
 async fn fallback_answers_after_a_final_503_and_is_not_cached() {
     let h = Harness::with(|c| {

@@ -32,7 +32,10 @@ use crate::upstream::{Failed, Outgoing, Sent};
 use crate::usage::Outcome;
 
 mod hit;
+mod memo;
 mod miss;
+
+pub use memo::{PlanMemo, Planned, Routed};
 
 use hit::share;
 use miss::{Near, Store};
@@ -137,36 +140,90 @@ pub async fn handle(
     tracker: &Tracker,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
-    // Aliases resolve before the cache key is computed, so an alias shares its model's entries.
-    let (body, json, controls, route) = match read_routed(&app, body, &parts, tracker, true).await {
+    let server = app.config().server.clone();
+    let (raw, controls) = match read_checked(body, &parts.headers, &server).await {
         Ok(read) => read,
-        Err(response) => return response,
-    };
-    let call = Call {
-        app: app.clone(),
-        endpoint,
-        parts,
-        estimate: estimate_tokens(&body, Some(&json)),
-        body,
-        suffix,
-        started: Instant::now(),
-        tracker: tracker.clone(),
-        route: route.clone(),
-    };
-    let Some(cache) = app.cache.clone() else {
-        return routing::label(call.bypass("cache_off").await, route.as_ref());
+        Err(err) => return unreadable(err, tracker),
     };
     let partition = control::partition_for(
-        &call.parts.headers,
+        &parts.headers,
         app.config().cache.shared,
         &controls.namespace,
         tracker.key(),
     );
-    let response = match endpoint.plan(json, &partition) {
-        Plan::Bypass { reason, .. } => call.bypass(reason).await,
-        Plan::Cache(lookup) => call.cached(cache, controls, lookup, partition).await,
+    let Some(cache) = app.cache.clone() else {
+        return match route_fresh(&app, &raw) {
+            Ok((routed, _)) => {
+                bypass(&app, endpoint, parts, suffix, tracker, routed, "cache_off").await
+            }
+            Err(err) => unreadable(err, tracker),
+        };
     };
-    routing::label(response, route.as_ref())
+    let planned = match app.plans.get(endpoint, &partition, &raw) {
+        Some(planned) => planned,
+        None => {
+            let epoch = app.plans.epoch();
+            let (routed, json) = match route_fresh(&app, &raw) {
+                Ok(fresh) => fresh,
+                Err(err) => return unreadable(err, tracker),
+            };
+            match endpoint.plan(json, &partition) {
+                Plan::Cache(lookup) => {
+                    let planned = Arc::new(Planned { routed, lookup });
+                    app.plans
+                        .remember(epoch, endpoint, &partition, raw, planned.clone());
+                    planned
+                }
+                Plan::Bypass { reason, .. } => {
+                    return bypass(&app, endpoint, parts, suffix, tracker, routed, reason).await;
+                }
+            }
+        }
+    };
+    planned.routed.note(tracker);
+    let call = Call::new(&app, endpoint, parts, suffix, tracker, &planned.routed);
+    let response = call
+        .cached(cache, controls, planned.lookup.clone(), partition)
+        .await;
+    routing::label(response, planned.routed.route.as_ref())
+}
+
+fn unreadable(err: ApiError, tracker: &Tracker) -> Response<ProxyBody> {
+    tracker.outcome(Outcome::Error);
+    err.into_response()
+}
+
+async fn bypass(
+    app: &Arc<App>,
+    endpoint: &'static dyn Endpoint,
+    parts: http::request::Parts,
+    suffix: String,
+    tracker: &Tracker,
+    routed: Routed,
+    reason: &'static str,
+) -> Response<ProxyBody> {
+    routed.note(tracker);
+    let call = Call::new(app, endpoint, parts, suffix, tracker, &routed);
+    routing::label(call.bypass(reason).await, routed.route.as_ref())
+}
+
+/// Parses the body and resolves its model's alias: before the cache key is computed, so an
+/// alias shares its model's entries.
+fn route_fresh(app: &App, raw: &Bytes) -> Result<(Routed, Value), ApiError> {
+    let json = parse_object(raw)?;
+    let model_asked = json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let (body, json, route) = routing::apply(&app.config().routing, raw.clone(), json, true);
+    let estimate = estimate_tokens(&body, Some(&json));
+    let routed = Routed {
+        body,
+        route,
+        estimate,
+        model_asked,
+    };
+    Ok((routed, json))
 }
 
 /// Reads a request (`read_request`), resolves its model's alias (`routing::apply`; fallbacks
@@ -207,6 +264,17 @@ pub(crate) async fn read_request(
     headers: &http::HeaderMap,
     server: &ServerConfig,
 ) -> Result<(Bytes, Value, Controls), ApiError> {
+    let (body, controls) = read_checked(body, headers, server).await?;
+    let json = parse_object(&body)?;
+    Ok((body, json, controls))
+}
+
+/// The body (within the size limit and the body timeout) and the cache controls.
+async fn read_checked(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    server: &ServerConfig,
+) -> Result<(Bytes, Controls), ApiError> {
     let secs = server.body_timeout_secs;
     // A client dripping its body (slow-loris) would otherwise hold a connection for ever.
     let body = tokio::time::timeout(
@@ -215,22 +283,21 @@ pub(crate) async fn read_request(
     )
     .await
     .map_err(|_| ApiError::BodyTimeout { secs })??;
-    let json = match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => Value::Object(map),
-        Ok(_) => {
-            return Err(ApiError::invalid(
-                "the request body must be a JSON object",
-                None,
-            ));
-        }
-        Err(err) => {
-            return Err(ApiError::invalid(
-                format!("could not parse the JSON body of your request: {err}"),
-                None,
-            ));
-        }
-    };
-    Ok((body, json, Controls::from_headers(headers)?))
+    Ok((body, Controls::from_headers(headers)?))
+}
+
+fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(Value::Object(map)),
+        Ok(_) => Err(ApiError::invalid(
+            "the request body must be a JSON object",
+            None,
+        )),
+        Err(err) => Err(ApiError::invalid(
+            format!("could not parse the JSON body of your request: {err}"),
+            None,
+        )),
+    }
 }
 
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
@@ -244,6 +311,27 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 impl Call {
+    fn new(
+        app: &Arc<App>,
+        endpoint: &'static dyn Endpoint,
+        parts: http::request::Parts,
+        suffix: String,
+        tracker: &Tracker,
+        routed: &Routed,
+    ) -> Call {
+        Call {
+            app: app.clone(),
+            endpoint,
+            parts,
+            body: routed.body.clone(),
+            suffix,
+            started: Instant::now(),
+            tracker: tracker.clone(),
+            estimate: routed.estimate,
+            route: routed.route.clone(),
+        }
+    }
+
     async fn bypass(self, reason: &'static str) -> Response<ProxyBody> {
         self.tracker.update(|r| {
             r.cache = Outcome::Bypass;
