@@ -15,13 +15,15 @@
 
 #[path = "common/rss.rs"]
 mod rss;
+#[path = "common/vectors.rs"]
+mod vectors;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use deja::cache::index::{HnswParams, IndexSettings, VectorIndex, VectorSource, normalize};
+use deja::cache::index::{HnswParams, IndexSettings, VectorIndex, VectorSource};
 use deja::cache::key::Hash32;
-use ndarray::{ArrayView2, Axis, Slice};
+use vectors::{brute_force, near_queries, pct, unit};
 
 const K: usize = 4;
 
@@ -72,18 +74,7 @@ fn run(args: &Args, n: usize, dim: usize) {
         rows.extend(unit(&mut rng, dim));
     }
     let data = Arc::new(Data { dim, rows });
-    let queries: Vec<Vec<f32>> = (0..args.queries)
-        .map(|i| {
-            let source = &data.rows[((i * 7919) % n) * dim..][..dim];
-            let noise = 0.6 / (dim as f32).sqrt();
-            let mut q: Vec<f32> = source
-                .iter()
-                .map(|x| x + (rng.f32() - 0.5) * noise)
-                .collect();
-            normalize(&mut q);
-            q
-        })
-        .collect();
+    let queries = near_queries(&mut rng, &data.rows[..n * dim], dim, args.queries);
     let truth = brute_force(&data.rows[..n * dim], dim, &queries);
 
     let index = VectorIndex::new(
@@ -113,7 +104,7 @@ fn run(args: &Args, n: usize, dim: usize) {
             let started = Instant::now();
             let found = index.search(scope, query, K);
             times.push(started.elapsed().as_secs_f64() * 1e6);
-            right += usize::from(found.first().map(|c| c.id) == Some(*best));
+            right += usize::from(found.first().map(|c| c.id) == Some(*best as u64));
         }
         rows.push(format!(
             "| {n} | {dim} | {build_rate:.0} | {per_entry:.0} | {ef} | {:.0} | {:.0} | {:.3} |",
@@ -136,28 +127,6 @@ fn run(args: &Args, n: usize, dim: usize) {
             started_run.elapsed().as_secs_f64(),
         );
     }
-}
-
-/// The id of the most similar stored vector for each query, by one matrix product per block.
-fn brute_force(rows: &[f32], dim: usize, queries: &[Vec<f32>]) -> Vec<u64> {
-    let n = rows.len() / dim;
-    let flat: Vec<f32> = queries.iter().flatten().copied().collect();
-    let q = ArrayView2::from_shape((queries.len(), dim), &flat).expect("queries");
-    let all = ArrayView2::from_shape((n, dim), rows).expect("rows");
-    let mut best = vec![(f32::MIN, 0u64); queries.len()];
-    const BLOCK: usize = 16384;
-    for start in (0..n).step_by(BLOCK) {
-        let end = (start + BLOCK).min(n);
-        let scores = all.slice_axis(Axis(0), Slice::from(start..end)).dot(&q.t());
-        for (row, scores) in scores.outer_iter().enumerate() {
-            for (qi, &score) in scores.iter().enumerate() {
-                if score > best[qi].0 {
-                    best[qi] = (score, (start + row) as u64);
-                }
-            }
-        }
-    }
-    best.into_iter().map(|(_, id)| id).collect()
 }
 
 fn parse() -> Args {
@@ -192,19 +161,4 @@ fn parse() -> Args {
         }
     }
     args
-}
-
-fn pct(times: &[f64], q: f64) -> f64 {
-    if times.is_empty() {
-        return 0.0;
-    }
-    let mut sorted = times.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
-    let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
-    normalize(&mut v);
-    v
 }

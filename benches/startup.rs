@@ -11,9 +11,15 @@
 //! starts a fresh process that opens the cache and answers a semantic lookup, and reports
 //! the time from spawning that process to the hit, with its resident memory per entry. Then
 //! the same after 1000 more entries were stored without a dump (a crash): they are replayed.
+//! Before the dump, the built cache answers `--queries=200` near queries (a stored vector plus
+//! noise) through `Cache::lookup_semantic` at each `--ef=LIST` search breadth: latency, and
+//! recall@1 against brute force over the same vectors. `--m=N --efc=N` set the graph's shape
+//! (defaults: the shipped `cache.hnsw_m`, `cache.hnsw_ef_construction`).
 
 #[path = "common/rss.rs"]
 mod rss;
+#[path = "common/vectors.rs"]
+mod vectors;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,10 +27,10 @@ use std::time::Instant;
 
 use deja::cache::Cache;
 use deja::cache::entry::Entry;
-use deja::cache::index::normalize;
 use deja::cache::store::Store;
 use deja::clock::SystemClock;
 use deja::config::CacheConfig;
+use vectors::unit;
 
 fn main() {
     let all: Vec<String> = std::env::args().collect();
@@ -36,11 +42,27 @@ fn main() {
         .collect();
     let entries: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let dim: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1536);
+    let option = |name: &str| all.iter().find_map(|a| a.strip_prefix(name));
+    let shipped = CacheConfig::default();
+    let shape = restart::Shape {
+        m: option("--m=").map_or(shipped.hnsw_m, |v| v.parse().expect("--m=N")),
+        ef_construction: option("--efc=").map_or(shipped.hnsw_ef_construction, |v| {
+            v.parse().expect("--efc=N")
+        }),
+    };
     if all.iter().any(|a| a == "--open-only") {
-        return restart::open_only(Path::new(&args[2]), dim);
+        return restart::open_only(Path::new(&args[2]), dim, shape);
     }
     if all.iter().any(|a| a == "--restart") {
-        return restart::run(entries, dim);
+        let probe = restart::Probe {
+            queries: option("--queries=").map_or(200, |v| v.parse().expect("--queries=N")),
+            ef: option("--ef=").map_or(vec![shipped.hnsw_ef_search], |v| {
+                v.split(',')
+                    .map(|x| x.parse().expect("--ef=LIST"))
+                    .collect()
+            }),
+        };
+        return restart::run(entries, dim, shape, &probe);
     }
     println!("start-up with {entries} entries, {dim}-d vectors");
     println!(
@@ -55,7 +77,7 @@ fn main() {
     for per_scope in spreads {
         let scopes = entries / per_scope;
         let dir = tempfile::tempdir().expect("tempdir");
-        fill(dir.path(), entries, per_scope, dim);
+        fill(dir.path(), entries, per_scope, dim, false);
         let config = CacheConfig {
             dir: dir.path().to_path_buf(),
             ..CacheConfig::default()
@@ -76,7 +98,16 @@ fn main() {
     }
 }
 
-fn fill(dir: &Path, entries: usize, per_scope: usize, dim: usize) {
+/// Stored vectors kept for ground truth: their ids, and the rows in the same order.
+#[derive(Default)]
+struct Filled {
+    ids: Vec<u64>,
+    rows: Vec<f32>,
+}
+
+/// Fills a store with `entries` random vectors, `per_scope` to a scope; `keep` returns them.
+fn fill(dir: &Path, entries: usize, per_scope: usize, dim: usize, keep: bool) -> Filled {
+    let mut filled = Filled::default();
     let store = Store::open(dir).expect("store");
     store.set_meta("embedder", "bench").expect("meta");
     let mut rng = fastrand::Rng::with_seed(7);
@@ -102,15 +133,14 @@ fn fill(dir: &Path, entries: usize, per_scope: usize, dim: usize) {
             prompt: None,
             owner: Default::default(),
         };
-        store.insert(&entry, Some(&vector)).expect("insert");
+        let (id, _) = store.insert(&entry, Some(&vector)).expect("insert");
+        if keep {
+            filled.ids.push(id);
+            filled.rows.extend(vector);
+        }
     }
     store.flush().expect("flush");
-}
-
-fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
-    let mut vector: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
-    normalize(&mut vector);
-    vector
+    filled
 }
 
 mod restart {
@@ -120,23 +150,48 @@ mod restart {
     use deja::cache::key::Hash32;
     use deja::cache::{NewEntry, Requirements};
 
+    use super::vectors::{brute_force, near_queries, pct};
     use super::*;
 
     const LATE: usize = 1000;
+    const NEEDS: Requirements = Requirements {
+        max_age_ms: None,
+        needs_usage: false,
+    };
 
-    pub fn run(entries: usize, dim: usize) {
-        println!("restart with one scope of {entries} entries, {dim}-d vectors");
+    /// The graph's build parameters.
+    #[derive(Clone, Copy)]
+    pub struct Shape {
+        pub m: usize,
+        pub ef_construction: usize,
+    }
+
+    /// What to ask the built cache before it is dumped.
+    pub struct Probe {
+        pub queries: usize,
+        pub ef: Vec<usize>,
+    }
+
+    pub fn run(entries: usize, dim: usize, shape: Shape, probe: &Probe) {
+        println!(
+            "restart with one scope of {entries} entries, {dim}-d vectors, M={} \
+             ef_construction={}",
+            shape.m, shape.ef_construction
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let started = Instant::now();
-        fill(dir.path(), entries, entries, dim);
+        let filled = fill(dir.path(), entries, entries, dim, true);
         println!("fill sled: {:.1} s", started.elapsed().as_secs_f64());
-        let config = config(dir.path());
+        let config = config(dir.path(), shape);
         let started = Instant::now();
         let cache = Cache::open(&config, "bench", Arc::new(SystemClock)).expect("open");
+        let built = started.elapsed().as_secs_f64();
         println!(
-            "cold open (graph built): {:.1} s",
-            started.elapsed().as_secs_f64()
+            "cold open (graph built): {built:.1} s ({:.0} inserts/s)",
+            entries as f64 / built
         );
+        search(&cache, &config, &filled, dim, probe);
+        drop(filled);
         let started = Instant::now();
         assert_eq!(cache.dump_index(true), 1);
         println!("dump: {:.1} s", started.elapsed().as_secs_f64());
@@ -145,7 +200,7 @@ mod restart {
             "| start | spawn → first semantic hit (s) | Cache::open (s) | RSS/entry (bytes) |"
         );
         println!("|---|---|---|---|");
-        child(dir.path(), dim, "from dump");
+        child(dir.path(), dim, shape, "from dump");
 
         let cache = Cache::open(&config, "bench", Arc::new(SystemClock)).expect("open");
         let mut rng = fastrand::Rng::with_seed(99);
@@ -167,21 +222,72 @@ mod restart {
         }
         cache.flush().expect("flush");
         drop(cache);
-        child(dir.path(), dim, &format!("dump + {LATE} stored after it"));
+        child(
+            dir.path(),
+            dim,
+            shape,
+            &format!("dump + {LATE} stored after it"),
+        );
     }
 
-    fn config(dir: &Path) -> CacheConfig {
+    /// Near queries through `lookup_semantic` at each search breadth: latency and recall@1.
+    fn search(cache: &Cache, config: &CacheConfig, filled: &Filled, dim: usize, probe: &Probe) {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let queries = near_queries(&mut rng, &filled.rows, dim, probe.queries);
+        let started = Instant::now();
+        let truth: Vec<u64> = brute_force(&filled.rows, dim, &queries)
+            .into_iter()
+            .map(|row| filled.ids[row])
+            .collect();
+        println!(
+            "brute force over {} vectors: {:.1} s for {} queries",
+            filled.ids.len(),
+            started.elapsed().as_secs_f64(),
+            queries.len()
+        );
+        println!("| ef_search | lookup p50 (µs) | lookup p99 (µs) | recall@1 |");
+        println!("|---|---|---|---|");
+        for &ef in &probe.ef {
+            cache.retune(&CacheConfig {
+                hnsw_ef_search: ef,
+                ..config.clone()
+            });
+            let mut times = Vec::with_capacity(queries.len());
+            let mut right = 0;
+            for (query, best) in queries.iter().zip(&truth) {
+                let started = Instant::now();
+                let found = cache
+                    .lookup_semantic(&Hash32([0; 32]), query, "", 0.9, NEEDS)
+                    .expect("lookup");
+                times.push(started.elapsed().as_secs_f64() * 1e6);
+                right += usize::from(found.hit.map(|hit| hit.id) == Some(*best));
+            }
+            println!(
+                "| {ef} | {:.0} | {:.0} | {:.3} |",
+                pct(&times, 0.5),
+                pct(&times, 0.99),
+                right as f64 / queries.len() as f64
+            );
+        }
+        cache.retune(config);
+    }
+
+    fn config(dir: &Path, shape: Shape) -> CacheConfig {
         CacheConfig {
             dir: dir.to_path_buf(),
+            hnsw_m: shape.m,
+            hnsw_ef_construction: shape.ef_construction,
             ..CacheConfig::default()
         }
     }
 
     /// Runs `--open-only` in a new process and prints its row.
-    fn child(dir: &Path, dim: usize, label: &str) {
+    fn child(dir: &Path, dim: usize, shape: Shape, label: &str) {
         let started = Instant::now();
         let mut child = Command::new(std::env::current_exe().expect("exe"))
             .args(["0", &dim.to_string(), &dir.to_string_lossy(), "--open-only"])
+            .arg(format!("--m={}", shape.m))
+            .arg(format!("--efc={}", shape.ef_construction))
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn");
@@ -195,18 +301,14 @@ mod restart {
     }
 
     /// The child: open, look up the first stored vector, report.
-    pub fn open_only(dir: &Path, dim: usize) {
+    pub fn open_only(dir: &Path, dim: usize, shape: Shape) {
         let rss = rss::rss_bytes();
         let started = Instant::now();
-        let cache = Cache::open(&config(dir), "bench", Arc::new(SystemClock)).expect("open");
+        let cache = Cache::open(&config(dir, shape), "bench", Arc::new(SystemClock)).expect("open");
         let open_s = started.elapsed().as_secs_f64();
         let query = unit(&mut fastrand::Rng::with_seed(7), dim);
-        let needs = Requirements {
-            max_age_ms: None,
-            needs_usage: false,
-        };
         let found = cache
-            .lookup_semantic(&Hash32([0; 32]), &query, "", 0.99, needs)
+            .lookup_semantic(&Hash32([0; 32]), &query, "", 0.99, NEEDS)
             .expect("lookup");
         let per_entry = rss::rss_bytes().saturating_sub(rss) as f64 / cache.indexed() as f64;
         let hit = if found.hit.is_some() {

@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::cache::index::HnswParams;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -134,6 +135,12 @@ pub struct CacheConfig {
     pub compact_dead_ratio: f32,
     /// Scopes with fewer entries are searched exactly; larger ones get an HNSW graph.
     pub hnsw_min_entries: usize,
+    /// HNSW links per point (M) for graphs built from now on.
+    pub hnsw_m: usize,
+    /// HNSW build breadth for graphs built from now on: higher builds slower, finds better.
+    pub hnsw_ef_construction: usize,
+    /// HNSW search breadth: higher finds the true nearest entry more often, slower.
+    pub hnsw_ef_search: usize,
     /// Most entries kept; past it the least recently hit (or stored) are evicted. 0: no cap.
     pub max_entries: u64,
     /// Most bytes of stored answers and vectors kept, evicting likewise. 0: no cap.
@@ -158,6 +165,9 @@ impl Default for CacheConfig {
             sweep_interval_secs: 60,
             compact_dead_ratio: 0.25,
             hnsw_min_entries: 4096,
+            hnsw_m: HnswParams::default().m,
+            hnsw_ef_construction: HnswParams::default().ef_construction,
+            hnsw_ef_search: HnswParams::default().ef_search,
             max_entries: 0,
             max_bytes: 0,
             cache_stored_responses: false,
@@ -355,6 +365,15 @@ impl Config {
         }
         if !(self.cache.compact_dead_ratio > 0.0 && self.cache.compact_dead_ratio <= 1.0) {
             return invalid("cache.compact_dead_ratio", "must be in (0, 1]");
+        }
+        if !(2..=128).contains(&self.cache.hnsw_m) {
+            return invalid("cache.hnsw_m", "must be in 2..=128");
+        }
+        if !(1..=4096).contains(&self.cache.hnsw_ef_construction) {
+            return invalid("cache.hnsw_ef_construction", "must be in 1..=4096");
+        }
+        if !(1..=4096).contains(&self.cache.hnsw_ef_search) {
+            return invalid("cache.hnsw_ef_search", "must be in 1..=4096");
         }
         if self.cache.max_bytes > 0 && self.cache.max_bytes < MIN_MAX_BYTES {
             return invalid(

@@ -67,6 +67,8 @@ fn keep_start_up_settings(running: &Config, next: &mut Config) -> ReloadReport {
     keep!("cache.dir", cache.dir);
     keep!("cache.semantic", cache.semantic);
     keep!("cache.hnsw_min_entries", cache.hnsw_min_entries);
+    keep!("cache.hnsw_m", cache.hnsw_m);
+    keep!("cache.hnsw_ef_construction", cache.hnsw_ef_construction);
     keep!("cache.compact_dead_ratio", cache.compact_dead_ratio);
     keep!("cache.sweep_interval_secs", cache.sweep_interval_secs);
     keep!("cache.max_entries", cache.max_entries);

@@ -32,7 +32,7 @@ use crate::clock::SharedClock;
 use crate::config::CacheConfig;
 use entry::{Entry, Owner};
 use health::{Permit, WriteHealth};
-use index::{DumpPolicy, Dumps, IndexSettings, VectorIndex};
+use index::{DumpPolicy, Dumps, HnswParams, IndexSettings, VectorIndex};
 use key::Hash32;
 use recency::{Capacity, Recency};
 use store::{Store, StoreError};
@@ -151,7 +151,11 @@ impl Cache {
             IndexSettings {
                 hnsw_min_entries: config.hnsw_min_entries,
                 compact_dead_ratio: config.compact_dead_ratio,
-                ..IndexSettings::default()
+                params: HnswParams {
+                    m: config.hnsw_m,
+                    ef_construction: config.hnsw_ef_construction,
+                    ef_search: config.hnsw_ef_search,
+                },
             },
             source.clone(),
         );
@@ -207,6 +211,7 @@ impl Cache {
         self.ttl_ms
             .store(config.ttl_secs.saturating_mul(1000), Ordering::Relaxed);
         self.verify.store(std::sync::Arc::new(config.verify));
+        self.index.set_ef_search(config.hnsw_ef_search);
     }
 
     pub fn now_ms(&self) -> u64 {

@@ -222,3 +222,42 @@ fn unknown_key_is_refused() {
         Ok(())
     });
 }
+
+#[test]
+fn hnsw_settings_outside_their_ranges_name_the_key() {
+    type Break = fn(&mut CacheConfig);
+    let cases: [(&str, Break); 4] = [
+        ("cache.hnsw_m", |c| c.hnsw_m = 1),
+        ("cache.hnsw_m", |c| c.hnsw_m = 1000),
+        ("cache.hnsw_ef_construction", |c| c.hnsw_ef_construction = 0),
+        ("cache.hnsw_ef_search", |c| c.hnsw_ef_search = 0),
+    ];
+    for (key, break_it) in cases {
+        let mut config = Config::default();
+        break_it(&mut config.cache);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn hnsw_settings_come_from_the_file() {
+    figment::Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file(
+            "proxy.toml",
+            "[cache]\nhnsw_m = 24\nhnsw_ef_construction = 100\nhnsw_ef_search = 64\n",
+        )?;
+        let config = Config::load(Path::new("proxy.toml")).expect("valid");
+        let cache = &config.cache;
+        assert_eq!(
+            (
+                cache.hnsw_m,
+                cache.hnsw_ef_construction,
+                cache.hnsw_ef_search
+            ),
+            (24, 100, 64)
+        );
+        Ok(())
+    });
+}

@@ -14,6 +14,7 @@ mod graph;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
 
@@ -83,6 +84,8 @@ pub struct DumpPolicy {
 
 pub struct VectorIndex {
     settings: IndexSettings,
+    /// `settings.params.ef_search`, changeable while running (a reload).
+    ef_search: AtomicUsize,
     source: Arc<dyn VectorSource>,
     partitions: RwLock<HashMap<Hash32, Arc<RwLock<Partition>>>>,
 }
@@ -91,8 +94,17 @@ impl VectorIndex {
     pub fn new(settings: IndexSettings, source: Arc<dyn VectorSource>) -> Self {
         Self {
             settings,
+            ef_search: AtomicUsize::new(settings.params.ef_search),
             source,
             partitions: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The parameters a new graph gets.
+    fn params(&self) -> HnswParams {
+        HnswParams {
+            ef_search: self.ef_search.load(Ordering::Relaxed),
+            ..self.settings.params
         }
     }
 
@@ -113,7 +125,7 @@ impl VectorIndex {
             Partition::Flat(flat) => {
                 flat.insert(id, vector);
                 if flat.ids.len() >= self.settings.hnsw_min_entries {
-                    let graph = Graph::from_f32(flat.dim, flat.rows(), self.settings.params);
+                    let graph = Graph::from_f32(flat.dim, flat.rows(), self.params());
                     *partition = Partition::Graph(Box::new(graph));
                 }
             }
@@ -128,7 +140,7 @@ impl VectorIndex {
         };
         let rows: Vec<_> = rows.into_iter().filter(|(_, v)| v.len() == dim).collect();
         let partition = if rows.len() >= self.settings.hnsw_min_entries {
-            Partition::Graph(Box::new(Graph::from_f32(dim, rows, self.settings.params)))
+            Partition::Graph(Box::new(Graph::from_f32(dim, rows, self.params())))
         } else {
             Partition::Flat(Flat::from_rows(dim, rows))
         };
@@ -153,8 +165,7 @@ impl VectorIndex {
         let Some(hnsw) = dumps.load(&scope, dim) else {
             return false;
         };
-        let Some(graph) = Graph::restored(dim, hnsw, live, self.settings.params, &*self.source)
-        else {
+        let Some(graph) = Graph::restored(dim, hnsw, live, self.params(), &*self.source) else {
             return false;
         };
         let partition = if graph.dead_ratio() > self.settings.compact_dead_ratio {
@@ -243,8 +254,9 @@ impl VectorIndex {
         found
     }
 
-    /// Sets the search breadth of the existing graphs (benches compare several on one build).
+    /// Sets the search breadth of every graph, existing and future.
     pub fn set_ef_search(&self, ef_search: usize) {
+        self.ef_search.store(ef_search, Ordering::Relaxed);
         for partition in self.partitions.read().values() {
             if let Partition::Graph(graph) = &mut *partition.write() {
                 graph.set_ef_search(ef_search);
