@@ -217,3 +217,50 @@ fn an_unusable_dump_directory_does_not_disable_the_cache() {
         .expect("semantic hit");
     assert_eq!(hit.entry.response, "answer 3");
 }
+
+/// A reloaded graph reads its vectors from the dump's data file (memory-mapped). Dumping it
+/// again writes new files and deletes the mapped ones; every generation must still find
+/// every entry, old and new.
+#[test]
+fn a_reloaded_graph_is_dumped_and_reloaded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CacheConfig {
+        dir: dir.path().to_path_buf(),
+        hnsw_min_entries: MIN_ENTRIES,
+        ..CacheConfig::default()
+    };
+    let scope = Hash32([9; 32]);
+    let clock = ManualClock::starting_now();
+    let needs = Requirements {
+        max_age_ms: None,
+        needs_usage: false,
+    };
+    let mut ids = Vec::new();
+    let first = ENTRIES - 6;
+    for generation in 0..3 {
+        let cache = Cache::open(&config, "e", clock.clone()).unwrap();
+        let stored = if generation == 0 {
+            0..first
+        } else {
+            first + generation * 2 - 2..first + generation * 2
+        };
+        for i in stored {
+            ids.push(cache.insert(entry(scope, i)).unwrap().0);
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            let hit = cache
+                .lookup_semantic(&scope, &reworded(i), "q", 0.9, needs)
+                .unwrap()
+                .hit
+                .map(|hit| hit.id);
+            assert_eq!(hit, Some(id), "generation {generation}, entry {i}");
+        }
+        assert_eq!(cache.dump_index(true), 1);
+        assert_eq!(files_ending(dir.path(), ".manifest").len(), 1);
+        assert_eq!(
+            files_ending(dir.path(), ".hnsw.data").len(),
+            1,
+            "old dump deleted"
+        );
+    }
+}

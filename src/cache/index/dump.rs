@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hnsw_rs::api::AnnT;
-use hnsw_rs::hnswio::HnswIo;
+use hnsw_rs::hnswio::{HnswIo, ReloadOptions};
 use serde::{Deserialize, Serialize};
 
 use hnsw_rs::prelude::DistDot;
@@ -112,8 +112,10 @@ impl Dumps {
             return None;
         }
         let (graph, data) = self.files(&manifest.basename);
+        let started = std::time::Instant::now();
         let intact = hash_file(&graph).ok().as_ref() == Some(&manifest.graph_hash)
             && hash_file(&data).ok().as_ref() == Some(&manifest.data_hash);
+        tracing::debug!(scope = %scope.short(), elapsed_ms = started.elapsed().as_millis() as u64, "index dump hashes checked");
         if !intact {
             tracing::warn!(scope = %scope.short(), "index dump missing or corrupt; rebuilding");
             return None;
@@ -122,8 +124,11 @@ impl Dumps {
         // (a few hundred bytes per dumped scope, once per start). hnsw_rs asserts on bad
         // input; the hashes make that unlikely, the catch makes it a rebuild.
         let loaded = std::panic::catch_unwind(|| {
-            let loader: &'static mut HnswIo =
-                Box::leak(Box::new(HnswIo::new(&self.dir, &manifest.basename)));
+            let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new_with_options(
+                &self.dir,
+                &manifest.basename,
+                ReloadOptions::default().set_mmap(true),
+            )));
             loader.load_hnsw::<f32, DistDot>()
         });
         match loaded {

@@ -162,12 +162,21 @@ impl VectorIndex {
         else {
             return false;
         };
+        let started = std::time::Instant::now();
         let Some(hnsw) = dumps.load(&scope, dim) else {
             return false;
         };
+        let loaded_ms = started.elapsed().as_millis() as u64;
         let Some(graph) = Graph::restored(dim, hnsw, live, self.params(), &*self.source) else {
             return false;
         };
+        tracing::info!(
+            scope = %scope.short(),
+            entries = live.len(),
+            load_ms = loaded_ms,
+            reconcile_ms = started.elapsed().as_millis() as u64 - loaded_ms,
+            "index graph restored from its dump"
+        );
         let partition = if graph.dead_ratio() > self.settings.compact_dead_ratio {
             graph.compacted()
         } else {
