@@ -7,14 +7,16 @@
 //!
 //! `--per-scope=N` measures only that spread.
 //!
-//! `-- ENTRIES DIM --restart`: one scope of ENTRIES; builds its graph once, dumps it, then
+//! `-- ENTRIES DIM --restart [--keep=DIR]`: one scope of ENTRIES; builds its graph once, dumps it, then
 //! starts a fresh process that opens the cache and answers a semantic lookup, and reports
 //! the time from spawning that process to the hit, with its resident memory per entry. Then
 //! the same after 1000 more entries were stored without a dump (a crash): they are replayed.
 //! Before the dump, the built cache answers `--queries=200` near queries (a stored vector plus
 //! noise) through `Cache::lookup_semantic` at each `--ef=LIST` search breadth: latency, and
 //! recall@1 against brute force over the same vectors. `--m=N --efc=N` set the graph's shape
-//! (defaults: the shipped `cache.hnsw_m`, `cache.hnsw_ef_construction`).
+//! (defaults: the shipped `cache.hnsw_m`, `cache.hnsw_ef_construction`). Vectors are uniform
+//! random unit vectors, or with `--latent=N` embedding-like ones of intrinsic dimension N
+//! (`benches/common/vectors.rs`).
 
 #[path = "common/rss.rs"]
 mod rss;
@@ -30,7 +32,7 @@ use deja::cache::entry::Entry;
 use deja::cache::store::Store;
 use deja::clock::SystemClock;
 use deja::config::CacheConfig;
-use vectors::unit;
+use vectors::{Truth, VectorKind};
 
 fn main() {
     let all: Vec<String> = std::env::args().collect();
@@ -43,6 +45,10 @@ fn main() {
     let entries: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let dim: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1536);
     let option = |name: &str| all.iter().find_map(|a| a.strip_prefix(name));
+    let kind = VectorKind::new(
+        dim,
+        option("--latent=").map_or(0, |v| v.parse().expect("--latent=N")),
+    );
     let shipped = CacheConfig::default();
     let shape = restart::Shape {
         m: option("--m=").map_or(shipped.hnsw_m, |v| v.parse().expect("--m=N")),
@@ -50,19 +56,26 @@ fn main() {
             v.parse().expect("--efc=N")
         }),
     };
-    if all.iter().any(|a| a == "--open-only") {
-        return restart::open_only(Path::new(&args[2]), dim, shape);
+    let probe = restart::Probe {
+        queries: option("--queries=").map_or(200, |v| v.parse().expect("--queries=N")),
+        ef: option("--ef=").map_or(vec![shipped.hnsw_ef_search], |v| {
+            v.split(',')
+                .map(|x| x.parse().expect("--ef=LIST"))
+                .collect()
+        }),
+    };
+    // The phases of `--restart` run in processes of their own (`--phase=`, `--dir=`).
+    if let (Some(phase), Some(dir)) = (option("--phase="), option("--dir=")) {
+        let dir = Path::new(dir);
+        return match phase {
+            "build" => restart::build(dir, entries, &kind, shape, &probe),
+            "late" => restart::add_late(dir, &kind, shape),
+            _ => restart::open_only(dir, &kind, shape),
+        };
     }
     if all.iter().any(|a| a == "--restart") {
-        let probe = restart::Probe {
-            queries: option("--queries=").map_or(200, |v| v.parse().expect("--queries=N")),
-            ef: option("--ef=").map_or(vec![shipped.hnsw_ef_search], |v| {
-                v.split(',')
-                    .map(|x| x.parse().expect("--ef=LIST"))
-                    .collect()
-            }),
-        };
-        return restart::run(entries, dim, shape, &probe);
+        let keep = option("--keep=").map(std::path::PathBuf::from);
+        return restart::run(entries, &kind, shape, &probe, keep);
     }
     println!("start-up with {entries} entries, {dim}-d vectors");
     println!(
@@ -77,7 +90,7 @@ fn main() {
     for per_scope in spreads {
         let scopes = entries / per_scope;
         let dir = tempfile::tempdir().expect("tempdir");
-        fill(dir.path(), entries, per_scope, dim, false);
+        fill(dir.path(), entries, per_scope, &kind, None);
         let config = CacheConfig {
             dir: dir.path().to_path_buf(),
             ..CacheConfig::default()
@@ -98,19 +111,21 @@ fn main() {
     }
 }
 
-/// Stored vectors kept for ground truth: their ids, and the rows in the same order.
-#[derive(Default)]
-struct Filled {
-    ids: Vec<u64>,
-    rows: Vec<f32>,
-}
+/// The seed of the stored vectors' sequence.
+const FILL_SEED: u64 = 7;
 
-/// Fills a store with `entries` random vectors, `per_scope` to a scope; `keep` returns them.
-fn fill(dir: &Path, entries: usize, per_scope: usize, dim: usize, keep: bool) -> Filled {
-    let mut filled = Filled::default();
+/// Fills a store with `entries` vectors of `kind`, `per_scope` to a scope, each shown to
+/// `truth` (if any) with its id.
+fn fill(
+    dir: &Path,
+    entries: usize,
+    per_scope: usize,
+    kind: &VectorKind,
+    mut truth: Option<&mut Truth>,
+) {
     let store = Store::open(dir).expect("store");
     store.set_meta("embedder", "bench").expect("meta");
-    let mut rng = fastrand::Rng::with_seed(7);
+    let mut rng = fastrand::Rng::with_seed(FILL_SEED);
     let response = format!(
         r#"{{"object":"chat.completion","choices":[{{"message":{{"content":"{}"}}}}]}}"#,
         "x".repeat(600)
@@ -121,7 +136,7 @@ fn fill(dir: &Path, entries: usize, per_scope: usize, dim: usize, keep: bool) ->
         scope_key[..8].copy_from_slice(&scope);
         let mut exact = [0u8; 32];
         exact[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        let vector = unit(&mut rng, dim);
+        let vector = kind.next(&mut rng);
         let entry = Entry {
             scope: scope_key,
             exact,
@@ -134,13 +149,11 @@ fn fill(dir: &Path, entries: usize, per_scope: usize, dim: usize, keep: bool) ->
             owner: Default::default(),
         };
         let (id, _) = store.insert(&entry, Some(&vector)).expect("insert");
-        if keep {
-            filled.ids.push(id);
-            filled.rows.extend(vector);
+        if let Some(truth) = truth.as_deref_mut() {
+            truth.see(id, &vector);
         }
     }
     store.flush().expect("flush");
-    filled
 }
 
 mod restart {
@@ -150,7 +163,9 @@ mod restart {
     use deja::cache::key::Hash32;
     use deja::cache::{NewEntry, Requirements};
 
-    use super::vectors::{brute_force, near_queries, pct};
+    use std::collections::HashMap;
+
+    use super::vectors::{near, pct, query_sources};
     use super::*;
 
     const LATE: usize = 1000;
@@ -172,17 +187,65 @@ mod restart {
         pub ef: Vec<usize>,
     }
 
-    pub fn run(entries: usize, dim: usize, shape: Shape, probe: &Probe) {
+    /// Each phase runs in a new process, so the memory one phase leaves behind (the allocator
+    /// keeps what the build freed) cannot slow the next one down. `keep` leaves the filled
+    /// store and its dump in that directory (a temporary one otherwise).
+    pub fn run(
+        entries: usize,
+        kind: &VectorKind,
+        shape: Shape,
+        probe: &Probe,
+        keep: Option<std::path::PathBuf>,
+    ) {
+        let dim = kind.dim();
         println!(
-            "restart with one scope of {entries} entries, {dim}-d vectors, M={} \
-             ef_construction={}",
-            shape.m, shape.ef_construction
+            "restart with one scope of {entries} entries, {dim}-d {}, M={} ef_construction={}",
+            kind.describe(),
+            shape.m,
+            shape.ef_construction
         );
-        let dir = tempfile::tempdir().expect("tempdir");
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = keep.unwrap_or_else(|| temp.path().to_path_buf());
+        let ef: Vec<String> = probe.ef.iter().map(usize::to_string).collect();
+        let status = phase("build", &dir, kind, shape, entries)
+            .arg(format!("--queries={}", probe.queries))
+            .arg(format!("--ef={}", ef.join(",")))
+            .status()
+            .expect("build phase");
+        assert!(status.success(), "build phase failed");
+        println!(
+            "| start | spawn → first semantic lookup answered (s) | Cache::open (s) | RSS/entry (bytes) |"
+        );
+        println!("|---|---|---|---|");
+        child(&dir, kind, shape, "from dump");
+        let status = phase("late", &dir, kind, shape, 0)
+            .stdout(Stdio::null())
+            .status()
+            .expect("late phase");
+        assert!(status.success(), "late phase failed");
+        child(&dir, kind, shape, &format!("dump + {LATE} stored after it"));
+    }
+
+    /// This bench as a child process running `phase` on `dir`.
+    fn phase(phase: &str, dir: &Path, kind: &VectorKind, shape: Shape, entries: usize) -> Command {
+        let mut command = Command::new(std::env::current_exe().expect("exe"));
+        command
+            .args([entries.to_string(), kind.dim().to_string()])
+            .arg(format!("--phase={phase}"))
+            .arg(format!("--dir={}", dir.display()))
+            .arg(format!("--latent={}", kind.latent()))
+            .arg(format!("--m={}", shape.m))
+            .arg(format!("--efc={}", shape.ef_construction));
+        command
+    }
+
+    /// Fills the store, builds the graph (the cold start), probes it, dumps it.
+    pub fn build(dir: &Path, entries: usize, kind: &VectorKind, shape: Shape, probe: &Probe) {
         let started = Instant::now();
-        let filled = fill(dir.path(), entries, entries, dim, true);
+        let mut truth = Truth::new(queries(kind, entries, probe.queries), kind.dim());
+        fill(dir, entries, entries, kind, Some(&mut truth));
         println!("fill sled: {:.1} s", started.elapsed().as_secs_f64());
-        let config = config(dir.path(), shape);
+        let config = config(dir, shape);
         let started = Instant::now();
         let cache = Cache::open(&config, "bench", Arc::new(SystemClock)).expect("open");
         let built = started.elapsed().as_secs_f64();
@@ -190,19 +253,16 @@ mod restart {
             "cold open (graph built): {built:.1} s ({:.0} inserts/s)",
             entries as f64 / built
         );
-        search(&cache, &config, &filled, dim, probe);
-        drop(filled);
+        search(&cache, &config, truth, probe);
         let started = Instant::now();
         assert_eq!(cache.dump_index(true), 1);
         println!("dump: {:.1} s", started.elapsed().as_secs_f64());
-        drop(cache);
-        println!(
-            "| start | spawn → first semantic hit (s) | Cache::open (s) | RSS/entry (bytes) |"
-        );
-        println!("|---|---|---|---|");
-        child(dir.path(), dim, shape, "from dump");
+    }
 
-        let cache = Cache::open(&config, "bench", Arc::new(SystemClock)).expect("open");
+    /// Opens from the dump, stores `LATE` more entries, and stops without dumping (a crash
+    /// after the store's flush), so the next start replays them.
+    pub fn add_late(dir: &Path, kind: &VectorKind, shape: Shape) {
+        let cache = Cache::open(&config(dir, shape), "bench", Arc::new(SystemClock)).expect("open");
         let mut rng = fastrand::Rng::with_seed(99);
         for i in 0..LATE {
             let mut exact = [0xee; 32];
@@ -213,7 +273,7 @@ mod restart {
                 model: "gpt-4o-mini".into(),
                 response: "{}".into(),
                 has_usage: true,
-                vector: Some(unit(&mut rng, dim)),
+                vector: Some(kind.next(&mut rng)),
                 prompt: None,
                 ttl_ms: None,
                 owner: Default::default(),
@@ -221,30 +281,29 @@ mod restart {
             cache.insert(new).expect("insert");
         }
         cache.flush().expect("flush");
-        drop(cache);
-        child(
-            dir.path(),
-            dim,
-            shape,
-            &format!("dump + {LATE} stored after it"),
-        );
     }
 
-    /// Near queries through `lookup_semantic` at each search breadth: latency and recall@1.
-    fn search(cache: &Cache, config: &CacheConfig, filled: &Filled, dim: usize, probe: &Probe) {
+    /// `count` near queries over the vectors `fill` will store: their sources are found by
+    /// generating the same sequence once more, so no copy of all vectors is kept.
+    fn queries(kind: &VectorKind, entries: usize, count: usize) -> Vec<Vec<f32>> {
+        let sources = query_sources(entries, count);
+        let wanted: std::collections::HashSet<usize> = sources.iter().copied().collect();
+        let mut rng = fastrand::Rng::with_seed(FILL_SEED);
+        let mut found = HashMap::new();
+        for i in 0..entries {
+            let vector = kind.next(&mut rng);
+            if wanted.contains(&i) {
+                found.insert(i, vector);
+            }
+        }
         let mut rng = fastrand::Rng::with_seed(5);
-        let queries = near_queries(&mut rng, &filled.rows, dim, probe.queries);
-        let started = Instant::now();
-        let truth: Vec<u64> = brute_force(&filled.rows, dim, &queries)
-            .into_iter()
-            .map(|row| filled.ids[row])
-            .collect();
-        println!(
-            "brute force over {} vectors: {:.1} s for {} queries",
-            filled.ids.len(),
-            started.elapsed().as_secs_f64(),
-            queries.len()
-        );
+        sources.iter().map(|i| near(&mut rng, &found[i])).collect()
+    }
+
+    /// Near queries through `lookup_semantic` at each search breadth: latency and recall@1
+    /// against the exact nearest stored vector.
+    fn search(cache: &Cache, config: &CacheConfig, truth: Truth, probe: &Probe) {
+        let (queries, truth) = truth.finish();
         println!("| ef_search | lookup p50 (µs) | lookup p99 (µs) | recall@1 |");
         println!("|---|---|---|---|");
         for &ef in &probe.ef {
@@ -281,13 +340,10 @@ mod restart {
         }
     }
 
-    /// Runs `--open-only` in a new process and prints its row.
-    fn child(dir: &Path, dim: usize, shape: Shape, label: &str) {
+    /// Runs the `open` phase in a new process and prints its row.
+    fn child(dir: &Path, kind: &VectorKind, shape: Shape, label: &str) {
         let started = Instant::now();
-        let mut child = Command::new(std::env::current_exe().expect("exe"))
-            .args(["0", &dim.to_string(), &dir.to_string_lossy(), "--open-only"])
-            .arg(format!("--m={}", shape.m))
-            .arg(format!("--efc={}", shape.ef_construction))
+        let mut child = phase("open", dir, kind, shape, 0)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn");
@@ -301,12 +357,20 @@ mod restart {
     }
 
     /// The child: open, look up the first stored vector, report.
-    pub fn open_only(dir: &Path, dim: usize, shape: Shape) {
+    pub fn open_only(dir: &Path, kind: &VectorKind, shape: Shape) {
+        // Where the start-up time goes: deja's own log lines, on stderr.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "deja=debug".into()),
+            )
+            .with_writer(std::io::stderr)
+            .try_init();
         let rss = rss::rss_bytes();
         let started = Instant::now();
         let cache = Cache::open(&config(dir, shape), "bench", Arc::new(SystemClock)).expect("open");
         let open_s = started.elapsed().as_secs_f64();
-        let query = unit(&mut fastrand::Rng::with_seed(7), dim);
+        let query = kind.next(&mut fastrand::Rng::with_seed(7));
         let found = cache
             .lookup_semantic(&Hash32([0; 32]), &query, "", 0.99, NEEDS)
             .expect("lookup");
