@@ -20,8 +20,9 @@ use crate::routing::Route;
 use crate::track::Tracker;
 
 /// Bodies larger than this are planned every time: they are rarely repeated verbatim, and
-/// the memo's memory stays bounded (`2 × GENERATION × MAX_BODY` at worst).
-const MAX_BODY: usize = 8 * 1024;
+/// the memo's memory stays bounded: 2 × GENERATION entries of at most the body, the routed
+/// body and the prompt text, so about 24 MiB at worst.
+pub(super) const MAX_BODY: usize = 8 * 1024;
 /// Entries per generation.
 const GENERATION: usize = 512;
 

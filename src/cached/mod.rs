@@ -163,6 +163,13 @@ pub async fn handle(
         Some(planned) => planned,
         None => {
             let epoch = app.plans.epoch();
+            // Its own allocation: a body read from the socket may share a larger buffer, which
+            // the memo would otherwise keep alive.
+            let raw = if raw.len() <= memo::MAX_BODY {
+                Bytes::copy_from_slice(&raw)
+            } else {
+                raw
+            };
             let (routed, json) = match route_fresh(&app, &raw) {
                 Ok(fresh) => fresh,
                 Err(err) => return unreadable(err, tracker),
