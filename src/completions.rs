@@ -269,10 +269,7 @@ mod tests {
     use crate::sse::SseParser;
 
     fn partition() -> Partition {
-        Partition {
-            tenant: "t".into(),
-            namespace: String::new(),
-        }
+        Partition::of_tenant("t")
     }
 
     fn lookup(body: Value) -> Option<Lookup> {

@@ -354,10 +354,7 @@ mod tests {
     use super::*;
 
     fn partition() -> Partition {
-        Partition {
-            tenant: "t".into(),
-            namespace: String::new(),
-        }
+        Partition::of_tenant("t")
     }
 
     #[test]

@@ -201,10 +201,7 @@ mod tests {
     use crate::completions::Completions;
 
     fn partition(tenant: &str) -> Partition {
-        Partition {
-            tenant: tenant.into(),
-            namespace: String::new(),
-        }
+        Partition::of_tenant(tenant)
     }
 
     fn planned(model: &str) -> Arc<Planned> {

@@ -47,6 +47,17 @@ pub struct Partition {
     pub namespace: String,
 }
 
+#[cfg(test)]
+impl Partition {
+    /// `tenant`'s partition without a namespace.
+    pub(crate) fn of_tenant(tenant: &str) -> Partition {
+        Partition {
+            tenant: tenant.into(),
+            namespace: String::new(),
+        }
+    }
+}
+
 /// A cacheable request, reduced to what the cache needs.
 #[derive(Debug, Clone)]
 pub struct Lookup {

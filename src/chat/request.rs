@@ -198,10 +198,7 @@ mod tests {
     use serde_json::json;
 
     fn partition(tenant: &str) -> Partition {
-        Partition {
-            tenant: tenant.into(),
-            namespace: String::new(),
-        }
+        Partition::of_tenant(tenant)
     }
 
     fn plan(body: Value) -> Plan {

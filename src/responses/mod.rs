@@ -231,11 +231,7 @@ mod tests {
     use serde_json::json;
 
     fn plan(body: Value) -> Plan {
-        let partition = Partition {
-            tenant: "t".into(),
-            namespace: String::new(),
-        };
-        RESPONSES.plan(body, &partition)
+        RESPONSES.plan(body, &Partition::of_tenant("t"))
     }
 
     fn lookup(body: Value) -> Lookup {
