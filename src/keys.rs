@@ -89,16 +89,7 @@ mod tests {
     fn ring(keys: &[(&str, &str)]) -> KeyRing {
         let mut config = Config::default();
         for (id, key) in keys {
-            config.keys.push(KeyConfig {
-                id: id.to_string(),
-                hash: hash_key(key),
-                tenant: None,
-                namespace: None,
-                rpm: 0,
-                tpm: 0,
-                budget_usd: None,
-                budget_period: Default::default(),
-            });
+            config.keys.push(KeyConfig::unlimited(id, key));
         }
         KeyRing::from_config(&config)
     }

@@ -39,6 +39,20 @@ pub struct KeyConfig {
 }
 
 impl KeyConfig {
+    /// A key named `id` whose secret is `secret`, without limits, tenant or namespace.
+    pub fn unlimited(id: &str, secret: &str) -> KeyConfig {
+        KeyConfig {
+            id: id.into(),
+            hash: crate::keys::hash_key(secret),
+            tenant: None,
+            namespace: None,
+            rpm: 0,
+            tpm: 0,
+            budget_usd: None,
+            budget_period: BudgetPeriod::default(),
+        }
+    }
+
     pub fn tenant(&self) -> &str {
         self.tenant.as_deref().unwrap_or(&self.id)
     }

@@ -138,16 +138,7 @@ fn upstream_key_is_refused_in_the_file_but_taken_from_env_or_a_file() {
 
 #[test]
 fn managed_keys_are_validated() {
-    let key = KeyConfig {
-        id: "alice".into(),
-        hash: crate::keys::hash_key("sk-alice"),
-        tenant: None,
-        namespace: None,
-        rpm: 0,
-        tpm: 0,
-        budget_usd: None,
-        budget_period: BudgetPeriod::Day,
-    };
+    let key = KeyConfig::unlimited("alice", "sk-alice");
     let mut config = Config::default();
     config.keys.push(key.clone());
     let err = config.validate().unwrap_err().to_string();

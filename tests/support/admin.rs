@@ -1,7 +1,6 @@
 //! Managed keys and the admin listener in tests: key configs, admin calls, metric values.
 
 use deja::config::{KeyConfig, Secret};
-use deja::keys::hash_key;
 use serde_json::Value;
 
 use super::proxy::{Harness, Reply};
@@ -11,16 +10,7 @@ pub const UPSTREAM_KEY: &str = "sk-upstream-real-key";
 
 /// A managed key whose secret is `secret`.
 pub fn key(id: &str, secret: &str) -> KeyConfig {
-    KeyConfig {
-        id: id.into(),
-        hash: hash_key(secret),
-        tenant: None,
-        namespace: None,
-        rpm: 0,
-        tpm: 0,
-        budget_usd: None,
-        budget_period: Default::default(),
-    }
+    KeyConfig::unlimited(id, secret)
 }
 
 /// A harness in managed mode with these keys and the admin listener on port 0.
