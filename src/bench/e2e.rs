@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use super::metrics::{Judge, Pair};
+use super::metrics::{Judge, Pair, Verdict};
 use crate::cache::verify::VerifyConfig;
 use crate::clock::SystemClock;
 use crate::config::Config;
@@ -47,7 +47,10 @@ pub struct E2eReport {
     pub semantic: usize,
     pub coalesced: usize,
     pub right: usize,
+    /// Hits the file labels wrong.
     pub wrong: usize,
+    /// Hits on a stored text the file does not label against the query.
+    pub unlabelled: usize,
     /// Right hits on label-1 pairs / label-1 pairs.
     pub hit_rate: f64,
     /// Upstream calls the cache saved in phase 2: queries − calls.
@@ -117,6 +120,7 @@ pub async fn run(name: &str, pairs: &[Pair], config: &Config) -> Result<E2eRepor
         coalesced: 0,
         right: 0,
         wrong: 0,
+        unlabelled: 0,
         hit_rate: 0.0,
         saved: pairs.len().saturating_sub(query_calls),
         seconds: 0.0,
@@ -130,11 +134,13 @@ pub async fn run(name: &str, pairs: &[Pair], config: &Config) -> Result<E2eRepor
             Some("semantic") => report.semantic += 1,
             Some(_) => report.coalesced += 1,
         }
-        if judge.is_right(pair, &served.content) {
-            report.right += 1;
-            right_label1 += usize::from(pair.label == 1);
-        } else {
-            report.wrong += 1;
+        match judge.verdict(pair, &served.content) {
+            Verdict::Right => {
+                report.right += 1;
+                right_label1 += usize::from(pair.label == 1);
+            }
+            Verdict::Wrong => report.wrong += 1,
+            Verdict::Unlabelled => report.unlabelled += 1,
         }
     }
     let label1 = pairs.iter().filter(|p| p.label == 1).count();
@@ -158,7 +164,7 @@ impl E2eReport {
              | upstream calls for the `b`s (misses) | {} |\n\
              | upstream calls saved | {} ({:.1}%) |\n\
              | hits (exact / semantic / coalesced) | {hits} ({} / {} / {}) |\n\
-             | right / wrong hits | {} / {} |\n\
+             | right / wrong / unlabelled hits | {} / {} / {} |\n\
              | hit rate on label-1 pairs | {:.1}% |\n",
             self.name,
             self.pairs,
@@ -175,6 +181,7 @@ impl E2eReport {
             self.coalesced,
             self.right,
             self.wrong,
+            self.unlabelled,
             100.0 * self.hit_rate,
         )
     }

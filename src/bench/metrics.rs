@@ -53,18 +53,37 @@ impl Judge {
 
     /// Right when the stored prompt is `b` itself, or the pair's own `a` and the pair is a
     /// paraphrase, or another pair of the file labels the two texts a paraphrase (and none
-    /// labels them different). A hit on a label-0 pair's own `a` is always wrong.
-    pub fn is_right(&self, pair: &Pair, hit_text: &str) -> bool {
+    /// labels them different). A hit on a label-0 pair's own `a` is always wrong, and so is
+    /// one that some pair labels different. A hit on a text that no pair labels against the
+    /// query is `Unlabelled`: the file cannot say (read by hand, most such hits on real
+    /// questions are true duplicates, a few are not).
+    pub fn verdict(&self, pair: &Pair, hit_text: &str) -> Verdict {
         if hit_text == pair.b {
-            return true;
+            return Verdict::Right;
         }
         if hit_text == pair.a {
-            return pair.label == 1;
+            return if pair.label == 1 {
+                Verdict::Right
+            } else {
+                Verdict::Wrong
+            };
         }
-        self.labels
-            .get(&key(hit_text, &pair.b))
-            .is_some_and(|&(paraphrase, different)| paraphrase && !different)
+        match self.labels.get(&key(hit_text, &pair.b)) {
+            Some(&(true, false)) => Verdict::Right,
+            Some(_) => Verdict::Wrong,
+            None => Verdict::Unlabelled,
+        }
     }
+}
+
+/// What serving a hit to a query was, as far as the pair file can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Right,
+    Wrong,
+    /// The file labels neither way the stored text against the query.
+    Unlabelled,
 }
 
 /// What one cache answered to one query, already judged.
@@ -73,7 +92,7 @@ pub struct Found {
     /// 1.0 for an exact hit.
     pub similarity: f32,
     pub exact: bool,
-    pub right: bool,
+    pub verdict: Verdict,
 }
 
 /// One query and what each cache answered at the lowest threshold of the sweep.
@@ -120,7 +139,10 @@ pub struct Row {
     pub queries: usize,
     pub label1: usize,
     pub right: usize,
+    /// Hits the file labels wrong.
     pub wrong: usize,
+    /// Hits on a stored text the file does not label against the query.
+    pub unlabelled: usize,
     pub miss: usize,
     /// Right hits on label-1 queries (the numerator of `hit_rate`).
     pub right_label1: usize,
@@ -128,10 +150,12 @@ pub struct Row {
     pub exact_hits: usize,
     /// Right hits on label-1 queries / label-1 queries.
     pub hit_rate: f64,
-    /// Wrong hits / all queries.
+    /// Hits not known to be right (wrong and unlabelled) / all queries.
     pub wrong_rate: f64,
-    /// Right hits / hits; `None` without hits.
+    /// Right hits / all hits, unlabelled ones counted as wrong; `None` without hits.
     pub precision: Option<f64>,
+    /// Right hits / labelled hits (unlabelled ones left out); `None` without any.
+    pub labelled_precision: Option<f64>,
     /// F-beta with beta 0.5 (precision weighs more) of `precision` and `hit_rate`.
     pub f05: f64,
 }
@@ -163,12 +187,14 @@ pub fn row(judged: &[Judged], mode: Mode, threshold: f32) -> Row {
         label1: 0,
         right: 0,
         wrong: 0,
+        unlabelled: 0,
         miss: 0,
         right_label1: 0,
         exact_hits: 0,
         hit_rate: 0.0,
         wrong_rate: 0.0,
         precision: None,
+        labelled_precision: None,
         f05: 0.0,
     };
     for query in judged {
@@ -180,21 +206,32 @@ pub fn row(judged: &[Judged], mode: Mode, threshold: f32) -> Row {
             None => row.miss += 1,
             Some(found) => {
                 row.exact_hits += usize::from(found.exact);
-                if found.right {
-                    row.right += 1;
-                    row.right_label1 += usize::from(query.label1);
-                } else {
-                    row.wrong += 1;
+                match found.verdict {
+                    Verdict::Right => {
+                        row.right += 1;
+                        row.right_label1 += usize::from(query.label1);
+                    }
+                    Verdict::Wrong => row.wrong += 1,
+                    Verdict::Unlabelled => row.unlabelled += 1,
                 }
             }
         }
     }
     row.hit_rate = ratio(row.right_label1, row.label1);
-    row.wrong_rate = ratio(row.wrong, row.queries);
-    let hits = row.right + row.wrong;
+    row.wrong_rate = ratio(row.wrong + row.unlabelled, row.queries);
+    let hits = row.hits();
     row.precision = (hits > 0).then(|| ratio(row.right, hits));
+    let labelled = row.right + row.wrong;
+    row.labelled_precision = (labelled > 0).then(|| ratio(row.right, labelled));
     row.f05 = f05(row.precision.unwrap_or(0.0), row.hit_rate);
     row
+}
+
+impl Row {
+    /// Every hit: right, wrong and unlabelled.
+    pub fn hits(&self) -> usize {
+        self.right + self.wrong + self.unlabelled
+    }
 }
 
 pub fn sweep(judged: &[Judged], mode: Mode) -> Vec<Row> {
@@ -240,14 +277,11 @@ pub fn choose(rows: &[Row]) -> Choice {
     }
 }
 
-/// The row whose hit count (right + wrong) is closest to `hits` (the higher threshold on ties).
+/// The row whose hit count (every hit) is closest to `hits` (the higher threshold on ties).
 pub fn closest_hits(rows: &[Row], hits: usize) -> Option<Row> {
-    rows.iter().copied().min_by_key(|row| {
-        (
-            (row.right + row.wrong).abs_diff(hits),
-            -(row.threshold * 100.0) as i64,
-        )
-    })
+    rows.iter()
+        .copied()
+        .min_by_key(|row| (row.hits().abs_diff(hits), -(row.threshold * 100.0) as i64))
 }
 
 #[cfg(test)]
@@ -272,14 +306,71 @@ mod tests {
             pair("3", "w", "z", 1),
         ];
         let judge = Judge::new(&pairs);
-        assert!(judge.is_right(&pairs[0], "x"), "own a, label 1");
-        assert!(!judge.is_right(&pairs[1], "x"), "own a, label 0");
-        assert!(
-            judge.is_right(&pairs[1], "w"),
+        assert_eq!(
+            judge.verdict(&pairs[0], "x"),
+            Verdict::Right,
+            "own a, label 1"
+        );
+        assert_eq!(
+            judge.verdict(&pairs[1], "x"),
+            Verdict::Wrong,
+            "own a, label 0"
+        );
+        assert_eq!(
+            judge.verdict(&pairs[1], "w"),
+            Verdict::Right,
             "w and z are paraphrases (pair 3)"
         );
-        assert!(judge.is_right(&pairs[1], "z"), "identical text");
-        assert!(!judge.is_right(&pairs[0], "w"), "nothing links w and y");
+        assert_eq!(
+            judge.verdict(&pairs[1], "z"),
+            Verdict::Right,
+            "identical text"
+        );
+        assert_eq!(
+            judge.verdict(&pairs[0], "w"),
+            Verdict::Unlabelled,
+            "nothing links w and y"
+        );
+        assert_eq!(
+            judge.verdict(&pairs[2], "x"),
+            Verdict::Wrong,
+            "pair 2 labels x and z different"
+        );
+    }
+
+    #[test]
+    fn unlabelled_hits_have_their_own_column() {
+        let found = |verdict| {
+            Some(Found {
+                similarity: 0.9,
+                exact: false,
+                verdict,
+            })
+        };
+        let judged = [
+            Verdict::Right,
+            Verdict::Wrong,
+            Verdict::Unlabelled,
+            Verdict::Right,
+        ]
+        .map(|verdict| Judged {
+            label1: true,
+            exact: false,
+            cosine: found(verdict),
+            verified: None,
+        });
+        let row = row(&judged, Mode::Cosine, 0.9);
+        assert_eq!(
+            (row.right, row.wrong, row.unlabelled, row.hits()),
+            (2, 1, 1, 4)
+        );
+        assert_eq!(
+            row.precision,
+            Some(0.5),
+            "today's figure: unlabelled as wrong"
+        );
+        assert_eq!(row.labelled_precision, Some(2.0 / 3.0));
+        assert_eq!(row.wrong_rate, 0.5);
     }
 
     #[test]
@@ -293,11 +384,15 @@ mod tests {
 
     #[test]
     fn rows_count_hits_at_or_above_the_threshold() {
-        let found = |similarity, right| {
+        let found = |similarity, right: bool| {
             Some(Found {
                 similarity,
                 exact: false,
-                right,
+                verdict: if right {
+                    Verdict::Right
+                } else {
+                    Verdict::Wrong
+                },
             })
         };
         let judged = [

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, EmbeddingProvider};
 use crate::embed::Embedder;
 use metrics::Pair;
+use quality::Layout;
 use report::Report;
 
 #[derive(Debug, clap::Subcommand)]
@@ -56,6 +57,11 @@ pub struct QualityArgs {
     /// count the upstream calls saved (quality-NAME-e2e.{md,json}).
     #[arg(long)]
     pub e2e: bool,
+    /// Store each pair alone in its own scope, so a query meets only its own `a` (the
+    /// pair-classification view); outputs are named quality-NAME-pairwise.*. Without it,
+    /// every `a` shares one scope, as an app's traffic would fill the cache.
+    #[arg(long, conflicts_with = "e2e")]
+    pub pairwise: bool,
     /// `--e2e`: the similarity threshold deja runs with (default: the config's).
     #[arg(long, value_name = "T", requires = "e2e")]
     pub threshold: Option<f32>,
@@ -116,8 +122,17 @@ async fn quality_run(args: QualityArgs, config_path: &Path) -> Result<(), String
         None => HashMap::new(),
     };
 
+    let layout = if args.pairwise {
+        Layout::Pairwise
+    } else {
+        Layout::Simulation
+    };
     for arg in &args.pairs {
         let (name, path) = name_and_path(arg);
+        let name = match layout {
+            Layout::Simulation => name,
+            Layout::Pairwise => format!("{name}-pairwise"),
+        };
         let pairs = quality::read_pairs(&path, args.limit)?;
         eprintln!("{name}: {} pairs from {}", pairs.len(), path.display());
         let missing: Vec<Pair> = pairs
@@ -135,7 +150,8 @@ async fn quality_run(args: QualityArgs, config_path: &Path) -> Result<(), String
         let (cache_config, id) = (config.cache.clone(), embedder_id.clone());
         let (pairs, vectors_in) = (pairs, std::mem::take(&mut vectors));
         let (pairs, vectors_back, measured) = tokio::task::spawn_blocking(move || {
-            let measured = quality::measure(&pairs, &vectors_in, &cache_config, &id, lowest);
+            let measured =
+                quality::measure(&pairs, &vectors_in, &cache_config, &id, lowest, layout);
             (pairs, vectors_in, measured)
         })
         .await
@@ -151,6 +167,7 @@ async fn quality_run(args: QualityArgs, config_path: &Path) -> Result<(), String
             &embedder_id,
             &config,
             timings,
+            layout,
         );
         write_outputs(&args, &report)?;
         if args.dump {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::metrics::{Found, Judge, Judged, Pair};
+use super::metrics::{Found, Judge, Judged, Pair, Verdict};
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, Hit, NewEntry, Requirements};
 use crate::cached::{Endpoint, Lookup, Partition, Plan};
@@ -84,8 +84,30 @@ pub async fn embed_all(
     Ok(vectors)
 }
 
-/// The request the proxy would see for a prompt, planned by the chat endpoint.
-pub fn plan(text: &str) -> Result<Lookup, String> {
+/// Where each pair's `a` is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Every `a` in one scope, as one app's traffic fills a cache: a query can land on
+    /// another pair's text.
+    Simulation,
+    /// Each pair alone in a scope of its own (its own tenant): the standard
+    /// pair-classification view, where a query can only land on its own `a`.
+    Pairwise,
+}
+
+impl Layout {
+    /// The tenant `pair` is stored and asked under.
+    fn tenant(self, pair: &Pair) -> String {
+        match self {
+            Layout::Simulation => "bench".into(),
+            Layout::Pairwise => format!("bench-{}", pair.id),
+        }
+    }
+}
+
+/// The request the proxy would see for a prompt from `tenant`, planned by the chat endpoint.
+pub fn plan(text: &str, tenant: &str) -> Result<Lookup, String> {
     let body = json!({
         "model": MODEL,
         "messages": [
@@ -94,7 +116,7 @@ pub fn plan(text: &str) -> Result<Lookup, String> {
         ],
     });
     let partition = Partition {
-        tenant: "bench".into(),
+        tenant: tenant.into(),
         namespace: String::new(),
     };
     match ChatCompletions.plan(body, &partition) {
@@ -160,6 +182,7 @@ pub fn measure(
     config: &CacheConfig,
     embedder_id: &str,
     lowest: f32,
+    layout: Layout,
 ) -> Result<(Vec<Judged>, Vec<Trace>, Timings), String> {
     let mut cosine_config = config.clone();
     cosine_config.verify.enabled = false;
@@ -170,8 +193,8 @@ pub fn measure(
 
     let mut timings = Timings::default();
     let started = Instant::now();
-    store_all(&cosine.cache, pairs, vectors)?;
-    store_all(&verified.cache, pairs, vectors)?;
+    store_all(&cosine.cache, pairs, vectors, layout)?;
+    store_all(&verified.cache, pairs, vectors, layout)?;
     timings.insert_ms = started.elapsed().as_secs_f64() * 1000.0;
     timings.entries = cosine.cache.entries();
 
@@ -181,13 +204,13 @@ pub fn measure(
     for pair in pairs {
         let answer = |cache: &Cache, spent: &mut f64| -> Result<Option<TraceHit>, String> {
             let started = Instant::now();
-            let hit = ask(cache, &pair.b, vectors, lowest)?;
+            let hit = ask(cache, &pair.b, vectors, lowest, &layout.tenant(pair))?;
             *spent += started.elapsed().as_secs_f64() * 1000.0;
             Ok(hit.map(|hit| {
                 let text = hit.entry.prompt.clone().unwrap_or_default();
                 TraceHit {
                     pair: pair_of(&hit.entry.response),
-                    right: judge.is_right(pair, &text),
+                    verdict: judge.verdict(pair, &text),
                     text,
                     similarity: hit.similarity,
                     exact: !hit.semantic,
@@ -200,7 +223,7 @@ pub fn measure(
             hit.as_ref().map(|hit| Found {
                 similarity: hit.similarity,
                 exact: hit.exact,
-                right: hit.right,
+                verdict: hit.verdict,
             })
         };
         judged.push(Judged {
@@ -236,9 +259,10 @@ pub fn store_all(
     cache: &Cache,
     pairs: &[Pair],
     vectors: &HashMap<String, Vec<f32>>,
+    layout: Layout,
 ) -> Result<(), String> {
     for pair in pairs {
-        let lookup = plan(&pair.a)?;
+        let lookup = plan(&pair.a, &layout.tenant(pair))?;
         let prompt = lookup.semantic_text.unwrap_or_default();
         cache
             .insert(NewEntry {
@@ -257,14 +281,16 @@ pub fn store_all(
     Ok(())
 }
 
-/// Looks `text` up as `cached.rs` does: the exact tier, then the semantic tier at `threshold`.
+/// Looks `text` up from `tenant` as `cached.rs` does: the exact tier, then the semantic
+/// tier at `threshold`.
 pub fn ask(
     cache: &Cache,
     text: &str,
     vectors: &HashMap<String, Vec<f32>>,
     threshold: f32,
+    tenant: &str,
 ) -> Result<Option<Hit>, String> {
-    let lookup = plan(text)?;
+    let lookup = plan(text, tenant)?;
     if let Some(hit) = cache
         .lookup_exact(&lookup.exact, NEEDS)
         .map_err(store_err)?
@@ -302,5 +328,5 @@ pub struct TraceHit {
     pub text: String,
     pub similarity: f32,
     pub exact: bool,
-    pub right: bool,
+    pub verdict: Verdict,
 }

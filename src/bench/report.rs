@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::metrics::{self, Choice, Judged, Mode, Pair, Row};
-use super::quality::Timings;
+use super::quality::{Layout, Timings};
 use crate::cache::verify::VerifyConfig;
 use crate::config::Config;
 
@@ -23,6 +23,8 @@ pub struct Report {
     pub label1: usize,
     pub label0: usize,
     pub embedder: String,
+    /// One scope for every `a`, or each pair alone.
+    pub layout: Layout,
     pub verify: VerifyConfig,
     pub hnsw_min_entries: usize,
     pub timings: Timings,
@@ -90,6 +92,7 @@ impl Report {
         embedder: &str,
         config: &Config,
         timings: Timings,
+        layout: Layout,
     ) -> Report {
         let label1 = pairs.iter().filter(|p| p.label == 1).count();
         let semantic: Vec<Judged> = judged.iter().filter(|j| !j.exact).copied().collect();
@@ -116,6 +119,7 @@ impl Report {
             label1,
             label0: pairs.len() - label1,
             embedder: embedder.into(),
+            layout,
             verify: config.cache.verify,
             hnsw_min_entries: config.cache.hnsw_min_entries,
             timings,
@@ -153,10 +157,15 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "Hit rate = right hits on label-1 queries / label-1 queries. Wrong-hit rate = wrong \
-             hits / all queries. Precision = right / all hits. F0.5 weighs precision twice as \
-             much as hit rate.\n"
+            "Hit rate = right hits on label-1 queries / label-1 queries. A hit is right or wrong \
+             when the file labels the stored text against the query (its own pair, or another \
+             pair that links the two texts), and unlabelled otherwise. Wrong-hit rate = hits \
+             not known to be right (wrong and unlabelled) / all queries. Precision = right / all \
+             hits (unlabelled counted as wrong); labelled precision = right / (right + wrong), \
+             unlabelled hits left out. F0.5 (of precision and hit rate) weighs precision twice \
+             as much as hit rate.\n"
         );
+        let _ = writeln!(md, "{}\n", layout_summary(self.layout));
         let mut views = vec![("all queries", &self.all)];
         // Without exact repeats, the semantic tier answers every query: the same figures.
         if self.exact_queries > 0 {
@@ -178,6 +187,19 @@ impl Report {
             gptcache_table(&mut md, &self.gptcache);
         }
         md
+    }
+}
+
+fn layout_summary(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Simulation => {
+            "Cache simulation: every `a` is stored in one scope, so a query can land on any \
+             pair's text."
+        }
+        Layout::Pairwise => {
+            "Pair by pair: each pair alone in its own scope, so a query meets only its own `a` \
+             (no unlabelled hits)."
+        }
     }
 }
 
@@ -207,15 +229,22 @@ fn precision(row: &Row) -> String {
     row.precision.map_or("–".into(), pct)
 }
 
+fn labelled_precision(row: &Row) -> String {
+    row.labelled_precision.map_or("–".into(), pct)
+}
+
 fn describe(row: Option<Row>) -> String {
     row.map_or("none".into(), |r| {
         format!(
-            "**{:.2}**: hit rate {}, wrong {} ({}), precision {}, F0.5 {:.3}",
+            "**{:.2}**: hit rate {}, wrong {} + unlabelled {} ({}), precision {} (labelled {}), \
+             F0.5 {:.3}",
             r.threshold,
             pct(r.hit_rate),
             r.wrong,
+            r.unlabelled,
             pct(r.wrong_rate),
             precision(&r),
+            labelled_precision(&r),
             r.f05
         )
     })
@@ -277,9 +306,10 @@ fn change(before: usize, after: usize) -> String {
 fn sweep_table(md: &mut String, view: &View, full: bool) {
     let _ = writeln!(
         md,
-        "| threshold | hit rate | wrong rate | precision | F0.5 | right/wrong/miss \
-         | hit rate ✓ | wrong rate ✓ | precision ✓ | F0.5 ✓ | right/wrong/miss ✓ |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|"
+        "| threshold | hit rate | wrong rate | precision | labelled | F0.5 \
+         | right/wrong/unlabelled/miss | hit rate ✓ | wrong rate ✓ | precision ✓ | labelled ✓ \
+         | F0.5 ✓ | right/wrong/unlabelled/miss ✓ |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (c, v) in view.cosine.iter().zip(&view.verified) {
         let pick = (c.threshold * 100.0).round() as u32;
@@ -288,21 +318,26 @@ fn sweep_table(md: &mut String, view: &View, full: bool) {
         }
         let _ = writeln!(
             md,
-            "| {:.2} | {} | {} | {} | {:.3} | {}/{}/{} | {} | {} | {} | {:.3} | {}/{}/{} |",
+            "| {:.2} | {} | {} | {} | {} | {:.3} | {}/{}/{}/{} | {} | {} | {} | {} | {:.3} \
+             | {}/{}/{}/{} |",
             c.threshold,
             pct(c.hit_rate),
             pct(c.wrong_rate),
             precision(c),
+            labelled_precision(c),
             c.f05,
             c.right,
             c.wrong,
+            c.unlabelled,
             c.miss,
             pct(v.hit_rate),
             pct(v.wrong_rate),
             precision(v),
+            labelled_precision(v),
             v.f05,
             v.right,
             v.wrong,
+            v.unlabelled,
             v.miss,
         );
     }
@@ -317,7 +352,7 @@ fn gptcache_table(md: &mut String, matched: &[Matched]) {
          score). deja rows are at the threshold where its hit count is closest to GPTCache's. \
          Every pair is a paraphrase, so a wrong hit is a hit on another pair's text; many of \
          those texts are near-duplicates of the right one.\n\n\
-         | | threshold | hits | right | wrong | miss |\n|---|---|---|---|---|---|"
+         | | threshold | hits | right | wrong (+ unlabelled) | miss |\n|---|---|---|---|---|---|"
     );
     let mut last = "";
     for m in matched {
@@ -334,12 +369,13 @@ fn gptcache_table(md: &mut String, matched: &[Matched]) {
         let r = &m.row;
         let _ = writeln!(
             md,
-            "| deja, {} | {:.2} | {} | {} | {} | {} |",
+            "| deja, {} | {:.2} | {} | {} | {} + {} | {} |",
             m.mode.name(),
             r.threshold,
-            r.right + r.wrong,
+            r.hits(),
             r.right,
             r.wrong,
+            r.unlabelled,
             r.miss
         );
     }

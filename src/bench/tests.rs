@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use super::metrics::{self, Mode, Pair};
-use super::quality::{TempCache, ask, measure, store_all};
+use super::metrics::{self, Mode, Pair, Verdict};
+use super::quality::{Layout, TempCache, ask, measure, store_all};
 use crate::config::CacheConfig;
 
 const A1: &str = "How do I reset my password?";
@@ -67,10 +67,11 @@ fn counts(row: &metrics::Row) -> (usize, usize, usize) {
 fn right_wrong_and_miss_through_the_real_cache() {
     let (pairs, vectors) = fixture();
     let config = CacheConfig::default();
-    let (judged, traces, timings) = measure(&pairs, &vectors, &config, "fake", 0.70).unwrap();
+    let (judged, traces, timings) =
+        measure(&pairs, &vectors, &config, "fake", 0.70, Layout::Simulation).unwrap();
     assert_eq!(timings.entries, 5);
     assert!(
-        judged[3].exact && judged[3].cosine.unwrap().right,
+        judged[3].exact && judged[3].cosine.unwrap().verdict == Verdict::Right,
         "identical text"
     );
     assert_eq!(traces[1].verified.as_ref().unwrap().text, A3);
@@ -111,18 +112,43 @@ fn right_wrong_and_miss_through_the_real_cache() {
     );
 }
 
+/// Pair by pair, a query meets only its own `a`: p3's query finds A3 (right) although A2
+/// scores higher in the shared scope, and p4's verbatim copy of A1 is not there to hit.
+#[test]
+fn pairwise_layout_keeps_each_pair_alone() {
+    let (pairs, vectors) = fixture();
+    let config = CacheConfig::default();
+    let (judged, traces, _) =
+        measure(&pairs, &vectors, &config, "fake", 0.70, Layout::Pairwise).unwrap();
+    let cosine = metrics::row(&judged, Mode::Cosine, 0.70);
+    assert_eq!(
+        (cosine.right, cosine.wrong, cosine.unlabelled, cosine.miss),
+        (2, 1, 0, 2),
+        "p1 and p3 right, p2 wrong, p4 and p5 miss"
+    );
+    assert_eq!(traces[2].cosine.as_ref().unwrap().text, A3);
+    assert!(!judged[3].exact, "A1 is stored in p1's scope, not p4's");
+    let verified = metrics::row(&judged, Mode::Verified, 0.70);
+    assert_eq!(
+        (verified.right, verified.wrong, verified.miss),
+        (2, 0, 3),
+        "the negation is rejected and nothing else is there"
+    );
+}
+
 /// The derivation `measure` relies on: with verification on, one lookup at the lowest
 /// threshold gives the same answer as a lookup at each threshold.
 #[test]
 fn single_lookup_decides_every_threshold() {
     let (pairs, vectors) = fixture();
     let config = CacheConfig::default();
-    let (judged, _, _) = measure(&pairs, &vectors, &config, "fake", 0.70).unwrap();
+    let (judged, _, _) =
+        measure(&pairs, &vectors, &config, "fake", 0.70, Layout::Simulation).unwrap();
     for enabled in [false, true] {
         let mut config = config.clone();
         config.verify.enabled = enabled;
         let cache = TempCache::open(&config, "fake", "per-threshold").unwrap();
-        store_all(&cache.cache, &pairs, &vectors).unwrap();
+        store_all(&cache.cache, &pairs, &vectors, Layout::Simulation).unwrap();
         for threshold in metrics::thresholds() {
             for (pair, judged) in pairs.iter().zip(&judged) {
                 let once = if enabled {
@@ -132,7 +158,7 @@ fn single_lookup_decides_every_threshold() {
                 }
                 .filter(|found| found.similarity >= threshold)
                 .map(|found| found.similarity);
-                let direct = ask(&cache.cache, &pair.b, &vectors, threshold)
+                let direct = ask(&cache.cache, &pair.b, &vectors, threshold, "bench")
                     .unwrap()
                     .map(|hit| hit.similarity);
                 assert_eq!(once, direct, "{} at {threshold}", pair.id);
