@@ -123,7 +123,6 @@ fn entry(i: usize, dim: usize, rng: &mut fastrand::Rng) -> NewEntry {
         has_usage: true,
         vector: Some(vector),
         prompt: None,
-        ttl_ms: None,
         owner: Default::default(),
     }
 }

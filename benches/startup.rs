@@ -275,7 +275,6 @@ mod restart {
                 has_usage: true,
                 vector: Some(kind.next(&mut rng)),
                 prompt: None,
-                ttl_ms: None,
                 owner: Default::default(),
             };
             cache.insert(new).expect("insert");

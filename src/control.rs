@@ -30,7 +30,8 @@ pub struct Controls {
     pub no_cache: bool,
     /// `Cache-Control: no-store`: do not store the answer.
     pub no_store: bool,
-    /// `Cache-Control: max-age=N`: only entries younger than N seconds; caps the stored TTL.
+    /// `Cache-Control: max-age=N`: only entries younger than N seconds (never shortens what
+    /// this request stores: others rely on that entry).
     pub max_age_secs: Option<u64>,
     /// From `x-deja-threshold`, already validated to (0, 1].
     pub threshold: Option<f32>,

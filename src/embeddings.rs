@@ -229,15 +229,7 @@ async fn respond(
     let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
     tracker.update(|r| r.take_usage(&parsed));
     if !controls.no_store {
-        store(
-            &cache,
-            &batch,
-            &missing,
-            &fresh,
-            controls.max_age_secs,
-            Owner::of(&partition),
-        )
-        .await;
+        store(&cache, &batch, &missing, &fresh, Owner::of(&partition)).await;
     }
     for (&i, item) in missing.iter().zip(fresh.iter_mut()) {
         cached[i] = Some(std::mem::take(item));
@@ -277,7 +269,6 @@ async fn store(
     batch: &Batch,
     missing: &[usize],
     fresh: &[Value],
-    max_age_secs: Option<u64>,
     owner: Owner,
 ) {
     let entries: Vec<NewEntry> = missing
@@ -291,7 +282,6 @@ async fn store(
             has_usage: false,
             vector: None,
             prompt: None,
-            ttl_ms: max_age_secs.map(|s| s.saturating_mul(1000)),
             owner: owner.clone(),
         })
         .collect();
@@ -299,7 +289,7 @@ async fn store(
     let _ = tokio::task::spawn_blocking(move || {
         for entry in entries {
             match cache.insert(entry) {
-                Ok(_) => {}
+                Ok(_) | Err(StoreError::Oversized) => {}
                 // Disk trouble is warned about once, by the cache itself.
                 Err(StoreError::WritesOff) => return,
                 Err(err) => {

@@ -30,6 +30,8 @@ pub struct CacheGauges {
     pub write_failures: u64,
     pub writes_skipped: u64,
     pub writes_enabled: bool,
+    /// Answers not stored because they alone exceed `cache.max_bytes`.
+    pub oversized_skipped: u64,
 }
 
 /// Endpoints whose request counters are resolved once (a label lookup hashes its strings).
@@ -89,6 +91,7 @@ pub struct Metrics {
     write_failures: Counter,
     writes_skipped: Counter,
     writes_enabled: Gauge,
+    oversized_skipped: Counter,
 }
 
 fn latency() -> Histogram {
@@ -131,6 +134,7 @@ impl Default for Metrics {
             write_failures: Counter::default(),
             writes_skipped: Counter::default(),
             writes_enabled: Gauge::default(),
+            oversized_skipped: Counter::default(),
             registry: Registry::default(),
             resolved: Resolved {
                 requests: Vec::new(),
@@ -291,6 +295,11 @@ impl Default for Metrics {
             "1 while cache writes are on, 0 while a disk problem keeps them off",
             m.writes_enabled.clone(),
         );
+        r.register(
+            "deja_cache_oversized_skipped",
+            "Answers not cached because they alone exceed cache.max_bytes",
+            m.oversized_skipped.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -394,6 +403,7 @@ impl Metrics {
         for (counter, total) in [
             (&self.write_failures, cache.write_failures),
             (&self.writes_skipped, cache.writes_skipped),
+            (&self.oversized_skipped, cache.oversized_skipped),
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
@@ -449,9 +459,11 @@ mod tests {
             write_failures: 2,
             writes_skipped: 5,
             writes_enabled: false,
+            oversized_skipped: 1,
         };
         let text = metrics.render(gauges, 0);
         assert_eq!(value(&text, "deja_cache_write_failures_total"), 2.0);
+        assert_eq!(value(&text, "deja_cache_oversized_skipped_total"), 1.0);
         assert_eq!(value(&text, "deja_cache_writes_skipped_total"), 5.0);
         assert_eq!(value(&text, "deja_cache_writes_enabled"), 0.0);
         let later = CacheGauges {

@@ -5,6 +5,10 @@ mod support;
 
 use std::time::Duration;
 
+use deja::cache::key::Hash32;
+use deja::cache::{Cache, NewEntry};
+use deja::clock::ManualClock;
+use deja::config::CacheConfig;
 use serde_json::json;
 use support::fake_upstream::{CHAT_PATH, ChatMode, EMBEDDINGS_PATH, EmbedMode};
 use support::proxy::{Harness, KEY_A, KEY_B, Reply, ask, ask_stream, at_cosine, axis};
@@ -217,6 +221,39 @@ async fn max_age_limits_what_a_request_accepts() {
 }
 
 #[tokio::test]
+async fn max_age_never_shortens_the_entry_others_rely_on() {
+    let h = Harness::with(|c| c.cache.ttl_secs = 600).await;
+    let body = ask("What is the capital of France?");
+    h.chat(&body).await;
+    h.clock.advance(Duration::from_secs(10));
+    // max-age=0 accepts no entry, so this goes upstream; its answer must not be stored to
+    // expire at once, deleting the entry everyone else hits.
+    let strict = h
+        .chat_headers(&[("cache-control", "max-age=0")], &body)
+        .await;
+    assert_eq!(strict.cache_status(), "miss");
+    let after = h.chat(&body).await;
+    assert_eq!(after.cache_status(), "hit", "max-age=0 emptied the entry");
+    assert_eq!(
+        after.content(),
+        strict.content(),
+        "the fresh answer is served"
+    );
+
+    // A small max-age refreshes the entry; what it stores lives for the configured TTL.
+    h.clock.advance(Duration::from_secs(20));
+    let short = h
+        .chat_headers(&[("cache-control", "max-age=5")], &body)
+        .await;
+    assert_eq!(short.cache_status(), "miss");
+    h.clock.advance(Duration::from_secs(300));
+    let later = h.chat(&body).await;
+    assert_eq!(later.cache_status(), "hit", "max-age=5 shortened the entry");
+    assert_eq!(later.content(), short.content());
+    assert_eq!(h.upstream.calls(CHAT_PATH), 3);
+}
+
+#[tokio::test]
 async fn no_cache_refreshes_and_no_store_leaves_nothing() {
     let h = Harness::start().await;
     let body = ask("What is the capital of France?");
@@ -395,6 +432,72 @@ async fn failed_leader_releases_its_followers() {
     let body = ask("What is the capital of France?");
     let replies = futures_util::future::join_all((0..3).map(|_| h.chat(&body))).await;
     assert!(replies.iter().all(|r| r.status == 500));
+}
+
+/// Concurrent stores under one exact key (here `no-cache` refreshes, which never coalesce)
+/// replace each other in any interleaving; the index must end up with exactly the vector of
+/// the surviving entry, or vectors of deleted entries crowd out the few candidates a lookup
+/// examines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_refreshes_leave_index_and_store_in_agreement() {
+    let h = Harness::start().await;
+    let question = "How do I reset my password?";
+    let paraphrase = "How can I reset my password?";
+    h.upstream.set_embedding(question, axis());
+    h.upstream.set_embedding(paraphrase, at_cosine(0.977));
+    let body = ask(question);
+    for round in 0..10 {
+        let refreshes = (0..32).map(|_| h.chat_headers(&[("cache-control", "no-cache")], &body));
+        for reply in futures_util::future::join_all(refreshes).await {
+            assert_eq!(reply.status, 200, "{}", reply.text);
+        }
+        assert_eq!(h.cache().entries(), 1, "round {round}");
+        assert_eq!(
+            h.cache().indexed(),
+            h.cache().entries(),
+            "round {round}: vectors of deleted entries left in the index"
+        );
+    }
+    let reworded = h.chat(&ask(paraphrase)).await;
+    assert_eq!(reworded.cache_status(), "hit");
+    assert_eq!(reworded.header("x-deja-match"), Some("semantic"));
+}
+
+/// The same race without HTTP in between, so far more stores overlap: threads storing under
+/// one exact key, each store replacing the one before.
+#[test]
+fn concurrent_stores_under_one_key_leave_one_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CacheConfig {
+        dir: dir.path().to_path_buf(),
+        ..CacheConfig::default()
+    };
+    let cache = Cache::open(&config, "e", ManualClock::starting_now()).unwrap();
+    let entry = || NewEntry {
+        scope: Hash32([1; 32]),
+        exact: Hash32([2; 32]),
+        model: "m".into(),
+        response: "{}".into(),
+        has_usage: true,
+        vector: Some(axis()),
+        prompt: None,
+        owner: Default::default(),
+    };
+    std::thread::scope(|threads| {
+        for _ in 0..8 {
+            threads.spawn(|| {
+                for _ in 0..200 {
+                    cache.insert(entry()).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(cache.entries(), 1);
+    assert_eq!(
+        cache.indexed(),
+        1,
+        "vectors of replaced entries left behind"
+    );
 }
 
 async fn wait_until(condition: impl Fn() -> bool) {

@@ -5,7 +5,7 @@
 mod support;
 
 use support::fake_upstream::{CHAT_PATH, EMBED_DIM};
-use support::proxy::{Harness, ask};
+use support::proxy::{Harness, KEY_B, Reply, ask};
 
 /// Questions asked in these tests.
 const QUESTIONS: usize = 300;
@@ -103,4 +103,39 @@ async fn byte_cap_keeps_the_newest_that_fit() {
     assert!(kept < stored + 20, "nothing was evicted");
     assert!(!hit(&h, 0).await, "the oldest went first");
     assert!(hit(&h, stored + 19).await, "the newest stays");
+}
+
+/// One answer larger than `max_bytes` on its own is not stored (and counted): storing it
+/// would evict every other tenant's entries, then itself.
+#[tokio::test]
+async fn an_answer_larger_than_the_byte_cap_is_skipped_and_evicts_nothing() {
+    let h = capped(0, 64 * 1024).await;
+    for i in 0..3 {
+        assert!(!hit(&h, i).await);
+    }
+    let other_tenant = Reply::read(h.chat_with(KEY_B, &[], &ask("question 3")).await).await;
+    assert_eq!(other_tenant.cache_status(), "miss");
+    let (entries, bytes) = (h.cache().entries(), h.cache().stored_bytes());
+    assert_eq!(entries, 4);
+
+    // The fake echoes the question, so the answer is as large: about 80 KB.
+    let huge = ask(&format!("question {}", "padding ".repeat(10 * 1024)));
+    for _ in 0..2 {
+        let reply = h.chat(&huge).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.cache_status(), "miss", "never stored, so never a hit");
+    }
+    assert_eq!(h.cache().entries(), entries, "nothing was evicted");
+    assert_eq!(h.cache().oversized_skipped(), 2);
+    assert_eq!(h.cache().stored_bytes(), bytes);
+    assert_consistent(&h);
+    for i in 0..3 {
+        assert!(hit(&h, i).await, "question {i} survived");
+    }
+    let other_tenant = Reply::read(h.chat_with(KEY_B, &[], &ask("question 3")).await).await;
+    assert_eq!(
+        other_tenant.cache_status(),
+        "hit",
+        "other tenant's entry survived"
+    );
 }

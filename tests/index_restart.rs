@@ -34,7 +34,6 @@ fn entry(scope: Hash32, i: usize) -> NewEntry {
         has_usage: true,
         vector: Some(basis(i)),
         prompt: None,
-        ttl_ms: None,
         owner: Default::default(),
     }
 }

@@ -31,6 +31,7 @@ pub fn metrics(app: &App) -> Response<ProxyBody> {
             write_failures: cache.write_failures(),
             writes_skipped: cache.writes_skipped(),
             writes_enabled: cache.writes_enabled(),
+            oversized_skipped: cache.oversized_skipped(),
         });
     let mut response = Response::new(crate::body::full(
         app.metrics.render(gauges, app.usage.dropped()),

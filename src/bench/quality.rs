@@ -273,7 +273,6 @@ pub fn store_all(
                 has_usage: true,
                 vector: Some(vector_of(vectors, &prompt)?.to_vec()),
                 prompt: Some(prompt),
-                ttl_ms: None,
                 owner: Default::default(),
             })
             .map_err(store_err)?;

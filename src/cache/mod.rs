@@ -87,8 +87,6 @@ pub struct NewEntry {
     pub vector: Option<Vec<f32>>,
     /// The embedded prompt text, kept for verification of later candidates.
     pub prompt: Option<String>,
-    /// Overrides the configured TTL when shorter (`max-age` on the storing request).
-    pub ttl_ms: Option<u64>,
     pub owner: Owner,
 }
 
@@ -111,6 +109,8 @@ pub struct Cache {
     capacity: Capacity,
     /// Use order for eviction; empty when there is no cap.
     recency: Recency,
+    /// Answers not stored because they alone exceed `cache.max_bytes`.
+    oversized: AtomicU64,
 }
 
 /// Reads vectors for the index through the cache's store slot: after a reopen, the new store.
@@ -201,6 +201,7 @@ impl Cache {
             last_dump: Mutex::new(Instant::now()),
             capacity,
             recency: Recency::default(),
+            oversized: AtomicU64::new(0),
         };
         cache.load_recency(&with_vectors)?;
         Ok(cache)
@@ -265,7 +266,7 @@ impl Cache {
 
     /// Drops the store and opens it again (sled holds a file lock, so never two at once).
     /// Vectors of writes lost with the old instance stay in the index; their ids are never
-    /// reused and lookups skip ids the store does not have.
+    /// reused, and a lookup that meets one drops it.
     fn reopen(&self) -> Result<(), StoreError> {
         let mut slot = self.store.write();
         *slot = None;
@@ -332,6 +333,9 @@ impl Cache {
                 break;
             };
             let Some(entry) = store.get(candidate.id)? else {
+                // Left in the index by writes lost with a reopened store: drop it, or it keeps
+                // taking one of the few candidates a lookup examines.
+                self.index.remove(*scope, candidate.id);
                 continue;
             };
             // The index is per scope already; checking again costs nothing and guards the
@@ -366,11 +370,13 @@ impl Cache {
             && (!needs.needs_usage || entry.has_usage)
     }
 
-    /// Stores an answer; returns its id and the time it was stored.
+    /// Stores an answer with the configured TTL (a request's `max-age` only limits what that
+    /// request accepts: it never shortens an entry other requests rely on); returns its id and
+    /// the time it was stored. An answer larger than `cache.max_bytes` is not stored
+    /// (`StoreError::Oversized`), so it never evicts what fits.
     pub fn insert(&self, new: NewEntry) -> Result<(u64, u64), StoreError> {
         let now = self.now_ms();
-        let ttl_ms = self.ttl_ms.load(Ordering::Relaxed);
-        let ttl = new.ttl_ms.map_or(ttl_ms, |t| t.min(ttl_ms));
+        let ttl = self.ttl_ms.load(Ordering::Relaxed);
         let entry = Entry {
             scope: *new.scope.as_bytes(),
             exact: *new.exact.as_bytes(),
@@ -382,6 +388,7 @@ impl Cache {
             prompt: new.prompt,
             owner: new.owner,
         };
+        let size = self.admit(&entry, new.vector.as_deref())?;
         let (id, replaced) = self.write(|store| store.insert(&entry, new.vector.as_deref()))?;
         if let Some(replaced) = replaced {
             self.index.remove(replaced.scope, replaced.id);
@@ -390,8 +397,24 @@ impl Cache {
         if let Some(vector) = &new.vector {
             self.index.insert(new.scope, id, vector);
         }
-        self.stored(id, &entry, new.vector.as_deref())?;
+        if let Some(size) = size {
+            self.recency.stored(id, size);
+        }
+        // A concurrent store under the same exact key, or an eviction, may have deleted this
+        // entry between the write and the lines above: its removal then found nothing in the
+        // index or the use order. Checking after adding means one of the two always cleans up.
+        if !self.is_stored(id) {
+            self.index.remove(new.scope, id);
+            self.recency.removed(id);
+        }
+        self.evict()?;
         Ok((id, now))
+    }
+
+    /// Whether `id` is in the store; waits for a reopen (a write path, never a lookup).
+    fn is_stored(&self, id: u64) -> bool {
+        let guard = self.store.read();
+        guard.as_ref().is_some_and(|store| store.contains(id))
     }
 
     /// Removes one entry from the store and the index.

@@ -10,6 +10,7 @@
 //! on the hit path.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use parking_lot::Mutex;
 
@@ -160,22 +161,28 @@ impl Cache {
         self.evict()
     }
 
-    /// Records a new entry and evicts the least recently used while over a cap.
-    pub(super) fn stored(
+    /// The bytes a new entry counts against the caps (`None` without caps, when nothing is
+    /// counted). An entry larger than `cache.max_bytes` on its own is refused and counted:
+    /// storing it would evict every other entry, then itself.
+    pub(super) fn admit(
         &self,
-        id: u64,
         entry: &Entry,
         vector: Option<&[f32]>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         if !self.capacity.is_limited() {
-            return Ok(());
+            return Ok(None);
         }
         let size = entry.encode().len() as u64 + vector.map_or(0, |v| vector_bytes(v.len()));
-        self.recency.stored(id, size);
-        self.evict()
+        if self.capacity.max_bytes > 0 && size > self.capacity.max_bytes {
+            self.oversized.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Oversized);
+        }
+        Ok(Some(size))
     }
 
-    fn evict(&self) -> Result<(), StoreError> {
+    /// Evicts the least recently used entries while over a cap. An entry that fits is the
+    /// most recently used when it is stored, so it never evicts more than it needs.
+    pub(super) fn evict(&self) -> Result<(), StoreError> {
         while let Some(id) = self.recency.pop_over(self.capacity) {
             self.remove(id)?;
         }
@@ -185,6 +192,11 @@ impl Cache {
     /// Stored bytes counted against `cache.max_bytes` (0 when there is no cap).
     pub fn stored_bytes(&self) -> u64 {
         self.recency.bytes()
+    }
+
+    /// Answers not stored since start-up because they alone exceed `cache.max_bytes`.
+    pub fn oversized_skipped(&self) -> u64 {
+        self.oversized.load(Ordering::Relaxed)
     }
 }
 

@@ -27,6 +27,9 @@ pub enum StoreError {
     /// The store is being reopened, or could not be reopened after a disk error.
     #[error("cache store: unavailable")]
     Unavailable,
+    /// The answer alone is larger than `cache.max_bytes`; storing it would evict everything.
+    #[error("cache store: answer larger than cache.max_bytes; not cached")]
+    Oversized,
 }
 
 impl From<TransactionError<()>> for StoreError {
@@ -136,6 +139,11 @@ impl Store {
             .entries
             .get(id.to_be_bytes())?
             .and_then(|bytes| Entry::decode(&bytes)))
+    }
+
+    /// Whether entry `id` exists (a read error counts as no).
+    pub fn contains(&self, id: u64) -> bool {
+        self.entries.contains_key(id.to_be_bytes()).unwrap_or(false)
     }
 
     /// The entry stored under an exact key, with its id.

@@ -185,7 +185,6 @@ pub(super) struct Store {
     pub(super) cache: Option<Arc<Cache>>,
     pub(super) lookup: Lookup,
     pub(super) vector: Option<Vec<f32>>,
-    pub(super) ttl_ms: Option<u64>,
     pub(super) leader: Option<Leader>,
     pub(super) owner: Owner,
 }
@@ -223,7 +222,6 @@ impl Store {
             has_usage,
             vector: self.vector,
             prompt: self.lookup.semantic_text,
-            ttl_ms: self.ttl_ms,
             owner: self.owner,
         };
         match tokio::task::spawn_blocking(move || cache.insert(new)).await {
@@ -234,6 +232,9 @@ impl Store {
             // Disk trouble is warned about once, by the cache itself.
             Ok(Err(StoreError::WritesOff)) => {
                 tracing::debug!("cache writes off; answer not cached")
+            }
+            Ok(Err(StoreError::Oversized)) => {
+                tracing::debug!("answer larger than cache.max_bytes; not cached")
             }
             Ok(Err(err)) => tracing::warn!(error = %err, "cache store failed; answer not cached"),
             Err(err) => tracing::warn!(error = %err, "cache store task failed"),

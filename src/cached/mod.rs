@@ -493,7 +493,6 @@ impl Call {
             cache: (!controls.no_store).then_some(cache),
             lookup: lookup.clone(),
             vector,
-            ttl_ms: controls.max_age_secs.map(|s| s.saturating_mul(1000)),
             leader,
             owner: Owner::of(&partition),
         };
