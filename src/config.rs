@@ -333,7 +333,8 @@ impl Config {
     }
 
     /// The price of `model`'s tokens: its own entry, else the longest listed name it extends
-    /// with a dash (`gpt-4o-mini` prices `gpt-4o-mini-2024-07-18`).
+    /// with a dash (`gpt-4o-mini` prices `gpt-4o-mini-2024-07-18`), else the default price
+    /// `[pricing."*"]` when there is one.
     pub fn price(&self, model: &str) -> Option<&Price> {
         self.pricing.get(model).or_else(|| {
             self.pricing
@@ -345,6 +346,7 @@ impl Config {
                 })
                 .max_by_key(|(name, _)| name.len())
                 .map(|(_, price)| price)
+                .or_else(|| self.pricing.get(DEFAULT_PRICE))
         })
     }
 
@@ -453,6 +455,9 @@ impl Config {
 }
 
 /// The smallest byte cap accepted: one long answer with its vector takes tens of KB.
+/// The `[pricing]` entry that prices models the table does not list (and relayed calls).
+pub const DEFAULT_PRICE: &str = "*";
+
 const MIN_MAX_BYTES: u64 = 64 * 1024;
 
 fn invalid<T>(key: &str, problem: &str) -> Result<T, ConfigError> {

@@ -24,6 +24,7 @@ use crate::cache::{NewEntry, Requirements};
 use crate::cached::{Partition, blocking, read_routed};
 use crate::control::{self, Controls};
 use crate::error::ApiError;
+use crate::metering::metered;
 use crate::relay::{CACHE_STATUS, response_headers, stream_response};
 use crate::routing;
 use crate::track::{Tracker, estimate_tokens};
@@ -146,12 +147,21 @@ async fn respond(
         result
     };
     let (Some(cache), Some(batch)) = (app.cache.clone(), batch(&json, &partition)) else {
+        let reason = if app.cache.is_none() {
+            "cache_off"
+        } else {
+            "unreadable"
+        };
         tracker.update(|r| {
             r.cache = Outcome::Bypass;
-            r.bypass_reason = Some("unreadable");
+            r.bypass_reason = Some(reason);
         });
         return match send(bytes).await {
-            Ok(sent) => stream_response(sent.response, Some("bypass")),
+            Ok(sent) => metered(
+                stream_response(sent.response, Some("bypass")),
+                tracker,
+                false,
+            ),
             Err(failed) => failed.error.into_response(),
         };
     };

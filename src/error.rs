@@ -34,6 +34,16 @@ pub enum ApiError {
     InvalidApiKey,
     #[error("{}", refusal_message(.0))]
     RateLimited(Refusal),
+    /// A key with a budget asked for something deja has no price for, so it could not keep
+    /// the budget.
+    #[error(
+        "This key has a budget, and deja has no price for {0}. Ask the operator to add it to \
+         [pricing] (or a default price, [pricing.\"*\"])."
+    )]
+    Unpriced(String),
+    /// A bug in deja (a handler panicked); the details are in deja's log.
+    #[error("The server had an error while processing your request. Sorry about that!")]
+    Internal,
 }
 
 fn refusal_message(refusal: &Refusal) -> String {
@@ -78,6 +88,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unpriced(_) => StatusCode::FORBIDDEN,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -89,7 +101,9 @@ impl ApiError {
             | ApiError::BodyTimeout { .. }
             | ApiError::InvalidRequest { .. }
             | ApiError::NotFound(_)
-            | ApiError::InvalidApiKey => "invalid_request_error",
+            | ApiError::InvalidApiKey
+            | ApiError::Unpriced(_) => "invalid_request_error",
+            ApiError::Internal => "server_error",
             ApiError::UpstreamUnreachable(_) | ApiError::UpstreamTimeout { .. } => "upstream_error",
             ApiError::RateLimited(Refusal::Requests { .. }) => "requests",
             ApiError::RateLimited(Refusal::Tokens { .. }) => "tokens",
@@ -110,12 +124,15 @@ impl ApiError {
             ApiError::InvalidApiKey => "invalid_api_key",
             ApiError::RateLimited(Refusal::Budget { .. }) => "insufficient_quota",
             ApiError::RateLimited(_) => "rate_limit_exceeded",
+            ApiError::Unpriced(_) => "model_not_priced",
+            ApiError::Internal => "internal_error",
         }
     }
 
     fn param(&self) -> Option<&'static str> {
         match self {
             ApiError::InvalidRequest { param, .. } => *param,
+            ApiError::Unpriced(_) => Some("model"),
             _ => None,
         }
     }

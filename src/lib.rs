@@ -23,6 +23,7 @@
 //! - `admin`: the admin listener (probes, /metrics, cache administration, reload)
 //! - `keys`, `limits`: managed mode (deja keys, per-key rate limits and budgets)
 //! - `track`, `usage`, `metrics`: one record per request → usage log and Prometheus metrics
+//! - `metering`: the real usage of an upstream answer, read as it passes (limits, billing)
 //! - `bench`: `deja bench quality`, hit rate and wrong hits on labelled paraphrase pairs
 //! - `json_splice`: replacing one top-level field of stored JSON text (fresh ids on hits)
 //! - `body`, `clock`, `app`, `telemetry`, `text`: plumbing
@@ -46,6 +47,7 @@ pub mod error;
 pub mod json_splice;
 pub mod keys;
 pub mod limits;
+pub mod metering;
 pub mod metrics;
 pub mod relay;
 pub mod responses;

@@ -17,6 +17,7 @@ use hyper::body::{Body as _, Incoming};
 use crate::app::App;
 use crate::body::{BoxError, ProxyBody, streaming};
 use crate::error::ApiError;
+use crate::metering::metered;
 use crate::track::Tracker;
 use crate::upstream::{Outgoing, strip_hop_by_hop};
 
@@ -53,6 +54,20 @@ pub async fn relay(
                 failed.error.into_response()
             }
         };
+    }
+    // A call with a body may cost money: a key with limits reserves a JSON body's size / 4
+    // tokens (an upload's bytes are not tokens), settled from the answer's `usage` when it is
+    // JSON that has one. The model is not read here, so a budget needs the default price.
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let length = declared_length(&parts.headers)
+        .filter(|_| is_json)
+        .unwrap_or(0) as u64;
+    if let Err(err) = tracker.reserve((length.div_ceil(4), 0)) {
+        return err.into_response();
     }
     let exceeded = Arc::new(AtomicBool::new(false));
     let seen = AtomicUsize::new(0);
@@ -103,6 +118,9 @@ pub async fn relay(
         .await;
     tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
     match result {
+        Ok(response) if tracker.limited() => {
+            metered(stream_response(response, None), tracker, false)
+        }
         Ok(response) => stream_response(response, None),
         Err(_) if exceeded.load(Ordering::Relaxed) => {
             ApiError::BodyTooLarge { limit }.into_response()

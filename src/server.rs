@@ -187,7 +187,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
                             Ok(response) => response,
                             Err(err) => {
                                 tracing::error!(error = %err, "handler panicked");
-                                ApiError::UpstreamUnreachable("internal error".into()).into_response()
+                                ApiError::Internal.into_response()
                             }
                         };
                         Ok::<_, Infallible>(response)

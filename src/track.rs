@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::body::ProxyBody;
-use crate::config::KeyConfig;
+use crate::config::{DEFAULT_PRICE, KeyConfig};
 use crate::error::ApiError;
 use crate::limits::{Refusal, Reservation};
 use crate::usage::{Outcome, Record};
@@ -73,13 +73,24 @@ impl Tracker {
         self.update(|r| r.cache = outcome);
     }
 
+    /// True for a managed key with a tokens-per-minute limit or a budget: its upstream calls
+    /// must be settled from what they really used.
+    pub fn limited(&self) -> bool {
+        self.0
+            .key
+            .as_ref()
+            .is_some_and(|key| key.tpm > 0 || key.budget_usd.is_some())
+    }
+
     /// Before an upstream call: sets aside the tokens and dollars the request may use
-    /// (`estimate_tokens`). Only managed keys have limits; a refusal marks the record.
+    /// (`estimate_tokens`). Only managed keys have limits; a refusal marks the record. A key
+    /// with a budget may not call a model deja has no price for (nor, without a default
+    /// price, a relayed path, whose model deja does not read).
     pub fn reserve(&self, estimate: (u64, u64)) -> Result<(), ApiError> {
         let Some(key) = &self.0.key else {
             return Ok(());
         };
-        if key.tpm == 0 && key.budget_usd.is_none() {
+        if !self.limited() {
             return Ok(());
         }
         let (prompt, completion) = estimate;
@@ -91,9 +102,17 @@ impl Tracker {
                 .or_else(|| record.model_asked.clone())
         };
         let config = self.0.app.config();
-        let cost = model
-            .and_then(|model| config.price(&model).copied())
-            .map_or(0.0, |price| price.cost(prompt, completion));
+        let price = config.price(model.as_deref().unwrap_or(DEFAULT_PRICE));
+        if key.budget_usd.is_some() && price.is_none() {
+            let what = model.map_or_else(
+                || "calls deja relays without reading".to_string(),
+                |model| format!("the model {model}"),
+            );
+            tracing::info!(key = %key.id, "refused: no price under a budget");
+            self.update(|r| r.cache = Outcome::Error);
+            return Err(ApiError::Unpriced(what));
+        }
+        let cost = price.map_or(0.0, |price| price.cost(prompt, completion));
         let app = &self.0.app;
         match app
             .limits
@@ -144,7 +163,8 @@ impl Drop for Inner {
         }
         let config = self.app.config();
         let model = record.model_used.as_ref().or(record.model_asked.as_ref());
-        let cost = match (model.and_then(|m| config.price(m)), record.prompt_tokens) {
+        let price = config.price(model.map_or(DEFAULT_PRICE, String::as_str));
+        let cost = match (price, record.prompt_tokens) {
             (Some(price), Some(prompt)) => {
                 Some(price.cost(prompt, record.completion_tokens.unwrap_or(0)))
             }

@@ -261,20 +261,21 @@ async fn purging_a_key_removes_only_its_tenant() {
 async fn reload_changes_the_threshold_live_and_refuses_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.toml");
-    let write = |threshold: &str| {
-        let text = format!(
-            "[cache]\nsimilarity_threshold = {threshold}\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
-             [server]\nmax_connections = 7\n"
-        );
-        std::fs::write(&path, text).unwrap();
-    };
-    write("0.99");
     let h = Harness::with(|c| {
         with_admin(c);
         c.cache.similarity_threshold = 0.99;
         c.source = Some(path.clone());
     })
     .await;
+    // The upstream's address applies on reload, so the file names it.
+    let base_url = h.upstream.base_url();
+    let write = |threshold: &str| {
+        let text = format!(
+            "[cache]\nsimilarity_threshold = {threshold}\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
+             [server]\nmax_connections = 7\n[upstream]\nbase_url = \"{base_url}\"\n"
+        );
+        std::fs::write(&path, text).unwrap();
+    };
     near_pair(&h).await;
     assert_eq!(h.chat(&ask("nearby question")).await.cache_status(), "miss");
     h.admin("POST", "/admin/purge", Some(&json!({"all": true})))

@@ -12,7 +12,7 @@ use crate::app::App;
 use crate::body::ProxyBody;
 use crate::cache::admin::{Neighbour, Selector};
 use crate::cache::{Cache, Requirements};
-use crate::cached::Plan;
+use crate::cached::{Planning, plan_request};
 use crate::control::partition_for;
 use crate::metrics::CacheGauges;
 use crate::router::cached_endpoint;
@@ -131,14 +131,17 @@ pub async fn lookup(app: &Arc<App>, call: Value) -> Response<ProxyBody> {
         .as_u64()
         .map_or(DEFAULT_K, |k| (k as usize).clamp(1, MAX_K));
     let partition = partition_for(&headers, config.cache.shared, namespace, key.as_ref());
-    let lookup = match endpoint.plan(body, &partition) {
-        Plan::Cache(lookup) => lookup,
-        Plan::Bypass { reason, .. } => {
+    // The very planning a request gets (aliases included), so this explains its real key.
+    let raw = bytes::Bytes::from(body.to_string());
+    let lookup = match plan_request(app, endpoint, &partition, raw) {
+        Ok(Planning::Cache(planned)) => planned.lookup.clone(),
+        Ok(Planning::Bypass(_, reason)) => {
             return json_response(
                 StatusCode::OK,
                 json!({"endpoint": endpoint.name(), "cacheable": false, "reason": reason}),
             );
         }
+        Err(err) => return error(StatusCode::BAD_REQUEST, &err.to_string()),
     };
     let needs = Requirements {
         max_age_ms: None,

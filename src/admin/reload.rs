@@ -1,6 +1,7 @@
 //! Re-reading proxy.toml (and the `DEJA_*` environment) into the running proxy, on
 //! `POST /admin/reload` or SIGHUP. Thresholds, TTLs, verification, keys, limits, prices,
-//! routes, retries and the upstream address and key apply to the next request; settings bound
+//! routes, retries and the upstream address, key and response timeout apply to the next
+//! request (embedding calls that use the upstream's address or key follow too); settings bound
 //! at start-up (listeners, the client's connect/idle timeouts, store, embedding model,
 //! logging) keep their running values and are reported as needing a restart. An invalid file
 //! changes nothing.
@@ -29,6 +30,9 @@ pub fn reload(app: &App) -> Result<ReloadReport, ConfigError> {
     if let Some(cache) = &app.cache {
         cache.retune(&next.cache);
     }
+    if let Some(embedder) = &app.embedder {
+        embedder.retarget(&next);
+    }
     app.replace_config(next);
     tracing::info!(
         path = %path.display(),
@@ -55,13 +59,12 @@ fn keep_start_up_settings(running: &Config, next: &mut Config) -> ReloadReport {
     keep!("admin.listen", admin.listen);
     keep!("usage", usage);
     keep!("log", log);
-    keep!("upstream.base_url", upstream.base_url);
-    keep!("upstream.api_key", upstream.api_key);
+    // `upstream.base_url`, `api_key` (and its file) and `timeout_secs` are read per request,
+    // so they apply: a leaked key is rotated by a reload.
     keep!(
         "upstream.connect_timeout_secs",
         upstream.connect_timeout_secs
     );
-    keep!("upstream.timeout_secs", upstream.timeout_secs);
     keep!("upstream.idle_timeout_secs", upstream.idle_timeout_secs);
     keep!("cache.enabled", cache.enabled);
     keep!("cache.dir", cache.dir);

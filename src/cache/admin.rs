@@ -34,9 +34,19 @@ impl Selector {
             && self
                 .namespace
                 .as_ref()
-                .is_none_or(|n| *n == entry.owner.namespace)
+                .is_none_or(|n| in_namespace(&entry.owner.namespace, n))
             && self.model.as_ref().is_none_or(|m| *m == entry.model)
     }
+}
+
+/// Whether an entry stored under `stored` belongs to namespace `name`: the same, or narrowed
+/// from it by a request header. A managed key's namespace `prod` stores as `prod|` (or
+/// `prod|team` with `x-deja-namespace: team`; `|` cannot occur in a header).
+fn in_namespace(stored: &str, name: &str) -> bool {
+    stored == name
+        || stored
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('|'))
 }
 
 impl Cache {

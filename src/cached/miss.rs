@@ -18,6 +18,7 @@ use crate::cache::store::StoreError;
 use crate::cache::{Cache, NewEntry};
 use crate::coalesce::{Leader, Shared};
 use crate::error::ApiError;
+use crate::metering::{UsageStripper, metered};
 use crate::relay::{response_headers, stream_response};
 use crate::routing;
 use crate::sse::SseParser;
@@ -74,7 +75,7 @@ impl Call {
             // Errors and surprises are relayed as they are and never stored.
             let mut response = stream_response(upstream, None);
             *response.headers_mut() = headers;
-            return response;
+            return metered(response, &self.tracker, self.strip_usage);
         }
         if is_sse {
             return self.stream_miss(upstream, headers, store);
@@ -116,6 +117,8 @@ impl Call {
         let endpoint = self.endpoint;
         let status = upstream.status();
         let tracker = self.tracker.clone();
+        // The usage chunk deja asked for on the key's behalf is stored, not shown.
+        let mut stripper = self.strip_usage.then(UsageStripper::default);
         tokio::spawn(async move {
             let mut parser = SseParser::new();
             let mut assembler = endpoint.assembler();
@@ -129,10 +132,17 @@ impl Call {
                         for event in parser.push(&bytes) {
                             assembler.push(&event.data);
                         }
-                        if assembler.ended() {
-                            held.push(bytes);
-                        } else if !client_gone && tx.send(Ok(bytes)).await.is_err() {
-                            client_gone = true;
+                        let bytes = match &mut stripper {
+                            Some(stripper) => stripper.push(&bytes),
+                            None => bytes,
+                        };
+                        // Empty while the stripper holds an unfinished event.
+                        if !bytes.is_empty() {
+                            if assembler.ended() {
+                                held.push(bytes);
+                            } else if !client_gone && tx.send(Ok(bytes)).await.is_err() {
+                                client_gone = true;
+                            }
                         }
                         if client_gone && store.followers() == 0 {
                             clean = false;
@@ -156,6 +166,11 @@ impl Call {
                 None => tracing::info!(endpoint = endpoint.name(), "stream incomplete; not stored"),
             }
             store.finish(answer).await;
+            if let Some(rest) = stripper.as_mut().map(UsageStripper::finish)
+                && !rest.is_empty()
+            {
+                held.push(rest);
+            }
             for bytes in held {
                 if tx.send(Ok(bytes)).await.is_err() {
                     break;

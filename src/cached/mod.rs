@@ -25,6 +25,7 @@ use crate::coalesce::Role;
 use crate::config::ServerConfig;
 use crate::control::{self, Controls};
 use crate::error::ApiError;
+use crate::metering::metered;
 use crate::relay::stream_response;
 use crate::routing::{self, Route};
 use crate::track::{Tracker, estimate_tokens};
@@ -141,6 +142,8 @@ struct Call {
     estimate: (u64, u64),
     /// The model routing of this request (`None`: the body names no model).
     route: Option<Route>,
+    /// deja asked for the stream's usage chunk on the key's behalf; the client does not get it.
+    strip_usage: bool,
 }
 
 pub async fn handle(
@@ -170,33 +173,12 @@ pub async fn handle(
             Err(err) => unreadable(err, tracker),
         };
     };
-    let planned = match app.plans.get(endpoint, &partition, &raw) {
-        Some(planned) => planned,
-        None => {
-            let epoch = app.plans.epoch();
-            // Its own allocation: a body read from the socket may share a larger buffer, which
-            // the memo would otherwise keep alive.
-            let raw = if raw.len() <= memo::MAX_BODY {
-                Bytes::copy_from_slice(&raw)
-            } else {
-                raw
-            };
-            let (routed, json) = match route_fresh(&app, &raw) {
-                Ok(fresh) => fresh,
-                Err(err) => return unreadable(err, tracker),
-            };
-            match endpoint.plan(json, &partition) {
-                Plan::Cache(lookup) => {
-                    let planned = Arc::new(Planned { routed, lookup });
-                    app.plans
-                        .remember(epoch, endpoint, &partition, raw, planned.clone());
-                    planned
-                }
-                Plan::Bypass { reason, .. } => {
-                    return bypass(&app, endpoint, parts, suffix, tracker, routed, reason).await;
-                }
-            }
+    let planned = match plan_request(&app, endpoint, &partition, raw) {
+        Ok(Planning::Cache(planned)) => planned,
+        Ok(Planning::Bypass(routed, reason)) => {
+            return bypass(&app, endpoint, parts, suffix, tracker, routed, reason).await;
         }
+        Err(err) => return unreadable(err, tracker),
     };
     planned.routed.note(tracker);
     let call = Call::new(&app, endpoint, parts, suffix, tracker, &planned.routed);
@@ -204,6 +186,44 @@ pub async fn handle(
         .cached(cache, controls, planned.lookup.clone(), partition)
         .await;
     routing::label(response, planned.routed.route.as_ref())
+}
+
+/// What planning made of a request.
+pub(crate) enum Planning {
+    Cache(Arc<Planned>),
+    Bypass(Routed, &'static str),
+}
+
+/// Plans a request body as the proxy does: the remembered plan of a repeated body, else parse,
+/// resolve the model's alias (`route_fresh`) and let the endpoint plan it. `/admin/lookup` runs
+/// this too, so it explains the very key a request gets.
+pub(crate) fn plan_request(
+    app: &App,
+    endpoint: &'static dyn Endpoint,
+    partition: &Partition,
+    raw: Bytes,
+) -> Result<Planning, ApiError> {
+    if let Some(planned) = app.plans.get(endpoint, partition, &raw) {
+        return Ok(Planning::Cache(planned));
+    }
+    let epoch = app.plans.epoch();
+    // Its own allocation: a body read from the socket may share a larger buffer, which the
+    // memo would otherwise keep alive.
+    let raw = if raw.len() <= memo::MAX_BODY {
+        Bytes::copy_from_slice(&raw)
+    } else {
+        raw
+    };
+    let (routed, json) = route_fresh(app, &raw)?;
+    match endpoint.plan(json, partition) {
+        Plan::Cache(lookup) => {
+            let planned = Arc::new(Planned { routed, lookup });
+            app.plans
+                .remember(epoch, endpoint, partition, raw, planned.clone());
+            Ok(Planning::Cache(planned))
+        }
+        Plan::Bypass { reason, .. } => Ok(Planning::Bypass(routed, reason)),
+    }
 }
 
 fn unreadable(err: ApiError, tracker: &Tracker) -> Response<ProxyBody> {
@@ -337,11 +357,14 @@ impl Call {
         tracker: &Tracker,
         routed: &Routed,
     ) -> Call {
+        let (body, strip_usage) =
+            crate::metering::ask_for_usage(endpoint.name(), tracker, routed.body.clone());
         Call {
             app: app.clone(),
             endpoint,
             parts,
-            body: routed.body.clone(),
+            body,
+            strip_usage,
             suffix,
             started: Instant::now(),
             tracker: tracker.clone(),
@@ -364,7 +387,8 @@ impl Call {
         match self.send_upstream().await {
             Ok(sent) => {
                 let fallback = routing::fallback_headers(&sent);
-                let mut response = stream_response(sent.response, Some("bypass"));
+                let response = stream_response(sent.response, Some("bypass"));
+                let mut response = metered(response, &self.tracker, self.strip_usage);
                 response.headers_mut().extend(fallback);
                 response
             }

@@ -76,6 +76,14 @@ impl Embedder {
         }
     }
 
+    /// Follows a reloaded configuration: the upstream's address and key, which an `openai`
+    /// embedder without its own uses.
+    pub fn retarget(&self, config: &Config) {
+        if let Embedder::OpenAi(e) = self {
+            e.retarget(config);
+        }
+    }
+
     /// Embeds `text` as a unit vector. `caller_auth` is the caller's `Authorization`, used when
     /// no key is configured for embeddings.
     pub async fn embed(

@@ -1,7 +1,9 @@
 //! Embeddings from an OpenAI-compatible `/v1/embeddings` endpoint.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use serde_json::{Value, json};
 
@@ -15,9 +17,30 @@ pub struct OpenAiEmbedder {
     /// Model name, part of the embedder id.
     pub(super) model: String,
     client: reqwest::Client,
+    /// Where and with which key to call; follows the upstream's on reload (`retarget`).
+    target: ArcSwap<Target>,
+    timeout: Duration,
+}
+
+struct Target {
     url: String,
     api_key: Option<Secret>,
-    timeout: Duration,
+}
+
+impl Target {
+    fn of(config: &Config) -> Target {
+        Target {
+            url: format!(
+                "{}/embeddings",
+                config.embedding_base_url().trim_end_matches('/')
+            ),
+            api_key: config
+                .embedding
+                .api_key
+                .clone()
+                .or_else(|| config.upstream.api_key.clone()),
+        }
+    }
 }
 
 impl OpenAiEmbedder {
@@ -25,18 +48,16 @@ impl OpenAiEmbedder {
         let timeout = Duration::from_millis(config.embedding.timeout_ms);
         Ok(OpenAiEmbedder {
             client: http_client(timeout, None)?,
-            url: format!(
-                "{}/embeddings",
-                config.embedding_base_url().trim_end_matches('/')
-            ),
+            target: ArcSwap::from_pointee(Target::of(config)),
             model: config.embedding.model.clone(),
-            api_key: config
-                .embedding
-                .api_key
-                .clone()
-                .or_else(|| config.upstream.api_key.clone()),
             timeout,
         })
+    }
+
+    /// Takes the upstream's address and key from a reloaded configuration (the embedding
+    /// section's own settings need a restart and were kept).
+    pub(super) fn retarget(&self, config: &Config) {
+        self.target.store(Arc::new(Target::of(config)));
     }
 
     pub(super) async fn embed(
@@ -44,12 +65,13 @@ impl OpenAiEmbedder {
         text: &str,
         caller_auth: Option<&HeaderValue>,
     ) -> Result<Vec<f32>, EmbedError> {
-        let mut request = self.client.post(&self.url).json(&json!({
+        let target = self.target.load();
+        let mut request = self.client.post(&target.url).json(&json!({
             "model": self.model,
             "input": text,
             "encoding_format": "float",
         }));
-        if let Some(key) = &self.api_key {
+        if let Some(key) = &target.api_key {
             request = request.bearer_auth(key.expose());
         } else if let Some(auth) = caller_auth {
             request = request.header(http::header::AUTHORIZATION, auth.clone());
