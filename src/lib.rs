@@ -3,8 +3,10 @@
 //! Module map:
 //! - `config`: `proxy.toml` + `DEJA_*` env vars, validation
 //! - `server`: listener, connection handling, graceful shutdown, background sweeps
-//! - `router`: which handler serves a path
+//! - `connection`: one client connection: deadlines for its first request and for idleness
+//! - `router`: which handler serves a path; `request_path`: which paths are accepted
 //! - `relay`: faithful streaming relay of any `/v1/*` request
+//! - `tunnel`: WebSocket upgrades (Realtime API) tunnelled to the upstream
 //! - `upstream`: the outgoing HTTP client, header hygiene, 502/504 mapping
 //! - `retry`: when and how long to wait before retrying an upstream call
 //! - `routing`: model aliases and fallbacks
@@ -39,6 +41,7 @@ pub mod clock;
 pub mod coalesce;
 pub mod completions;
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod embed;
 pub mod embeddings;
@@ -48,6 +51,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod relay;
+pub mod request_path;
 pub mod responses;
 pub mod retry;
 pub mod router;
@@ -57,5 +61,6 @@ pub mod sse;
 pub mod telemetry;
 pub mod text;
 pub mod track;
+pub mod tunnel;
 pub mod upstream;
 pub mod usage;
