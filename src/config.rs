@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Seconds a client may take to send its request headers (slow-loris defence).
     pub header_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight; then it is closed.
+    pub idle_timeout_secs: u64,
     /// Seconds a client may take to send a body deja reads whole (cached endpoints), and the
     /// longest pause within a body streamed upstream (other paths); then 408.
     pub body_timeout_secs: u64,
@@ -69,6 +71,7 @@ impl Default for ServerConfig {
             max_body_bytes: 32 * 1024 * 1024,
             max_connections: 4096,
             header_timeout_secs: 30,
+            idle_timeout_secs: 60,
             body_timeout_secs: 60,
         }
     }
@@ -391,6 +394,9 @@ impl Config {
         }
         if self.server.header_timeout_secs == 0 {
             return invalid("server.header_timeout_secs", "must be at least 1 second");
+        }
+        if self.server.idle_timeout_secs == 0 {
+            return invalid("server.idle_timeout_secs", "must be at least 1 second");
         }
         if self.server.body_timeout_secs == 0 {
             return invalid("server.body_timeout_secs", "must be at least 1 second");

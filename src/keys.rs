@@ -14,6 +14,13 @@ use crate::config::{Config, KeyConfig};
 pub const CREDENTIAL_HEADERS: [HeaderName; 2] =
     [header::AUTHORIZATION, HeaderName::from_static("api-key")];
 
+/// The headers that choose which organization and project an OpenAI key bills; in managed
+/// mode the caller must not choose for deja's key, so none of them goes upstream either.
+pub const BILLING_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+];
+
 /// The configured keys by hash, built from each configuration (so a reload swaps them).
 #[derive(Default)]
 pub struct KeyRing {

@@ -3,8 +3,10 @@
 //! Module map:
 //! - `config`: `proxy.toml` + `DEJA_*` env vars, validation
 //! - `server`: listener, connection handling, graceful shutdown, background sweeps
-//! - `router`: which handler serves a path
+//! - `connection`: one client connection: deadlines for its first request and for idleness
+//! - `router`: which handler serves a path; `request_path`: which paths are accepted
 //! - `relay`: faithful streaming relay of any `/v1/*` request
+//! - `tunnel`: WebSocket upgrades (Realtime API) tunnelled to the upstream
 //! - `upstream`: the outgoing HTTP client, header hygiene, 502/504 mapping
 //! - `retry`: when and how long to wait before retrying an upstream call
 //! - `routing`: model aliases and fallbacks
@@ -40,6 +42,7 @@ pub mod clock;
 pub mod coalesce;
 pub mod completions;
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod embed;
 pub mod embeddings;
@@ -50,6 +53,7 @@ pub mod limits;
 pub mod metering;
 pub mod metrics;
 pub mod relay;
+pub mod request_path;
 pub mod responses;
 pub mod retry;
 pub mod router;
@@ -59,5 +63,6 @@ pub mod sse;
 pub mod telemetry;
 pub mod text;
 pub mod track;
+pub mod tunnel;
 pub mod upstream;
 pub mod usage;

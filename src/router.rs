@@ -14,11 +14,13 @@ use crate::completions::Completions;
 use crate::config::KeyConfig;
 use crate::embeddings;
 use crate::error::ApiError;
-use crate::keys::CREDENTIAL_HEADERS;
+use crate::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
 use crate::limits::insert_headers;
 use crate::relay::relay;
+use crate::request_path;
 use crate::responses::{RESPONSES, RESPONSES_CACHING_STORED};
 use crate::track::Tracker;
+use crate::tunnel;
 use crate::usage::Outcome;
 
 /// The cached endpoint for a `POST` path (after `/v1`), if any.
@@ -47,6 +49,9 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     else {
         return ApiError::NotFound(path).into_response();
     };
+    if let Err(refused) = request_path::check(&path) {
+        return refused.into_response();
+    }
     let suffix = match request.uri().query() {
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_string(),
@@ -61,14 +66,15 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
         _ => "relay",
     };
 
-    // Managed mode: a known deja key or 401; its credentials never travel further.
+    // Managed mode: a known deja key or 401. Its credentials never travel further, and
+    // neither do the headers that choose which organization or project deja's key bills.
     let key = if app.config().managed() {
         let Some(key) = app.keys().authenticate(request.headers()) else {
             let tracker = Tracker::new(app.clone(), name, None);
             tracker.outcome(Outcome::Unauthorized);
             return tracker.attach(ApiError::InvalidApiKey.into_response());
         };
-        for header in CREDENTIAL_HEADERS {
+        for header in CREDENTIAL_HEADERS.iter().chain(&BILLING_HEADERS) {
             request.headers_mut().remove(header);
         }
         Some(key)
@@ -88,6 +94,9 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
             cached::handle(app.clone(), endpoint, request, suffix, &tracker).await
         }
         (None, true) => embeddings::handle(app.clone(), request, suffix, &tracker).await,
+        _ if tunnel::is_websocket(&request) => {
+            tunnel::tunnel(&app, request, &suffix, &tracker).await
+        }
         _ => relay(&app, request, &suffix, &tracker).await,
     };
     finish(&app, tracker, key.as_deref(), response)

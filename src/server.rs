@@ -2,16 +2,11 @@
 //! (so a client that disconnects cannot cancel the caching side effects of its request),
 //! sweeps expired entries in the background, and drains connections on shutdown.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -19,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::app::{App, StartError};
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::connection;
 use crate::error::ApiError;
 use crate::router::route;
 
@@ -150,12 +146,9 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
         })
     });
 
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(app.config().server.header_timeout_secs));
+    let builder = connection::builder(Duration::from_secs(app.config().server.header_timeout_secs));
+    // Each connection holds a receiver until it is gone; shutdown waits for all of them.
+    let (drain, draining) = watch::channel(false);
     // A permit per open connection: past the limit, new clients wait in the kernel's queue
     // instead of exhausting file descriptors and memory.
     let permits = Arc::new(Semaphore::new(app.config().server.max_connections));
@@ -179,35 +172,30 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let deadlines = connection::deadlines(&app.config().server);
                 let app = app.clone();
-                let service = service_fn(move |request| {
+                let handler = move |request| {
                     let app = app.clone();
                     async move {
-                        let response = match tokio::spawn(route(app, request)).await {
+                        match tokio::spawn(route(app, request)).await {
                             Ok(response) => response,
                             Err(err) => {
                                 tracing::error!(error = %err, "handler panicked");
                                 ApiError::Internal.into_response()
                             }
-                        };
-                        Ok::<_, Infallible>(response)
+                        }
                     }
-                });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(error = %err, "connection ended with an error");
-                    }
-                    drop(permit);
-                });
+                };
+                tokio::spawn(connection::serve(&builder, stream, Some(permit), deadlines, draining.clone(), handler));
             }
             _ = stopped.changed() => break,
         }
     }
     drop(listener);
+    drop(draining);
+    let _ = drain.send(true);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = drain.closed() => {}
         _ = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; closing"),
     }
     if let Some(sweeper) = sweeper {

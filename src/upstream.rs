@@ -35,6 +35,8 @@ pub const DEJA_HEADER_PREFIX: &str = "x-deja-";
 #[derive(Clone)]
 pub struct Upstream {
     client: reqwest::Client,
+    /// HTTP/1.1 only, without a read timeout: WebSocket upgrades (`tunnel`).
+    upgrades: reqwest::Client,
 }
 
 /// One upstream request, minus its body.
@@ -73,7 +75,36 @@ impl Upstream {
             Duration::from_secs_f64(config.connect_timeout_secs),
             Some(Duration::from_secs_f64(config.idle_timeout_secs)),
         )?;
-        Ok(Upstream { client })
+        // An upgrade needs HTTP/1.1 (ALPN would pick HTTP/2 on https), and a tunnel may be
+        // quiet for minutes, so no read timeout.
+        let upgrades = http_client_builder(Duration::from_secs_f64(config.connect_timeout_secs))
+            .http1_only()
+            .build()?;
+        Ok(Upstream { client, upgrades })
+    }
+
+    /// Sends a WebSocket upgrade request (`GET` with the client's `Sec-WebSocket-*` headers)
+    /// once, and waits for the response head: `101` to tunnel, or an answer to relay.
+    pub async fn upgrade(
+        &self,
+        config: &UpstreamConfig,
+        suffix: &str,
+        client_headers: &HeaderMap,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut headers = outgoing_headers(config, client_headers)?;
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let url = upstream_url(&config.base_url, suffix)?;
+        let request = self.upgrades.get(url).headers(headers).send();
+        let timeout = Duration::try_from_secs_f64(config.timeout_secs)
+            .unwrap_or(Duration::from_secs(u32::MAX.into()));
+        match tokio::time::timeout(timeout, request).await {
+            Err(_) => Err(ApiError::UpstreamTimeout {
+                secs: timeout.as_secs_f64(),
+            }),
+            Ok(Err(err)) => Err(ApiError::UpstreamUnreachable(describe(&err))),
+            Ok(Ok(response)) => Ok(response),
+        }
     }
 
     /// Sends a request once and waits for the response headers (not the body).
@@ -148,17 +179,7 @@ impl Upstream {
         out: &Outgoing<'_>,
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, (ApiError, Option<RetryCause>)> {
-        let mut headers = forwardable(out.headers);
-        if let Some(key) = &config.api_key {
-            let value =
-                HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(|_| {
-                    (
-                        ApiError::UpstreamUnreachable("invalid upstream.api_key".into()),
-                        None,
-                    )
-                })?;
-            headers.insert(header::AUTHORIZATION, value);
-        }
+        let mut headers = outgoing_headers(config, out.headers).map_err(|error| (error, None))?;
         if out.parse_body {
             // deja must read this body to cache it; ask for it uncompressed.
             headers.insert(
@@ -167,7 +188,7 @@ impl Upstream {
             );
             headers.remove(header::CONTENT_LENGTH);
         }
-        let url = format!("{}{}", config.base_url.trim_end_matches('/'), out.suffix);
+        let url = upstream_url(&config.base_url, out.suffix).map_err(|error| (error, None))?;
         let mut request = self
             .client
             .request(out.method.clone(), url)
@@ -191,6 +212,42 @@ impl Upstream {
             )),
             Ok(Ok(response)) => Ok(response),
         }
+    }
+}
+
+/// The client's end-to-end headers, with deja's upstream key when one is configured.
+fn outgoing_headers(config: &UpstreamConfig, client: &HeaderMap) -> Result<HeaderMap, ApiError> {
+    let mut headers = forwardable(client);
+    if let Some(key) = &config.api_key {
+        let value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+            .map_err(|_| ApiError::UpstreamUnreachable("invalid upstream.api_key".into()))?;
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    Ok(headers)
+}
+
+/// The upstream URL for `suffix`, refused (400) unless it stays on `base_url`'s scheme, host,
+/// port and path: deja's own key must reach only the API it was configured for. The router
+/// refuses dot segments already; this holds whatever the URL parser makes of a path.
+pub(crate) fn upstream_url(base_url: &str, suffix: &str) -> Result<reqwest::Url, ApiError> {
+    let base_text = base_url.trim_end_matches('/');
+    let outside = || ApiError::invalid("The URL path leaves the upstream API's base path.", None);
+    let base = reqwest::Url::parse(base_text)
+        .map_err(|_| ApiError::UpstreamUnreachable("invalid upstream.base_url".into()))?;
+    let url = reqwest::Url::parse(&format!("{base_text}{suffix}")).map_err(|_| outside())?;
+    let base_path = base.path().trim_end_matches('/');
+    let under_base = url.path() == base_path
+        || url
+            .path()
+            .strip_prefix(base_path)
+            .is_some_and(|rest| rest.starts_with('/'));
+    let same_origin = url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default();
+    if same_origin && under_base {
+        Ok(url)
+    } else {
+        Err(outside())
     }
 }
 
@@ -228,16 +285,20 @@ pub fn http_client(
     connect_timeout: Duration,
     read_timeout: Option<Duration>,
 ) -> Result<reqwest::Client, reqwest::Error> {
-    // Err means a provider is already installed, which is all we need.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true);
+    let mut builder = http_client_builder(connect_timeout);
     if let Some(read_timeout) = read_timeout {
         builder = builder.read_timeout(read_timeout);
     }
     builder.build()
+}
+
+fn http_client_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
+    // Err means a provider is already installed, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
 }
 
 /// The error chain without URLs or bodies (they could hold secrets), for logs and 502 bodies.
@@ -302,6 +363,26 @@ pub fn cacheable_status(status: StatusCode) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_urls_stay_under_the_base_path() {
+        let base = "http://127.0.0.1:9000/v1/";
+        for suffix in ["", "/chat/completions", "/models?limit=2", "/a/./b"] {
+            let url = upstream_url(base, suffix).unwrap();
+            assert!(url.path().starts_with("/v1"), "{suffix}: {url}");
+        }
+        for suffix in [
+            "/../x",
+            "/%2e%2e/x",
+            "/%2E./admin",
+            "/a/../../x",
+            "@evil/x",
+            ".evil/x",
+        ] {
+            assert!(upstream_url(base, suffix).is_err(), "{suffix}");
+        }
+        assert!(upstream_url("http://127.0.0.1:9000", "/anything").is_ok());
+    }
 
     #[test]
     fn drops_hop_by_hop_and_own_headers() {

@@ -9,7 +9,6 @@
 // a path that runs a few times a minute.
 #![allow(clippy::result_large_err)]
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,16 +18,13 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::App;
 use crate::body::{ProxyBody, full};
+use crate::connection;
 
 mod handlers;
 pub mod reload;
@@ -38,12 +34,9 @@ const MAX_BODY: usize = 1024 * 1024;
 
 /// Serves the admin API until `stopped` changes, then drains (briefly: admin calls are short).
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+    // The same deadlines as the main listener: unused connections must not pile up here either.
+    let builder = connection::builder(Duration::from_secs(10));
+    let (drain, draining) = watch::channel(false);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -51,23 +44,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Rec
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                let deadlines = connection::deadlines(&app.config().server);
                 let app = app.clone();
-                let service = service_fn(move |request| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(route(app, request).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
+                let handler = move |request| route(app.clone(), request);
+                tokio::spawn(connection::serve(&builder, stream, None, deadlines, draining.clone(), handler));
             }
             _ = stopped.changed() => break,
         }
     }
     drop(listener);
+    drop(draining);
+    let _ = drain.send(true);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = drain.closed() => {}
         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
     }
 }
