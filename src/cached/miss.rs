@@ -57,6 +57,9 @@ impl Call {
         if near.rejected > 0 {
             headers.insert("x-deja-verify-rejected", HeaderValue::from(near.rejected));
         }
+        if let Some(reason) = near.skipped {
+            headers.insert("x-deja-semantic-skipped", HeaderValue::from_static(reason));
+        }
         tracing::info!(
             endpoint = self.endpoint.name(),
             model = %lookup.model,
@@ -64,6 +67,7 @@ impl Call {
             status = status.as_u16(),
             best_similarity = near.best,
             verify_rejected = near.rejected,
+            semantic_skipped = near.skipped,
             elapsed_ms = ms(self.started),
             "request"
         );
@@ -192,6 +196,8 @@ impl Call {
 pub(super) struct Near {
     pub(super) best: Option<f32>,
     pub(super) rejected: usize,
+    /// Why the semantic tier was skipped (the prompt is longer than the embedding window).
+    pub(super) skipped: Option<&'static str>,
 }
 
 /// What to do with an upstream answer once it is complete.

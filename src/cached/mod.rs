@@ -24,6 +24,7 @@ use crate::cache::{Cache, Requirements};
 use crate::coalesce::Role;
 use crate::config::ServerConfig;
 use crate::control::{self, Controls};
+use crate::embed::EmbedError;
 use crate::error::ApiError;
 use crate::metering::metered;
 use crate::relay::stream_response;
@@ -40,6 +41,10 @@ pub use memo::{PlanMemo, Planned, Routed};
 
 use hit::share;
 use miss::{Near, Store};
+
+/// Why a request skipped the semantic tier: its prompt has more tokens than the embedding
+/// model's window (`x-deja-semantic-skipped`, `deja_semantic_skipped_total{reason}`).
+pub const SKIPPED_TOO_LONG: &str = "too-long";
 
 /// Whose cache a request reads: the tenant (from credentials) and an optional namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -468,6 +473,7 @@ impl Call {
         let mut vector = None;
         let mut best = None;
         let mut rejected = 0;
+        let mut skipped = None;
         // The vector serves the lookup and the stored entry; with neither, skip the call.
         let wants_vector = !(controls.no_cache && controls.no_store);
         if let (true, Some(text), Some(embedder)) = (
@@ -481,6 +487,12 @@ impl Call {
                 .await
             {
                 Ok(v) => vector = Some(v),
+                // Expected for long prompts: exact tier only, no lookup and no index entry.
+                Err(EmbedError::TooLong) => {
+                    skipped = Some(SKIPPED_TOO_LONG);
+                    self.tracker.update(|r| r.semantic_skipped = skipped);
+                    tracing::debug!("prompt longer than the embedding window; exact tier only");
+                }
                 Err(err) => tracing::warn!(error = %err, "embedding failed; serving as a miss"),
             }
             let embed_ms = ms(embed_started);
@@ -520,7 +532,12 @@ impl Call {
             leader,
             owner: Owner::of(&partition),
         };
-        self.miss(lookup, store, Near { best, rejected }).await
+        let near = Near {
+            best,
+            rejected,
+            skipped,
+        };
+        self.miss(lookup, store, near).await
     }
 }
 

@@ -9,8 +9,10 @@
 //! to the longest one and masked, so a prompt gets the same vector alone or in a batch; a batch
 //! is sorted by length and split where padding would waste more than it saves.
 //!
-//! Pipeline, as in sentence-transformers: WordPiece tokens (truncated to the model's
-//! `max_seq_length`) → BERT → mean (or CLS) pooling over the real tokens → L2 normalisation.
+//! Pipeline, as in sentence-transformers: WordPiece tokens → BERT → mean (or CLS) pooling over
+//! the real tokens → L2 normalisation. Unlike sentence-transformers, a prompt with more tokens
+//! than the model's `max_seq_length` is not truncated but refused (`EmbedError::TooLong`): the
+//! vector of its first tokens would make prompts that differ only after them look identical.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -20,7 +22,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use serde::Deserialize;
-use tokenizers::{Encoding, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BuildError, EmbedError};
@@ -29,10 +31,10 @@ use crate::config::Config;
 
 /// sentence-transformers' default when `sentence_bert_config.json` does not say.
 const DEFAULT_MAX_TOKENS: usize = 256;
-/// Text beyond `max_tokens * MAX_BYTES_PER_TOKEN` bytes is cut before tokenising: the model
-/// only sees the first `max_tokens` word pieces anyway, and tokenising a 30 MB prompt would hold
-/// up every other request. (A word piece is a few bytes; only text that is nearly all
-/// whitespace could have fewer tokens than that in so many bytes.)
+/// Text longer than `max_tokens * MAX_BYTES_PER_TOKEN` bytes is refused as too long without
+/// tokenising it: tokenising a 30 MB prompt would hold up every other request. (A word piece is
+/// a few bytes; only text that is nearly all whitespace could have fewer tokens than that in
+/// so many bytes, and refusing it only costs a semantic hit.)
 const MAX_BYTES_PER_TOKEN: usize = 256;
 /// Most padded tokens in one forward pass (one longer input still gets a pass of its own).
 /// all-MiniLM-L6-v2 on 2 cores: ~0.5 s per pass of 1024 tokens.
@@ -93,10 +95,14 @@ impl LocalEmbedder {
     }
 
     /// Queues `text` for the model thread; waiting in the queue counts against the timeout.
+    /// A text with more tokens than the model's window is refused (`EmbedError::TooLong`).
     pub(super) async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        if text.len() > self.max_text_bytes {
+            return Err(EmbedError::TooLong);
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            text: cut_at_char_boundary(text, self.max_text_bytes).to_owned(),
+            text: text.to_owned(),
             reply,
         };
         let call = async {
@@ -122,17 +128,6 @@ fn describe(dir: &Path, problem: &str) -> String {
          sentence-transformers model folder (config.json, tokenizer.json, model.safetensors)",
         dir.display().to_string()
     )
-}
-
-fn cut_at_char_boundary(text: &str, max_bytes: usize) -> &str {
-    if text.len() <= max_bytes {
-        return text;
-    }
-    let mut end = max_bytes;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,15 +285,12 @@ impl Model {
         let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
             .map_err(|e| format!("tokenizer.json is malformed: {e}"))?;
         // The shipped tokenizer.json pads every input to 128 tokens and truncates at 128: no
-        // padding here (batches are padded to their longest input below) and truncation at
-        // the model's own limit, as sentence-transformers does.
+        // padding here (batches are padded to their longest input below) and no truncation
+        // (an input longer than `max_tokens` is refused, see `answer`).
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_tokens,
-                ..TruncationParams::default()
-            }))
-            .map_err(|e| format!("tokenizer.json: cannot truncate at {max_tokens}: {e}"))?;
+            .with_truncation(None)
+            .map_err(|e| format!("tokenizer.json: cannot turn truncation off: {e}"))?;
 
         let weights = read(dir, "model.safetensors")?;
         let mut digest = blake3::Hasher::new();
@@ -370,7 +362,8 @@ impl Model {
         tracing::debug!("embedding thread stopped");
     }
 
-    /// Embeds a batch and answers each job as soon as its forward pass is done. The inputs are
+    /// Embeds a batch and answers each job as soon as its forward pass is done; an input longer
+    /// than the model's window is answered `TooLong` at once. The inputs are
     /// sorted by length and cut into passes (see [`passes`]), so short prompts neither pay for
     /// nor wait for a long one. Should a pass fail (or panic), its inputs are retried one by
     /// one so that one bad input does not fail the others.
@@ -391,7 +384,16 @@ impl Model {
             }
         };
         let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
-        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        // The model reads `max_tokens` tokens ([CLS] and [SEP] included); past that, a vector
+        // would stand for the beginning of the prompt only.
+        for (i, encoding) in encodings.iter().enumerate() {
+            if encoding.len() > self.max_tokens {
+                reply(&mut jobs[i], Err(EmbedError::TooLong));
+            }
+        }
+        let mut order: Vec<usize> = (0..encodings.len())
+            .filter(|&i| jobs[i].is_some())
+            .collect();
         order.sort_by_key(|&i| encodings[i].len());
         for pass in passes(&order, |i| encodings[i].len()) {
             // Callers that timed out meanwhile are no longer listening.
@@ -509,13 +511,6 @@ fn reply(job: &mut Option<Job>, result: Result<Vec<f32>, EmbedError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cuts_long_text_at_a_char_boundary() {
-        assert_eq!(cut_at_char_boundary("héllo", 100), "héllo");
-        assert_eq!(cut_at_char_boundary("héllo", 2), "h");
-        assert_eq!(cut_at_char_boundary("héllo", 3), "hé");
-    }
 
     #[test]
     fn passes_avoid_padding_short_inputs_to_long_ones() {

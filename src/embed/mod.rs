@@ -33,6 +33,11 @@ pub enum EmbedError {
     Malformed(&'static str),
     #[error("local embedding failed: {0}")]
     Local(String),
+    /// The prompt has more tokens than the model reads. Its vector would stand for a prefix
+    /// only (prompts that differ after it would look identical), so it gets none: the request
+    /// uses the exact tier only.
+    #[error("the prompt is longer than the embedding model's window")]
+    TooLong,
 }
 
 /// Why an embedder could not be built (deja then refuses to start).

@@ -1,4 +1,8 @@
 //! Embeddings from an OpenAI-compatible `/v1/embeddings` endpoint.
+//!
+//! The API refuses an input with more tokens than the model's window (8191 tokens for
+//! text-embedding-3-small) with a 400; that answer becomes `EmbedError::TooLong`, so the
+//! request uses the exact tier only, as with the local embedder.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,8 +85,17 @@ impl OpenAiEmbedder {
                 .send()
                 .await
                 .map_err(|e| EmbedError::Transport(e.without_url().to_string()))?;
-            if !response.status().is_success() {
-                return Err(EmbedError::Status(response.status().as_u16()));
+            let status = response.status();
+            if status == http::StatusCode::BAD_REQUEST {
+                let body = response.json::<Value>().await.unwrap_or_default();
+                return Err(if over_window(&body) {
+                    EmbedError::TooLong
+                } else {
+                    EmbedError::Status(status.as_u16())
+                });
+            }
+            if !status.is_success() {
+                return Err(EmbedError::Status(status.as_u16()));
             }
             response
                 .json::<Value>()
@@ -104,5 +117,34 @@ impl OpenAiEmbedder {
             return Err(EmbedError::Malformed("zero or non-finite vector"));
         }
         Ok(vector)
+    }
+}
+
+/// Whether a 400 answer says the input has more tokens than the model reads (8191 for the
+/// text-embedding-3 models). OpenAI says so in the message only ("This model's maximum context
+/// length is 8192 tokens, however you requested ...", or "Invalid 'input': maximum context
+/// length is 8192 tokens."), with `code` null; Azure and some others set
+/// `code: "context_length_exceeded"`.
+fn over_window(body: &Value) -> bool {
+    let error = &body["error"];
+    error["code"] == "context_length_exceeded"
+        || error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("maximum context length"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_openai_window_errors() {
+        let openai = json!({"error": {
+            "message": "Invalid 'input': maximum context length is 8192 tokens.",
+            "type": "invalid_request_error", "param": null, "code": null}});
+        let azure = json!({"error": {"message": "too long", "code": "context_length_exceeded"}});
+        let other = json!({"error": {"message": "Invalid 'model'", "code": null}});
+        assert!(over_window(&openai) && over_window(&azure));
+        assert!(!over_window(&other) && !over_window(&json!("not an error")));
     }
 }

@@ -74,6 +74,9 @@ pub enum EmbedMode {
     Normal,
     Status(u16),
     Stall(Duration),
+    /// The model's window, in tokens (a word counts as a token here, as in `usage`): a longer
+    /// input gets OpenAI's 400 "Invalid 'input': maximum context length is N tokens.".
+    Window(usize),
 }
 
 #[derive(Default)]
@@ -574,7 +577,7 @@ async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
     match mode {
         EmbedMode::Status(code) => return openai_error(code, "fake upstream: embeddings failure"),
         EmbedMode::Stall(d) => tokio::time::sleep(d).await,
-        EmbedMode::Normal => {}
+        EmbedMode::Normal | EmbedMode::Window(_) => {}
     }
     let req: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -593,6 +596,12 @@ async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
             );
         }
     };
+    if let EmbedMode::Window(tokens) = mode
+        && inputs.iter().any(|text| word_count(text) > tokens)
+    {
+        let message = format!("Invalid 'input': maximum context length is {tokens} tokens.");
+        return openai_error(400, &message);
+    }
     let data: Vec<Value> = {
         let cfg = state.config.lock();
         inputs
