@@ -20,7 +20,7 @@ use crate::cached::{Endpoint, Lookup, Partition, Plan};
 use crate::chat::ChatCompletions;
 use crate::clock::SystemClock;
 use crate::config::CacheConfig;
-use crate::embed::Embedder;
+use crate::embed::{EmbedError, Embedder};
 
 /// The request every prompt is wrapped in (one scope for the whole file).
 pub(super) const MODEL: &str = "gpt-4o-mini";
@@ -70,8 +70,18 @@ pub async fn embed_all(
     let mut results = futures_util::stream::iter(texts)
         .map(|text| async move { (text, embedder.embed(text, None).await) })
         .buffer_unordered(CONCURRENT_EMBEDS);
+    let mut too_long = 0;
     while let Some((text, vector)) = results.next().await {
-        let vector = vector.map_err(|e| format!("embedding failed: {e}"))?;
+        let vector = match vector {
+            Ok(vector) => vector,
+            // As in the proxy: a text past the model's window uses the exact tier only, so it
+            // gets no vector (stored without one, asked by the exact tier alone).
+            Err(EmbedError::TooLong) => {
+                too_long += 1;
+                continue;
+            }
+            Err(err) => return Err(format!("embedding failed: {err}")),
+        };
         vectors.insert(text.to_string(), vector);
         if vectors.len().is_multiple_of(1000) {
             eprintln!(
@@ -80,6 +90,9 @@ pub async fn embed_all(
                 started.elapsed().as_secs_f64()
             );
         }
+    }
+    if too_long > 0 {
+        eprintln!("  {too_long} texts longer than the embedding window: exact tier only");
     }
     Ok(vectors)
 }
@@ -243,13 +256,6 @@ pub fn measure(
     Ok((judged, traces, timings))
 }
 
-fn vector_of<'v>(vectors: &'v HashMap<String, Vec<f32>>, text: &str) -> Result<&'v [f32], String> {
-    vectors
-        .get(text)
-        .map(Vec::as_slice)
-        .ok_or_else(|| format!("no vector for {text:?}"))
-}
-
 fn store_err(err: StoreError) -> String {
     format!("cache: {err}")
 }
@@ -271,7 +277,8 @@ pub fn store_all(
                 model: lookup.model,
                 response: json!({"pair": pair.id}).to_string(),
                 has_usage: true,
-                vector: Some(vector_of(vectors, &prompt)?.to_vec()),
+                // None for a text past the embedding window: exact tier only, as in the proxy.
+                vector: vectors.get(&prompt).cloned(),
                 prompt: Some(prompt),
                 owner: Default::default(),
             })
@@ -297,7 +304,9 @@ pub fn ask(
         return Ok(Some(hit));
     }
     let query = lookup.semantic_text.unwrap_or_default();
-    let vector = vector_of(vectors, &query)?;
+    let Some(vector) = vectors.get(&query) else {
+        return Ok(None); // past the embedding window: the exact tier alone answers
+    };
     Ok(cache
         .lookup_semantic(&lookup.scope, vector, &query, threshold, NEEDS)
         .map_err(store_err)?
