@@ -4,10 +4,12 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -21,6 +23,7 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::router::route;
+use crate::write_deadline::WriteDeadline;
 
 /// How long shutdown waits for in-flight requests and streams.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -50,11 +53,20 @@ impl RunningServer {
         }
     }
 
-    /// Runs until `signal` completes, then shuts down.
-    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
-        signal.await;
-        tracing::info!("shutting down");
-        self.shutdown().await;
+    /// Runs until `signal` completes, then shuts down. Returns false when the listener died
+    /// first (its task panicked): the caller must then exit non-zero, not serve without it.
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> bool {
+        tokio::select! {
+            _ = signal => {
+                tracing::info!("shutting down");
+                self.shutdown().await;
+                true
+            }
+            _ = &mut self.task => {
+                let _ = self.admin_stop.send(true);
+                false
+            }
+        }
     }
 }
 
@@ -114,7 +126,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         tracing::info!(addr = ?admin_addr, "admin listening");
         tokio::spawn(crate::admin::serve(listener, app.clone(), admin_stopped))
     });
-    let task = tokio::spawn(serve(listener, app.clone(), stopped));
+    let task = tokio::spawn(serve_or_fail(listener, app.clone(), stopped));
     Ok(RunningServer {
         addr,
         admin_addr,
@@ -124,6 +136,18 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         admin_stop,
         admin,
     })
+}
+
+/// `serve`, and if it panics, `/readyz` fails from then on: a proxy whose accept loop is
+/// gone must not stay in a load balancer.
+async fn serve_or_fail(listener: TcpListener, app: Arc<App>, stopped: watch::Receiver<bool>) {
+    let served = AssertUnwindSafe(serve(listener, app.clone(), stopped))
+        .catch_unwind()
+        .await;
+    if served.is_err() {
+        app.draining.store(true, Ordering::Relaxed);
+        tracing::error!("the listener stopped after a panic; not ready");
+    }
 }
 
 async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<bool>) {
@@ -159,6 +183,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
     // A permit per open connection: past the limit, new clients wait in the kernel's queue
     // instead of exhausting file descriptors and memory.
     let permits = Arc::new(Semaphore::new(app.config().server.max_connections));
+    let write_timeout = Duration::from_secs(app.config().server.write_timeout_secs);
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -193,7 +218,10 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
                         Ok::<_, Infallible>(response)
                     }
                 });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let connection = builder.serve_connection_with_upgrades(
+                    TokioIo::new(WriteDeadline::new(stream, write_timeout)),
+                    service,
+                );
                 let connection = graceful.watch(connection.into_owned());
                 tokio::spawn(async move {
                     if let Err(err) = connection.await {
