@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # tests/openai_sdk.rs finds .venv/bin/python by itself (SDK_TEST_PYTHON overrides it). Test
-# settings never use the DEJA_ prefix: deja reads every DEJA_* variable as a config key and
-# refuses unknown ones.
+# settings never use the DEJA_ prefix: deja reads DEJA_* variables as config keys (those that
+# name no key are ignored with a warning), so a stray one could change what a test runs.
 bash scripts/setup-python.sh
 
 if cargo nextest --version >/dev/null 2>&1; then

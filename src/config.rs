@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 
 use crate::cache::index::HnswParams;
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 mod access;
+mod env;
+mod ranges;
 
 pub use access::{AdminConfig, BudgetPeriod, KeyConfig, Price, UsageConfig};
 
@@ -44,6 +46,9 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Model aliases and fallbacks (`crate::routing`).
     pub routing: crate::routing::RoutingConfig,
+    /// `DEJA_*` environment variables that name no key and were left out; not a key.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +58,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Most JSON items (elements, members, containers) in a body deja parses; more get 400.
+    pub max_json_values: usize,
     /// Connections served at once; further ones wait in the accept queue.
     pub max_connections: usize,
     /// Seconds a client may take to send its request headers (slow-loris defence).
@@ -62,6 +69,8 @@ pub struct ServerConfig {
     /// Seconds a client may take to send a body deja reads whole (cached endpoints), and the
     /// longest pause within a body streamed upstream (other paths); then 408.
     pub body_timeout_secs: u64,
+    /// Seconds a response may wait for the client to read before the connection is cut.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -69,10 +78,12 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 32 * 1024 * 1024,
+            max_json_values: 1_000_000,
             max_connections: 4096,
             header_timeout_secs: 30,
             idle_timeout_secs: 60,
             body_timeout_secs: 60,
+            write_timeout_secs: 60,
         }
     }
 }
@@ -132,6 +143,9 @@ pub struct CacheConfig {
     pub shared: bool,
     /// Turns the semantic tier off (exact tier only) when false.
     pub semantic: bool,
+    /// Longest last user message (bytes) that is embedded and verified; longer ones use the
+    /// exact tier only.
+    pub max_semantic_bytes: usize,
     /// Seconds between background sweeps that delete expired entries.
     pub sweep_interval_secs: u64,
     /// A scope's index is rebuilt once this fraction of its points are dead.
@@ -165,6 +179,7 @@ impl Default for CacheConfig {
             model_thresholds: BTreeMap::new(),
             shared: false,
             semantic: true,
+            max_semantic_bytes: 16 * 1024,
             sweep_interval_secs: 60,
             compact_dead_ratio: 0.25,
             hnsw_min_entries: 4096,
@@ -295,10 +310,12 @@ pub enum ConfigError {
 impl Config {
     /// Reads `path` (missing file is fine: defaults), then `DEJA_*` env vars, then validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let (env, ignored_env) = env::config_env();
         let figment = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(path))
-            .merge(Env::prefixed("DEJA_").split("__"));
+            .merge(env);
         let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.ignored_env = ignored_env;
         let key_in_file = figment
             .find_metadata("upstream.api_key")
             .is_some_and(|meta| meta.name.to_ascii_lowercase().contains("toml"));
@@ -362,12 +379,7 @@ impl Config {
         for (model, value) in &self.cache.model_thresholds {
             check_similarity(&format!("cache.model_thresholds.\"{model}\""), *value)?;
         }
-        if self.cache.ttl_secs == 0 {
-            return invalid("cache.ttl_secs", "must be at least 1 second");
-        }
-        if self.cache.sweep_interval_secs == 0 {
-            return invalid("cache.sweep_interval_secs", "must be at least 1 second");
-        }
+        ranges::check(self)?;
         if !(self.cache.compact_dead_ratio > 0.0 && self.cache.compact_dead_ratio <= 1.0) {
             return invalid("cache.compact_dead_ratio", "must be in (0, 1]");
         }
@@ -386,44 +398,11 @@ impl Config {
                 "must be 0 (no cap) or at least 65536: smaller holds hardly one answer",
             );
         }
-        if self.server.max_body_bytes == 0 {
-            return invalid("server.max_body_bytes", "must be positive");
-        }
-        if self.server.max_connections == 0 {
-            return invalid("server.max_connections", "must be positive");
-        }
-        if self.server.header_timeout_secs == 0 {
-            return invalid("server.header_timeout_secs", "must be at least 1 second");
-        }
-        if self.server.idle_timeout_secs == 0 {
-            return invalid("server.idle_timeout_secs", "must be at least 1 second");
-        }
-        if self.server.body_timeout_secs == 0 {
-            return invalid("server.body_timeout_secs", "must be at least 1 second");
-        }
         check_url("upstream.base_url", &self.upstream.base_url)?;
         self.upstream.retry.validate()?;
         self.routing.validate()?;
         if !self.embedding.base_url.is_empty() {
             check_url("embedding.base_url", &self.embedding.base_url)?;
-        }
-        for (key, secs) in [
-            (
-                "upstream.connect_timeout_secs",
-                self.upstream.connect_timeout_secs,
-            ),
-            ("upstream.timeout_secs", self.upstream.timeout_secs),
-            (
-                "upstream.idle_timeout_secs",
-                self.upstream.idle_timeout_secs,
-            ),
-        ] {
-            if !(secs.is_finite() && secs > 0.0) {
-                return invalid(key, "must be a positive number of seconds");
-            }
-        }
-        if self.embedding.timeout_ms == 0 {
-            return invalid("embedding.timeout_ms", "must be positive");
         }
         if !(1..=1024).contains(&self.embedding.max_batch) {
             return invalid("embedding.max_batch", "must be between 1 and 1024");

@@ -24,7 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 
@@ -66,15 +66,16 @@ pub fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
 /// Serves `stream` with `handler` until the client closes, a deadline passes, or `drain`
 /// turns true (then in-flight requests finish first). The returned future holds a clone of
 /// `drain` until the connection is gone, so the server can wait for all of them.
-pub fn serve<H, F>(
+pub fn serve<S, H, F>(
     builder: &auto::Builder<TokioExecutor>,
-    stream: TcpStream,
+    stream: S,
     slot: Option<OwnedSemaphorePermit>,
     deadlines: Deadlines,
     mut drain: watch::Receiver<bool>,
     handler: H,
 ) -> impl Future<Output = ()> + Send + 'static
 where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {

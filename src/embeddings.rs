@@ -31,6 +31,9 @@ use crate::track::{Tracker, estimate_tokens};
 use crate::upstream::{Failed, Outgoing, cacheable_status};
 use crate::usage::Outcome;
 
+/// Most inputs in one request, as the OpenAI API allows.
+const MAX_INPUTS: usize = 2048;
+
 /// The inputs of a cacheable embeddings request and their keys.
 struct Batch {
     /// Whether `input` was a single string (answered as such upstream).
@@ -47,7 +50,8 @@ fn batch(body: &Value, partition: &Partition) -> Option<Batch> {
     let model = object.get("model")?.as_str()?.to_string();
     let (single, texts) = match object.get("input")? {
         Value::String(text) => (true, vec![text.clone()]),
-        Value::Array(items) if !items.is_empty() => (
+        // Past OpenAI's own maximum the upstream refuses the batch: no per-input work for it.
+        Value::Array(items) if !items.is_empty() && items.len() <= MAX_INPUTS => (
             false,
             items
                 .iter()

@@ -58,6 +58,12 @@ async fn main() -> ExitCode {
         }
     };
     deja::telemetry::init(&config.log);
+    if !config.ignored_env.is_empty() {
+        tracing::warn!(
+            variables = ?config.ignored_env,
+            "ignoring DEJA_* environment variables that name no config key"
+        );
+    }
     let server = match deja::server::start(config, Arc::new(SystemClock)).await {
         Ok(server) => server,
         Err(err) => {
@@ -66,8 +72,12 @@ async fn main() -> ExitCode {
         }
     };
     reload_on_sighup(server.app.clone());
-    server.run_until(shutdown_signal()).await;
-    ExitCode::SUCCESS
+    if server.run_until(shutdown_signal()).await {
+        ExitCode::SUCCESS
+    } else {
+        tracing::error!("the listener stopped; exiting");
+        ExitCode::FAILURE
+    }
 }
 
 /// SIGHUP re-reads the configuration file, as `POST /admin/reload` does.

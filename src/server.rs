@@ -3,10 +3,12 @@
 //! sweeps expired entries in the background, and drains connections on shutdown.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -17,6 +19,7 @@ use crate::config::Config;
 use crate::connection;
 use crate::error::ApiError;
 use crate::router::route;
+use crate::write_deadline::WriteDeadline;
 
 /// How long shutdown waits for in-flight requests and streams.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -46,11 +49,20 @@ impl RunningServer {
         }
     }
 
-    /// Runs until `signal` completes, then shuts down.
-    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
-        signal.await;
-        tracing::info!("shutting down");
-        self.shutdown().await;
+    /// Runs until `signal` completes, then shuts down. Returns false when the listener died
+    /// first (its task panicked): the caller must then exit non-zero, not serve without it.
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> bool {
+        tokio::select! {
+            _ = signal => {
+                tracing::info!("shutting down");
+                self.shutdown().await;
+                true
+            }
+            _ = &mut self.task => {
+                let _ = self.admin_stop.send(true);
+                false
+            }
+        }
     }
 }
 
@@ -110,7 +122,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         tracing::info!(addr = ?admin_addr, "admin listening");
         tokio::spawn(crate::admin::serve(listener, app.clone(), admin_stopped))
     });
-    let task = tokio::spawn(serve(listener, app.clone(), stopped));
+    let task = tokio::spawn(serve_or_fail(listener, app.clone(), stopped));
     Ok(RunningServer {
         addr,
         admin_addr,
@@ -120,6 +132,18 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         admin_stop,
         admin,
     })
+}
+
+/// `serve`, and if it panics, `/readyz` fails from then on: a proxy whose accept loop is
+/// gone must not stay in a load balancer.
+async fn serve_or_fail(listener: TcpListener, app: Arc<App>, stopped: watch::Receiver<bool>) {
+    let served = AssertUnwindSafe(serve(listener, app.clone(), stopped))
+        .catch_unwind()
+        .await;
+    if served.is_err() {
+        app.draining.store(true, Ordering::Relaxed);
+        tracing::error!("the listener stopped after a panic; not ready");
+    }
 }
 
 async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<bool>) {
@@ -152,6 +176,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
     // A permit per open connection: past the limit, new clients wait in the kernel's queue
     // instead of exhausting file descriptors and memory.
     let permits = Arc::new(Semaphore::new(app.config().server.max_connections));
+    let write_timeout = Duration::from_secs(app.config().server.write_timeout_secs);
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -186,6 +211,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
                         }
                     }
                 };
+                let stream = WriteDeadline::new(stream, write_timeout);
                 tokio::spawn(connection::serve(&builder, stream, Some(permit), deadlines, draining.clone(), handler));
             }
             _ = stopped.changed() => break,

@@ -163,11 +163,13 @@ async fn quality_run(args: QualityArgs, config_path: &Path) -> Result<(), String
             &name,
             &path,
             &pairs,
-            &judged,
             &embedder_id,
             &config,
-            timings,
-            layout,
+            report::Measured {
+                judged: &judged,
+                timings,
+                layout,
+            },
         );
         write_outputs(&args, &report)?;
         if args.dump {

@@ -83,17 +83,27 @@ pub struct Matched {
     pub row: Row,
 }
 
+/// What one measurement of a pair file gave: every query judged, and how it ran.
+pub struct Measured<'a> {
+    pub judged: &'a [Judged],
+    pub timings: Timings,
+    pub layout: Layout,
+}
+
 impl Report {
     pub fn new(
         name: &str,
         path: &Path,
         pairs: &[Pair],
-        judged: &[Judged],
         embedder: &str,
         config: &Config,
-        timings: Timings,
-        layout: Layout,
+        measured: Measured,
     ) -> Report {
+        let Measured {
+            judged,
+            timings,
+            layout,
+        } = measured;
         let label1 = pairs.iter().filter(|p| p.label == 1).count();
         let semantic: Vec<Judged> = judged.iter().filter(|j| !j.exact).copied().collect();
         let all = View::new(judged);

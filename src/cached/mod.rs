@@ -171,7 +171,7 @@ pub async fn handle(
         tracker.key(),
     );
     let Some(cache) = app.cache.clone() else {
-        return match route_fresh(&app, &raw) {
+        return match route_fresh(&app, &raw, &server) {
             Ok((routed, _)) => {
                 bypass(&app, endpoint, parts, suffix, tracker, routed, "cache_off").await
             }
@@ -219,9 +219,12 @@ pub(crate) fn plan_request(
     } else {
         raw
     };
-    let (routed, json) = route_fresh(app, &raw)?;
+    let (routed, json) = route_fresh(app, &raw, &app.config().server)?;
     match endpoint.plan(json, partition) {
-        Plan::Cache(lookup) => {
+        Plan::Cache(mut lookup) => {
+            // Embedding and verifying a long text costs seconds and hundreds of MB.
+            let longest = app.config().cache.max_semantic_bytes;
+            lookup.semantic_text.take_if(|text| text.len() > longest);
             let planned = Arc::new(Planned { routed, lookup });
             app.plans
                 .remember(epoch, endpoint, partition, raw, planned.clone());
@@ -252,8 +255,8 @@ async fn bypass(
 
 /// Parses the body and resolves its model's alias: before the cache key is computed, so an
 /// alias shares its model's entries.
-fn route_fresh(app: &App, raw: &Bytes) -> Result<(Routed, Value), ApiError> {
-    let json = parse_object(raw)?;
+fn route_fresh(app: &App, raw: &Bytes, server: &ServerConfig) -> Result<(Routed, Value), ApiError> {
+    let json = parse_object(raw, server.max_json_values)?;
     let model_asked = json
         .get("model")
         .and_then(Value::as_str)
@@ -308,7 +311,7 @@ pub(crate) async fn read_request(
     server: &ServerConfig,
 ) -> Result<(Bytes, Value, Controls), ApiError> {
     let (body, controls) = read_checked(body, headers, server).await?;
-    let json = parse_object(&body)?;
+    let json = parse_object(&body, server.max_json_values)?;
     Ok((body, json, controls))
 }
 
@@ -329,7 +332,18 @@ async fn read_checked(
     Ok((body, Controls::from_headers(headers)?))
 }
 
-fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
+/// The body as a JSON object, if it holds no more than `max_values` items (a tree costs about
+/// 60 bytes per item: see `json_budget`).
+fn parse_object(body: &[u8], max_values: usize) -> Result<Value, ApiError> {
+    if !crate::json_budget::within(body, max_values) {
+        return Err(ApiError::invalid(
+            format!(
+                "the request body holds more than {max_values} JSON values, more than this \
+                 proxy parses (server.max_json_values)"
+            ),
+            None,
+        ));
+    }
     match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => Ok(Value::Object(map)),
         Ok(_) => Err(ApiError::invalid(

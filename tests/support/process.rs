@@ -29,6 +29,11 @@ impl DejaProcess {
     /// Spawns the binary (hermetic: no `DEJA_*`, `RUST_LOG` or proxy variables from the
     /// environment) and waits until it listens.
     pub async fn start(config: &Path) -> DejaProcess {
+        Self::start_with_env(config, &[]).await
+    }
+
+    /// `start`, with `env` set for the child.
+    pub async fn start_with_env(config: &Path, env: &[(&str, &str)]) -> DejaProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_deja"));
         for (key, _) in std::env::vars_os() {
             let upper = key.to_string_lossy().to_ascii_uppercase();
@@ -36,6 +41,7 @@ impl DejaProcess {
                 command.env_remove(&key);
             }
         }
+        command.envs(env.iter().copied());
         let mut child = (command.arg("--config").arg(config))
             .env("NO_PROXY", "127.0.0.1,localhost")
             .stdin(Stdio::null())
