@@ -65,6 +65,26 @@ async fn reworded_question_hits_semantically_and_near_miss_does_not() {
 }
 
 #[tokio::test]
+async fn the_same_text_from_another_participant_is_not_a_hit() {
+    // A group chat: the last messages differ only in `name`. Their texts embed to the same
+    // vector, so only the scope can tell them apart.
+    let h = Harness::start().await;
+    let from = |name: &str| {
+        let mut body = ask("Say hello to me by name");
+        body["messages"][1]["name"] = json!(name);
+        body
+    };
+    let alice = h.chat(&from("alice")).await;
+    assert_eq!(alice.cache_status(), "miss");
+    let bob = h.chat(&from("bob")).await;
+    assert_eq!(bob.cache_status(), "miss", "{:?}", bob.headers);
+    assert_eq!(h.upstream.calls(CHAT_PATH), 2);
+    let alice_again = h.chat(&from("alice")).await;
+    assert_eq!(alice_again.header("x-deja-match"), Some("exact"));
+    assert_eq!(alice_again.content(), alice.content());
+}
+
+#[tokio::test]
 async fn verification_rejects_a_similar_prompt_with_other_numbers_or_negation() {
     let h = Harness::start().await;
     for text in [

@@ -32,8 +32,11 @@ use crate::upstream::{Failed, Outgoing, Sent};
 use crate::usage::Outcome;
 
 mod hit;
+mod last_message;
 mod memo;
 mod miss;
+
+pub use last_message::beyond_text;
 
 pub use memo::{PlanMemo, Planned, Routed};
 
