@@ -18,16 +18,36 @@ pub struct Shared {
     pub has_usage: bool,
     /// The stored entry's id and creation time (ms), when it was stored.
     pub stored: Option<(u64, u64)>,
+    pub matched: Matched,
+}
+
+/// How the leader came by the answer it shares, which is what a follower reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Matched {
+    /// Fresh from upstream: the follower's answer is genuinely coalesced.
+    Upstream,
+    /// A stored entry under the (shared) exact key.
+    Exact,
+    /// A stored entry for a similar prompt, at this similarity.
+    Semantic { similarity: f32 },
 }
 
 impl Shared {
-    /// Whether this answer may serve a request with these requirements (a shared answer can
-    /// be an older cache hit, so `max-age` applies to it too).
-    pub fn satisfies(&self, needs: Requirements, now_ms: u64) -> bool {
+    /// Whether this answer may serve a request with these requirements and this similarity
+    /// threshold, as it would if it had looked the entry up itself: a shared answer can be
+    /// an older cache hit, so `max-age` applies to it too, and a semantic one must clear the
+    /// follower's own (possibly stricter, `x-deja-threshold`) threshold.
+    pub fn satisfies(&self, needs: Requirements, threshold: f32, now_ms: u64) -> bool {
         let age_ms = self
             .stored
             .map_or(0, |(_, created_ms)| now_ms.saturating_sub(created_ms));
-        (!needs.needs_usage || self.has_usage) && needs.max_age_ms.is_none_or(|max| age_ms < max)
+        let similar_enough = match self.matched {
+            Matched::Semantic { similarity } => similarity >= threshold,
+            Matched::Upstream | Matched::Exact => true,
+        };
+        similar_enough
+            && (!needs.needs_usage || self.has_usage)
+            && needs.max_age_ms.is_none_or(|max| age_ms < max)
     }
 }
 
@@ -142,11 +162,39 @@ mod tests {
             response: "{}".into(),
             has_usage: true,
             stored: None,
+            matched: Matched::Upstream,
         })));
         for follower in followers {
             assert_eq!(follower.await.unwrap().unwrap().response, "{}");
         }
         assert_eq!(coalescer.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_semantic_answer_satisfies_only_a_threshold_it_clears() {
+        let shared = |matched| Shared {
+            response: "{}".into(),
+            has_usage: true,
+            stored: Some((1, 1_000)),
+            matched,
+        };
+        let needs = Requirements {
+            max_age_ms: None,
+            needs_usage: true,
+        };
+        let semantic = shared(Matched::Semantic { similarity: 0.95 });
+        assert!(semantic.satisfies(needs, 0.9, 2_000));
+        assert!(semantic.satisfies(needs, 0.95, 2_000));
+        assert!(!semantic.satisfies(needs, 0.99, 2_000));
+        assert!(shared(Matched::Exact).satisfies(needs, 0.99, 2_000));
+        let young = Requirements {
+            max_age_ms: Some(500),
+            needs_usage: true,
+        };
+        assert!(
+            !shared(Matched::Exact).satisfies(young, 0.9, 2_000),
+            "max-age"
+        );
     }
 
     #[tokio::test]

@@ -405,6 +405,50 @@ async fn concurrent_identical_streams_make_one_upstream_call() {
 }
 
 #[tokio::test]
+async fn a_follower_takes_a_semantic_answer_only_at_its_own_threshold() {
+    let h = Harness::start().await;
+    h.upstream
+        .set_embedding("What is the capital of France?", axis());
+    h.upstream
+        .set_embedding("Tell me France's capital city", at_cosine(0.95));
+    let original = h.chat(&ask("What is the capital of France?")).await;
+    assert_eq!(original.cache_status(), "miss");
+    // A slow embedding keeps the first reworded request in the lead while the others join.
+    h.upstream
+        .set_embed_mode(EmbedMode::Stall(Duration::from_millis(500)));
+    let body = ask("Tell me France's capital city");
+    let leading = async {
+        let embeddings = h.upstream.calls(EMBEDDINGS_PATH);
+        let reply = h.chat(&body);
+        tokio::pin!(reply);
+        // Poll the request until its embedding call has reached the upstream.
+        tokio::select! {
+            _ = &mut reply => panic!("answered before the followers joined"),
+            _ = wait_until(|| h.upstream.calls(EMBEDDINGS_PATH) > embeddings) => {}
+        }
+        let strict = h.chat_headers(&[("x-deja-threshold", "0.99")], &body);
+        let lenient = h.chat(&body);
+        tokio::join!(reply, strict, lenient)
+    };
+    let (leader, strict, lenient) = leading.await;
+    assert_eq!(leader.header("x-deja-match"), Some("semantic"));
+    assert_eq!(leader.content(), original.content());
+    // Alone, the strict request misses; waiting on a twin must not change that.
+    assert_eq!(strict.cache_status(), "miss", "{:?}", strict.headers);
+    assert!(strict.content().contains("Tell me France's capital city"));
+    // The lenient one got the stored answer for another prompt, and is told so.
+    assert_eq!(lenient.cache_status(), "hit");
+    assert_eq!(lenient.header("x-deja-match"), Some("semantic"));
+    assert_eq!(lenient.header("x-deja-similarity"), Some("0.9500"));
+    assert_eq!(
+        lenient.header("x-deja-entry"),
+        leader.header("x-deja-entry")
+    );
+    assert_eq!(lenient.content(), original.content());
+    assert_eq!(h.upstream.calls(CHAT_PATH), 2);
+}
+
+#[tokio::test]
 async fn failed_leader_releases_its_followers() {
     let h = Harness::start().await;
     h.upstream.set_chat_mode(ChatMode::Status(

@@ -16,7 +16,7 @@ use crate::body::{BoxError, ProxyBody, full, streaming};
 use crate::cache::entry::Owner;
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, NewEntry};
-use crate::coalesce::{Leader, Shared};
+use crate::coalesce::{Leader, Matched, Shared};
 use crate::error::ApiError;
 use crate::relay::{response_headers, stream_response};
 use crate::routing;
@@ -208,6 +208,7 @@ impl Store {
             response: crate::json_splice::with_keys_first(&answer, &["id", "usage"]),
             has_usage,
             stored: None,
+            matched: Matched::Upstream,
         };
         let Some(cache) = self.cache else {
             if let Some(leader) = self.leader {
