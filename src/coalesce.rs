@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::cache::Requirements;
 use crate::cache::key::Hash32;
@@ -53,9 +53,15 @@ impl Shared {
 
 type Slot = Option<Option<Arc<Shared>>>;
 
+/// A request that is upstream: where its answer goes, and a signal when a twin starts waiting.
+struct InFlight {
+    answer: watch::Sender<Slot>,
+    joined: Arc<Notify>,
+}
+
 #[derive(Default)]
 pub struct Coalescer {
-    inflight: Mutex<HashMap<Hash32, watch::Sender<Slot>>>,
+    inflight: Mutex<HashMap<Hash32, InFlight>>,
 }
 
 pub enum Role {
@@ -68,14 +74,23 @@ pub enum Role {
 impl Coalescer {
     pub fn join(self: &Arc<Self>, key: Hash32) -> Role {
         let mut inflight = self.inflight.lock();
-        if let Some(sender) = inflight.get(&key) {
-            return Role::Follower(Follower(sender.subscribe()));
+        if let Some(twin) = inflight.get(&key) {
+            twin.joined.notify_one();
+            return Role::Follower(Follower(twin.answer.subscribe()));
         }
-        let (sender, _) = watch::channel(None);
-        inflight.insert(key, sender);
+        let (answer, _) = watch::channel(None);
+        let joined = Arc::new(Notify::new());
+        inflight.insert(
+            key,
+            InFlight {
+                answer,
+                joined: joined.clone(),
+            },
+        );
         Role::Leader(Leader {
             coalescer: self.clone(),
             key,
+            joined,
             published: false,
         })
     }
@@ -90,6 +105,7 @@ impl Coalescer {
 pub struct Leader {
     coalescer: Arc<Coalescer>,
     key: Hash32,
+    joined: Arc<Notify>,
     published: bool,
 }
 
@@ -104,7 +120,13 @@ impl Leader {
             .inflight
             .lock()
             .get(&self.key)
-            .map_or(0, |sender| sender.receiver_count())
+            .map_or(0, |twin| twin.answer.receiver_count())
+    }
+
+    /// Completes when a request has started waiting on this one since the last call (or
+    /// since leading, on the first call).
+    pub async fn follower_joined(&self) {
+        self.joined.notified().await;
     }
 
     fn finish(&mut self, answer: Option<Arc<Shared>>) {
@@ -112,8 +134,8 @@ impl Leader {
             return;
         }
         self.published = true;
-        if let Some(sender) = self.coalescer.inflight.lock().remove(&self.key) {
-            sender.send_replace(Some(answer));
+        if let Some(twin) = self.coalescer.inflight.lock().remove(&self.key) {
+            twin.answer.send_replace(Some(answer));
         }
     }
 }

@@ -31,6 +31,7 @@ use crate::track::{Tracker, estimate_tokens};
 use crate::upstream::{Failed, Outgoing, Sent};
 use crate::usage::Outcome;
 
+mod client_feed;
 mod hit;
 mod last_message;
 mod memo;
