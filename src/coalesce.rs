@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::cache::Requirements;
 use crate::cache::key::Hash32;
@@ -18,24 +18,50 @@ pub struct Shared {
     pub has_usage: bool,
     /// The stored entry's id and creation time (ms), when it was stored.
     pub stored: Option<(u64, u64)>,
+    pub matched: Matched,
+}
+
+/// How the leader came by the answer it shares, which is what a follower reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Matched {
+    /// Fresh from upstream: the follower's answer is genuinely coalesced.
+    Upstream,
+    /// A stored entry under the (shared) exact key.
+    Exact,
+    /// A stored entry for a similar prompt, at this similarity.
+    Semantic { similarity: f32 },
 }
 
 impl Shared {
-    /// Whether this answer may serve a request with these requirements (a shared answer can
-    /// be an older cache hit, so `max-age` applies to it too).
-    pub fn satisfies(&self, needs: Requirements, now_ms: u64) -> bool {
+    /// Whether this answer may serve a request with these requirements and this similarity
+    /// threshold, as it would if it had looked the entry up itself: a shared answer can be
+    /// an older cache hit, so `max-age` applies to it too, and a semantic one must clear the
+    /// follower's own (possibly stricter, `x-deja-threshold`) threshold.
+    pub fn satisfies(&self, needs: Requirements, threshold: f32, now_ms: u64) -> bool {
         let age_ms = self
             .stored
             .map_or(0, |(_, created_ms)| now_ms.saturating_sub(created_ms));
-        (!needs.needs_usage || self.has_usage) && needs.max_age_ms.is_none_or(|max| age_ms < max)
+        let similar_enough = match self.matched {
+            Matched::Semantic { similarity } => similarity >= threshold,
+            Matched::Upstream | Matched::Exact => true,
+        };
+        similar_enough
+            && (!needs.needs_usage || self.has_usage)
+            && needs.max_age_ms.is_none_or(|max| age_ms < max)
     }
 }
 
 type Slot = Option<Option<Arc<Shared>>>;
 
+/// A request that is upstream: where its answer goes, and a signal when a twin starts waiting.
+struct InFlight {
+    answer: watch::Sender<Slot>,
+    joined: Arc<Notify>,
+}
+
 #[derive(Default)]
 pub struct Coalescer {
-    inflight: Mutex<HashMap<Hash32, watch::Sender<Slot>>>,
+    inflight: Mutex<HashMap<Hash32, InFlight>>,
 }
 
 pub enum Role {
@@ -48,14 +74,23 @@ pub enum Role {
 impl Coalescer {
     pub fn join(self: &Arc<Self>, key: Hash32) -> Role {
         let mut inflight = self.inflight.lock();
-        if let Some(sender) = inflight.get(&key) {
-            return Role::Follower(Follower(sender.subscribe()));
+        if let Some(twin) = inflight.get(&key) {
+            twin.joined.notify_one();
+            return Role::Follower(Follower(twin.answer.subscribe()));
         }
-        let (sender, _) = watch::channel(None);
-        inflight.insert(key, sender);
+        let (answer, _) = watch::channel(None);
+        let joined = Arc::new(Notify::new());
+        inflight.insert(
+            key,
+            InFlight {
+                answer,
+                joined: joined.clone(),
+            },
+        );
         Role::Leader(Leader {
             coalescer: self.clone(),
             key,
+            joined,
             published: false,
         })
     }
@@ -70,6 +105,7 @@ impl Coalescer {
 pub struct Leader {
     coalescer: Arc<Coalescer>,
     key: Hash32,
+    joined: Arc<Notify>,
     published: bool,
 }
 
@@ -84,7 +120,13 @@ impl Leader {
             .inflight
             .lock()
             .get(&self.key)
-            .map_or(0, |sender| sender.receiver_count())
+            .map_or(0, |twin| twin.answer.receiver_count())
+    }
+
+    /// Completes when a request has started waiting on this one since the last call (or
+    /// since leading, on the first call).
+    pub async fn follower_joined(&self) {
+        self.joined.notified().await;
     }
 
     fn finish(&mut self, answer: Option<Arc<Shared>>) {
@@ -92,8 +134,8 @@ impl Leader {
             return;
         }
         self.published = true;
-        if let Some(sender) = self.coalescer.inflight.lock().remove(&self.key) {
-            sender.send_replace(Some(answer));
+        if let Some(twin) = self.coalescer.inflight.lock().remove(&self.key) {
+            twin.answer.send_replace(Some(answer));
         }
     }
 }
@@ -142,11 +184,39 @@ mod tests {
             response: "{}".into(),
             has_usage: true,
             stored: None,
+            matched: Matched::Upstream,
         })));
         for follower in followers {
             assert_eq!(follower.await.unwrap().unwrap().response, "{}");
         }
         assert_eq!(coalescer.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_semantic_answer_satisfies_only_a_threshold_it_clears() {
+        let shared = |matched| Shared {
+            response: "{}".into(),
+            has_usage: true,
+            stored: Some((1, 1_000)),
+            matched,
+        };
+        let needs = Requirements {
+            max_age_ms: None,
+            needs_usage: true,
+        };
+        let semantic = shared(Matched::Semantic { similarity: 0.95 });
+        assert!(semantic.satisfies(needs, 0.9, 2_000));
+        assert!(semantic.satisfies(needs, 0.95, 2_000));
+        assert!(!semantic.satisfies(needs, 0.99, 2_000));
+        assert!(shared(Matched::Exact).satisfies(needs, 0.99, 2_000));
+        let young = Requirements {
+            max_age_ms: Some(500),
+            needs_usage: true,
+        };
+        assert!(
+            !shared(Matched::Exact).satisfies(young, 0.9, 2_000),
+            "max-age"
+        );
     }
 
     #[tokio::test]

@@ -69,6 +69,26 @@ async fn reworded_question_hits_semantically_and_near_miss_does_not() {
 }
 
 #[tokio::test]
+async fn the_same_text_from_another_participant_is_not_a_hit() {
+    // A group chat: the last messages differ only in `name`. Their texts embed to the same
+    // vector, so only the scope can tell them apart.
+    let h = Harness::start().await;
+    let from = |name: &str| {
+        let mut body = ask("Say hello to me by name");
+        body["messages"][1]["name"] = json!(name);
+        body
+    };
+    let alice = h.chat(&from("alice")).await;
+    assert_eq!(alice.cache_status(), "miss");
+    let bob = h.chat(&from("bob")).await;
+    assert_eq!(bob.cache_status(), "miss", "{:?}", bob.headers);
+    assert_eq!(h.upstream.calls(CHAT_PATH), 2);
+    let alice_again = h.chat(&from("alice")).await;
+    assert_eq!(alice_again.header("x-deja-match"), Some("exact"));
+    assert_eq!(alice_again.content(), alice.content());
+}
+
+#[tokio::test]
 async fn verification_rejects_a_similar_prompt_with_other_numbers_or_negation() {
     let h = Harness::start().await;
     for text in [
@@ -419,6 +439,50 @@ async fn concurrent_identical_streams_make_one_upstream_call() {
         assert!(reply.is_stream() && reply.ends_with_done());
         assert_eq!(reply.content(), content);
     }
+}
+
+#[tokio::test]
+async fn a_follower_takes_a_semantic_answer_only_at_its_own_threshold() {
+    let h = Harness::start().await;
+    h.upstream
+        .set_embedding("What is the capital of France?", axis());
+    h.upstream
+        .set_embedding("Tell me France's capital city", at_cosine(0.95));
+    let original = h.chat(&ask("What is the capital of France?")).await;
+    assert_eq!(original.cache_status(), "miss");
+    // A slow embedding keeps the first reworded request in the lead while the others join.
+    h.upstream
+        .set_embed_mode(EmbedMode::Stall(Duration::from_millis(500)));
+    let body = ask("Tell me France's capital city");
+    let leading = async {
+        let embeddings = h.upstream.calls(EMBEDDINGS_PATH);
+        let reply = h.chat(&body);
+        tokio::pin!(reply);
+        // Poll the request until its embedding call has reached the upstream.
+        tokio::select! {
+            _ = &mut reply => panic!("answered before the followers joined"),
+            _ = wait_until(|| h.upstream.calls(EMBEDDINGS_PATH) > embeddings) => {}
+        }
+        let strict = h.chat_headers(&[("x-deja-threshold", "0.99")], &body);
+        let lenient = h.chat(&body);
+        tokio::join!(reply, strict, lenient)
+    };
+    let (leader, strict, lenient) = leading.await;
+    assert_eq!(leader.header("x-deja-match"), Some("semantic"));
+    assert_eq!(leader.content(), original.content());
+    // Alone, the strict request misses; waiting on a twin must not change that.
+    assert_eq!(strict.cache_status(), "miss", "{:?}", strict.headers);
+    assert!(strict.content().contains("Tell me France's capital city"));
+    // The lenient one got the stored answer for another prompt, and is told so.
+    assert_eq!(lenient.cache_status(), "hit");
+    assert_eq!(lenient.header("x-deja-match"), Some("semantic"));
+    assert_eq!(lenient.header("x-deja-similarity"), Some("0.9500"));
+    assert_eq!(
+        lenient.header("x-deja-entry"),
+        leader.header("x-deja-entry")
+    );
+    assert_eq!(lenient.content(), original.content());
+    assert_eq!(h.upstream.calls(CHAT_PATH), 2);
 }
 
 #[tokio::test]

@@ -179,3 +179,46 @@ async fn tool_calls_replay_in_both_forms() {
     assert_eq!(call["function"]["arguments"], r#"{"city":"Paris"}"#);
     assert!(call.get("index").is_none());
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_stall_its_twins() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start().await;
+    // An answer of ~40 000 chunks (several MB): far more than the socket buffers between
+    // deja and a client that never reads can absorb.
+    let prompt: String = (0..40_000).map(|i| format!("w{i} ")).collect();
+    let body = ask_stream(prompt.trim_end(), false);
+    let json = body.to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(h.proxy.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {KEY_A}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+        json.len()
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    // The stalled request leads: it is upstream before its twin arrives.
+    for _ in 0..200 {
+        if h.upstream.calls(CHAT_PATH) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        h.upstream.calls(CHAT_PATH),
+        1,
+        "the first request went upstream"
+    );
+
+    // A hang detector, not a speed bound: before the fix the twin waited for ever.
+    let twin = tokio::time::timeout(Duration::from_secs(60), h.chat(&body))
+        .await
+        .expect("the twin is answered although the first client reads nothing");
+    assert_eq!(twin.status, 200);
+    assert!(twin.ends_with_done());
+    assert_eq!(twin.header("x-deja-match"), Some("coalesced"));
+    assert_eq!(twin.content(), format!("answer 1: {}", prompt.trim_end()));
+    assert_eq!(h.upstream.calls(CHAT_PATH), 1);
+    drop(stalled);
+}

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{Call, Lookup, header_num, ms};
 use crate::body::{BoxError, ProxyBody, full, streaming};
 use crate::cache::{Cache, Hit, Requirements};
-use crate::coalesce::{Leader, Shared};
+use crate::coalesce::{Leader, Matched, Shared};
 use crate::json_splice;
 use crate::relay::CACHE_STATUS;
 use crate::usage::Outcome;
@@ -88,6 +88,9 @@ impl Call {
         Some(response)
     }
 
+    /// Renders the answer of the identical request this one waited on. The headers say how
+    /// that request found it: fresh from upstream (`coalesced`), or a stored entry (`exact`,
+    /// or `semantic` with the entry's real similarity).
     pub(super) fn coalesced(
         &self,
         lookup: &Lookup,
@@ -95,14 +98,19 @@ impl Call {
         cache: &Cache,
     ) -> Option<Response<ProxyBody>> {
         let mut response = self.render(lookup, &shared.response)?;
+        let (outcome, label, similarity) = match shared.matched {
+            Matched::Upstream => (Outcome::Coalesced, "coalesced", 1.0),
+            Matched::Exact => (Outcome::HitExact, "exact", 1.0),
+            Matched::Semantic { similarity } => (Outcome::HitSemantic, "semantic", similarity),
+        };
         self.tracker.update(|r| {
-            r.cache = Outcome::Coalesced;
-            r.similarity = Some(1.0);
+            r.cache = outcome;
+            r.similarity = Some(similarity);
         });
         let headers = response.headers_mut();
         headers.insert(CACHE_STATUS, HeaderValue::from_static("hit"));
-        headers.insert(MATCH, HeaderValue::from_static("coalesced"));
-        headers.insert(SIMILARITY, header_num(1.0));
+        headers.insert(MATCH, HeaderValue::from_static(label));
+        headers.insert(SIMILARITY, header_num(similarity));
         let age_ms = shared.stored.map_or(0, |(id, created_ms)| {
             headers.insert(ENTRY, HeaderValue::from(id));
             cache.now_ms().saturating_sub(created_ms)
@@ -112,6 +120,8 @@ impl Call {
             endpoint = self.endpoint.name(),
             model = %lookup.model,
             cache = "hit",
+            matched = label,
+            similarity,
             coalesced = true,
             elapsed_ms = ms(self.started),
             "request"
@@ -176,6 +186,13 @@ pub(super) fn share(leader: Option<Leader>, hit: &Hit) {
             response: hit.entry.response.clone(),
             has_usage: hit.entry.has_usage,
             stored: Some((hit.id, hit.entry.created_ms)),
+            matched: if hit.semantic {
+                Matched::Semantic {
+                    similarity: hit.similarity,
+                }
+            } else {
+                Matched::Exact
+            },
         })));
     }
 }

@@ -4,19 +4,18 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use http::Response;
 use http::header::{self, HeaderValue};
 use serde_json::Value;
-use tokio::sync::mpsc;
 
+use super::client_feed::ClientFeed;
 use super::{Call, Lookup, header_num, ms};
-use crate::body::{BoxError, ProxyBody, full, streaming};
+use crate::body::{ProxyBody, full, streaming};
 use crate::cache::entry::Owner;
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, NewEntry};
-use crate::coalesce::{Leader, Shared};
+use crate::coalesce::{Leader, Matched, Shared};
 use crate::error::ApiError;
 use crate::metering::{UsageStripper, metered};
 use crate::relay::{response_headers, stream_response};
@@ -110,14 +109,17 @@ impl Call {
     /// the stream ends cleanly. The chunk carrying the final event is held back until the
     /// answer is stored, so a client that saw the whole answer finds it cached (earlier
     /// chunks, and so the time to first token, are not delayed). A spawned pump keeps reading
-    /// if the client leaves while other requests wait on this answer.
+    /// if the client leaves while other requests wait on this answer. While they wait, it
+    /// also reads ahead of a client that reads slowly (`ClientFeed`), so they depend on the
+    /// upstream's pace alone; with no one waiting, the client's pace holds the upstream back,
+    /// as in a plain relay.
     fn stream_miss(
         self,
         upstream: reqwest::Response,
         mut headers: http::HeaderMap,
         store: Store,
     ) -> Response<ProxyBody> {
-        let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(32);
+        let (mut feed, client_body) = ClientFeed::new();
         let endpoint = self.endpoint;
         let status = upstream.status();
         let tracker = self.tracker.clone();
@@ -127,39 +129,47 @@ impl Call {
             let mut parser = SseParser::new();
             let mut assembler = endpoint.assembler();
             let mut body = upstream.bytes_stream();
-            let mut client_gone = false;
             let mut clean = true;
             let mut held = Vec::new();
-            while let Some(chunk) = body.next().await {
-                match chunk {
-                    Ok(bytes) => {
-                        for event in parser.push(&bytes) {
-                            assembler.push(&event.data);
-                        }
-                        let bytes = match &mut stripper {
-                            Some(stripper) => stripper.push(&bytes),
-                            None => bytes,
-                        };
-                        // Empty while the stripper holds an unfinished event.
-                        if !bytes.is_empty() {
-                            if assembler.ended() {
-                                held.push(bytes);
-                            } else if !client_gone && tx.send(Ok(bytes)).await.is_err() {
-                                client_gone = true;
+            loop {
+                // One branch is always enabled: not reading means the client is behind.
+                let read = !feed.is_behind() || store.followers() > 0;
+                tokio::select! {
+                    chunk = body.next(), if read => match chunk {
+                        None => break,
+                        Some(Ok(bytes)) => {
+                            for event in parser.push(&bytes) {
+                                assembler.push(&event.data);
+                            }
+                            let bytes = match &mut stripper {
+                                Some(stripper) => stripper.push(&bytes),
+                                None => bytes,
+                            };
+                            // Empty while the stripper holds an unfinished event.
+                            if !bytes.is_empty() {
+                                if assembler.ended() {
+                                    held.push(bytes);
+                                } else {
+                                    feed.push(Ok(bytes));
+                                }
+                            }
+                            if feed.is_gone() && store.followers() == 0 {
+                                clean = false;
+                                break;
                             }
                         }
-                        if client_gone && store.followers() == 0 {
+                        Some(Err(err)) => {
                             clean = false;
+                            feed.push(Err(Box::new(err)));
                             break;
                         }
-                    }
-                    Err(err) => {
-                        clean = false;
-                        let _ = tx.send(Err(Box::new(err))).await;
-                        break;
-                    }
+                    },
+                    () = feed.flush_one(), if feed.is_behind() => {}
+                    // A twin that starts waiting makes it worth reading ahead again.
+                    () = store.follower_joined(), if !read => {}
                 }
             }
+            drop(body); // the upstream connection is not needed while the client catches up
             let answer = if clean && !parser.has_partial() {
                 assembler.finish()
             } else {
@@ -176,16 +186,12 @@ impl Call {
                 held.push(rest);
             }
             for bytes in held {
-                if tx.send(Ok(bytes)).await.is_err() {
-                    break;
-                }
+                feed.push(Ok(bytes));
             }
+            feed.drain().await;
         });
         headers.remove(header::CONTENT_LENGTH);
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        let mut response = Response::new(streaming(stream));
+        let mut response = Response::new(streaming(client_body));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         response
@@ -215,6 +221,13 @@ impl Store {
         self.leader.as_ref().map_or(0, Leader::followers)
     }
 
+    async fn follower_joined(&self) {
+        match &self.leader {
+            Some(leader) => leader.follower_joined().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stores a complete answer (on the blocking pool), then shares it with waiting twins.
     /// Callers await this before the client sees the end of the answer, so a repeat sent
     /// after it always finds the entry.
@@ -228,6 +241,7 @@ impl Store {
             response: crate::json_splice::with_keys_first(&answer, &["id", "usage"]),
             has_usage,
             stored: None,
+            matched: Matched::Upstream,
         };
         let Some(cache) = self.cache else {
             if let Some(leader) = self.leader {

@@ -33,9 +33,13 @@ use crate::track::{Tracker, estimate_tokens};
 use crate::upstream::{Failed, Outgoing, Sent};
 use crate::usage::Outcome;
 
+mod client_feed;
 mod hit;
+mod last_message;
 mod memo;
 mod miss;
+
+pub use last_message::beyond_text;
 
 pub use memo::{PlanMemo, Planned, Routed};
 
@@ -462,15 +466,18 @@ impl Call {
         {
             return response;
         }
+        let threshold =
+            controls.effective_threshold(self.app.config().cache.threshold_for(&lookup.model));
         // Then join the in-flight twin. A leader unregisters only after its answer is stored,
         // so once we lead, a second exact lookup sees every twin that finished meanwhile.
+        // A follower takes the twin's answer only if it would have accepted it itself.
         let mut leader = None;
         if !controls.no_cache {
             match self.app.inflight.join(lookup.exact) {
                 Role::Leader(l) => leader = Some(l),
                 Role::Follower(follower) => {
                     if let Some(shared) = follower.wait().await
-                        && shared.satisfies(needs, cache.now_ms())
+                        && shared.satisfies(needs, threshold, cache.now_ms())
                         && let Some(response) = self.coalesced(&lookup, &shared, &cache)
                     {
                         return response;
@@ -514,8 +521,6 @@ impl Call {
             tracing::debug!(elapsed_ms = embed_ms, "embedded prompt");
         }
         if let (Some(v), false) = (&vector, controls.no_cache) {
-            let threshold =
-                controls.effective_threshold(self.app.config().cache.threshold_for(&lookup.model));
             let (scope, v) = (lookup.scope, v.clone());
             let query = lookup.semantic_text.clone().unwrap_or_default();
             let lookup_started = Instant::now();

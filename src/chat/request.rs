@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::cached::{Lookup, Partition, Plan, stream_flags};
+use crate::cached::{Lookup, Partition, Plan, beyond_text, stream_flags};
 
 /// Every field of `POST /v1/chat/completions` that deja knows. Unknown fields land in
 /// `other` and are put in the scope (unknown means "may shape the answer").
@@ -155,12 +155,20 @@ impl ChatRequest {
             .opt_json("top_p", &top_p)
             .opt_json("verbosity", &verbosity)
             .opt_json("web_search_options", &web_search_options);
+        let semantic_text = user_text(&last);
+        // A semantic hit compares only the text: the rest of the message (`name`...) must
+        // match exactly. (Without semantic text the exact key holds the whole message.)
+        if semantic_text.is_some()
+            && let Some(extra) = beyond_text(&last, &["role"])
+        {
+            scope.json("last_message", &extra);
+        }
         let (scope, exact) = scope_and_exact(scope, &other, &last);
 
         Plan::Cache(Lookup {
             scope,
             exact,
-            semantic_text: user_text(&last),
+            semantic_text,
             model,
             stream,
             include_usage,
@@ -272,6 +280,27 @@ mod tests {
         let mut body = base();
         body["messages"][0]["content"] = json!("You are verbose.");
         assert_ne!(lookup(body).scope, original, "system prompt");
+    }
+
+    #[test]
+    fn the_last_message_beyond_its_text_is_in_the_scope() {
+        let original = lookup(base()).scope;
+        let mut alice = base();
+        alice["messages"][1]["name"] = json!("alice");
+        let mut bob = base();
+        bob["messages"][1]["name"] = json!("bob");
+        let (alice, bob) = (lookup(alice), lookup(bob));
+        assert_ne!(alice.scope, bob.scope, "name");
+        assert_ne!(alice.scope, original);
+        assert_eq!(alice.semantic_text, bob.semantic_text);
+        let mut reworded = base();
+        reworded["messages"][1]["name"] = json!("alice");
+        reworded["messages"][1]["content"] = json!("Capital of France?");
+        assert_eq!(
+            lookup(reworded).scope,
+            alice.scope,
+            "only the text may differ"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan, plan_as};
+use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan, beyond_text, plan_as};
 
 /// Every field of a Responses request that deja knows; unknown ones land in `other` (scope).
 #[derive(Debug, Default, Deserialize)]
@@ -144,11 +144,18 @@ impl ResponsesRequest {
             .opt_json("top_logprobs", &top_logprobs)
             .opt_json("top_p", &top_p)
             .opt_json("truncation", &truncation);
+        let semantic_text = user_text(&last);
+        // As for chat: what the last message carries besides its text must match exactly.
+        if semantic_text.is_some()
+            && let Some(extra) = beyond_text(&last, &["role", "type"])
+        {
+            scope.json("last_input", &extra);
+        }
         let (scope, exact) = scope_and_exact(scope, &other, &last);
         Plan::Cache(Lookup {
             scope,
             exact,
-            semantic_text: user_text(&last),
+            semantic_text,
             model,
             stream,
             include_usage: false,
@@ -291,6 +298,20 @@ mod tests {
         let reworded = lookup(reworded);
         assert_eq!(reworded.scope, a.scope);
         assert_ne!(reworded.exact, a.exact);
+        let mut tagged = base();
+        tagged["input"][0]["future_field"] = json!(true);
+        assert_ne!(
+            lookup(tagged).scope,
+            a.scope,
+            "the last input beyond its text"
+        );
+        let mut typed = base();
+        typed["input"][0]["type"] = json!("message");
+        assert_eq!(
+            lookup(typed).scope,
+            a.scope,
+            "`type: message` is the default"
+        );
         let mut string_input = base();
         string_input["input"] = json!("Hi there");
         assert_eq!(
