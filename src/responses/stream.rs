@@ -253,6 +253,10 @@ impl Events {
         let text = part.get(field).and_then(Value::as_str).unwrap_or("");
         let mut opening = part.clone();
         opening[field] = json!("");
+        let annotations = part.get("annotations").and_then(Value::as_array);
+        if annotations.is_some() {
+            opening["annotations"] = json!([]);
+        }
         self.push_at("response.content_part.added", &at, json!({"part": opening}));
         let logprobs = part.get("logprobs").cloned();
         for (i, piece) in pieces(text).into_iter().enumerate() {
@@ -265,6 +269,14 @@ impl Events {
                 };
             }
             self.push_at(delta_event, &at, delta);
+        }
+        // Citations arrive as events of their own, after the text they cite.
+        for (annotation_index, annotation) in annotations.into_iter().flatten().enumerate() {
+            self.push_at(
+                "response.output_text.annotation.added",
+                &at,
+                json!({"annotation_index": annotation_index, "annotation": annotation}),
+            );
         }
         let mut done = json!({ field: text });
         if field == "text" {
@@ -359,6 +371,48 @@ mod tests {
             stored()["output"][1]["content"]
         );
         assert_eq!(rebuilt["usage"], stored()["usage"]);
+    }
+
+    #[test]
+    fn reasoning_summaries_and_citations_get_their_events() {
+        let mut response = stored();
+        response["output"][0]["summary"] = json!([{"type": "summary_text", "text": "Think."}]);
+        let citation = json!({"type": "url_citation", "url": "https://example.com",
+                              "title": "Example", "start_index": 0, "end_index": 5});
+        response["output"][1]["content"][0]["annotations"] = json!([citation]);
+        let mut parser = SseParser::new();
+        let events: Vec<Value> = render_events(&response)
+            .iter()
+            .flat_map(|bytes| parser.push(bytes))
+            .map(|event| serde_json::from_str(&event.data).unwrap())
+            .collect();
+        let of =
+            |kind: &str| -> Vec<&Value> { events.iter().filter(|e| e["type"] == kind).collect() };
+        assert_eq!(
+            of("response.reasoning_summary_text.delta")[0]["delta"],
+            "Think."
+        );
+        assert_eq!(
+            of("response.reasoning_summary_part.done")[0]["summary_index"],
+            0
+        );
+        assert_eq!(
+            of("response.output_item.added")[0]["item"]["summary"],
+            json!([])
+        );
+        assert_eq!(
+            of("response.output_text.annotation.added")[0]["annotation"],
+            citation
+        );
+        assert_eq!(
+            of("response.content_part.added")[0]["part"]["annotations"],
+            json!([])
+        );
+        let mut assembler: Box<dyn Assembler> = Box::<ResponseAssembler>::default();
+        for event in &events {
+            assembler.push(&event.to_string());
+        }
+        assert_eq!(assembler.finish().unwrap(), response);
     }
 
     #[test]
