@@ -26,7 +26,7 @@ impl ChunkGate {
             return None;
         }
         match serde_json::from_str::<Value>(data) {
-            Ok(Value::Object(chunk)) if !chunk.contains_key("error") => Some(chunk),
+            Ok(Value::Object(chunk)) if !has_error(&chunk) => Some(chunk),
             _ => {
                 self.failed = true;
                 None
@@ -43,6 +43,16 @@ impl ChunkGate {
     pub fn clean(&self) -> bool {
         self.done && !self.failed
     }
+}
+
+/// An answer (or chunk) that reports an error. Only a non-null `error` counts: every
+/// Responses API object carries `"error": null` when all went well.
+pub fn carries_error(answer: &Value) -> bool {
+    answer.as_object().is_some_and(has_error)
+}
+
+fn has_error(object: &Map<String, Value>) -> bool {
+    object.get("error").is_some_and(|error| !error.is_null())
 }
 
 /// Copies the non-null `keys` of `from` into `to`.
@@ -130,6 +140,14 @@ mod tests {
         assert!(gate.ended() && gate.clean());
         assert!(gate.accept(r#"{"id":"late"}"#).is_none());
         assert!(!gate.clean(), "data after [DONE] spoils the stream");
+    }
+
+    #[test]
+    fn gate_accepts_a_null_error() {
+        let mut gate = ChunkGate::default();
+        assert!(gate.accept(r#"{"id":"x","error":null}"#).is_some());
+        gate.accept("[DONE]");
+        assert!(gate.clean());
     }
 
     #[test]

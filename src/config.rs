@@ -164,8 +164,8 @@ pub struct CacheConfig {
     pub max_bytes: u64,
     /// The second check on semantic candidates (`[cache.verify]`).
     pub verify: crate::cache::verify::VerifyConfig,
-    /// Cache Responses API calls that upstream stores (`store` true or absent). Off: a cached
-    /// answer's id would not exist upstream for `previous_response_id` or retrieval.
+    /// With `shared`, cache Responses API calls that upstream stores (`store` true or absent).
+    /// Off: a hit's id (the upstream's) would belong to another caller's organization.
     pub cache_stored_responses: bool,
 }
 

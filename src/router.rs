@@ -28,7 +28,8 @@ pub(crate) fn cached_endpoint(app: &App, path: &str) -> Option<&'static dyn Endp
     match path {
         "/chat/completions" => Some(&ChatCompletions),
         "/completions" => Some(&Completions),
-        "/responses" if app.config().cache.cache_stored_responses => {
+        // Stored responses keep their upstream ids, which only the same organization can use.
+        "/responses" if !app.config().cache.shared || app.config().cache.cache_stored_responses => {
             Some(&RESPONSES_CACHING_STORED)
         }
         "/responses" => Some(&RESPONSES),

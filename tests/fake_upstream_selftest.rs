@@ -216,7 +216,7 @@ async fn chat_stream_with_usage() {
     }
     assert_eq!(
         chunks[0]["choices"][0]["delta"],
-        json!({"role": "assistant", "content": ""})
+        json!({"role": "assistant", "content": "", "refusal": null})
     );
     // Double space survives: concatenated deltas reproduce the content exactly.
     assert_eq!(delta_content(&events), "answer 1: stream  this please");
@@ -267,10 +267,14 @@ async fn chat_stream_tool_call() {
     assert_eq!(events.last().unwrap().data, "[DONE]");
     assert_eq!(
         chunks.len(),
-        5,
-        "role, tool header, 2 argument parts, finish"
+        4,
+        "role with tool header, 2 argument parts, finish"
     );
-    let header = &chunks[1]["choices"][0]["delta"]["tool_calls"][0];
+    let opening = &chunks[0]["choices"][0]["delta"];
+    assert_eq!(opening["role"], "assistant");
+    assert_eq!(opening["content"], Value::Null, "content stays null");
+    assert_eq!(opening["refusal"], Value::Null);
+    let header = &opening["tool_calls"][0];
     assert_eq!(header["index"], 0);
     assert_eq!(header["id"], "call_1");
     assert_eq!(header["type"], "function");
@@ -278,7 +282,7 @@ async fn chat_stream_tool_call() {
         header["function"],
         json!({"name": "get_weather", "arguments": ""})
     );
-    let args: String = chunks[2..4]
+    let args: String = chunks[1..3]
         .iter()
         .map(|c| {
             c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
@@ -287,7 +291,7 @@ async fn chat_stream_tool_call() {
         })
         .collect();
     assert_eq!(args, "{\"city\":\"Paris\"}");
-    assert_eq!(chunks[4]["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(chunks[3]["choices"][0]["finish_reason"], "tool_calls");
 }
 
 #[tokio::test]
@@ -654,9 +658,35 @@ async fn responses_non_stream_message() {
                 "role": "assistant", "content": [{"type": "output_text",
                 "text": "response 1: Hello  there", "annotations": [], "logprobs": []}]}],
             // "Be terse." (2) + "Hello  there" (2); "response 1: Hello  there" (4).
-            "usage": {"input_tokens": 4, "output_tokens": 4, "total_tokens": 8},
+            "usage": {"input_tokens": 4, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": 4, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 8},
             "store": true,
             "instructions": "Be terse.",
+            // Every other field of the real API's response object, defaults echoed.
+            "background": false,
+            "billing": {"payer": "developer"},
+            "completed_at": 1_700_000_002,
+            "error": null,
+            "incomplete_details": null,
+            "max_output_tokens": null,
+            "max_tool_calls": null,
+            "metadata": {},
+            "parallel_tool_calls": true,
+            "previous_response_id": null,
+            "prompt_cache_key": null,
+            "prompt_cache_retention": null,
+            "reasoning": {"effort": null, "summary": null},
+            "safety_identifier": null,
+            "service_tier": "default",
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_logprobs": 0,
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "user": null,
         })
     );
 
@@ -749,6 +779,7 @@ async fn responses_stream_message() {
             .unwrap();
         // Same request as call 1, answered as call 2: rewrite the call-specific fields.
         v["id"] = json!("resp_fake1");
+        v["completed_at"] = json!(1_700_000_002);
         v["created_at"] = json!(1_700_000_001);
         v["output"][0]["id"] = json!("msg_fake1");
         v["output"][0]["content"][0]["text"] = json!("response 1: stream  this");
@@ -839,10 +870,9 @@ async fn responses_stream_tool_call() {
     assert_eq!(done["status"], "completed");
     assert_eq!(done["output"], json!([item]));
     assert_eq!(done["instructions"], "Use tools.");
-    assert_eq!(
-        done["usage"],
-        json!({"input_tokens": 5, "output_tokens": 1, "total_tokens": 6})
-    );
+    assert_eq!(done["usage"]["input_tokens"], 5);
+    assert_eq!(done["usage"]["output_tokens"], 1);
+    assert_eq!(done["usage"]["total_tokens"], 6);
 }
 
 #[tokio::test]

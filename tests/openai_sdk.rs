@@ -1,6 +1,7 @@
 //! deja as the official `openai` Python SDK sees it: tests/e2e/openai_sdk.py sends a chat
-//! completion, a stream and a tool call twice each through an in-process deja, and checks that
-//! every repeat is a cache hit the SDK parses like the original.
+//! completion, a stream, a tool call and Responses calls twice each through an in-process
+//! deja, and checks that every repeat is a cache hit the SDK parses like the original (and that
+//! a Responses hit can be retrieved and chained from by its id).
 //!
 //! Needs a Python with the SDK: `SDK_TEST_PYTHON`, else `.venv/bin/python` as made by
 //! `scripts/setup-python.sh` (which `scripts/test.sh` runs first). Set `SDK_TEST_PYTHON` for
@@ -105,11 +106,12 @@ async fn official_python_sdk_gets_cache_hits_it_can_parse() {
     );
     print!("{stdout}");
 
-    // One miss per pair (plain, stream, tool call); every repeat was served by deja.
+    // One miss per pair (plain, stream, tool call); every repeat was served by deja. Responses:
+    // two misses and the request chained from a hit.
     assert_eq!(fake.calls(CHAT_PATH), 3, "upstream chat calls\n{stdout}");
     assert_eq!(
         fake.calls("/v1/responses"),
-        2,
+        3,
         "upstream responses calls\n{stdout}"
     );
     // The half-cached embeddings batch sent only its new input upstream (the script's last call).

@@ -87,7 +87,7 @@ impl Call {
             Ok(bytes) => {
                 let stored = serde_json::from_slice::<Value>(&bytes)
                     .ok()
-                    .filter(|v| v.is_object() && v.get("error").is_none());
+                    .filter(|v| v.is_object() && !crate::chunks::carries_error(v));
                 if let Some(answer) = &stored {
                     self.tracker.update(|r| r.take_usage(answer));
                 }

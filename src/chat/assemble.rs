@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use super::audio;
 use crate::chunks::{ChunkGate, copy_fields};
 
 /// Accumulates chunks; `finish` yields the completion only for a clean, successful stream.
@@ -23,6 +24,8 @@ struct Choice {
     message: Map<String, Value>,
     logprobs: Option<Value>,
     finish_reason: Option<Value>,
+    /// The decoded bytes of `audio.data` so far; `Err` once a piece did not decode.
+    audio: Option<Result<Vec<u8>, ()>>,
 }
 
 /// Top-level fields every chunk repeats; kept on the assembled completion.
@@ -58,7 +61,13 @@ impl ChatStreamAssembler {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
             let entry = self.choices.entry(index).or_default();
             if let Some(Value::Object(delta)) = choice.get("delta") {
-                merge_object(&mut entry.message, delta);
+                match take_audio_data(delta) {
+                    Some((delta, data)) => {
+                        entry.push_audio(&data);
+                        merge_object(&mut entry.message, &delta);
+                    }
+                    None => merge_object(&mut entry.message, delta),
+                }
             }
             if let Some(logprobs) = choice.get("logprobs").filter(|l| !l.is_null()) {
                 let merged = entry.logprobs.get_or_insert_with(|| json!({}));
@@ -85,6 +94,15 @@ impl ChatStreamAssembler {
         for (index, choice) in self.choices {
             let finish_reason = choice.finish_reason?;
             let mut message = choice.message;
+            match choice.audio {
+                Some(Ok(bytes)) => {
+                    if let Some(Value::Object(audio)) = message.get_mut("audio") {
+                        audio.insert("data".into(), audio::encode(&bytes).into());
+                    }
+                }
+                Some(Err(())) => return None, // no valid JSON form to store
+                None => {}
+            }
             message
                 .entry("role")
                 .or_insert_with(|| Value::String("assistant".into()));
@@ -112,9 +130,33 @@ impl ChatStreamAssembler {
     }
 }
 
+impl Choice {
+    fn push_audio(&mut self, data: &str) {
+        let decoded = audio::decode(data);
+        match (self.audio.get_or_insert(Ok(Vec::new())), decoded) {
+            (Ok(bytes), Some(more)) => bytes.extend(more),
+            (slot, _) => *slot = Err(()),
+        }
+    }
+}
+
+/// A delta carrying an `audio.data` piece: the delta without it (so the merge does not
+/// concatenate base64 strings), and the piece.
+fn take_audio_data(delta: &Map<String, Value>) -> Option<(Map<String, Value>, String)> {
+    let data = delta.get("audio")?.get("data")?.as_str()?.to_string();
+    let mut rest = delta.clone();
+    if let Some(Value::Object(audio)) = rest.get_mut("audio") {
+        audio.insert("data".into(), Value::String(String::new()));
+    }
+    Some((rest, data))
+}
+
+/// Merges a delta. A null is kept only for a key not seen yet (the message's `content: null`,
+/// the logprobs' `refusal: null`); later it means "nothing new".
 fn merge_object(target: &mut Map<String, Value>, delta: &Map<String, Value>) {
     for (key, value) in delta {
         if value.is_null() {
+            target.entry(key.as_str()).or_insert(Value::Null);
             continue;
         }
         match target.get_mut(key) {

@@ -3,8 +3,10 @@
 //! - `request`: which fields shape the answer; bypass rules
 //! - `assemble`: SSE chunks → `chat.completion`
 //! - `replay`: `chat.completion` → JSON or SSE chunks
+//! - `audio`: joining streamed base64 audio pieces
 
 pub mod assemble;
+pub mod audio;
 pub mod replay;
 pub mod request;
 

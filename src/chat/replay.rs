@@ -41,9 +41,15 @@ pub fn render_stream(stored: &Value, fresh_id: &str, include_usage: bool) -> Vec
             .cloned()
             .unwrap_or_default();
         let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
+        let mut logprobs_sent = false;
         for delta in message_deltas(&message, !logprobs.is_null()) {
-            // Logprobs ride on the content chunk; with logprobs, content is one piece.
-            let lp = if delta.get("content").is_some_and(|c| c != "") {
+            // Logprobs ride whole on the first content or refusal chunk; with logprobs, those
+            // texts are one piece each.
+            let carries_text = ["content", "refusal"]
+                .iter()
+                .any(|key| delta.get(key).is_some_and(|t| t.is_string() && t != ""));
+            let lp = if carries_text && !logprobs_sent {
+                logprobs_sent = true;
                 logprobs.clone()
             } else {
                 Value::Null
@@ -63,9 +69,17 @@ pub fn render_stream(stored: &Value, fresh_id: &str, include_usage: bool) -> Vec
 
 /// The deltas that rebuild `message`: role first, then other text fields (e.g. reasoning),
 /// content, refusal, tool calls, and any remaining non-text field whole.
-fn message_deltas(message: &Map<String, Value>, one_piece_content: bool) -> Vec<Value> {
+fn message_deltas(message: &Map<String, Value>, one_piece: bool) -> Vec<Value> {
     let role = message.get("role").cloned().unwrap_or(json!("assistant"));
-    let mut deltas = vec![json!({"role": role, "content": "", "refusal": null})];
+    // As the API opens a stream: `""` for a text field that follows, `null` for one that
+    // stays null (a tool call's or a refusal's `content`), so a client rebuilds the same
+    // message.
+    let opening = |key: &str| match message.get(key) {
+        Some(Value::String(_)) => json!(""),
+        _ => Value::Null,
+    };
+    let mut deltas =
+        vec![json!({"role": role, "content": opening("content"), "refusal": opening("refusal")})];
     let mut rest: Vec<(&String, &Value)> = message
         .iter()
         .filter(|(k, v)| !v.is_null() && !matches!(k.as_str(), "role" | "tool_calls"))
@@ -78,7 +92,7 @@ fn message_deltas(message: &Map<String, Value>, one_piece_content: bool) -> Vec<
     });
     for (key, value) in rest {
         match value {
-            Value::String(text) if key == "content" && one_piece_content => {
+            Value::String(text) if matches!(key.as_str(), "content" | "refusal") && one_piece => {
                 deltas.push(json!({ key: text }));
             }
             Value::String(text) => {

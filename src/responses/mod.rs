@@ -1,11 +1,15 @@
 //! `POST /v1/responses`: the Responses API, cached with the same two tiers as chat.
 //!
 //! The scope holds the model, instructions, every input item but the last user message,
-//! tools, tool choice, text format, reasoning and sampling settings. Requests that depend on
-//! server-side state bypass: `previous_response_id`, `conversation`, `background`, stored
-//! `prompt` templates, and `store` (true by default upstream) unless configured otherwise —
-//! a cached answer has an id the upstream never stored, so a later call that refers to it
-//! (`previous_response_id`, retrieval) would fail.
+//! tools, tool choice, text format, reasoning and sampling settings, and whether the upstream
+//! stores the response. Requests that depend on server-side state bypass:
+//! `previous_response_id`, `conversation`, `background` and stored `prompt` templates.
+//!
+//! A response the upstream stored (`store` true or absent) is served with the ids the upstream
+//! gave it, so `previous_response_id` and `GET /v1/responses/{id}` keep working after a hit:
+//! the response exists upstream, in the organization of the tenant that made it. With
+//! `cache.shared` other organizations could not retrieve it, so stored responses then bypass
+//! unless `cache.cache_stored_responses` says the apps never refer back to response ids.
 //!
 //! - `stream`: assembling the typed SSE events and replaying them
 
@@ -110,7 +114,8 @@ impl ResponsesRequest {
             return bypass("stored_prompt");
         }
         // Upstream stores responses unless told `store: false`.
-        if !cache_stored && store.as_ref().and_then(Value::as_bool) != Some(false) {
+        let stored_upstream = store.as_ref().and_then(Value::as_bool) != Some(false);
+        if stored_upstream && !cache_stored {
             return bypass("store");
         }
         let Some(Value::String(model)) = model else {
@@ -150,6 +155,11 @@ impl ResponsesRequest {
             && let Some(extra) = beyond_text(&last, &["role", "type"])
         {
             scope.json("last_input", &extra);
+        }
+        if stored_upstream {
+            // A hit then carries an id the upstream knows; one stored with `store: false`
+            // could not serve it.
+            scope.part("stored upstream");
         }
         let (scope, exact) = scope_and_exact(scope, &other, &last);
         Plan::Cache(Lookup {
@@ -198,7 +208,8 @@ fn user_text(item: &Value) -> Option<String> {
     (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
-/// The Responses endpoint; `cache_stored` is `cache.cache_stored_responses`.
+/// The Responses endpoint; `cache_stored`: cache responses the upstream stores (off only for
+/// `cache.shared` without `cache.cache_stored_responses`).
 pub struct Responses {
     pub cache_stored: bool,
 }
@@ -224,11 +235,11 @@ impl Endpoint for Responses {
     }
 
     fn render_json(&self, stored: &Value) -> Bytes {
-        Bytes::from(stream::with_fresh_ids(stored).to_string())
+        Bytes::from(stream::as_served(stored).to_string())
     }
 
     fn render_stream(&self, stored: &Value, _include_usage: bool) -> Vec<Bytes> {
-        stream::render_events(&stream::with_fresh_ids(stored))
+        stream::render_events(&stream::as_served(stored))
     }
 }
 
@@ -242,7 +253,7 @@ mod tests {
     }
 
     fn lookup(body: Value) -> Lookup {
-        match plan(body) {
+        match RESPONSES_CACHING_STORED.plan(body, &Partition::of_tenant("t")) {
             Plan::Cache(lookup) => lookup,
             Plan::Bypass { reason, .. } => panic!("bypass: {reason}"),
         }
@@ -278,6 +289,18 @@ mod tests {
             ),
             "store defaults to true upstream"
         );
+    }
+
+    #[test]
+    fn stored_and_unstored_responses_have_their_own_scopes() {
+        let unstored = lookup(base());
+        let mut stored = base();
+        stored["store"] = json!(true);
+        let stored = lookup(stored);
+        let mut absent = base();
+        absent.as_object_mut().unwrap().remove("store");
+        assert_ne!(stored.scope, unstored.scope);
+        assert_eq!(lookup(absent).scope, stored.scope, "store defaults to true");
     }
 
     #[test]

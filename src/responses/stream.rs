@@ -43,6 +43,16 @@ impl Assembler for ResponseAssembler {
     }
 }
 
+/// The stored response as a hit serves it: with the upstream's ids when the upstream stored
+/// it (`store: true`), so later calls can refer to it; otherwise with fresh ids.
+pub fn as_served(stored: &Value) -> Value {
+    if stored.get("store").and_then(Value::as_bool) == Some(true) {
+        stored.clone()
+    } else {
+        with_fresh_ids(stored)
+    }
+}
+
 /// The stored response with a new response id and new output item ids (same prefixes).
 /// Function `call_id`s are kept: the caller's next request quotes them back.
 pub fn with_fresh_ids(stored: &Value) -> Value {
@@ -66,6 +76,9 @@ pub fn render_events(response: &Value) -> Vec<Bytes> {
     pending["status"] = json!("in_progress");
     pending["output"] = json!([]);
     pending["usage"] = Value::Null;
+    if pending.get("completed_at").is_some() {
+        pending["completed_at"] = Value::Null;
+    }
     out.push("response.created", json!({ "response": pending }));
     out.push("response.in_progress", json!({ "response": pending }));
 
@@ -116,6 +129,18 @@ pub fn render_events(response: &Value) -> Vec<Bytes> {
                     json!({"arguments": arguments}),
                 );
             }
+            Some("reasoning") => {
+                let mut opening = item.clone();
+                opening["summary"] = json!([]);
+                if opening.get("content").is_some_and(Value::is_array) {
+                    opening["content"] = json!([]);
+                }
+                out.push(
+                    "response.output_item.added",
+                    json!({"output_index": output_index, "item": opening}),
+                );
+                out.reasoning(&item_id, output_index, item);
+            }
             _ => out.push(
                 "response.output_item.added",
                 json!({"output_index": output_index, "item": item}),
@@ -154,6 +179,55 @@ impl Events {
         self.push(kind, body);
     }
 
+    /// A reasoning item's summary parts and reasoning text, with their delta events.
+    fn reasoning(&mut self, item_id: &Value, output_index: usize, item: &Value) {
+        let empty = Vec::new();
+        let summary = item.get("summary").and_then(Value::as_array);
+        for (summary_index, part) in summary.unwrap_or(&empty).iter().enumerate() {
+            let at = json!({"item_id": item_id, "output_index": output_index,
+                            "summary_index": summary_index});
+            let text = part.get("text").and_then(Value::as_str).unwrap_or("");
+            let mut opening = part.clone();
+            opening["text"] = json!("");
+            self.push_at(
+                "response.reasoning_summary_part.added",
+                &at,
+                json!({"part": opening}),
+            );
+            for piece in pieces(text) {
+                self.push_at(
+                    "response.reasoning_summary_text.delta",
+                    &at,
+                    json!({"delta": piece}),
+                );
+            }
+            self.push_at(
+                "response.reasoning_summary_text.done",
+                &at,
+                json!({"text": text}),
+            );
+            self.push_at(
+                "response.reasoning_summary_part.done",
+                &at,
+                json!({"part": part}),
+            );
+        }
+        let content = item.get("content").and_then(Value::as_array);
+        for (content_index, part) in content.unwrap_or(&empty).iter().enumerate() {
+            let at = json!({"item_id": item_id, "output_index": output_index,
+                            "content_index": content_index});
+            let text = part.get("text").and_then(Value::as_str).unwrap_or("");
+            for piece in pieces(text) {
+                self.push_at(
+                    "response.reasoning_text.delta",
+                    &at,
+                    json!({"delta": piece}),
+                );
+            }
+            self.push_at("response.reasoning_text.done", &at, json!({"text": text}));
+        }
+    }
+
     fn content_part(
         &mut self,
         item_id: &Value,
@@ -179,6 +253,10 @@ impl Events {
         let text = part.get(field).and_then(Value::as_str).unwrap_or("");
         let mut opening = part.clone();
         opening[field] = json!("");
+        let annotations = part.get("annotations").and_then(Value::as_array);
+        if annotations.is_some() {
+            opening["annotations"] = json!([]);
+        }
         self.push_at("response.content_part.added", &at, json!({"part": opening}));
         let logprobs = part.get("logprobs").cloned();
         for (i, piece) in pieces(text).into_iter().enumerate() {
@@ -191,6 +269,14 @@ impl Events {
                 };
             }
             self.push_at(delta_event, &at, delta);
+        }
+        // Citations arrive as events of their own, after the text they cite.
+        for (annotation_index, annotation) in annotations.into_iter().flatten().enumerate() {
+            self.push_at(
+                "response.output_text.annotation.added",
+                &at,
+                json!({"annotation_index": annotation_index, "annotation": annotation}),
+            );
         }
         let mut done = json!({ field: text });
         if field == "text" {
@@ -285,6 +371,48 @@ mod tests {
             stored()["output"][1]["content"]
         );
         assert_eq!(rebuilt["usage"], stored()["usage"]);
+    }
+
+    #[test]
+    fn reasoning_summaries_and_citations_get_their_events() {
+        let mut response = stored();
+        response["output"][0]["summary"] = json!([{"type": "summary_text", "text": "Think."}]);
+        let citation = json!({"type": "url_citation", "url": "https://example.com",
+                              "title": "Example", "start_index": 0, "end_index": 5});
+        response["output"][1]["content"][0]["annotations"] = json!([citation]);
+        let mut parser = SseParser::new();
+        let events: Vec<Value> = render_events(&response)
+            .iter()
+            .flat_map(|bytes| parser.push(bytes))
+            .map(|event| serde_json::from_str(&event.data).unwrap())
+            .collect();
+        let of =
+            |kind: &str| -> Vec<&Value> { events.iter().filter(|e| e["type"] == kind).collect() };
+        assert_eq!(
+            of("response.reasoning_summary_text.delta")[0]["delta"],
+            "Think."
+        );
+        assert_eq!(
+            of("response.reasoning_summary_part.done")[0]["summary_index"],
+            0
+        );
+        assert_eq!(
+            of("response.output_item.added")[0]["item"]["summary"],
+            json!([])
+        );
+        assert_eq!(
+            of("response.output_text.annotation.added")[0]["annotation"],
+            citation
+        );
+        assert_eq!(
+            of("response.content_part.added")[0]["part"]["annotations"],
+            json!([])
+        );
+        let mut assembler: Box<dyn Assembler> = Box::<ResponseAssembler>::default();
+        for event in &events {
+            assembler.push(&event.to_string());
+        }
+        assert_eq!(assembler.finish().unwrap(), response);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 Each request is made twice against deja (OPENAI_BASE_URL): the first goes upstream (a miss),
 the second must be served from the cache and look the same to the SDK. Covered: a plain
-completion, a stream with usage, a tool call, the Responses API (plain and streamed) and
-embeddings (a batch whose second call is half cached). Exits non-zero naming the first failure.
+completion, a stream with usage, a tool call, the Responses API (plain and streamed; the plain
+hit is retrieved and chained from by id) and embeddings (a batch whose second call is half
+cached). Exits non-zero naming the first failure.
 """
 
 import os
@@ -127,18 +128,33 @@ def tool_call_twice():
 
 
 def responses_twice():
+    # As a typical app asks: without `store`, so the upstream stores the response.
     question = "What is the capital of France?"
-    texts = []
+    answers = []
     for expected in ("miss", "hit"):
         raw = client.responses.with_raw_response.create(
-            model="gpt-4.1-mini", input=question, instructions="Be brief.", store=False
+            model="gpt-4.1-mini", input=question, instructions="Be brief."
         )
         check_cache(raw.headers, expected, f"responses ({expected})")
         response = raw.parse()
         check(response.status == "completed", f"responses ({expected}): {response.status}")
         check(response.usage is not None, f"responses ({expected}): no usage")
-        texts.append(response.output_text)
-    check(texts[0] and texts[0] == texts[1], f"responses: hit {texts[1]!r} != {texts[0]!r}")
+        check(response.error is None, f"responses ({expected}): error {response.error}")
+        answers.append(response)
+    first, second = answers
+    check(
+        first.output_text and first.output_text == second.output_text,
+        f"responses: hit {second.output_text!r} != {first.output_text!r}",
+    )
+    # The hit is the stored response: it can be retrieved and chained from.
+    check(second.id == first.id, f"responses: hit id {second.id} != stored {first.id}")
+    retrieved = client.responses.retrieve(second.id)
+    check(retrieved.output_text == second.output_text, f"responses: retrieved {retrieved}")
+    chained = client.responses.with_raw_response.create(
+        model="gpt-4.1-mini", input="And of Italy?", previous_response_id=second.id
+    )
+    check_cache(chained.headers, "bypass", "responses chained from a hit")
+    check(chained.parse().status == "completed", "responses: chained from a hit")
 
     streamed = []
     for expected in ("miss", "hit"):

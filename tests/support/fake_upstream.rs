@@ -1,9 +1,9 @@
 //! A fake OpenAI-compatible upstream for integration tests.
 //!
-//! Serves `/v1/chat/completions` (JSON and SSE), `/v1/embeddings` (deterministic
-//! bag-of-words vectors), the legacy `/v1/completions` and `/v1/responses` (JSON and SSE;
-//! see `fake_endpoints.rs`) and echoes everything else. Every request is recorded
-//! before it is answered. Listens on 127.0.0.1 only; dropping the
+//! Serves `/v1/chat/completions` (JSON and SSE; see `fake_chat.rs`), `/v1/embeddings`
+//! (deterministic bag-of-words vectors), the legacy `/v1/completions` and `/v1/responses` (JSON
+//! and SSE, and `GET /v1/responses/{id}`; see `fake_endpoints.rs`) and echoes everything else.
+//! Every request is recorded before it is answered. Listens on 127.0.0.1 only; dropping the
 //! `FakeUpstream` stops the listener and closes open connections.
 
 use std::collections::HashMap;
@@ -37,6 +37,11 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 // `/v1/completions` and `/v1/responses` live in their own file to keep this one readable.
 #[path = "fake_endpoints.rs"]
 mod endpoints;
+// `/v1/chat/completions` in its own file too.
+#[path = "fake_chat.rs"]
+mod chat;
+#[allow(unused_imports)] // each test binary uses some of them
+pub use chat::{REFUSAL, base64, deterministic_answer, fake_audio};
 // Scripted answers per path (retry tests), also in a file of their own.
 #[path = "fake_script.rs"]
 pub mod script;
@@ -92,6 +97,8 @@ struct Config {
 
 struct State {
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Responses made with `store` true or absent, by id (`GET /v1/responses/{id}`).
+    stored_responses: Mutex<HashMap<String, Value>>,
     config: Mutex<Config>,
     script: script::Script,
 }
@@ -118,6 +125,7 @@ impl FakeUpstream {
         let addr = listener.local_addr().expect("fake upstream: local_addr");
         let state = Arc::new(State {
             requests: Mutex::new(Vec::new()),
+            stored_responses: Mutex::new(HashMap::new()),
             config: Mutex::new(Config::default()),
             script: Default::default(),
         });
@@ -253,10 +261,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         return scripted;
     }
     match (recorded.method.as_str(), recorded.path.as_str()) {
-        ("POST", CHAT_PATH) => chat(&state, n, &recorded.body).await,
+        ("POST", CHAT_PATH) => chat::chat(&state, n, &recorded.body).await,
         ("POST", EMBEDDINGS_PATH) => embeddings(&state, &recorded.body).await,
         ("POST", COMPLETIONS_PATH) => endpoints::completions(&state, n, &recorded.body).await,
         ("POST", RESPONSES_PATH) => endpoints::responses(&state, n, &recorded.body).await,
+        ("GET", path) if path.starts_with("/v1/responses/") => {
+            endpoints::retrieve_response(&state, &path["/v1/responses/".len()..])
+        }
         _ => echo(&recorded),
     }
 }
@@ -312,7 +323,7 @@ fn echo(req: &RecordedRequest) -> Response<Body> {
     resp
 }
 
-// === chat completions ===
+// === shared by the generating endpoints ===
 
 fn word_count(text: &str) -> usize {
     text.split_whitespace().count()
@@ -367,152 +378,6 @@ fn set_request_id(resp: &mut Response<Body>, id: &str) {
         "x-request-id",
         HeaderValue::from_str(id).expect("ascii request id"),
     );
-}
-
-async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body> {
-    let (mode, chunk_delay, req) = match begin(state, body).await {
-        Ok(begun) => begun,
-        Err(resp) => return resp,
-    };
-    let empty = Vec::new();
-    let messages = req["messages"].as_array().unwrap_or(&empty);
-    let last = messages
-        .last()
-        .map(|m| content_text(&m["content"]))
-        .unwrap_or_default();
-    let prompt_tokens: usize = messages
-        .iter()
-        .map(|m| word_count(&content_text(&m["content"])))
-        .sum();
-    let first_tool = req["tools"].as_array().and_then(|t| t.first());
-    let tool_call = match first_tool {
-        Some(tool) if last.contains("weather") => {
-            let name = tool["function"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            Some((format!("call_{n}"), name, r#"{"city":"Paris"}"#.to_owned()))
-        }
-        _ => None,
-    };
-    let content = if state.config.lock().deterministic {
-        deterministic_answer(&last)
-    } else {
-        format!("answer {n}: {last}")
-    };
-    let completion_tokens = match &tool_call {
-        Some((_, _, args)) => word_count(args),
-        None => word_count(&content),
-    };
-    let usage = json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    });
-    let base = json!({
-        "id": format!("chatcmpl-fake{n}"),
-        "created": 1_700_000_000 + n as u64,
-        "model": req["model"],
-        "system_fingerprint": "fp_fake",
-    });
-
-    let mut resp = if req["stream"] == json!(true) {
-        let include_usage = req["stream_options"]["include_usage"] == json!(true);
-        let mut events = stream_events(&base, &content, tool_call.as_ref(), usage, include_usage);
-        if mode == ChatMode::PartialStream {
-            events.truncate(3);
-        } else {
-            events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        }
-        sse_response(events, chunk_delay)
-    } else {
-        let (message, finish) = match &tool_call {
-            Some((id, name, args)) => (
-                json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
-                    {"id": id, "type": "function", "function": {"name": name, "arguments": args}}
-                ]}),
-                "tool_calls",
-            ),
-            None => (
-                json!({"role": "assistant", "content": content, "refusal": null}),
-                "stop",
-            ),
-        };
-        let mut obj = base.clone();
-        obj["object"] = json!("chat.completion");
-        obj["choices"] =
-            json!([{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}]);
-        obj["usage"] = usage;
-        json_response(200, obj.to_string())
-    };
-    set_request_id(&mut resp, &format!("req_{n}"));
-    resp.headers_mut()
-        .insert("openai-processing-ms", HeaderValue::from_static("1"));
-    resp
-}
-
-/// The chat answer to `prompt` in deterministic mode: the prompt and a digest of it, a few
-/// hundred bytes, so a torn or mixed-up entry cannot pass for it.
-pub fn deterministic_answer(prompt: &str) -> String {
-    let digest = blake3::hash(prompt.as_bytes()).to_hex();
-    format!("answer to {prompt}: {digest} {digest} {digest} end")
-}
-
-/// All SSE events of a streamed completion, without the final `data: [DONE]`.
-fn stream_events(
-    base: &Value,
-    content: &str,
-    tool_call: Option<&(String, String, String)>,
-    usage: Value,
-    include_usage: bool,
-) -> Vec<Bytes> {
-    let chunk = |delta: Value, finish: Value| {
-        let mut obj = base.clone();
-        obj["object"] = json!("chat.completion.chunk");
-        obj["choices"] =
-            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
-        if include_usage {
-            obj["usage"] = Value::Null;
-        }
-        obj
-    };
-    let mut chunks = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    )];
-    let finish = match tool_call {
-        Some((id, name, args)) => {
-            chunks.push(chunk(
-                json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
-                    "function": {"name": name, "arguments": ""}}]}),
-                Value::Null,
-            ));
-            let (a, b) = halves(args);
-            for part in [a, b] {
-                let delta = json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]});
-                chunks.push(chunk(delta, Value::Null));
-            }
-            "tool_calls"
-        }
-        None => {
-            for word in content.split_inclusive(' ') {
-                chunks.push(chunk(json!({"content": word}), Value::Null));
-            }
-            "stop"
-        }
-    };
-    chunks.push(chunk(json!({}), json!(finish)));
-    if include_usage {
-        let mut obj = base.clone();
-        obj["object"] = json!("chat.completion.chunk");
-        obj["choices"] = json!([]);
-        obj["usage"] = usage;
-        chunks.push(obj);
-    }
-    chunks
-        .iter()
-        .map(|c| Bytes::from(format!("data: {c}\n\n")))
-        .collect()
 }
 
 /// A really streamed body: each event is produced only when polled, `delay` apart.
