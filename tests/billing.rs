@@ -133,11 +133,18 @@ async fn streams_without_include_usage_are_settled_and_the_client_sees_no_usage(
     assert_eq!(repeat.cache_status(), "hit");
 }
 
+/// A chained Responses call (`previous_response_id`) bypasses the cache; its stream still
+/// settles the real usage, read from `response.completed`.
 #[tokio::test]
 async fn a_bypassed_responses_stream_settles_from_its_completed_event() {
     let h = managed(vec![limited("alice")], |_| {}).await;
-    let body = json!({"model": "gpt-4o-mini", "input": long_question("alice"), "stream": true,
-        "store": true});
+    let first = json!({"model": "gpt-4o-mini", "input": long_question("alice")});
+    let first = post(&h, "alice", RESPONSES_PATH, &first).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let first = first.json();
+    let used_first = total(&first["usage"]);
+    let body = json!({"model": "gpt-4o-mini", "input": long_question("again"), "stream": true,
+        "previous_response_id": first["id"]});
     let reply = post(&h, "alice", RESPONSES_PATH, &body).await;
     assert_eq!((reply.status, reply.cache_status()), (200, "bypass"));
     let completed = reply
@@ -145,7 +152,7 @@ async fn a_bypassed_responses_stream_settles_from_its_completed_event() {
         .into_iter()
         .find(|event| event["type"] == "response.completed")
         .expect("a completed event");
-    let used = total(&completed["response"]["usage"]);
+    let used = used_first + total(&completed["response"]["usage"]);
     assert_eq!(settled_remaining(&h, "alice", TPM - used).await, TPM - used);
 }
 
