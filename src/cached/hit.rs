@@ -145,19 +145,19 @@ impl Call {
         }
         let stored: Value = serde_json::from_str(text).ok()?;
         self.tracker.update(|r| r.take_usage(&stored));
-        Some(self.render_value(lookup, &stored))
+        Some(self.render_value(lookup, stored))
     }
 
-    fn render_value(&self, lookup: &Lookup, stored: &Value) -> Response<ProxyBody> {
+    fn render_value(&self, lookup: &Lookup, stored: Value) -> Response<ProxyBody> {
         let body = if lookup.stream {
+            // Lazy: each event is rendered when hyper polls for it, i.e. as the client reads.
             let events = self
                 .endpoint
                 .render_stream(stored, lookup.include_usage)
-                .into_iter()
                 .map(Ok::<_, BoxError>);
             streaming(futures_util::stream::iter(events))
         } else {
-            full(self.endpoint.render_json(stored))
+            full(self.endpoint.render_json(&stored))
         };
         self.respond(lookup, body)
     }
