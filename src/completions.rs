@@ -1,6 +1,8 @@
 //! `POST /v1/completions` (legacy text completions): the prompt plays the part of the last user
 //! message; every other field that shapes the text is in the scope.
 
+use std::sync::Arc;
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -138,7 +140,7 @@ impl Endpoint for Completions {
         crate::chat::replay::render_json_text(stored, &fresh_id("cmpl-", 29))
     }
 
-    fn render_stream(&self, stored: Value, include_usage: bool) -> Replay {
+    fn render_stream(&self, stored: Arc<Value>, include_usage: bool) -> Replay {
         render_stream(stored, &fresh_id("cmpl-", 29), include_usage)
     }
 }
@@ -234,7 +236,7 @@ fn merge_logprobs(parts: Vec<Value>) -> Value {
 
 /// The stored completion as SSE chunks, each rendered when the client reads on. With
 /// logprobs (parallel arrays per token) a choice's text goes out whole.
-pub(crate) fn render_stream(stored: Value, id: &str, include_usage: bool) -> Replay {
+pub(crate) fn render_stream(stored: Arc<Value>, id: &str, include_usage: bool) -> Replay {
     let writer = ChunkWriter::new(
         &stored,
         id,
@@ -322,7 +324,9 @@ mod tests {
         });
         let mut parser = SseParser::new();
         let mut assembler: Box<dyn Assembler> = Completions.assembler();
-        let events: Vec<Bytes> = Completions.render_stream(stored.clone(), true).collect();
+        let events: Vec<Bytes> = Completions
+            .render_stream(Arc::new(stored.clone()), true)
+            .collect();
         assert!(events.len() > 3);
         for bytes in &events {
             for event in parser.push(bytes) {

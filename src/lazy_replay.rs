@@ -5,10 +5,14 @@
 //! body is polled, and hyper polls the body only as the client drains it. So a client that
 //! stops reading holds the stored answer and one event, not the whole replay, which is several
 //! times the answer (every piece of text becomes an event repeating the header fields).
+//! Replays of the same long answer running at the same time share one parsed copy of it
+//! (`parse_shared`), so many clients stalled on one popular answer hold it once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, LazyLock, Weak};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::text::piece_end;
@@ -86,8 +90,8 @@ impl<C: Send + 'static> Steps<C> {
         });
     }
 
-    /// The replay of `stored`: it owns the answer and renders one event per `next`.
-    pub fn over(self, stored: Value) -> Replay {
+    /// The replay of `stored`, rendering one event per `next`.
+    pub fn over(self, stored: Arc<Value>) -> Replay {
         Box::new(Cursor {
             stored,
             context: self.context,
@@ -97,7 +101,7 @@ impl<C: Send + 'static> Steps<C> {
 }
 
 struct Cursor<C> {
-    stored: Value,
+    stored: Arc<Value>,
     context: C,
     steps: VecDeque<Step<C>>,
 }
@@ -145,6 +149,31 @@ impl<C> Iterator for Cursor<C> {
     }
 }
 
+/// Stored answers at least this long are parsed once for all the replays of them running at
+/// the same time; shorter ones cost less to parse than to share.
+const SHARE_FROM: usize = 16 * 1024;
+
+/// The long answers being replayed, by the hash of their stored text.
+static LIVE: LazyLock<Mutex<HashMap<[u8; 32], Weak<Value>>>> = LazyLock::new(Default::default);
+
+/// The stored answer `text` parsed (`None` if it is not JSON). A long one is shared with the
+/// replays of the same text still running, so N clients replaying one answer hold it once.
+pub fn parse_shared(text: &str) -> Option<Arc<Value>> {
+    if text.len() < SHARE_FROM {
+        return serde_json::from_str(text).ok().map(Arc::new);
+    }
+    let key = *blake3::hash(text.as_bytes()).as_bytes();
+    if let Some(live) = LIVE.lock().get(&key).and_then(Weak::upgrade) {
+        return Some(live);
+    }
+    let parsed = Arc::new(serde_json::from_str(text).ok()?);
+    let mut live = LIVE.lock();
+    // Only long answers with a replay running are kept, so this stays short.
+    live.retain(|_, replay| replay.strong_count() > 0);
+    live.insert(key, Arc::downgrade(&parsed));
+    Some(parsed)
+}
+
 /// A JSON pointer to `segments` (object keys or array positions), escaped as RFC 6901 asks.
 pub fn pointer<S: std::fmt::Display>(base: &str, segments: &[S]) -> String {
     let mut out = base.to_string();
@@ -183,7 +212,7 @@ mod tests {
         });
         steps.event(|stored, count| Bytes::from(format!("end {} {count}", stored["n"])));
         let replay: Vec<Bytes> = steps
-            .over(json!({"a/b": text, "empty": "", "n": 7}))
+            .over(Arc::new(json!({"a/b": text, "empty": "", "n": 7})))
             .collect();
         let pieces = crate::text::pieces(text);
         assert_eq!(replay.len(), pieces.len() + 3);
@@ -193,5 +222,30 @@ mod tests {
         }
         expected.push_str(&format!("whole[]|end 7 {}", pieces.len() + 1));
         assert_eq!(replay.concat(), expected.as_bytes());
+    }
+
+    #[test]
+    fn long_answers_replayed_at_the_same_time_share_one_copy() {
+        let long = json!({"text": "words ".repeat(SHARE_FROM)}).to_string();
+        let first = parse_shared(&long).unwrap();
+        let second = parse_shared(&long).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = json!({"text": "other ".repeat(SHARE_FROM)}).to_string();
+        assert!(!Arc::ptr_eq(&first, &parse_shared(&other).unwrap()));
+        assert_eq!(*first, serde_json::from_str::<Value>(&long).unwrap());
+        drop((first, second));
+        let again = parse_shared(&long).unwrap();
+        assert_eq!(
+            Arc::strong_count(&again),
+            1,
+            "a finished replay's copy is gone"
+        );
+        let short = r#"{"text":"short"}"#;
+        assert!(!Arc::ptr_eq(
+            &parse_shared(short).unwrap(),
+            &parse_shared(short).unwrap()
+        ));
+        assert!(parse_shared("{not json").is_none());
+        assert!(parse_shared(&long[1..]).is_none());
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -504,7 +506,7 @@ mod tests {
             for include_usage in [false, true] {
                 let eager = chat::render_stream(&stored, "chatcmpl-new", include_usage);
                 let lazy = lazy(crate::chat::replay::render_stream(
-                    stored.clone(),
+                    Arc::new(stored.clone()),
                     "chatcmpl-new",
                     include_usage,
                 ));
@@ -527,7 +529,7 @@ mod tests {
         for include_usage in [false, true] {
             let eager = completions::render_stream(&stored, "cmpl-new", include_usage);
             let lazy = lazy(crate::completions::render_stream(
-                stored.clone(),
+                Arc::new(stored.clone()),
                 "cmpl-new",
                 include_usage,
             ));
@@ -566,7 +568,9 @@ mod tests {
         });
         for response in [response.clone(), json!({"id": "resp_2", "output": "odd"})] {
             let eager = responses::render_events(&response);
-            let lazy = lazy(crate::responses::stream::render_events(response.clone()));
+            let lazy = lazy(crate::responses::stream::render_events(Arc::new(
+                response.clone(),
+            )));
             assert!(eager.len() > 2);
             assert_eq!(lazy, eager, "{response}");
         }

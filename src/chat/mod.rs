@@ -10,6 +10,8 @@ pub mod audio;
 pub mod replay;
 pub mod request;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -42,7 +44,7 @@ impl Endpoint for ChatCompletions {
         replay::render_json_text(stored, &fresh_id("chatcmpl-", 29))
     }
 
-    fn render_stream(&self, stored: Value, include_usage: bool) -> Replay {
+    fn render_stream(&self, stored: Arc<Value>, include_usage: bool) -> Replay {
         replay::render_stream(stored, &fresh_id("chatcmpl-", 29), include_usage)
     }
 }

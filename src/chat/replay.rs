@@ -1,6 +1,8 @@
 //! Serving a stored `chat.completion`: as JSON, or as a valid `chat.completion.chunk` SSE
 //! stream carrying the same content, tool calls, finish reasons and usage.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -25,7 +27,7 @@ pub fn render_json_text(stored: &str, fresh_id: &str) -> Option<Bytes> {
 
 /// The stored completion as SSE events, ending with `data: [DONE]`, each rendered when the
 /// client reads on (`lazy_replay`).
-pub fn render_stream(stored: Value, fresh_id: &str, include_usage: bool) -> Replay {
+pub fn render_stream(stored: Arc<Value>, fresh_id: &str, include_usage: bool) -> Replay {
     let header_keys = &HEADER_KEYS[1..]; // all but the id, which is fresh
     let writer = ChunkWriter::new(
         &stored,
@@ -170,7 +172,8 @@ mod tests {
     }
 
     fn round_trip(include_usage: bool) -> (Vec<Value>, Value) {
-        let events: Vec<Bytes> = render_stream(stored(), "chatcmpl-new", include_usage).collect();
+        let events: Vec<Bytes> =
+            render_stream(Arc::new(stored()), "chatcmpl-new", include_usage).collect();
         let mut parser = SseParser::new();
         let mut assembler = ChatStreamAssembler::new();
         let mut chunks = Vec::new();

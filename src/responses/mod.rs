@@ -15,6 +15,8 @@
 
 pub mod stream;
 
+use std::sync::Arc;
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -239,7 +241,7 @@ impl Endpoint for Responses {
         Bytes::from(stream::as_served(stored).to_string())
     }
 
-    fn render_stream(&self, stored: Value, _include_usage: bool) -> Replay {
+    fn render_stream(&self, stored: Arc<Value>, _include_usage: bool) -> Replay {
         stream::render_events(stream::into_served(stored))
     }
 }

@@ -2,6 +2,8 @@
 //! `response.completed` event carries; a hit is replayed as the typed event sequence the API
 //! emits (created, in_progress, output items with their deltas, completed), with fresh ids.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -47,15 +49,21 @@ impl Assembler for ResponseAssembler {
 /// The stored response as a hit serves it: with the upstream's ids when the upstream stored
 /// it (`store: true`), so later calls can refer to it; otherwise with fresh ids.
 pub fn as_served(stored: &Value) -> Value {
-    into_served(stored.clone())
+    if stored.get("store").and_then(Value::as_bool) == Some(true) {
+        stored.clone()
+    } else {
+        with_fresh_ids(stored)
+    }
 }
 
-/// `as_served`, taking the stored response (no copy).
-pub fn into_served(mut stored: Value) -> Value {
-    if stored.get("store").and_then(Value::as_bool) != Some(true) {
-        give_fresh_ids(&mut stored);
+/// `as_served` for a replay: a response the upstream stored is served as it is (shared with
+/// other replays of it), any other is copied with fresh ids.
+pub fn into_served(stored: Arc<Value>) -> Arc<Value> {
+    if stored.get("store").and_then(Value::as_bool) == Some(true) {
+        stored
+    } else {
+        Arc::new(with_fresh_ids(&stored))
     }
-    stored
 }
 
 /// The stored response with a new response id and new output item ids (same prefixes).
@@ -80,7 +88,7 @@ fn give_fresh_ids(response: &mut Value) {
 
 /// The event sequence that delivers `response`, as the Responses API streams it, each event
 /// rendered when the client reads on (`lazy_replay`).
-pub fn render_events(response: Value) -> Replay {
+pub fn render_events(response: Arc<Value>) -> Replay {
     let mut out = Steps::new(Sequence::default());
     for kind in ["response.created", "response.in_progress"] {
         out.event(move |response, seq| {
@@ -366,7 +374,7 @@ mod tests {
 
     fn replay() -> Vec<(String, Value)> {
         let mut parser = SseParser::new();
-        render_events(with_fresh_ids(&stored()))
+        render_events(Arc::new(with_fresh_ids(&stored())))
             .flat_map(|bytes| parser.push(&bytes))
             .map(|event| {
                 (
@@ -437,7 +445,7 @@ mod tests {
                               "title": "Example", "start_index": 0, "end_index": 5});
         response["output"][1]["content"][0]["annotations"] = json!([citation]);
         let mut parser = SseParser::new();
-        let events: Vec<Value> = render_events(response.clone())
+        let events: Vec<Value> = render_events(Arc::new(response.clone()))
             .flat_map(|bytes| parser.push(&bytes))
             .map(|event| serde_json::from_str(&event.data).unwrap())
             .collect();
