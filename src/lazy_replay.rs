@@ -168,8 +168,11 @@ pub fn parse_shared(text: &str) -> Option<Arc<Value>> {
     }
     let parsed = Arc::new(serde_json::from_str(text).ok()?);
     let mut live = LIVE.lock();
-    // Only long answers with a replay running are kept, so this stays short.
-    live.retain(|_, replay| replay.strong_count() > 0);
+    // Forget finished replays now and then: each time the map reaches a power of two, so the
+    // sweep costs O(1) per insert however many long answers are being replayed.
+    if live.len() >= 64 && live.len().is_power_of_two() {
+        live.retain(|_, replay| replay.strong_count() > 0);
+    }
     live.insert(key, Arc::downgrade(&parsed));
     Some(parsed)
 }
