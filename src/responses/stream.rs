@@ -236,7 +236,9 @@ fn reasoning(
         let (opening_at, opening_part) = (at.clone(), part_at.clone());
         out.event(move |response, seq| {
             let mut opening = cloned_at(response, &opening_part);
-            opening["text"] = json!("");
+            if let Some(opening) = opening.as_object_mut() {
+                opening.insert("text".into(), json!(""));
+            }
             seq.event_at(
                 "response.reasoning_summary_part.added",
                 &opening_at,
