@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use crate::lazy_replay::Steps;
 use crate::sse::data_event;
 
 /// Tracks a chunk stream's end and failures while assembling it.
@@ -64,12 +65,10 @@ pub fn copy_fields(from: &Map<String, Value>, to: &mut Map<String, Value>, keys:
     }
 }
 
-/// Writes a replayed chunk stream: every chunk shares a header, the usage chunk and
-/// `[DONE]` close it.
+/// The header every chunk of a replayed chunk stream shares, and the events that close it.
 pub struct ChunkWriter {
     header: Map<String, Value>,
     include_usage: bool,
-    events: Vec<Bytes>,
 }
 
 impl ChunkWriter {
@@ -90,33 +89,33 @@ impl ChunkWriter {
         ChunkWriter {
             header,
             include_usage,
-            events: Vec::new(),
         }
     }
 
     /// One chunk carrying `choice`.
-    pub fn choice(&mut self, choice: Value) {
+    pub fn choice(&self, choice: Value) -> Bytes {
         let mut chunk = self.header.clone();
         chunk.insert("choices".into(), json!([choice]));
         if self.include_usage {
             // OpenAI marks every chunk but the last with `usage: null` when usage is asked for.
             chunk.insert("usage".into(), Value::Null);
         }
-        self.events
-            .push(data_event(&Value::Object(chunk).to_string()));
+        data_event(&Value::Object(chunk).to_string())
     }
 
-    /// The events, closed by the usage chunk (when asked for) and `[DONE]`.
-    pub fn finish(mut self, usage: Option<&Value>) -> Vec<Bytes> {
-        if self.include_usage {
-            let mut chunk = self.header.clone();
-            chunk.insert("choices".into(), json!([]));
-            chunk.insert("usage".into(), usage.cloned().unwrap_or(Value::Null));
-            self.events
-                .push(data_event(&Value::Object(chunk).to_string()));
+    /// Adds the closing events to `steps`: the usage chunk (when asked for; rendered from the
+    /// stored answer's `usage`) and `[DONE]`.
+    pub fn finish(steps: &mut Steps<ChunkWriter>, include_usage: bool) {
+        if include_usage {
+            steps.event(|stored, out| {
+                let mut chunk = out.header.clone();
+                chunk.insert("choices".into(), json!([]));
+                let usage = stored.get("usage").cloned().unwrap_or(Value::Null);
+                chunk.insert("usage".into(), usage);
+                data_event(&Value::Object(chunk).to_string())
+            });
         }
-        self.events.push(data_event("[DONE]"));
-        self.events
+        steps.event(|_, _| data_event("[DONE]"));
     }
 }
 

@@ -1,6 +1,8 @@
 //! `POST /v1/completions` (legacy text completions): the prompt plays the part of the last user
 //! message; every other field that shapes the text is in the scope.
 
+use std::sync::Arc;
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -10,7 +12,8 @@ use serde_json::{Map, Value, json};
 use crate::cache::key::{KeyBuilder, scope_and_exact};
 use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan, plan_as, stream_flags};
 use crate::chunks::{ChunkGate, ChunkWriter, copy_fields, stored_choices};
-use crate::text::{fresh_id, pieces};
+use crate::lazy_replay::{Replay, Steps, cloned_at};
+use crate::text::fresh_id;
 
 /// Every field of a legacy completions request; unknown ones land in `other` (scope).
 #[derive(Debug, Default, Deserialize)]
@@ -137,7 +140,7 @@ impl Endpoint for Completions {
         crate::chat::replay::render_json_text(stored, &fresh_id("cmpl-", 29))
     }
 
-    fn render_stream(&self, stored: &Value, include_usage: bool) -> Vec<Bytes> {
+    fn render_stream(&self, stored: Arc<Value>, include_usage: bool) -> Replay {
         render_stream(stored, &fresh_id("cmpl-", 29), include_usage)
     }
 }
@@ -231,36 +234,46 @@ fn merge_logprobs(parts: Vec<Value>) -> Value {
     }
 }
 
-fn render_stream(stored: &Value, id: &str, include_usage: bool) -> Vec<Bytes> {
-    let mut out = ChunkWriter::new(
-        stored,
+/// The stored completion as SSE chunks, each rendered when the client reads on. With
+/// logprobs (parallel arrays per token) a choice's text goes out whole.
+pub(crate) fn render_stream(stored: Arc<Value>, id: &str, include_usage: bool) -> Replay {
+    let writer = ChunkWriter::new(
+        &stored,
         id,
         "text_completion",
         &HEADER_KEYS[1..],
         include_usage,
     );
-    for choice in stored_choices(stored) {
+    let mut steps = Steps::new(writer);
+    for (position, choice) in stored_choices(&stored).iter().enumerate() {
         let index = choice.get("index").cloned().unwrap_or(json!(0));
-        let text = choice.get("text").and_then(Value::as_str).unwrap_or("");
-        let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
-        // With logprobs (parallel arrays per token) the text goes out whole.
-        let parts = if logprobs.is_null() {
-            pieces(text)
-        } else {
-            vec![text]
-        };
-        for part in parts {
+        let at = format!("/choices/{position}");
+        let has_logprobs = choice.get("logprobs").is_some_and(|lp| !lp.is_null());
+        let logprobs_at = format!("{at}/logprobs");
+        let part = index.clone();
+        let text = move |stored: &Value, out: &mut ChunkWriter, piece: &str, _| {
+            let logprobs = cloned_at(stored, &logprobs_at);
             out.choice(
-                json!({"text": part, "index": index, "logprobs": logprobs, "finish_reason": null}),
-            );
+                json!({"text": piece, "index": part, "logprobs": logprobs, "finish_reason": null}),
+            )
+        };
+        if has_logprobs {
+            steps.whole(format!("{at}/text"), text);
+        } else {
+            steps.pieces(format!("{at}/text"), text);
         }
         let finish = choice
             .get("finish_reason")
             .cloned()
             .unwrap_or(json!("stop"));
-        out.choice(json!({"text": "", "index": index, "logprobs": null, "finish_reason": finish}));
+        steps.event(move |_, out| {
+            out.choice(
+                json!({"text": "", "index": index, "logprobs": null, "finish_reason": finish}),
+            )
+        });
     }
-    out.finish(stored.get("usage"))
+    ChunkWriter::finish(&mut steps, include_usage);
+    steps.over(stored)
 }
 
 #[cfg(test)]
@@ -311,7 +324,9 @@ mod tests {
         });
         let mut parser = SseParser::new();
         let mut assembler: Box<dyn Assembler> = Completions.assembler();
-        let events = Completions.render_stream(&stored, true);
+        let events: Vec<Bytes> = Completions
+            .render_stream(Arc::new(stored.clone()), true)
+            .collect();
         assert!(events.len() > 3);
         for bytes in &events {
             for event in parser.push(bytes) {

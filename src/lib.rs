@@ -28,6 +28,7 @@
 //! - `metering`: the real usage of an upstream answer, read as it passes (limits, billing)
 //! - `bench`: `deja bench quality`, hit rate and wrong hits on labelled paraphrase pairs
 //! - `json_splice`: replacing one top-level field of stored JSON text (fresh ids on hits)
+//! - `lazy_replay`: streamed hits rendered event by event as the client reads
 //! - `body`, `clock`, `app`, `telemetry`, `text`: plumbing
 
 pub mod admin;
@@ -50,10 +51,13 @@ pub mod error;
 pub mod json_budget;
 pub mod json_splice;
 pub mod keys;
+pub mod lazy_replay;
 pub mod limits;
 pub mod metering;
 pub mod metrics;
 pub mod relay;
+#[cfg(test)]
+mod replay_reference;
 pub mod request_path;
 pub mod responses;
 pub mod retry;

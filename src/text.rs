@@ -9,17 +9,24 @@ const PIECE_BYTES: usize = 24;
 pub fn pieces(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
-    for (i, c) in text.char_indices() {
-        let end = i + c.len_utf8();
-        if c.is_whitespace() && end - start >= PIECE_BYTES {
-            out.push(&text[start..end]);
-            start = end;
-        }
-    }
-    if start < text.len() {
-        out.push(&text[start..]);
+    while start < text.len() {
+        let end = piece_end(text, start);
+        out.push(&text[start..end]);
+        start = end;
     }
     out
+}
+
+/// Where the piece of `text` that begins at `start` ends (see `pieces`), so a replay can cut
+/// its pieces one at a time as the client reads them.
+pub fn piece_end(text: &str, start: usize) -> usize {
+    for (i, c) in text[start..].char_indices() {
+        let end = start + i + c.len_utf8();
+        if c.is_whitespace() && end - start >= PIECE_BYTES {
+            return end;
+        }
+    }
+    text.len()
 }
 
 /// A new id such as OpenAI's (`prefix` + `len` random letters and digits), so each served

@@ -143,21 +143,22 @@ impl Call {
             }
             return Some(self.respond(lookup, full(body)));
         }
-        let stored: Value = serde_json::from_str(text).ok()?;
+        // Shared with the other replays of a long answer that are running (`lazy_replay`).
+        let stored = crate::lazy_replay::parse_shared(text)?;
         self.tracker.update(|r| r.take_usage(&stored));
-        Some(self.render_value(lookup, &stored))
+        Some(self.render_value(lookup, stored))
     }
 
-    fn render_value(&self, lookup: &Lookup, stored: &Value) -> Response<ProxyBody> {
+    fn render_value(&self, lookup: &Lookup, stored: Arc<Value>) -> Response<ProxyBody> {
         let body = if lookup.stream {
+            // Lazy: each event is rendered when hyper polls for it, i.e. as the client reads.
             let events = self
                 .endpoint
                 .render_stream(stored, lookup.include_usage)
-                .into_iter()
                 .map(Ok::<_, BoxError>);
             streaming(futures_util::stream::iter(events))
         } else {
-            full(self.endpoint.render_json(stored))
+            full(self.endpoint.render_json(&stored))
         };
         self.respond(lookup, body)
     }

@@ -103,8 +103,8 @@ pub trait Endpoint: Send + Sync + 'static {
     fn render_json_text(&self, _stored: &str) -> Option<Bytes> {
         None
     }
-    /// The stored answer as SSE events.
-    fn render_stream(&self, stored: &Value, include_usage: bool) -> Vec<Bytes>;
+    /// The stored answer as SSE events, rendered one by one as the client reads them.
+    fn render_stream(&self, stored: Arc<Value>, include_usage: bool) -> crate::lazy_replay::Replay;
 }
 
 /// Reads `body` as the endpoint's request type and plans it; a body of the wrong shape

@@ -10,10 +10,13 @@ pub mod audio;
 pub mod replay;
 pub mod request;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::Value;
 
 use crate::cached::{Assembler, Endpoint, Partition, Plan, plan_as};
+use crate::lazy_replay::Replay;
 use crate::text::fresh_id;
 use assemble::ChatStreamAssembler;
 use request::ChatRequest;
@@ -41,7 +44,7 @@ impl Endpoint for ChatCompletions {
         replay::render_json_text(stored, &fresh_id("chatcmpl-", 29))
     }
 
-    fn render_stream(&self, stored: &Value, include_usage: bool) -> Vec<Bytes> {
+    fn render_stream(&self, stored: Arc<Value>, include_usage: bool) -> Replay {
         replay::render_stream(stored, &fresh_id("chatcmpl-", 29), include_usage)
     }
 }

@@ -1,12 +1,14 @@
 //! Serving a stored `chat.completion`: as JSON, or as a valid `chat.completion.chunk` SSE
 //! stream carrying the same content, tool calls, finish reasons and usage.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::assemble::HEADER_KEYS;
 use crate::chunks::{ChunkWriter, stored_choices};
-use crate::text::pieces;
+use crate::lazy_replay::{Replay, Steps, cloned_at, pointer};
 
 /// The stored completion with a fresh id, as a non-streaming response body.
 pub fn render_json(stored: &Value, fresh_id: &str) -> Bytes {
@@ -23,53 +25,51 @@ pub fn render_json_text(stored: &str, fresh_id: &str) -> Option<Bytes> {
     crate::json_splice::replace_top_level(stored, "id", &format!("\"{fresh_id}\"")).map(Bytes::from)
 }
 
-/// The stored completion as SSE events, ending with `data: [DONE]`.
-pub fn render_stream(stored: &Value, fresh_id: &str, include_usage: bool) -> Vec<Bytes> {
+/// The stored completion as SSE events, ending with `data: [DONE]`, each rendered when the
+/// client reads on (`lazy_replay`).
+pub fn render_stream(stored: Arc<Value>, fresh_id: &str, include_usage: bool) -> Replay {
     let header_keys = &HEADER_KEYS[1..]; // all but the id, which is fresh
-    let mut out = ChunkWriter::new(
-        stored,
+    let writer = ChunkWriter::new(
+        &stored,
         fresh_id,
         "chat.completion.chunk",
         header_keys,
         include_usage,
     );
-    for (position, choice) in stored_choices(stored).iter().enumerate() {
+    let mut steps = Steps::new(writer);
+    for (position, choice) in stored_choices(&stored).iter().enumerate() {
         let index = choice.get("index").cloned().unwrap_or(json!(position));
-        let message = choice
-            .get("message")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
-        let mut logprobs_sent = false;
-        for delta in message_deltas(&message, !logprobs.is_null()) {
-            // Logprobs ride whole on the first content or refusal chunk; with logprobs, those
-            // texts are one piece each.
-            let carries_text = ["content", "refusal"]
-                .iter()
-                .any(|key| delta.get(key).is_some_and(|t| t.is_string() && t != ""));
-            let lp = if carries_text && !logprobs_sent {
-                logprobs_sent = true;
-                logprobs.clone()
-            } else {
-                Value::Null
-            };
-            out.choice(
-                json!({"index": index, "delta": delta, "logprobs": lp, "finish_reason": null}),
-            );
-        }
+        let at = pointer("/choices", &[position]);
+        let has_logprobs = choice.get("logprobs").is_some_and(|lp| !lp.is_null());
+        let message = choice.get("message").and_then(Value::as_object);
+        message_steps(&mut steps, message, &at, &index, has_logprobs);
         let finish = choice
             .get("finish_reason")
             .cloned()
             .unwrap_or(json!("stop"));
-        out.choice(json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}));
+        steps.event(move |_, out| {
+            out.choice(
+                json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}),
+            )
+        });
     }
-    out.finish(stored.get("usage"))
+    ChunkWriter::finish(&mut steps, include_usage);
+    steps.over(stored)
 }
 
-/// The deltas that rebuild `message`: role first, then other text fields (e.g. reasoning),
-/// content, refusal, tool calls, and any remaining non-text field whole.
-fn message_deltas(message: &Map<String, Value>, one_piece: bool) -> Vec<Value> {
+/// The steps whose deltas rebuild the message of the choice at `choice` (a pointer): role
+/// first, then other text fields (e.g. reasoning), content, refusal, tool calls, and any
+/// remaining non-text field whole. With logprobs, content and refusal go out whole, and the
+/// logprobs ride on the first of them that has text.
+fn message_steps(
+    steps: &mut Steps<ChunkWriter>,
+    message: Option<&Map<String, Value>>,
+    choice: &str,
+    index: &Value,
+    has_logprobs: bool,
+) {
+    let empty = Map::new();
+    let message = message.unwrap_or(&empty);
     let role = message.get("role").cloned().unwrap_or(json!("assistant"));
     // As the API opens a stream: `""` for a text field that follows, `null` for one that
     // stays null (a tool call's or a refusal's `content`), so a client rebuilds the same
@@ -78,8 +78,10 @@ fn message_deltas(message: &Map<String, Value>, one_piece: bool) -> Vec<Value> {
         Some(Value::String(_)) => json!(""),
         _ => Value::Null,
     };
-    let mut deltas =
-        vec![json!({"role": role, "content": opening("content"), "refusal": opening("refusal")})];
+    let first = json!({"role": role, "content": opening("content"), "refusal": opening("refusal")});
+    let delta = move |index: &Value, delta: Value, logprobs: Value| json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": null});
+    let at = index.clone();
+    steps.event(move |_, out| out.choice(delta(&at, first, Value::Null)));
     let mut rest: Vec<(&String, &Value)> = message
         .iter()
         .filter(|(k, v)| !v.is_null() && !matches!(k.as_str(), "role" | "tool_calls"))
@@ -90,39 +92,61 @@ fn message_deltas(message: &Map<String, Value>, one_piece: bool) -> Vec<Value> {
         "refusal" => 2,
         _ => 0,
     });
+    let logprobs_at = format!("{choice}/logprobs");
+    let mut logprobs_sent = false;
     for (key, value) in rest {
+        let field = pointer(choice, &["message", key.as_str()]);
+        let (key, at) = (key.clone(), index.clone());
         match value {
-            Value::String(text) if matches!(key.as_str(), "content" | "refusal") && one_piece => {
-                deltas.push(json!({ key: text }));
+            Value::String(text)
+                if matches!(key.as_str(), "content" | "refusal") && has_logprobs =>
+            {
+                let carries = !text.is_empty() && !logprobs_sent;
+                logprobs_sent |= carries;
+                let logprobs_at = logprobs_at.clone();
+                steps.whole(field, move |stored, out, text, _| {
+                    let logprobs = if carries {
+                        cloned_at(stored, &logprobs_at)
+                    } else {
+                        Value::Null
+                    };
+                    out.choice(delta(&at, json!({ key.as_str(): text }), logprobs))
+                });
             }
-            Value::String(text) => {
-                deltas.extend(pieces(text).into_iter().map(|piece| json!({ key: piece })));
-            }
-            other => deltas.push(json!({ key: other })),
+            Value::String(_) => steps.pieces(field, move |_, out, piece, _| {
+                out.choice(delta(&at, json!({ key.as_str(): piece }), Value::Null))
+            }),
+            _ => steps.event(move |stored, out| {
+                let value = cloned_at(stored, &field);
+                out.choice(delta(&at, json!({ key.as_str(): value }), Value::Null))
+            }),
         }
     }
     if let Some(Value::Array(calls)) = message.get("tool_calls") {
-        for (index, call) in calls.iter().enumerate() {
-            let arguments = call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let mut opening = call.clone();
-            if let Some(object) = opening.as_object_mut() {
-                object.insert("index".into(), json!(index));
-            }
-            if let Some(function) = opening.get_mut("function").and_then(Value::as_object_mut) {
-                function.insert("arguments".into(), json!(""));
-            }
-            deltas.push(json!({ "tool_calls": [opening] }));
-            for piece in pieces(arguments) {
-                deltas.push(
-                    json!({ "tool_calls": [{"index": index, "function": {"arguments": piece}}] }),
-                );
-            }
+        for position in 0..calls.len() {
+            let call_at = format!("{choice}/message/tool_calls/{position}");
+            let at = index.clone();
+            let call = call_at.clone();
+            steps.event(move |stored, out| {
+                let mut opening = cloned_at(stored, &call);
+                if let Some(object) = opening.as_object_mut() {
+                    object.insert("index".into(), json!(position));
+                }
+                if let Some(function) = opening.get_mut("function").and_then(Value::as_object_mut) {
+                    function.insert("arguments".into(), json!(""));
+                }
+                out.choice(delta(&at, json!({ "tool_calls": [opening] }), Value::Null))
+            });
+            let at = index.clone();
+            steps.pieces(
+                format!("{call_at}/function/arguments"),
+                move |_, out, piece, _| {
+                    let call = json!({"index": position, "function": {"arguments": piece}});
+                    out.choice(delta(&at, json!({ "tool_calls": [call] }), Value::Null))
+                },
+            );
         }
     }
-    deltas
 }
 
 #[cfg(test)]
@@ -148,7 +172,8 @@ mod tests {
     }
 
     fn round_trip(include_usage: bool) -> (Vec<Value>, Value) {
-        let events = render_stream(&stored(), "chatcmpl-new", include_usage);
+        let events: Vec<Bytes> =
+            render_stream(Arc::new(stored()), "chatcmpl-new", include_usage).collect();
         let mut parser = SseParser::new();
         let mut assembler = ChatStreamAssembler::new();
         let mut chunks = Vec::new();

@@ -15,6 +15,8 @@
 
 pub mod stream;
 
+use std::sync::Arc;
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -23,6 +25,7 @@ use serde_json::Value;
 
 use crate::cache::key::{KeyBuilder, scope_and_exact};
 use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan, beyond_text, plan_as};
+use crate::lazy_replay::Replay;
 
 /// Every field of a Responses request that deja knows; unknown ones land in `other` (scope).
 #[derive(Debug, Default, Deserialize)]
@@ -238,8 +241,8 @@ impl Endpoint for Responses {
         Bytes::from(stream::as_served(stored).to_string())
     }
 
-    fn render_stream(&self, stored: &Value, _include_usage: bool) -> Vec<Bytes> {
-        stream::render_events(&stream::as_served(stored))
+    fn render_stream(&self, stored: Arc<Value>, _include_usage: bool) -> Replay {
+        stream::render_events(stream::into_served(stored))
     }
 }
 

@@ -2,12 +2,15 @@
 //! `response.completed` event carries; a hit is replayed as the typed event sequence the API
 //! emits (created, in_progress, output items with their deltas, completed), with fresh ids.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::cached::Assembler;
+use crate::lazy_replay::{Replay, Steps, cloned_at};
 use crate::sse::named_event;
-use crate::text::{fresh_id, pieces};
+use crate::text::fresh_id;
 
 /// Keeps the final response of a stream that completed; anything else is not stored.
 #[derive(Default)]
@@ -53,10 +56,25 @@ pub fn as_served(stored: &Value) -> Value {
     }
 }
 
+/// `as_served` for a replay: a response the upstream stored is served as it is (shared with
+/// other replays of it), any other is copied with fresh ids.
+pub fn into_served(stored: Arc<Value>) -> Arc<Value> {
+    if stored.get("store").and_then(Value::as_bool) == Some(true) {
+        stored
+    } else {
+        Arc::new(with_fresh_ids(&stored))
+    }
+}
+
 /// The stored response with a new response id and new output item ids (same prefixes).
 /// Function `call_id`s are kept: the caller's next request quotes them back.
 pub fn with_fresh_ids(stored: &Value) -> Value {
     let mut response = stored.clone();
+    give_fresh_ids(&mut response);
+    response
+}
+
+fn give_fresh_ids(response: &mut Value) {
     response["id"] = json!(fresh_id("resp_", 48));
     if let Some(items) = response.get_mut("output").and_then(Value::as_array_mut) {
         for item in items {
@@ -66,21 +84,24 @@ pub fn with_fresh_ids(stored: &Value) -> Value {
             }
         }
     }
-    response
 }
 
-/// The event sequence that delivers `response`, as the Responses API streams it.
-pub fn render_events(response: &Value) -> Vec<Bytes> {
-    let mut out = Events::default();
-    let mut pending = response.clone();
-    pending["status"] = json!("in_progress");
-    pending["output"] = json!([]);
-    pending["usage"] = Value::Null;
-    if pending.get("completed_at").is_some() {
-        pending["completed_at"] = Value::Null;
+/// The event sequence that delivers `response`, as the Responses API streams it, each event
+/// rendered when the client reads on (`lazy_replay`).
+pub fn render_events(response: Arc<Value>) -> Replay {
+    let mut out = Steps::new(Sequence::default());
+    for kind in ["response.created", "response.in_progress"] {
+        out.event(move |response, seq| {
+            let mut pending = response.clone();
+            pending["status"] = json!("in_progress");
+            pending["output"] = json!([]);
+            pending["usage"] = Value::Null;
+            if pending.get("completed_at").is_some() {
+                pending["completed_at"] = Value::Null;
+            }
+            seq.event(kind, json!({ "response": pending }))
+        });
     }
-    out.push("response.created", json!({ "response": pending }));
-    out.push("response.in_progress", json!({ "response": pending }));
 
     let empty = Vec::new();
     let items = response
@@ -89,202 +110,248 @@ pub fn render_events(response: &Value) -> Vec<Bytes> {
         .unwrap_or(&empty);
     for (output_index, item) in items.iter().enumerate() {
         let item_id = item.get("id").cloned().unwrap_or(Value::Null);
+        let at_item = format!("/output/{output_index}");
+        let added = |out: &mut Steps<Sequence>, opening: fn(&mut Value)| {
+            let at_item = at_item.clone();
+            out.event(move |response, seq| {
+                let mut item = cloned_at(response, &at_item);
+                opening(&mut item);
+                seq.event(
+                    "response.output_item.added",
+                    json!({"output_index": output_index, "item": item}),
+                )
+            });
+        };
         match item.get("type").and_then(Value::as_str) {
             Some("message") => {
-                let mut opening = item.clone();
-                opening["status"] = json!("in_progress");
-                opening["content"] = json!([]);
-                out.push(
-                    "response.output_item.added",
-                    json!({"output_index": output_index, "item": opening}),
-                );
+                added(&mut out, |opening| {
+                    opening["status"] = json!("in_progress");
+                    opening["content"] = json!([]);
+                });
                 let parts = item
                     .get("content")
                     .and_then(Value::as_array)
                     .unwrap_or(&empty);
                 for (content_index, part) in parts.iter().enumerate() {
-                    out.content_part(&item_id, output_index, content_index, part);
+                    let part_at = format!("{at_item}/content/{content_index}");
+                    let at = json!({"item_id": item_id, "output_index": output_index,
+                                    "content_index": content_index});
+                    content_part(&mut out, at, part_at, part);
                 }
             }
             Some("function_call") => {
-                let mut opening = item.clone();
-                opening["status"] = json!("in_progress");
-                opening["arguments"] = json!("");
-                out.push(
-                    "response.output_item.added",
-                    json!({"output_index": output_index, "item": opening}),
-                );
-                let arguments = item.get("arguments").and_then(Value::as_str).unwrap_or("");
+                added(&mut out, |opening| {
+                    opening["status"] = json!("in_progress");
+                    opening["arguments"] = json!("");
+                });
                 let at = json!({"item_id": item_id, "output_index": output_index});
-                for piece in pieces(arguments) {
-                    out.push_at(
-                        "response.function_call_arguments.delta",
-                        &at,
-                        json!({"delta": piece}),
-                    );
-                }
-                out.push_at(
-                    "response.function_call_arguments.done",
+                let arguments = format!("{at_item}/arguments");
+                text_events(
+                    &mut out,
                     &at,
-                    json!({"arguments": arguments}),
+                    arguments,
+                    "response.function_call_arguments.delta",
+                    "response.function_call_arguments.done",
+                    "arguments",
                 );
             }
             Some("reasoning") => {
-                let mut opening = item.clone();
-                opening["summary"] = json!([]);
-                if opening.get("content").is_some_and(Value::is_array) {
-                    opening["content"] = json!([]);
-                }
-                out.push(
-                    "response.output_item.added",
-                    json!({"output_index": output_index, "item": opening}),
-                );
-                out.reasoning(&item_id, output_index, item);
+                added(&mut out, |opening| {
+                    opening["summary"] = json!([]);
+                    if opening.get("content").is_some_and(Value::is_array) {
+                        opening["content"] = json!([]);
+                    }
+                });
+                reasoning(&mut out, &item_id, output_index, &at_item, item);
             }
-            _ => out.push(
-                "response.output_item.added",
-                json!({"output_index": output_index, "item": item}),
-            ),
+            _ => added(&mut out, |_| {}),
         }
-        out.push(
-            "response.output_item.done",
-            json!({"output_index": output_index, "item": item}),
-        );
+        out.event(move |response, seq| {
+            let item = cloned_at(response, &at_item);
+            seq.event(
+                "response.output_item.done",
+                json!({"output_index": output_index, "item": item}),
+            )
+        });
     }
-    out.push("response.completed", json!({ "response": response }));
-    out.events
+    out.event(|response, seq| seq.event("response.completed", json!({ "response": response })));
+    out.over(response)
 }
 
-/// Accumulates events with their `sequence_number`.
+/// Numbers the events (`sequence_number`) as they are rendered.
 #[derive(Default)]
-struct Events {
-    events: Vec<Bytes>,
-    sequence: u64,
-}
+struct Sequence(u64);
 
-impl Events {
-    fn push(&mut self, kind: &str, mut body: Value) {
+impl Sequence {
+    fn event(&mut self, kind: &str, mut body: Value) -> Bytes {
         body["type"] = json!(kind);
-        body["sequence_number"] = json!(self.sequence);
-        self.sequence += 1;
-        self.events.push(named_event(kind, &body.to_string()));
+        body["sequence_number"] = json!(self.0);
+        self.0 += 1;
+        named_event(kind, &body.to_string())
     }
 
     /// An event addressed to an item (and content part), plus its own fields.
-    fn push_at(&mut self, kind: &str, at: &Value, fields: Value) {
+    fn event_at(&mut self, kind: &str, at: &Value, fields: Value) -> Bytes {
         let mut body = at.clone();
         if let (Some(body), Value::Object(fields)) = (body.as_object_mut(), fields) {
             body.extend(fields);
         }
-        self.push(kind, body);
+        self.event(kind, body)
     }
+}
 
-    /// A reasoning item's summary parts and reasoning text, with their delta events.
-    fn reasoning(&mut self, item_id: &Value, output_index: usize, item: &Value) {
-        let empty = Vec::new();
-        let summary = item.get("summary").and_then(Value::as_array);
-        for (summary_index, part) in summary.unwrap_or(&empty).iter().enumerate() {
-            let at = json!({"item_id": item_id, "output_index": output_index,
-                            "summary_index": summary_index});
-            let text = part.get("text").and_then(Value::as_str).unwrap_or("");
-            let mut opening = part.clone();
-            opening["text"] = json!("");
-            self.push_at(
-                "response.reasoning_summary_part.added",
-                &at,
-                json!({"part": opening}),
-            );
-            for piece in pieces(text) {
-                self.push_at(
-                    "response.reasoning_summary_text.delta",
-                    &at,
-                    json!({"delta": piece}),
-                );
+/// The delta events of the text at `text` (a pointer), then the done event carrying it whole
+/// as `field`.
+fn text_events(
+    out: &mut Steps<Sequence>,
+    at: &Value,
+    text: String,
+    delta_event: &'static str,
+    done_event: &'static str,
+    field: &'static str,
+) {
+    let delta_at = at.clone();
+    out.pieces(text.clone(), move |_, seq, piece, _| {
+        seq.event_at(delta_event, &delta_at, json!({"delta": piece}))
+    });
+    let at = at.clone();
+    out.whole(text, move |_, seq, text, _| {
+        seq.event_at(done_event, &at, json!({ field: text }))
+    });
+}
+
+/// A reasoning item's summary parts and reasoning text, with their delta events.
+fn reasoning(
+    out: &mut Steps<Sequence>,
+    item_id: &Value,
+    output_index: usize,
+    at_item: &str,
+    item: &Value,
+) {
+    let count = |key: &str| item.get(key).and_then(Value::as_array).map_or(0, Vec::len);
+    for summary_index in 0..count("summary") {
+        let at = json!({"item_id": item_id, "output_index": output_index,
+                        "summary_index": summary_index});
+        let part_at = format!("{at_item}/summary/{summary_index}");
+        let (opening_at, opening_part) = (at.clone(), part_at.clone());
+        out.event(move |response, seq| {
+            let mut opening = cloned_at(response, &opening_part);
+            if let Some(opening) = opening.as_object_mut() {
+                opening.insert("text".into(), json!(""));
             }
-            self.push_at(
-                "response.reasoning_summary_text.done",
-                &at,
-                json!({"text": text}),
-            );
-            self.push_at(
+            seq.event_at(
+                "response.reasoning_summary_part.added",
+                &opening_at,
+                json!({"part": opening}),
+            )
+        });
+        text_events(
+            out,
+            &at,
+            format!("{part_at}/text"),
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "text",
+        );
+        out.event(move |response, seq| {
+            let part = cloned_at(response, &part_at);
+            seq.event_at(
                 "response.reasoning_summary_part.done",
                 &at,
                 json!({"part": part}),
-            );
-        }
-        let content = item.get("content").and_then(Value::as_array);
-        for (content_index, part) in content.unwrap_or(&empty).iter().enumerate() {
-            let at = json!({"item_id": item_id, "output_index": output_index,
-                            "content_index": content_index});
-            let text = part.get("text").and_then(Value::as_str).unwrap_or("");
-            for piece in pieces(text) {
-                self.push_at(
-                    "response.reasoning_text.delta",
-                    &at,
-                    json!({"delta": piece}),
-                );
-            }
-            self.push_at("response.reasoning_text.done", &at, json!({"text": text}));
-        }
+            )
+        });
     }
+    for content_index in 0..count("content") {
+        let at = json!({"item_id": item_id, "output_index": output_index,
+                        "content_index": content_index});
+        text_events(
+            out,
+            &at,
+            format!("{at_item}/content/{content_index}/text"),
+            "response.reasoning_text.delta",
+            "response.reasoning_text.done",
+            "text",
+        );
+    }
+}
 
-    fn content_part(
-        &mut self,
-        item_id: &Value,
-        output_index: usize,
-        content_index: usize,
-        part: &Value,
-    ) {
-        let at = json!({"item_id": item_id, "output_index": output_index, "content_index": content_index});
-        let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
-        let (field, delta_event, done_event) = match kind {
-            "output_text" => (
-                "text",
-                "response.output_text.delta",
-                "response.output_text.done",
-            ),
-            "refusal" => ("refusal", "response.refusal.delta", "response.refusal.done"),
-            _ => {
-                self.push_at("response.content_part.added", &at, json!({"part": part}));
-                self.push_at("response.content_part.done", &at, json!({"part": part}));
-                return;
+/// A message's content part at `part_at`: output text and refusals with their deltas (and
+/// citations), any other part whole.
+fn content_part(out: &mut Steps<Sequence>, at: Value, part_at: String, part: &Value) {
+    let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+    let (field, delta_event, done_event) = match kind {
+        "output_text" => (
+            "text",
+            "response.output_text.delta",
+            "response.output_text.done",
+        ),
+        "refusal" => ("refusal", "response.refusal.delta", "response.refusal.done"),
+        _ => {
+            for kind in ["response.content_part.added", "response.content_part.done"] {
+                let (at, part_at) = (at.clone(), part_at.clone());
+                out.event(move |response, seq| {
+                    let part = cloned_at(response, &part_at);
+                    seq.event_at(kind, &at, json!({ "part": part }))
+                });
             }
-        };
-        let text = part.get(field).and_then(Value::as_str).unwrap_or("");
-        let mut opening = part.clone();
+            return;
+        }
+    };
+    let annotations = part.get("annotations").and_then(Value::as_array);
+    let cited = annotations.is_some();
+    let (opening_at, opening_part) = (at.clone(), part_at.clone());
+    out.event(move |response, seq| {
+        let mut opening = cloned_at(response, &opening_part);
         opening[field] = json!("");
-        let annotations = part.get("annotations").and_then(Value::as_array);
-        if annotations.is_some() {
+        if cited {
             opening["annotations"] = json!([]);
         }
-        self.push_at("response.content_part.added", &at, json!({"part": opening}));
-        let logprobs = part.get("logprobs").cloned();
-        for (i, piece) in pieces(text).into_iter().enumerate() {
-            let mut delta = json!({"delta": piece});
-            if field == "text" {
-                // Logprobs, when asked for, travel whole with the first delta.
-                delta["logprobs"] = match (&logprobs, i) {
-                    (Some(lp), 0) => lp.clone(),
-                    _ => json!([]),
-                };
-            }
-            self.push_at(delta_event, &at, delta);
+        seq.event_at(
+            "response.content_part.added",
+            &opening_at,
+            json!({"part": opening}),
+        )
+    });
+    let text = format!("{part_at}/{field}");
+    let logprobs = format!("{part_at}/logprobs");
+    let (delta_at, delta_logprobs) = (at.clone(), logprobs.clone());
+    out.pieces(text.clone(), move |response, seq, piece, i| {
+        let mut delta = json!({"delta": piece});
+        if field == "text" {
+            // Logprobs, when asked for, travel whole with the first delta.
+            delta["logprobs"] = match (response.pointer(&delta_logprobs), i) {
+                (Some(lp), 0) => lp.clone(),
+                _ => json!([]),
+            };
         }
-        // Citations arrive as events of their own, after the text they cite.
-        for (annotation_index, annotation) in annotations.into_iter().flatten().enumerate() {
-            self.push_at(
+        seq.event_at(delta_event, &delta_at, delta)
+    });
+    // Citations arrive as events of their own, after the text they cite.
+    for annotation_index in 0..annotations.map_or(0, Vec::len) {
+        let annotation = format!("{part_at}/annotations/{annotation_index}");
+        let at = at.clone();
+        out.event(move |response, seq| {
+            let annotation = cloned_at(response, &annotation);
+            seq.event_at(
                 "response.output_text.annotation.added",
                 &at,
                 json!({"annotation_index": annotation_index, "annotation": annotation}),
-            );
-        }
+            )
+        });
+    }
+    let done_at = at.clone();
+    out.whole(text, move |response, seq, text, _| {
         let mut done = json!({ field: text });
         if field == "text" {
-            done["logprobs"] = logprobs.unwrap_or(json!([]));
+            done["logprobs"] = response.pointer(&logprobs).cloned().unwrap_or(json!([]));
         }
-        self.push_at(done_event, &at, done);
-        self.push_at("response.content_part.done", &at, json!({"part": part}));
-    }
+        seq.event_at(done_event, &done_at, done)
+    });
+    out.event(move |response, seq| {
+        let part = cloned_at(response, &part_at);
+        seq.event_at("response.content_part.done", &at, json!({"part": part}))
+    });
 }
 
 #[cfg(test)]
@@ -309,9 +376,8 @@ mod tests {
 
     fn replay() -> Vec<(String, Value)> {
         let mut parser = SseParser::new();
-        render_events(&with_fresh_ids(&stored()))
-            .iter()
-            .flat_map(|bytes| parser.push(bytes))
+        render_events(Arc::new(with_fresh_ids(&stored())))
+            .flat_map(|bytes| parser.push(&bytes))
             .map(|event| {
                 (
                     event.event.unwrap(),
@@ -381,9 +447,8 @@ mod tests {
                               "title": "Example", "start_index": 0, "end_index": 5});
         response["output"][1]["content"][0]["annotations"] = json!([citation]);
         let mut parser = SseParser::new();
-        let events: Vec<Value> = render_events(&response)
-            .iter()
-            .flat_map(|bytes| parser.push(bytes))
+        let events: Vec<Value> = render_events(Arc::new(response.clone()))
+            .flat_map(|bytes| parser.push(&bytes))
             .map(|event| serde_json::from_str(&event.data).unwrap())
             .collect();
         let of =
