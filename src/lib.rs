@@ -54,6 +54,7 @@ pub mod limits;
 pub mod metering;
 pub mod metrics;
 pub mod relay;
+pub mod replica;
 pub mod request_path;
 pub mod responses;
 pub mod retry;
