@@ -53,10 +53,22 @@ async fn start_replica(
     redis_url: &str,
     dir: Option<tempfile::TempDir>,
 ) -> Replica {
+    start_replica_with(fake, redis_url, dir, "", &[]).await
+}
+
+/// `start_replica` with more config (`extra`, appended) and environment.
+async fn start_replica_with(
+    fake: &FakeUpstream,
+    redis_url: &str,
+    dir: Option<tempfile::TempDir>,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Replica {
     let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-    let config = config(dir.path(), fake, redis_url);
-    let mut process =
-        DejaProcess::start_with_env(&config, &[("DEJA_ADMIN__TOKEN", ADMIN_TOKEN)]).await;
+    let config = config(dir.path(), fake, redis_url, extra);
+    let mut env = env.to_vec();
+    env.push(("DEJA_ADMIN__TOKEN", ADMIN_TOKEN));
+    let mut process = DejaProcess::start_with_env(&config, &env).await;
     let line = process.wait_for_log("admin listening").await;
     let addr = line["fields"]["addr"].as_str().unwrap().to_string();
     let addr = addr
@@ -70,10 +82,10 @@ async fn start_replica(
     }
 }
 
-fn config(dir: &Path, fake: &FakeUpstream, redis_url: &str) -> std::path::PathBuf {
+fn config(dir: &Path, fake: &FakeUpstream, redis_url: &str, more: &str) -> std::path::PathBuf {
     let extra = format!(
         "\n[redis]\nurl = \"{redis_url}\"\ntimeout_ms = 200\nconnect_timeout_ms = 300\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n"
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n{more}\n"
     );
     write_config(dir, &fake.base_url(), "info", &extra)
 }
@@ -303,4 +315,39 @@ async fn a_replica_whose_redis_is_down_at_start_serves_alone() {
     let text = prompt(&fake, 400);
     store(&a, &text).await;
     assert_eq!(ask(&a, &text).await.1, "hit");
+}
+
+/// Three replicas behind a round-robin balancer refuse a key at its limit, not three times it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_rpm_limit_holds_across_three_replicas() {
+    use sha2::Digest;
+    const RPM: usize = 6;
+    let redis = RedisServer::start();
+    let fake = FakeUpstream::start().await;
+    let secret = "sk-deja-team-rpm";
+    let hash = format!("{:x}", sha2::Sha256::digest(secret.as_bytes()));
+    let keys = format!("[[keys]]\nid = \"team\"\nhash = \"sha256:{hash}\"\nrpm = {RPM}\n");
+    let env = [("DEJA_UPSTREAM__API_KEY", "sk-upstream-real")];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(start_replica_with(&fake, &redis.url(), None, &keys, &env).await);
+    }
+    let mut statuses = Vec::new();
+    for i in 0..3 * RPM {
+        let replica = &replicas[i % 3];
+        let response = http_client()
+            .post(format!("http://{}/v1/chat/completions", replica.process.addr))
+            .bearer_auth(secret)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("rpm {i}")}]}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(admitted, RPM, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
 }

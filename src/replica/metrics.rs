@@ -14,6 +14,7 @@ pub struct ReplicaMetrics {
     published: Counter,
     failures: Counter,
     resyncs: Counter,
+    local_limits: Counter,
 }
 
 impl ReplicaMetrics {
@@ -43,6 +44,11 @@ impl ReplicaMetrics {
             "Full loads of the entries in Redis (joining, or the log trimmed past this replica)",
             self.resyncs.clone(),
         );
+        r.register(
+            "deja_limits_local_fallback",
+            "Requests whose rpm limit was checked on this replica alone (Redis unreachable)",
+            self.local_limits.clone(),
+        );
     }
 
     /// Catches the series up with the replica's totals (called when scraped).
@@ -57,6 +63,7 @@ impl ReplicaMetrics {
             (&self.published, &stats.published),
             (&self.failures, &stats.failures),
             (&self.resyncs, &stats.resyncs),
+            (&self.local_limits, &stats.local_limits),
         ] {
             let total = total.load(Ordering::Relaxed);
             counter.inc_by(total.saturating_sub(counter.get()));
