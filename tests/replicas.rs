@@ -350,4 +350,36 @@ async fn an_rpm_limit_holds_across_three_replicas() {
         statuses.iter().all(|s| *s == 200 || *s == 429),
         "{statuses:?}"
     );
+
+    // Redis gone: a fresh replica's own count applies (the limit, on that replica alone), and
+    // no request fails for it.
+    drop(redis);
+    let alone = start_replica_with(&fake, "redis://127.0.0.1:1", None, &keys, &env).await;
+    let mut statuses = Vec::new();
+    for i in 0..RPM + 2 {
+        let response = http_client()
+            .post(format!("http://{}/v1/chat/completions", alone.process.addr))
+            .bearer_auth(secret)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("alone {i}")}]}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(admitted, RPM, "{statuses:?}");
+    let metrics = http_client()
+        .get(format!("{}/metrics", alone.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("deja_redis_up 0"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("deja_limits_local_fallback_total {}", RPM + 2)),
+        "{metrics}"
+    );
 }

@@ -44,7 +44,14 @@ pub async fn admit(app: &App, key: &KeyConfig) -> Result<RateState, Refusal> {
     if key.rpm > 0
         && let Some(replica) = app.replica.get()
     {
-        match take(replica, key).await {
+        // While Redis is known to be away, no request waits for it (the log follower notices
+        // when it is back).
+        let shared = if replica.redis_up() {
+            take(replica, key).await
+        } else {
+            Err(ReplicaError::Timeout)
+        };
+        match shared {
             Ok(None) => {}
             Ok(Some(retry_ms)) => {
                 return Err(Refusal::Requests {
