@@ -7,7 +7,7 @@ use super::{ConfigError, Secret, invalid};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://host:port/db` (or `rediss://` for TLS-less only builds: plain TCP here). Give
+    /// `redis://host:port/db` or `redis+unix:///path` (plain TCP; no TLS in this build). Give
     /// the password through `password` (`DEJA_REDIS__PASSWORD`), never in the URL.
     pub url: String,
     /// AUTH password, if Redis asks for one.
@@ -66,5 +66,58 @@ impl RedisConfig {
             return invalid("redis.log_max_len", "must be in 1000..=100000000");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    #[test]
+    fn absent_by_default_and_set_by_the_environment_alone() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("proxy.toml", "")?;
+            let config = Config::load(Path::new("proxy.toml")).expect("loads");
+            assert!(config.redis.is_none());
+            jail.set_env("DEJA_REDIS__URL", "redis://127.0.0.1:6390/2");
+            let config = Config::load(Path::new("proxy.toml")).expect("loads");
+            let redis = config.redis.expect("[redis] from the environment");
+            assert_eq!(redis.url, "redis://127.0.0.1:6390/2");
+            assert_eq!(redis.key_prefix, "deja:");
+            assert_eq!(redis.timeout_ms, 250);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_password_in_the_url_or_another_scheme_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (url, words) in [
+                ("redis://:hunter2@127.0.0.1:6379", "password"),
+                ("redis://user:pw@host/0", "password"),
+                ("http://127.0.0.1:6379", "redis://"),
+                ("", "redis://"),
+            ] {
+                jail.create_file("proxy.toml", &format!("[redis]\nurl = \"{url}\"\n"))?;
+                let err = Config::load(Path::new("proxy.toml")).expect_err(url);
+                let text = err.to_string();
+                assert!(
+                    text.contains("redis.url") && text.contains(words),
+                    "{url}: {text}"
+                );
+                assert!(!text.contains("hunter2"), "{text}");
+            }
+            jail.create_file(
+                "proxy.toml",
+                "[redis]\nurl = \"redis://h:1\"\ntimeout_ms = 0\n",
+            )?;
+            assert!(Config::load(Path::new("proxy.toml")).is_err());
+            Ok(())
+        });
     }
 }
