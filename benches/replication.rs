@@ -5,7 +5,10 @@
 //! - the exact-hit path: sequential exact hits on a replica with `[redis]` against one
 //!   without, in alternating rounds (ratio; hits never touch Redis, so ≈ 1.0 is expected).
 //!
-//! `cargo bench --bench replication -- [N]` (default 500). Writes
+//! - the added latency of an rpm limit checked in Redis (a managed key's exact hit);
+//! - the time for a fresh replica to join a cluster of `JOIN` entries (default 20,000).
+//!
+//! `cargo bench --bench replication -- [N] [JOIN]` (default 500). Writes
 //! `benches/results/replication.md`.
 
 #[allow(dead_code)] // the bench uses a few of its calls
@@ -24,6 +27,7 @@ use fake_upstream::{FakeUpstream, http_client};
 use serde_json::json;
 
 const HIT_ROUNDS: usize = 5;
+const LIMITED_KEY: &str = "sk-deja-bench-limited";
 const HITS_PER_ROUND: usize = 2000;
 
 struct Redis(Child);
@@ -57,7 +61,24 @@ fn redis(dir: &std::path::Path) -> (Redis, u16) {
 }
 
 async fn replica(fake: &FakeUpstream, dir: &std::path::Path, redis: Option<u16>) -> RunningServer {
+    replica_with(fake, dir, redis, false).await
+}
+
+/// `managed`: one key (`LIMITED_KEY`) with an rpm limit no run reaches, so every request
+/// takes the limit's path without being refused.
+async fn replica_with(
+    fake: &FakeUpstream,
+    dir: &std::path::Path,
+    redis: Option<u16>,
+    managed: bool,
+) -> RunningServer {
     let mut config = Config::default();
+    if managed {
+        let mut key = deja::config::KeyConfig::unlimited("bench", LIMITED_KEY);
+        key.rpm = 100_000_000;
+        config.keys = vec![key];
+        config.upstream.api_key = Some(deja::config::Secret::new("sk-upstream-bench"));
+    }
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.upstream.base_url = fake.base_url();
     config.cache.dir = dir.to_path_buf();
@@ -81,7 +102,7 @@ async fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(500);
-    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<_> = (0..7).map(|_| tempfile::tempdir().unwrap()).collect();
     let (_redis, port) = redis(dirs[0].path());
     let fake = FakeUpstream::start().await;
     let a = replica(&fake, dirs[1].path(), Some(port)).await;
@@ -161,6 +182,87 @@ async fn main() {
         "exact hits, one client: {with:.0}/s with [redis], {without:.0}/s without (ratio {:.3})",
         with / without
     );
+    // The added latency of a Redis-checked rpm limit: exact hits of a managed key on a
+    // replica with [redis] against one without, alternating rounds.
+    let lim_redis = replica_with(&fake, dirs[4].path(), Some(port), true).await;
+    let lim_local = replica_with(&fake, dirs[5].path(), None, true).await;
+    let limited = |addr: std::net::SocketAddr| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(format!("http://{addr}/v1/chat/completions"))
+                .bearer_auth(LIMITED_KEY)
+                .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "limited"}]}))
+                .send()
+                .await
+                .expect("answered");
+            assert_eq!(response.status(), 200);
+            response.bytes().await.expect("body");
+        }
+    };
+    let mut micros = [Vec::new(), Vec::new()];
+    for _ in 0..HIT_ROUNDS {
+        for (slot, addr) in [lim_redis.addr, lim_local.addr].into_iter().enumerate() {
+            limited(addr).await;
+            let started = Instant::now();
+            for _ in 0..HITS_PER_ROUND {
+                limited(addr).await;
+            }
+            micros[slot].push(started.elapsed().as_secs_f64() * 1e6 / HITS_PER_ROUND as f64);
+        }
+    }
+    let (checked, local) = (median(&mut micros[0]), median(&mut micros[1]));
+    println!(
+        "managed-key hit: {checked:.0} µs with the rpm limit in Redis, {local:.0} µs local (+{:.0} µs)",
+        checked - local
+    );
+
+    // Joining: entries published by A (second argument, default 20,000), then a fresh
+    // replica starts; it loads them before `start` returns.
+    let join_n: usize = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .nth(1)
+        .unwrap_or(20_000);
+    let a_cache = a.app.cache.clone().expect("cache");
+    let replica_a = a.app.replica.get().expect("replica").clone();
+    let published =
+        |r: &deja::replica::Replica| r.stats.published.load(std::sync::atomic::Ordering::Relaxed);
+    let target = published(&replica_a) + join_n as u64;
+    tokio::task::spawn_blocking(move || {
+        for i in 0..join_n {
+            let hash = |tag: &str| {
+                deja::cache::key::Hash32(*blake3::hash(format!("{tag} {i}").as_bytes()).as_bytes())
+            };
+            a_cache
+                .insert(deja::cache::NewEntry {
+                    scope: hash("scope"),
+                    exact: hash("exact"),
+                    model: "gpt-4o-mini".into(),
+                    response: format!(
+                        "{{\"id\":\"chatcmpl-{i}\",\"object\":\"chat.completion\",\"choices\":[]}}"
+                    ),
+                    has_usage: true,
+                    vector: None,
+                    prompt: None,
+                    owner: Default::default(),
+                })
+                .expect("insert");
+        }
+    })
+    .await
+    .expect("inserts");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while published(&replica_a) < target {
+        assert!(Instant::now() < deadline, "not all published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let joined = replica(&fake, dirs[6].path(), Some(port)).await;
+    let join_secs = started.elapsed().as_secs_f64();
+    let held = joined.app.cache.as_ref().expect("cache").entries();
+    println!("joining a cluster of {held} entries: {join_secs:.2} s");
+
     let profile = if cfg!(debug_assertions) {
         "dev (unoptimised)"
     } else {
@@ -175,7 +277,10 @@ async fn main() {
          | propagation lag max | {max:.2} ms |\n\
          | exact hits/s, one client, with `[redis]` | {with:.0} |\n\
          | exact hits/s, one client, without | {without:.0} |\n\
-         | ratio | {:.3} |\n",
+         | ratio | {:.3} |\n\
+         | managed-key hit with the rpm limit checked in Redis | {checked:.0} µs |\n\
+         | the same without Redis | {local:.0} µs |\n\
+         | joining a cluster of {held} entries (start → listening) | {join_secs:.2} s |\n",
         redis_version(),
         with / without
     );
