@@ -3,8 +3,7 @@
 //!   holds the entry (B's store is polled in-process, every 50 µs; one HTTP probe then
 //!   confirms it is a hit), p50/p99 over `N` prompts;
 //! - the exact-hit path: sequential exact hits on a replica with `[redis]` against one
-//!   without, in alternating rounds (ratio; hits never touch Redis, so ≈ 1.0 is expected).
-//!
+//!   without, in alternating rounds (ratio; hits never touch Redis, so ≈ 1.0 is expected);
 //! - the added latency of an rpm limit checked in Redis (a managed key's exact hit);
 //! - the time for a fresh replica to join a cluster of `JOIN` entries (default 20,000).
 //!
@@ -269,7 +268,7 @@ async fn main() {
         "release"
     };
     let report = format!(
-        "# Replication through Redis\n\n`cargo bench [--profile dev] --bench replication -- {n}`, {profile} build, \
+        "# Replication through Redis\n\n`cargo bench [--profile dev] --bench replication -- {n} {join_n}`, {profile} build, \
          redis-server {}, two replicas and Redis on one machine.\n\n\
          | measure | value |\n|---|---|\n\
          | propagation lag p50 (end of a miss on A → entry on B) | {p50:.2} ms |\n\
