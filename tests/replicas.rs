@@ -383,3 +383,52 @@ async fn an_rpm_limit_holds_across_three_replicas() {
         "{metrics}"
     );
 }
+
+/// A replica away while the log was trimmed past its position reloads the entries instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_whose_position_was_trimmed_away_reloads_the_entries() {
+    let redis = RedisServer::start();
+    let fake = FakeUpstream::start().await;
+    let a = start_replica(&fake, &redis.url(), None).await;
+    let mut b = start_replica(&fake, &redis.url(), None).await;
+    let first = prompt(&fake, 500);
+    store(&a, &first).await;
+    assert_eq!(until(&b, &first, "hit").await.0, "hit");
+    b.process.crash().await;
+    let later: Vec<String> = (501..506).map(|n| prompt(&fake, n)).collect();
+    for text in &later {
+        store(&a, text).await;
+    }
+    // Every event B has not seen is gone from the log (the entries stay in Redis).
+    let trimmed = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "XTRIM",
+            "deja:log",
+            "MAXLEN",
+            "0",
+        ])
+        .output()
+        .expect("redis-cli (installed with redis-server)");
+    assert!(trimmed.status.success());
+    let dir = std::mem::replace(&mut b._dir, tempfile::tempdir().unwrap());
+    drop(b);
+    let b = start_replica(&fake, &redis.url(), Some(dir)).await;
+    for text in std::iter::once(&first).chain(&later) {
+        assert_eq!(ask(&b, text).await.1, "hit", "{text}");
+    }
+    let metrics = http_client()
+        .get(format!("{}/metrics", b.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("deja_replica_resyncs_total 1"),
+        "{metrics}"
+    );
+}

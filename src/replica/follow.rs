@@ -43,15 +43,15 @@ pub(super) async fn join(replica: &Arc<Replica>) -> Result<LogPos, ReplicaError>
                 .arg(1)
                 .query_async(&mut conn)
                 .await?;
-            let last: StreamRangeReply = redis::cmd("XREVRANGE")
+            // The last id ever generated, not the last one left: a log trimmed empty still
+            // says whether anything was added after this replica's position.
+            let info: Option<Value> = redis::cmd("XINFO")
+                .arg("STREAM")
                 .arg(&log)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
                 .query_async(&mut conn)
-                .await?;
-            Ok((first_pos(&first), first_pos(&last)))
+                .await
+                .ok();
+            Ok((first_pos(&first), info.as_ref().and_then(last_generated)))
         })
         .await?;
     let held = replica
@@ -61,7 +61,9 @@ pub(super) async fn join(replica: &Arc<Replica>) -> Result<LogPos, ReplicaError>
         .and_then(LogPos::parse);
     let covered = match (held, first, last) {
         (Some(held), Some(first), Some(last)) => held >= first && held <= last,
-        // An empty log: nothing to replay, but the entries may still be there.
+        // A log trimmed empty: covered only if nothing was added since this replica's position.
+        (Some(held), None, Some(last)) => held == last,
+        // No log at all (Redis new or restarted empty).
         (Some(held), None, None) => held == LogPos::START,
         _ => false,
     };
@@ -107,6 +109,24 @@ pub(super) async fn run(replica: Arc<Replica>, mut pos: Option<LogPos>) {
             }
         };
     }
+}
+
+/// `last-generated-id` from an XINFO STREAM reply (a flat array in RESP2, a map in RESP3).
+fn last_generated(info: &Value) -> Option<LogPos> {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let pairs: Vec<(&Value, &Value)> = match info {
+        Value::Array(items) => items.chunks_exact(2).map(|p| (&p[0], &p[1])).collect(),
+        Value::Map(items) => items.iter().map(|(k, v)| (k, v)).collect(),
+        _ => return None,
+    };
+    pairs
+        .into_iter()
+        .find(|(k, _)| text(k).as_deref() == Some("last-generated-id"))
+        .and_then(|(_, v)| LogPos::parse(&text(v)?))
 }
 
 fn first_pos(reply: &StreamRangeReply) -> Option<LogPos> {
