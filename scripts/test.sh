@@ -10,6 +10,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # name no key are ignored with a warning), so a stray one could change what a test runs.
 bash scripts/setup-python.sh
 
+# tests/replicas.rs starts real redis-server processes (Debian's redis-server, Redis 7).
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+    else
+        sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+    fi
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --no-fail-fast "$@"
 else

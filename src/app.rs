@@ -36,6 +36,8 @@ pub struct App {
     pub clock: SharedClock,
     /// Set once shutdown begins: readiness fails so load balancers stop sending.
     pub draining: std::sync::atomic::AtomicBool,
+    /// `[redis]` replication, set by `replica::attach` at start-up.
+    pub replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,7 @@ impl App {
             usage,
             clock,
             draining: Default::default(),
+            replica: Default::default(),
             config: ArcSwap::from_pointee(config),
             upstream,
             cache,

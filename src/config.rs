@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 mod access;
 mod env;
 mod ranges;
+mod redis;
 
 pub use access::{AdminConfig, BudgetPeriod, KeyConfig, Price, UsageConfig};
+pub use redis::RedisConfig;
 
 /// Everything deja reads at start-up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -46,6 +48,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Model aliases and fallbacks (`crate::routing`).
     pub routing: crate::routing::RoutingConfig,
+    /// Replicas sharing entries through Redis (`crate::replica`); absent, deja is one island.
+    pub redis: Option<RedisConfig>,
     /// `DEJA_*` environment variables that name no key and were left out; not a key.
     #[serde(skip)]
     pub ignored_env: Vec<String>,
@@ -380,6 +384,9 @@ impl Config {
             check_similarity(&format!("cache.model_thresholds.\"{model}\""), *value)?;
         }
         ranges::check(self)?;
+        if let Some(redis) = &self.redis {
+            redis.validate()?;
+        }
         if !(self.cache.compact_dead_ratio > 0.0 && self.cache.compact_dead_ratio <= 1.0) {
             return invalid("cache.compact_dead_ratio", "must be in (0, 1]");
         }

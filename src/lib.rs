@@ -58,6 +58,7 @@ pub mod metrics;
 pub mod relay;
 #[cfg(test)]
 mod replay_reference;
+pub mod replica;
 pub mod request_path;
 pub mod responses;
 pub mod retry;

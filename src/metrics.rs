@@ -93,6 +93,8 @@ pub struct Metrics {
     writes_skipped: Counter,
     writes_enabled: Gauge,
     oversized_skipped: Counter,
+    /// `[redis]` replication series.
+    pub replica: crate::replica::metrics::ReplicaMetrics,
 }
 
 fn latency() -> Histogram {
@@ -137,6 +139,7 @@ impl Default for Metrics {
             writes_skipped: Counter::default(),
             writes_enabled: Gauge::default(),
             oversized_skipped: Counter::default(),
+            replica: Default::default(),
             registry: Registry::default(),
             resolved: Resolved {
                 requests: Vec::new(),
@@ -308,6 +311,7 @@ impl Default for Metrics {
             "Answers not cached because they alone exceed cache.max_bytes",
             m.oversized_skipped.clone(),
         );
+        m.replica.register(r);
         Metrics { registry, ..m }
     }
 }

@@ -84,7 +84,8 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     };
     let tracker = Tracker::new(app.clone(), name, key.clone());
     if let Some(key) = &key
-        && let Err(refusal) = app.limits.admit(key, app.now_ms())
+        // `[redis]`: rpm counted across replicas, then locally as before.
+        && let Err(refusal) = crate::replica::limits::admit(&app, key).await
     {
         let refused = tracker.refused(refusal).into_response();
         return finish(&app, tracker, Some(key), refused);

@@ -98,6 +98,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
             source: std::io::Error::other(e),
         })??;
     let app = Arc::new(app);
+    // `[redis]`: load what other replicas stored before serving (nothing without it).
+    crate::replica::attach(&app).await;
     tracing::info!(
         %addr,
         upstream = %app.config().upstream.base_url,

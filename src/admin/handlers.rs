@@ -33,6 +33,7 @@ pub fn metrics(app: &App) -> Response<ProxyBody> {
             writes_enabled: cache.writes_enabled(),
             oversized_skipped: cache.oversized_skipped(),
         });
+    app.metrics.replica.update(app.replica.get().map(|r| &**r)); // `[redis]` series
     let mut response = Response::new(crate::body::full(
         app.metrics.render(gauges, app.usage.dropped()),
     ));

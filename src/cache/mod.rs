@@ -8,11 +8,14 @@
 //! - `verify`: a second check on semantic candidates (numbers, negation)
 //! - `recency`: least-recently-used order and eviction for the capacity caps
 //! - `health`: write failures (full or read-only disk) turn writes off, then probe and recover
+//! - `events`: what a store or an admin delete tells observers (replication), and applying
+//!   what other replicas stored
 //!
 //! Every method here blocks; run it with `spawn_blocking`.
 
 pub mod admin;
 pub mod entry;
+pub mod events;
 pub mod health;
 pub mod index;
 pub mod key;
@@ -111,6 +114,8 @@ pub struct Cache {
     recency: Recency,
     /// Answers not stored because they alone exceed `cache.max_bytes`.
     oversized: AtomicU64,
+    /// Told of every local store and admin delete (`[redis]` replication); unset without it.
+    events: std::sync::OnceLock<Arc<dyn events::CacheEvents>>,
 }
 
 /// Reads vectors for the index through the cache's store slot: after a reopen, the new store.
@@ -202,6 +207,7 @@ impl Cache {
             capacity,
             recency: Recency::default(),
             oversized: AtomicU64::new(0),
+            events: std::sync::OnceLock::new(),
         };
         cache.load_recency(&with_vectors)?;
         Ok(cache)
@@ -388,14 +394,25 @@ impl Cache {
             prompt: new.prompt,
             owner: new.owner,
         };
-        let size = self.admit(&entry, new.vector.as_deref())?;
-        let (id, replaced) = self.write(|store| store.insert(&entry, new.vector.as_deref()))?;
+        let id = self.store_entry(&entry, new.vector.as_deref())?;
+        if let Some(events) = self.events.get() {
+            events.stored(&entry, new.vector.as_deref());
+        }
+        Ok((id, now))
+    }
+
+    /// Writes an entry (new here, or stored by another replica) into the store, the index and
+    /// the use order, then evicts down to the caps; returns its id.
+    fn store_entry(&self, entry: &Entry, vector: Option<&[f32]>) -> Result<u64, StoreError> {
+        let scope = entry.scope();
+        let size = self.admit(entry, vector)?;
+        let (id, replaced) = self.write(|store| store.insert(entry, vector))?;
         if let Some(replaced) = replaced {
             self.index.remove(replaced.scope, replaced.id);
             self.recency.removed(replaced.id);
         }
-        if let Some(vector) = &new.vector {
-            self.index.insert(new.scope, id, vector);
+        if let Some(vector) = vector {
+            self.index.insert(scope, id, vector);
         }
         if let Some(size) = size {
             self.recency.stored(id, size);
@@ -404,11 +421,11 @@ impl Cache {
         // entry between the write and the lines above: its removal then found nothing in the
         // index or the use order. Checking after adding means one of the two always cleans up.
         if !self.is_stored(id) {
-            self.index.remove(new.scope, id);
+            self.index.remove(scope, id);
             self.recency.removed(id);
         }
         self.evict()?;
-        Ok((id, now))
+        Ok(id)
     }
 
     /// Whether `id` is in the store; waits for a reopen (a write path, never a lookup).
@@ -417,14 +434,27 @@ impl Cache {
         guard.as_ref().is_some_and(|store| store.contains(id))
     }
 
-    /// Removes one entry from the store and the index.
+    /// Deletes one entry (an admin call): from the store and the index here, and through the
+    /// event observer on every other replica.
     pub fn remove(&self, id: u64) -> Result<bool, StoreError> {
-        let Some(entry) = self.write(|store| store.remove(id))? else {
+        let Some(entry) = self.remove_local(id)? else {
             return Ok(false);
+        };
+        if let Some(events) = self.events.get() {
+            events.removed(&entry);
+        }
+        Ok(true)
+    }
+
+    /// Removes one entry from this replica's store and index only (expiry and eviction,
+    /// which every replica does by itself, and deletes applied from other replicas).
+    fn remove_local(&self, id: u64) -> Result<Option<Entry>, StoreError> {
+        let Some(entry) = self.write(|store| store.remove(id))? else {
+            return Ok(None);
         };
         self.index.remove(entry.scope(), id);
         self.recency.removed(id);
-        Ok(true)
+        Ok(Some(entry))
     }
 
     /// Deletes every expired entry; returns how many.
@@ -439,7 +469,7 @@ impl Cache {
                 return Ok(removed);
             }
             for id in ids {
-                removed += usize::from(self.remove(id)?);
+                removed += usize::from(self.remove_local(id)?.is_some());
             }
         }
     }

@@ -184,7 +184,7 @@ impl Cache {
     /// most recently used when it is stored, so it never evicts more than it needs.
     pub(super) fn evict(&self) -> Result<(), StoreError> {
         while let Some(id) = self.recency.pop_over(self.capacity) {
-            self.remove(id)?;
+            self.remove_local(id)?; // each replica evicts by its own use order
         }
         Ok(())
     }

@@ -5,4 +5,5 @@ pub mod fake_upstream;
 pub mod faulty_upstream;
 pub mod process;
 pub mod proxy;
+pub mod redis_server;
 pub mod sse;
