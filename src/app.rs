@@ -36,6 +36,9 @@ pub struct App {
     pub clock: SharedClock,
     /// Set once shutdown begins: readiness fails so load balancers stop sending.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The job queue (`/v1/async/...`); `None` when `jobs.enabled` is off or its store
+    /// could not be opened.
+    pub jobs: Option<Arc<crate::jobs::Jobs>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +109,19 @@ impl App {
             path: config.usage.log.clone(),
             source,
         })?;
+        // Jobs (`crate::jobs`): their own store; one that cannot open leaves only `/v1/async` off.
+        let jobs = config
+            .jobs
+            .enabled
+            .then(|| crate::jobs::Jobs::open(&config))
+            .and_then(|opened| {
+                opened
+                    .inspect_err(|err| tracing::error!(error = %err, "job queue unavailable"))
+                    .ok()
+            })
+            .map(Arc::new);
         Ok(App {
+            jobs,
             keys: ArcSwap::from_pointee(KeyRing::from_config(&config)),
             limits: Limits::default(),
             metrics: Metrics::default(),

@@ -49,6 +49,8 @@ pub struct Config {
     /// `DEJA_*` environment variables that name no key and were left out; not a key.
     #[serde(skip)]
     pub ignored_env: Vec<String>,
+    /// The persistent job queue (`/v1/async/...`, `crate::jobs`).
+    pub jobs: crate::jobs::JobsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -380,6 +382,10 @@ impl Config {
             check_similarity(&format!("cache.model_thresholds.\"{model}\""), *value)?;
         }
         ranges::check(self)?;
+        // `[jobs]` checks itself (`crate::jobs::config`).
+        if let Some((key, problem)) = self.jobs.problem() {
+            return invalid(key, &problem);
+        }
         if !(self.cache.compact_dead_ratio > 0.0 && self.cache.compact_dead_ratio <= 1.0) {
             return invalid("cache.compact_dead_ratio", "must be in (0, 1]");
         }

@@ -65,6 +65,8 @@ struct Resolved {
 
 pub struct Metrics {
     registry: Registry,
+    /// The job queue's metrics (`crate::jobs::metrics`).
+    pub jobs: crate::jobs::JobMetrics,
     resolved: Resolved,
     requests: Family<Labels2, Counter>,
     hits: Family<Labels, Counter>,
@@ -138,6 +140,7 @@ impl Default for Metrics {
             writes_enabled: Gauge::default(),
             oversized_skipped: Counter::default(),
             registry: Registry::default(),
+            jobs: Default::default(),
             resolved: Resolved {
                 requests: Vec::new(),
                 hits: Default::default(),
@@ -308,6 +311,7 @@ impl Default for Metrics {
             "Answers not cached because they alone exceed cache.max_bytes",
             m.oversized_skipped.clone(),
         );
+        m.jobs.register(r);
         Metrics { registry, ..m }
     }
 }
