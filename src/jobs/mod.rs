@@ -45,8 +45,10 @@ pub struct Jobs {
     /// Ids of queued jobs, oldest first.
     ready: Mutex<VecDeque<String>>,
     wake: Notify,
-    /// No job starts before this (ms, app clock): the upstream asked the queue to wait.
+    /// No job starts before this (ms of `since`): the upstream asked the queue to wait.
     paused_until_ms: AtomicU64,
+    /// A monotonic origin for pauses (the app clock may be a test's manual one).
+    since: std::time::Instant,
 }
 
 impl Jobs {
@@ -67,6 +69,7 @@ impl Jobs {
             ready: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             paused_until_ms: AtomicU64::new(0),
+            since: std::time::Instant::now(),
         }
     }
 
@@ -126,8 +129,15 @@ impl Jobs {
         }
     }
 
-    fn pause_until(&self, until_ms: u64) {
-        self.paused_until_ms.fetch_max(until_ms, Ordering::SeqCst);
+    /// Monotonic milliseconds, for pauses.
+    fn mono_ms(&self) -> u64 {
+        self.since.elapsed().as_millis() as u64
+    }
+
+    /// No job starts for `wait_ms` from now (a longer pause already set stays).
+    fn pause_for(&self, wait_ms: u64) {
+        let until = self.mono_ms().saturating_add(wait_ms);
+        self.paused_until_ms.fetch_max(until, Ordering::SeqCst);
     }
 
     /// Puts back what a stop left unfinished, resumes webhooks, and drops expired jobs.

@@ -27,10 +27,10 @@ pub fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Waits while the queue is paused.
-async fn unpaused(app: &App, jobs: &Jobs) {
+async fn unpaused(jobs: &Jobs) {
     loop {
         let until = jobs.paused_until_ms.load(Ordering::SeqCst);
-        let now = app.now_ms();
+        let now = jobs.mono_ms();
         if until <= now {
             return;
         }
@@ -47,7 +47,7 @@ pub async fn run(app: Arc<App>, jobs: Arc<Jobs>, target: SocketAddr) {
         }
     };
     loop {
-        unpaused(&app, &jobs).await;
+        unpaused(&jobs).await;
         let Some(job) = jobs.claim(&app) else {
             jobs.wake.notified().await;
             continue;
@@ -136,7 +136,7 @@ async fn run_one(
         } else {
             tracing::info!(wait_ms = wait, "upstream rate limit; job queue paused");
             app.metrics.jobs.paused.inc();
-            jobs.pause_until(app.now_ms() + wait);
+            jobs.pause_for(wait);
             requeue_front(app, jobs, &job.id);
         }
         return;
@@ -151,7 +151,7 @@ async fn run_one(
             "upstream rate limit exhausted; job queue paused"
         );
         app.metrics.jobs.paused.inc();
-        jobs.pause_until(app.now_ms() + reset);
+        jobs.pause_for(reset);
     }
     finish(app, jobs, &job.id, answer_of(reply));
 }
@@ -206,8 +206,7 @@ fn finish(app: &Arc<App>, jobs: &Arc<Jobs>, id: &str, answer: Answer) {
     }
 }
 
-fn mark_queued(app: &App, jobs: &Jobs, id: &str) -> bool {
-    let _ = app;
+fn mark_queued(jobs: &Jobs, id: &str) -> bool {
     match jobs.update(id, |job| job.status = Status::Queued) {
         Ok(Some(_)) => true,
         Ok(None) => false,
@@ -219,14 +218,14 @@ fn mark_queued(app: &App, jobs: &Jobs, id: &str) -> bool {
 }
 
 fn requeue(app: &App, jobs: &Jobs, id: &str) {
-    if mark_queued(app, jobs, id) {
+    if mark_queued(jobs, id) {
         jobs.push(id.to_string(), app);
     }
 }
 
 /// Back at the head of the queue, so a pause does not reorder jobs.
 fn requeue_front(app: &App, jobs: &Jobs, id: &str) {
-    if mark_queued(app, jobs, id) {
+    if mark_queued(jobs, id) {
         let depth = {
             let mut ready = jobs.ready.lock();
             ready.push_front(id.to_string());
@@ -238,7 +237,7 @@ fn requeue_front(app: &App, jobs: &Jobs, id: &str) {
 }
 
 fn requeue_after(app: &Arc<App>, jobs: &Arc<Jobs>, id: String, wait_ms: u64) {
-    if !mark_queued(app, jobs, &id) {
+    if !mark_queued(jobs, &id) {
         return;
     }
     let (app, jobs) = (app.clone(), jobs.clone());

@@ -6,3 +6,4 @@ pub mod faulty_upstream;
 pub mod process;
 pub mod proxy;
 pub mod sse;
+pub mod webhook_receiver;
