@@ -323,3 +323,33 @@ async fn another_tenants_job_id_is_a_404() {
     assert_eq!(finished(&h, id).await["status"], "succeeded");
     assert_eq!(poll(&h, KEY_A, "job_unknown").await.0, 404);
 }
+
+#[tokio::test]
+async fn an_upstream_429_pauses_the_queue_and_loses_no_job() {
+    let h = harness(None, 4).await;
+    h.upstream.rate_limit_for(Duration::from_millis(1500));
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            submitted(&h, &ask(&format!("question {i}"))).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for id in &ids {
+        let done = finished(&h, id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["response"]["status_code"], 200);
+    }
+    let calls = h.upstream.calls(CHAT_PATH);
+    let refused = calls - 20;
+    // The first wave meets the limit (4 workers, each call with the synchronous path's own
+    // 3 attempts); then the queue waits for the reset instead of trying again and again.
+    eprintln!("429s answered: {refused}");
+    assert!(refused >= 1, "the limit was met");
+    assert!(
+        refused <= 4 * 3 + 4,
+        "no retries burnt against the limit: {refused}"
+    );
+}
