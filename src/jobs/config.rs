@@ -55,8 +55,28 @@ impl JobsConfig {
         if !(1..=1024).contains(&self.concurrency) {
             return Some(("jobs.concurrency", "must be in 1..=1024".into()));
         }
-        if self.webhook_max_attempts == 0 {
-            return Some(("jobs.webhook_max_attempts", "must be at least 1".into()));
+        if !(1..=100).contains(&self.webhook_max_attempts) {
+            return Some(("jobs.webhook_max_attempts", "must be in 1..=100".into()));
+        }
+        if !(1..=30 * 86_400).contains(&self.retention_secs) {
+            return Some((
+                "jobs.retention_secs",
+                "must be in 1..=2592000 (30 days)".into(),
+            ));
+        }
+        if !(1..=3_600).contains(&self.webhook_timeout_secs) {
+            return Some(("jobs.webhook_timeout_secs", "must be in 1..=3600".into()));
+        }
+        for (key, ms) in [
+            (
+                "jobs.webhook_initial_backoff_ms",
+                self.webhook_initial_backoff_ms,
+            ),
+            ("jobs.webhook_max_backoff_ms", self.webhook_max_backoff_ms),
+        ] {
+            if ms > 86_400_000 {
+                return Some((key, "must be at most 86400000 (a day)".into()));
+            }
         }
         if let Some(secret) = &self.webhook_secret
             && crate::jobs::webhook::secret_key(secret).is_none()
@@ -81,5 +101,31 @@ impl JobsConfig {
             ));
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callbacks_need_a_valid_secret_and_http_prefixes() {
+        assert!(JobsConfig::default().problem().is_none());
+        let mut config = JobsConfig {
+            callback_allow: vec!["https://hooks.example.com/".into()],
+            ..JobsConfig::default()
+        };
+        assert_eq!(config.problem().unwrap().0, "jobs.webhook_secret");
+        config.webhook_secret = Some("not-a-secret".into());
+        assert_eq!(config.problem().unwrap().0, "jobs.webhook_secret");
+        config.webhook_secret = Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into());
+        assert!(config.problem().is_none());
+        config.callback_allow = vec!["ftp://x/".into()];
+        assert_eq!(config.problem().unwrap().0, "jobs.callback_allow");
+        let zero = JobsConfig {
+            concurrency: 0,
+            ..JobsConfig::default()
+        };
+        assert_eq!(zero.problem().unwrap().0, "jobs.concurrency");
     }
 }
