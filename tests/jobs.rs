@@ -353,3 +353,43 @@ async fn an_upstream_429_pauses_the_queue_and_loses_no_job() {
         "no retries burnt against the limit: {refused}"
     );
 }
+
+#[tokio::test]
+async fn managed_keys_authenticate_jobs_and_own_them() {
+    use support::admin::{UPSTREAM_KEY, key, managed, metric};
+    const ALICE: &str = "sk-deja-alice-secret";
+    const BOB: &str = "sk-deja-bob-secret";
+    let h = managed(vec![key("alice", ALICE), key("bob", BOB)], |_| {}).await;
+    let refused = submit(&h, "sk-deja-mallory", &[], &ask("hello")).await;
+    assert_eq!(refused.status(), 401);
+    let response = submit(&h, ALICE, &[], &ask("hello")).await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(poll(&h, BOB, &id).await.0, 404, "another key's job");
+    assert_eq!(poll(&h, "sk-deja-mallory", &id).await.0, 401);
+    let done = loop {
+        let (status, job) = poll(&h, ALICE, &id).await;
+        assert_eq!(status, 200);
+        if job["status"] == "succeeded" {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["response"]["status_code"], 200);
+    // The job reached the upstream with deja's key, never with the caller's.
+    let sent = h.upstream.last_request(CHAT_PATH).unwrap();
+    let auth = sent.headers["authorization"].to_str().unwrap();
+    assert_eq!(auth, format!("Bearer {UPSTREAM_KEY}"));
+    // The queue in /metrics.
+    let text = h.metrics().await;
+    assert_eq!(metric(&text, "deja_jobs_submitted_total"), 1.0);
+    assert_eq!(
+        metric(&text, "deja_jobs_finished_total{status=\"succeeded\"}"),
+        1.0
+    );
+    assert_eq!(metric(&text, "deja_jobs_queued"), 0.0);
+    assert_eq!(metric(&text, "deja_job_run_seconds_count"), 1.0);
+}
