@@ -38,6 +38,9 @@ pub struct App {
     pub draining: std::sync::atomic::AtomicBool,
     /// `[redis]` replication, set by `replica::attach` at start-up.
     pub replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
+    /// The job queue (`/v1/async/...`); `None` when `jobs.enabled` is off or its store
+    /// could not be opened.
+    pub jobs: Option<Arc<crate::jobs::Jobs>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +111,19 @@ impl App {
             path: config.usage.log.clone(),
             source,
         })?;
+        // Jobs (`crate::jobs`): their own store; one that cannot open leaves only `/v1/async` off.
+        let jobs = config
+            .jobs
+            .enabled
+            .then(|| crate::jobs::Jobs::open(&config))
+            .and_then(|opened| {
+                opened
+                    .inspect_err(|err| tracing::error!(error = %err, "job queue unavailable"))
+                    .ok()
+            })
+            .map(Arc::new);
         Ok(App {
+            jobs,
             keys: ArcSwap::from_pointee(KeyRing::from_config(&config)),
             limits: Limits::default(),
             metrics: Metrics::default(),

@@ -53,6 +53,8 @@ pub struct Config {
     /// `DEJA_*` environment variables that name no key and were left out; not a key.
     #[serde(skip)]
     pub ignored_env: Vec<String>,
+    /// The persistent job queue (`/v1/async/...`, `crate::jobs`).
+    pub jobs: crate::jobs::JobsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -386,6 +388,10 @@ impl Config {
         ranges::check(self)?;
         if let Some(redis) = &self.redis {
             redis.validate()?;
+        }
+        // `[jobs]` checks itself (`crate::jobs::config`).
+        if let Some((key, problem)) = self.jobs.problem() {
+            return invalid(key, &problem);
         }
         if !(self.cache.compact_dead_ratio > 0.0 && self.cache.compact_dead_ratio <= 1.0) {
             return invalid("cache.compact_dead_ratio", "must be in (0, 1]");

@@ -22,6 +22,7 @@
 //! - `embed`: prompt → unit vector (OpenAI-compatible embeddings API)
 //! - `sse`: Server-Sent Events parsing and writing
 //! - `error`: deja's own errors as OpenAI-shaped responses
+//! - `jobs`: the persistent job queue (`/v1/async/...`): workers, polling, signed webhooks
 //! - `admin`: the admin listener (probes, /metrics, cache administration, reload)
 //! - `keys`, `limits`: managed mode (deja keys, per-key rate limits and budgets)
 //! - `track`, `usage`, `metrics`: one record per request → usage log and Prometheus metrics
@@ -48,6 +49,7 @@ pub mod control;
 pub mod embed;
 pub mod embeddings;
 pub mod error;
+pub mod jobs;
 pub mod json_budget;
 pub mod json_splice;
 pub mod keys;

@@ -65,6 +65,8 @@ struct Resolved {
 
 pub struct Metrics {
     registry: Registry,
+    /// The job queue's metrics (`crate::jobs::metrics`).
+    pub jobs: crate::jobs::JobMetrics,
     resolved: Resolved,
     requests: Family<Labels2, Counter>,
     hits: Family<Labels, Counter>,
@@ -141,6 +143,7 @@ impl Default for Metrics {
             oversized_skipped: Counter::default(),
             replica: Default::default(),
             registry: Registry::default(),
+            jobs: Default::default(),
             resolved: Resolved {
                 requests: Vec::new(),
                 hits: Default::default(),
@@ -312,6 +315,7 @@ impl Default for Metrics {
             m.oversized_skipped.clone(),
         );
         m.replica.register(r);
+        m.jobs.register(r);
         Metrics { registry, ..m }
     }
 }

@@ -53,6 +53,12 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     if let Err(refused) = request_path::check(&path) {
         return refused.into_response();
     }
+    // Jobs (`crate::jobs`): queued calls, polled or called back later.
+    if let Some(async_rest) = rest.strip_prefix("/async")
+        && (async_rest.is_empty() || async_rest.starts_with('/'))
+    {
+        return crate::jobs::api::route(app.clone(), request, async_rest).await;
+    }
     let suffix = match request.uri().query() {
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_string(),

@@ -125,6 +125,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         tokio::spawn(crate::admin::serve(listener, app.clone(), admin_stopped))
     });
     let task = tokio::spawn(serve_or_fail(listener, app.clone(), stopped));
+    // Job workers send to this listener, so they start once it is bound.
+    crate::jobs::start(&app, addr);
     Ok(RunningServer {
         addr,
         admin_addr,

@@ -93,6 +93,8 @@ struct Config {
     embeddings: HashMap<String, Vec<f32>>,
     /// Chat answers depend on the prompt only (`deterministic_answer`), not on the call count.
     deterministic: bool,
+    /// Until then, chat calls get OpenAI's 429 for an exhausted request rate (job tests).
+    rate_limited_until: Option<std::time::Instant>,
 }
 
 struct State {
@@ -201,6 +203,11 @@ impl FakeUpstream {
         self.state.config.lock().chunk_delay = d;
     }
 
+    /// Chat calls get a 429 (requests per minute exhausted) for the next `d`.
+    pub fn rate_limit_for(&self, d: Duration) {
+        self.state.config.lock().rate_limited_until = Some(std::time::Instant::now() + d);
+    }
+
     pub fn set_latency(&self, d: Duration) {
         self.state.config.lock().latency = d;
     }
@@ -257,6 +264,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         body,
     };
     let n = record(&state, recorded.clone());
+    if let Some(limited) = rate_limited(&state, &recorded) {
+        return limited;
+    }
     if let Some(scripted) = state.script.next(&recorded) {
         return scripted;
     }
@@ -286,6 +296,37 @@ fn json_response(status: u16, body: impl Into<Bytes>) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// OpenAI's answer to a request over the organization's requests-per-minute limit: 429,
+/// `rate_limit_exceeded`, and the `x-ratelimit-*` headers with remaining 0 and the time
+/// until the reset.
+fn rate_limited(state: &State, req: &RecordedRequest) -> Option<Response<Body>> {
+    let until = state.config.lock().rate_limited_until?;
+    let left = until.checked_duration_since(std::time::Instant::now())?;
+    if req.method != "POST" || req.path != CHAT_PATH {
+        return None;
+    }
+    let secs = left.as_secs_f64();
+    let body = json!({"error": {
+        "message": format!("Rate limit reached for gpt-4o-mini in organization org-test on \
+            requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in \
+            {secs:.3}s. Visit https://platform.openai.com/account/rate-limits to learn more."),
+        "type": "requests",
+        "param": null,
+        "code": "rate_limit_exceeded",
+    }});
+    let mut response = json_response(429, body.to_string());
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit-requests", HeaderValue::from_static("60"));
+    headers.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from_static("0"),
+    );
+    if let Ok(reset) = HeaderValue::from_str(&format!("{secs:.3}s")) {
+        headers.insert("x-ratelimit-reset-requests", reset);
+    }
+    Some(response)
 }
 
 fn openai_error(status: u16, message: &str) -> Response<Body> {

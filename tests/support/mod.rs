@@ -7,3 +7,4 @@ pub mod process;
 pub mod proxy;
 pub mod redis_server;
 pub mod sse;
+pub mod webhook_receiver;

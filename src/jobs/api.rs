@@ -1,0 +1,269 @@
+//! The HTTP calls under `/v1/async/`: submit, poll, cancel. A submission is read and
+//! checked as the synchronous call reads it (same 400s, at once); who may see a job is the
+//! caller's tenant, so another tenant's job id is a 404.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::Jobs;
+use super::record::{Callback, Job, Status, Submitted};
+use super::webhook;
+use crate::app::App;
+use crate::body::{ProxyBody, full};
+use crate::cached::read_request;
+use crate::config::KeyConfig;
+use crate::control;
+use crate::error::ApiError;
+
+/// The header that names a job's callback URL.
+pub const CALLBACK_HEADER: &str = "x-deja-callback-url";
+
+/// Paths (after `/v1/async`) that queue their synchronous twin.
+const ENDPOINTS: [&str; 4] = [
+    "/chat/completions",
+    "/responses",
+    "/completions",
+    "/embeddings",
+];
+
+/// Request headers a job does not keep: the connection's own, and the callback.
+const NOT_KEPT: [&str; 8] = [
+    "host",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "keep-alive",
+    "upgrade",
+    "te",
+    CALLBACK_HEADER,
+];
+
+/// Serves `/v1/async{rest}`.
+pub async fn route(app: Arc<App>, request: Request<Incoming>, rest: &str) -> Response<ProxyBody> {
+    let Some(jobs) = app.jobs.clone() else {
+        return ApiError::NotFound(format!("/v1/async{rest}")).into_response();
+    };
+    let key = if app.config().managed() {
+        match app.keys().authenticate(request.headers()) {
+            Some(key) => Some(key),
+            None => return ApiError::InvalidApiKey.into_response(),
+        }
+    } else {
+        None
+    };
+    let tenant = control::partition_for(request.headers(), false, "", key.as_deref()).tenant;
+    let method = request.method().clone();
+    if let Some(id) = rest.strip_prefix("/jobs/") {
+        return match method {
+            Method::GET => poll(&jobs, &tenant, id),
+            Method::DELETE => cancel(&app, &jobs, &tenant, id),
+            _ => not_allowed(&method, rest),
+        };
+    }
+    if ENDPOINTS.contains(&rest) {
+        return match method {
+            Method::POST => submit(&app, jobs, request, rest, tenant, key.as_deref())
+                .await
+                .unwrap_or_else(ApiError::into_response),
+            _ => not_allowed(&method, rest),
+        };
+    }
+    ApiError::NotFound(format!("/v1/async{rest}")).into_response()
+}
+
+async fn submit(
+    app: &Arc<App>,
+    jobs: Arc<Jobs>,
+    request: Request<Incoming>,
+    endpoint: &str,
+    tenant: String,
+    _key: Option<&KeyConfig>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let callback = match parts.headers.get(CALLBACK_HEADER) {
+        None => None,
+        Some(value) => {
+            let url = value.to_str().unwrap_or_default().trim().to_string();
+            if !webhook::allowed(&url, &app.config().jobs.callback_allow) {
+                return Err(ApiError::invalid(
+                    format!(
+                        "{CALLBACK_HEADER} must be an http(s) URL under one of the prefixes \
+                         in jobs.callback_allow"
+                    ),
+                    Some(CALLBACK_HEADER),
+                ));
+            }
+            Some(Callback {
+                url,
+                delivered: false,
+                attempts: Vec::new(),
+            })
+        }
+    };
+    // The synchronous call's own reading: size, body timeout, JSON object, x-deja-* controls.
+    let server = app.config().server.clone();
+    let (body, _json, _controls) = read_request(body, &parts.headers, &server).await?;
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::invalid("the request body must be UTF-8 JSON", None))?;
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !NOT_KEPT.contains(&name.as_str()))
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    let now = app.now_ms();
+    let job = Job {
+        id: format!("job_{:032x}", fastrand::u128(..)),
+        tenant,
+        endpoint: endpoint.to_string(),
+        seq: 0,
+        status: Status::Queued,
+        created_at: now / 1000,
+        created_ms: now,
+        started_at: None,
+        finished_at: None,
+        runs: 0,
+        request: Some(Submitted { headers, body }),
+        answer: None,
+        error: None,
+        callback,
+    };
+    let kept = {
+        let jobs = jobs.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut job = job;
+            job.seq = jobs.store.next_seq()?;
+            jobs.store.save(&job)?;
+            // Accepted means kept: on disk before the 202.
+            jobs.store.flush()?;
+            Ok::<_, super::store::StoreError>(job)
+        })
+        .await
+    };
+    let job = match kept {
+        Ok(Ok(job)) => job,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "job not accepted: store");
+            return Ok(unavailable());
+        }
+        Err(_) => return Err(ApiError::Internal),
+    };
+    app.metrics.jobs.submitted.inc();
+    jobs.push(job.id.clone(), app);
+    let mut response = json_response(StatusCode::ACCEPTED, &job.view());
+    if let Ok(location) = HeaderValue::from_str(&job.poll_url()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+fn poll(jobs: &Jobs, tenant: &str, id: &str) -> Response<ProxyBody> {
+    match jobs.store.load(id) {
+        Ok(Some(job)) if job.tenant == tenant => json_response(StatusCode::OK, &job.view()),
+        Ok(_) => no_such_job(id),
+        Err(err) => {
+            tracing::warn!(error = %err, "job store");
+            unavailable()
+        }
+    }
+}
+
+fn cancel(app: &App, jobs: &Jobs, tenant: &str, id: &str) -> Response<ProxyBody> {
+    let now = app.now_ms() / 1000;
+    let mut found = false;
+    let mut cancelled = false;
+    let updated = jobs.update(id, |job| {
+        if job.tenant != tenant {
+            return;
+        }
+        found = true;
+        if job.status == Status::Queued {
+            job.status = Status::Cancelled;
+            job.finished_at = Some(now);
+            job.request = None;
+            cancelled = true;
+        }
+    });
+    match updated {
+        Ok(Some(job)) if found => {
+            if cancelled {
+                app.metrics
+                    .jobs
+                    .finished
+                    .get_or_create(&super::metrics::StatusLabel {
+                        status: "cancelled",
+                    })
+                    .inc();
+                json_response(StatusCode::OK, &job.view())
+            } else {
+                error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "Job {id} is {}; only a queued job can be cancelled.",
+                        job.status.as_str()
+                    ),
+                    "job_not_cancellable",
+                )
+            }
+        }
+        Ok(_) => no_such_job(id),
+        Err(err) => {
+            tracing::warn!(error = %err, "job store");
+            unavailable()
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, message: String, code: &str) -> Response<ProxyBody> {
+    json_response(
+        status,
+        &json!({"error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": null,
+            "code": code,
+        }}),
+    )
+}
+
+fn no_such_job(id: &str) -> Response<ProxyBody> {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("No job found with id '{id}'."),
+        "job_not_found",
+    )
+}
+
+fn unavailable() -> Response<ProxyBody> {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The job store is unavailable; nothing was queued. Retry shortly.".into(),
+        "job_store_unavailable",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn not_allowed(method: &Method, rest: &str) -> Response<ProxyBody> {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not supported on /v1/async{rest}."),
+        "method_not_allowed",
+    )
+}
