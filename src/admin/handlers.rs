@@ -34,7 +34,8 @@ pub fn metrics(app: &App) -> Response<ProxyBody> {
             oversized_skipped: cache.oversized_skipped(),
         });
     let mut response = Response::new(crate::body::full(
-        app.metrics.render(gauges, app.usage.dropped()),
+        app.trust
+            .metrics(app, app.metrics.render(gauges, app.usage.dropped())),
     ));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -78,6 +79,7 @@ pub fn stats(app: &App) -> Response<ProxyBody> {
             "managed": config.managed(),
             "keys": keys,
             "usage_log_dropped": app.usage.dropped(),
+            "trust": app.trust.stats(app),
         }),
     )
 }
