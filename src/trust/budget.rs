@@ -14,10 +14,17 @@ const FAR_BELOW: f64 = 0.5;
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Change {
     pub at_ms: u64,
+    #[serde(serialize_with = "four_places")]
     pub from: f32,
+    #[serde(serialize_with = "four_places")]
     pub to: f32,
     /// The estimate at `from` that moved it.
     pub evidence: Estimate,
+}
+
+/// A threshold as people write it (0.95, not 0.949999988079071).
+fn four_places<S: serde::Serializer>(value: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((f64::from(*value) * 1e4).round() / 1e4)
 }
 
 /// The learned threshold of one model and namespace.

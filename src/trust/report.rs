@@ -25,12 +25,19 @@ impl Trust {
             .map(|((model, namespace), group)| {
                 let configured = cache.threshold_for(model);
                 let effective = group.learned.effective(configured);
+                let in_force = if cache.max_wrong_rate > 0.0 {
+                    effective
+                } else {
+                    configured
+                };
                 json!({
                     "model": model,
                     "namespace": namespace,
-                    "configured_threshold": configured,
-                    "effective_threshold": if cache.max_wrong_rate > 0.0 { effective } else { configured },
-                    "estimate": group.window.at(effective),
+                    "configured_threshold": rounded(configured),
+                    "effective_threshold": rounded(in_force),
+                    // The hits the threshold in force would still serve, and every judged one.
+                    "estimate": group.window.at(in_force),
+                    "window_estimate": group.window.at(0.0),
                     "agreed": group.agreed,
                     "disagreed": group.disagreed,
                     "feedback": group.feedback,
@@ -135,7 +142,7 @@ impl Trust {
         );
         let config = app.config();
         let cache = &config.cache;
-        let (mut rates, mut thresholds) = (Vec::new(), Vec::new());
+        let (mut rates, mut thresholds, mut samples) = (Vec::new(), Vec::new(), Vec::new());
         for ((model, namespace), group) in self.groups.lock().iter() {
             let configured = cache.threshold_for(model);
             let effective = if cache.max_wrong_rate > 0.0 {
@@ -156,13 +163,20 @@ impl Trust {
             ] {
                 rates.push((format!("{{{base},bound=\"{bound}\"}}"), value));
             }
-            thresholds.push((format!("{{{base}}}"), f64::from(effective)));
+            thresholds.push((format!("{{{base}}}"), rounded(effective)));
+            samples.push((format!("{{{base}}}"), estimate.samples as f64));
         }
         family(
             "deja_wrong_hit_rate",
             "gauge",
             "Estimated wrong-hit rate at the threshold in force, with its 95% Wilson interval.",
             &rates,
+        );
+        family(
+            "deja_wrong_hit_samples",
+            "gauge",
+            "Judged hits behind deja_wrong_hit_rate (those the threshold in force still serves).",
+            &samples,
         );
         family(
             "deja_effective_threshold",
@@ -173,6 +187,11 @@ impl Trust {
         out.push_str("# EOF\n");
         out
     }
+}
+
+/// A threshold as people write it (0.95, not 0.949999988079071).
+fn rounded(threshold: f32) -> f64 {
+    (f64::from(threshold) * 1e4).round() / 1e4
 }
 
 /// A label value as the exposition format needs it.
