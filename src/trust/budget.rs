@@ -71,10 +71,15 @@ impl Learned {
             evidence.rate > budget
         };
         let ceiling = config.max_threshold.max(configured);
+        let lower = (current - config.step).max(configured);
         let to = if over && current < ceiling {
             (current + config.step).min(ceiling)
-        } else if evidence.upper < budget * FAR_BELOW && current > configured {
-            (current - config.step).max(configured)
+        } else if current > configured
+            // The hits the lower threshold would serve again were judged when it last stood
+            // there: they too must be far under the budget.
+            && window.at(lower).upper < budget * FAR_BELOW
+        {
+            lower
         } else {
             return None;
         };
@@ -153,6 +158,19 @@ mod tests {
         let change = learned.adjust(&w, 0.9, 0.05, &config(), 0).unwrap();
         assert_eq!(change.to, 0.9);
         assert!(learned.adjust(&w, 0.9, 0.05, &config(), 120_000).is_none());
+    }
+
+    #[test]
+    fn does_not_lower_into_a_band_that_was_judged_wrong() {
+        let mut learned = Learned {
+            threshold: Some(0.92),
+            ..Learned::default()
+        };
+        // Right at 0.95 (plenty), wrong at 0.915: the band a step down.
+        let mut samples = vec![(0.95, false); 400];
+        samples.extend([(0.915, true); 5]);
+        let w = window(&samples);
+        assert!(learned.adjust(&w, 0.9, 0.05, &config(), 0).is_none());
     }
 
     #[test]
