@@ -363,3 +363,60 @@ async fn gone(h: &Harness, id: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A chat completion as the API returns it, saying `content`.
+fn completion(id: &str, content: &str) -> String {
+    serde_json::json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": 1_700_000_100,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "refusal": null, "annotations": []},
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41},
+        "service_tier": "default",
+        "system_fingerprint": "fp_0"
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_judge_model_decides_through_the_upstream() {
+    use support::fake_upstream::script::Scripted;
+    let h = with_entry(|c| {
+        sampled(c, 0.99);
+        c.cache.trust.judge_model = Some("gpt-4o-mini".into());
+    })
+    .await;
+    let respond = |body: String| Scripted::Respond {
+        status: 200,
+        headers: Vec::new(),
+        body,
+    };
+    // The shadow's fresh answer, then the judge's verdict.
+    h.upstream.script(
+        CHAT_PATH,
+        [
+            respond(completion("chatcmpl-shadow", "Paris is the capital.")),
+            respond(completion("chatcmpl-judge", "No.")),
+        ],
+    );
+    assert_eq!(
+        h.chat(&ask(REWORDED)).await.header("x-deja-match"),
+        Some("semantic")
+    );
+    let t = judged(&h, 1).await;
+    assert_eq!(t["judge"], "model");
+    assert_eq!(t["shadow"]["judge_calls"], 1, "{t}");
+    assert_eq!(t["shadow"]["disagree"], 1, "{t}");
+    let judge = h.upstream.last_request(CHAT_PATH).unwrap();
+    let body: Value = serde_json::from_slice(&judge.body).unwrap();
+    assert_eq!(body["model"], "gpt-4o-mini");
+    assert_eq!(body["messages"][0]["role"], "system");
+    let asked = body["messages"][1]["content"].as_str().unwrap();
+    assert!(asked.contains(REWORDED) && asked.contains("Paris is the capital."));
+}
