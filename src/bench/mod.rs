@@ -218,6 +218,7 @@ fn simulate_setup(args: &QualityArgs, config: &Config) -> simulate::Setup {
     let cache = &config.cache;
     let or = |value: f64, default: f64| if value > 0.0 { value } else { default };
     simulate::Setup {
+        pairs: 0,
         events: args.events,
         budget: args.budget.unwrap_or(or(cache.max_wrong_rate, 0.05)),
         sample_rate: args

@@ -24,6 +24,8 @@ const BUCKETS: usize = 20;
 /// What a simulation is run with.
 #[derive(Debug, Clone, Serialize)]
 pub struct Setup {
+    /// Pairs in the file (as read, after `--limit`).
+    pub pairs: usize,
     pub events: usize,
     pub budget: f64,
     pub sample_rate: f64,
@@ -166,9 +168,10 @@ pub fn run(pairs: &[Pair], similarity: &[f32], setup: &Setup, budgeted: bool) ->
 pub fn markdown(name: &str, setup: &Setup, budget: &Run, fixed: &Run) -> String {
     let mut md = format!(
         "# Simulated traffic under an error budget: {name}\n\n\
-         {} queries, seed {}; budget (`cache.max_wrong_rate`) {:.1}%, {:.0}% of semantic hits \
+         {} pairs, {} queries, seed {}; budget (`cache.max_wrong_rate`) {:.1}%, {:.0}% of semantic hits \
          shadow-judged (the label stands in for the judge); configured threshold {:.2}; \
          budget moves of {:.2} at most every {} queries, after {} judged hits.\n\n",
+        setup.pairs,
         setup.events,
         setup.seed,
         setup.budget * 100.0,
@@ -311,6 +314,10 @@ pub fn write(
             _ => 0.0,
         })
         .collect();
+    let setup = &Setup {
+        pairs: pairs.len(),
+        ..setup.clone()
+    };
     let budget = run(pairs, &similarity, setup, true);
     let fixed = run(pairs, &similarity, setup, false);
     let md = markdown(name, setup, &budget, &fixed);
@@ -352,6 +359,7 @@ mod tests {
             .map(|p| if p.label == 1 { 0.95 } else { 0.85 })
             .collect();
         let setup = Setup {
+            pairs: pairs.len(),
             events: 20_000,
             budget: 0.02,
             sample_rate: 0.5,
