@@ -33,6 +33,8 @@ pub struct App {
     pub limits: Limits,
     pub metrics: Metrics,
     pub usage: UsageLog,
+    /// Shadow verification, wrong-hit estimates, error budget, feedback (`crate::trust`).
+    pub trust: crate::trust::Trust,
     pub clock: SharedClock,
     /// Set once shutdown begins: readiness fails so load balancers stop sending.
     pub draining: std::sync::atomic::AtomicBool,
@@ -128,6 +130,7 @@ impl App {
             limits: Limits::default(),
             metrics: Metrics::default(),
             usage,
+            trust: crate::trust::Trust::new(&config.cache.trust),
             clock,
             draining: Default::default(),
             replica: Default::default(),

@@ -173,6 +173,11 @@ pub struct CacheConfig {
     /// With `shared`, cache Responses API calls that upstream stores (`store` true or absent).
     /// Off: a hit's id (the upstream's) would belong to another caller's organization.
     pub cache_stored_responses: bool,
+    /// Error budget: the wrong-hit rate a model and namespace may run at before deja raises
+    /// its threshold (0 = no budget). See `crate::trust`.
+    pub max_wrong_rate: f64,
+    /// Shadow verification, the budget's pace and feedback (`[cache.trust]`).
+    pub trust: crate::trust::TrustConfig,
 }
 
 impl Default for CacheConfig {
@@ -196,6 +201,8 @@ impl Default for CacheConfig {
             max_bytes: 0,
             cache_stored_responses: false,
             verify: Default::default(),
+            max_wrong_rate: 0.0,
+            trust: Default::default(),
         }
     }
 }
@@ -392,6 +399,10 @@ impl Config {
         // `[jobs]` checks itself (`crate::jobs::config`).
         if let Some((key, problem)) = self.jobs.problem() {
             return invalid(key, &problem);
+        }
+        // Trust (shadow verification, error budget): its keys check themselves.
+        if let Err((key, problem)) = self.cache.trust.validate(self.cache.max_wrong_rate) {
+            return invalid(key, problem);
         }
         if !(self.cache.compact_dead_ratio > 0.0 && self.cache.compact_dead_ratio <= 1.0) {
             return invalid("cache.compact_dead_ratio", "must be in (0, 1]");

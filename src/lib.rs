@@ -71,6 +71,7 @@ pub mod sse;
 pub mod telemetry;
 pub mod text;
 pub mod track;
+pub mod trust;
 pub mod tunnel;
 pub mod upstream;
 pub mod usage;

@@ -35,7 +35,8 @@ pub fn metrics(app: &App) -> Response<ProxyBody> {
         });
     app.metrics.replica.update(app.replica.get().map(|r| &**r)); // `[redis]` series
     let mut response = Response::new(crate::body::full(
-        app.metrics.render(gauges, app.usage.dropped()),
+        app.trust
+            .metrics(app, app.metrics.render(gauges, app.usage.dropped())),
     ));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -79,6 +80,7 @@ pub fn stats(app: &App) -> Response<ProxyBody> {
             "managed": config.managed(),
             "keys": keys,
             "usage_log_dropped": app.usage.dropped(),
+            "trust": app.trust.stats(app),
         }),
     )
 }

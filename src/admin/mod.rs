@@ -88,6 +88,15 @@ async fn route(app: Arc<App>, request: Request<Incoming>) -> Response<ProxyBody>
         (&Method::POST, "/admin/lookup") => handlers::lookup(&app, body).await,
         (&Method::POST, "/admin/purge") => handlers::purge(&app, body).await,
         (&Method::POST, "/admin/reload") => handlers::reload(&app).await,
+        // Feedback: the entry answered wrongly (crate::trust).
+        (&Method::POST, path)
+            if path.starts_with("/admin/entries/") && path.ends_with("/wrong") =>
+        {
+            match path["/admin/entries/".len()..path.len() - "/wrong".len()].parse::<u64>() {
+                Ok(id) => crate::trust::mark_wrong(&app, id).await,
+                Err(_) => error(StatusCode::BAD_REQUEST, "entry ids are numbers"),
+            }
+        }
         (method, path) if path.starts_with("/admin/entries/") => {
             let id = path["/admin/entries/".len()..].parse::<u64>().ok();
             match (method, id) {

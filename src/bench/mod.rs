@@ -5,12 +5,14 @@
 //! - `metrics`: right/wrong/miss, the threshold sweep and the thresholds worth picking
 //! - `report`: markdown, JSON and the table printed on stdout
 //! - `plot`: hit rate and wrong-hit rate against the threshold, as SVG
+//! - `simulate`: simulated traffic under the error budget (`--simulate`)
 
 pub mod e2e;
 pub mod metrics;
 pub mod plot;
 pub mod quality;
 pub mod report;
+pub mod simulate;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufWriter, Write};
@@ -62,6 +64,22 @@ pub struct QualityArgs {
     /// every `a` shares one scope, as an app's traffic would fill the cache.
     #[arg(long, conflicts_with = "e2e")]
     pub pairwise: bool,
+    /// Instead: replay a seeded stream of queries with repeats, the labels standing in for
+    /// the shadow judge, with and without the error budget (quality-NAME-simulate.*).
+    #[arg(long, conflicts_with_all = ["e2e", "pairwise"])]
+    pub simulate: bool,
+    /// `--simulate`: the budget (default: `cache.max_wrong_rate`, else 0.05).
+    #[arg(long, value_name = "RATE", requires = "simulate")]
+    pub budget: Option<f64>,
+    /// `--simulate`: queries in the stream.
+    #[arg(long, default_value_t = 50_000, requires = "simulate")]
+    pub events: usize,
+    /// `--simulate`: share of semantic hits judged (default: `shadow_sample_rate`, else 0.2).
+    #[arg(long, value_name = "RATE", requires = "simulate")]
+    pub sample_rate: Option<f64>,
+    /// `--simulate`: the configured threshold, the budget's floor (default: the config's).
+    #[arg(long, value_name = "T", requires = "simulate")]
+    pub floor: Option<f32>,
     /// `--e2e`: the similarity threshold deja runs with (default: the config's).
     #[arg(long, value_name = "T", requires = "e2e")]
     pub threshold: Option<f32>,
@@ -146,6 +164,14 @@ async fn quality_run(args: QualityArgs, config_path: &Path) -> Result<(), String
                 save_vectors(file, &embedder_id, &vectors)?;
             }
         }
+        if args.simulate {
+            let setup = simulate_setup(&args, &config);
+            println!(
+                "{}",
+                simulate::write(&args.out, &name, &pairs, &vectors, &setup)?
+            );
+            continue;
+        }
         let lowest = metrics::thresholds()[0];
         let (cache_config, id) = (config.cache.clone(), embedder_id.clone());
         let (pairs, vectors_in) = (pairs, std::mem::take(&mut vectors));
@@ -184,6 +210,24 @@ async fn quality_run(args: QualityArgs, config_path: &Path) -> Result<(), String
         println!("{}", report.markdown(false));
     }
     Ok(())
+}
+
+/// The simulation's settings: flags first, then the config, then defaults that show the
+/// budget at work.
+fn simulate_setup(args: &QualityArgs, config: &Config) -> simulate::Setup {
+    let cache = &config.cache;
+    let or = |value: f64, default: f64| if value > 0.0 { value } else { default };
+    simulate::Setup {
+        pairs: 0,
+        events: args.events,
+        budget: args.budget.unwrap_or(or(cache.max_wrong_rate, 0.05)),
+        sample_rate: args
+            .sample_rate
+            .unwrap_or(or(cache.trust.shadow_sample_rate, 0.2)),
+        floor: args.floor.unwrap_or(cache.similarity_threshold),
+        seed: 18,
+        trust: cache.trust.clone(),
+    }
 }
 
 async fn e2e_run(args: &QualityArgs, config: &Config) -> Result<(), String> {

@@ -460,14 +460,20 @@ impl Call {
             needs_usage: !lookup.stream || lookup.include_usage,
         };
 
+        if controls.no_cache {
+            self.app.trust.no_cache(&self.app, &lookup); // feedback: a re-ask after a hit
+        }
         // Fast path: a stored answer needs no coordination.
         if !controls.no_cache
             && let Some(response) = self.exact_hit(&cache, &lookup, needs, &mut None).await
         {
             return response;
         }
-        let threshold =
-            controls.effective_threshold(self.app.config().cache.threshold_for(&lookup.model));
+        let configured = self.app.config().cache.threshold_for(&lookup.model);
+        // The error budget may have raised it (crate::trust); the header only raises further.
+        let configured =
+            (self.app.trust).threshold(&self.app, configured, &lookup.model, &partition.namespace);
+        let threshold = controls.effective_threshold(configured);
         // Then join the in-flight twin. A leader unregisters only after its answer is stored,
         // so once we lead, a second exact lookup sees every twin that finished meanwhile.
         // A follower takes the twin's answer only if it would have accepted it itself.
@@ -539,6 +545,16 @@ impl Call {
                     && let Some(response) = self.hit(&lookup, &hit, &cache)
                 {
                     share(leader, &hit);
+                    // Shadow verification and feedback, off the response path (crate::trust).
+                    (self.app.trust).semantic_hit(
+                        &self.app,
+                        &self.parts.headers,
+                        &self.body,
+                        &self.suffix,
+                        &lookup,
+                        &hit,
+                        &partition,
+                    );
                     return response;
                 }
             }
