@@ -380,6 +380,10 @@ impl Config {
             check_similarity(&format!("cache.model_thresholds.\"{model}\""), *value)?;
         }
         ranges::check(self)?;
+        // The verifier model's own keys (src/cache/verify/model.rs).
+        if let Err((key, problem)) = self.cache.verify.model.check() {
+            return invalid(key, &problem);
+        }
         if !(self.cache.compact_dead_ratio > 0.0 && self.cache.compact_dead_ratio <= 1.0) {
             return invalid("cache.compact_dead_ratio", "must be in (0, 1]");
         }

@@ -130,7 +130,7 @@ impl Report {
             label0: pairs.len() - label1,
             embedder: embedder.into(),
             layout,
-            verify: config.cache.verify,
+            verify: config.cache.verify.clone(),
             hnsw_min_entries: config.cache.hnsw_min_entries,
             timings,
             exact_queries: judged.len() - semantic.len(),
