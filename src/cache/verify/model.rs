@@ -28,7 +28,7 @@ const QUEUE: usize = 32;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelVerifyConfig {
-    /// Off by default: it needs a model folder (see `scripts/fetch-verifier.sh`).
+    /// Off by default: it needs a model folder (README, "The verifier model").
     pub enabled: bool,
     /// A BERT-family sequence-classification cross-encoder: config.json, tokenizer.json,
     /// model.safetensors. One output (a similarity, read through a sigmoid), two (label 1 is
@@ -235,7 +235,7 @@ fn spawn(_: &ModelVerifyConfig) -> Result<SyncSender<Job>, String> {
 }
 
 /// Scores jobs until every sender is gone; a job whose caller has given up is skipped.
-#[cfg_attr(not(feature = "local-embeddings"), allow(dead_code))]
+#[cfg_attr(not(any(test, feature = "local-embeddings")), allow(dead_code))]
 fn serve(jobs: Receiver<Job>, score: impl Fn(&str, &str) -> Result<f32, String>) {
     for job in jobs {
         if Instant::now() >= job.deadline {
@@ -271,6 +271,58 @@ mod tests {
         assert_eq!(judge(Some(0.8)).floor(0.97, 0.9), 0.97);
         // A bound above the threshold never raises it.
         assert_eq!(judge(Some(0.95)).floor(0.9, 0.9), 0.9);
+    }
+
+    /// A judge whose "model" is `score`, on its own thread as the real one.
+    fn judge_with(
+        timeout_ms: u64,
+        score: impl Fn(&str, &str) -> Result<f32, String> + Send + 'static,
+    ) -> ModelJudge {
+        let (queue, jobs) = sync_channel(QUEUE);
+        std::thread::spawn(move || serve(jobs, score));
+        ModelJudge {
+            config: ModelVerifyConfig {
+                enabled: true,
+                timeout_ms,
+                ..Default::default()
+            },
+            queue: Ok(queue),
+        }
+    }
+
+    #[test]
+    fn a_late_verdict_rejects() {
+        let slow = judge_with(20, |_, _| {
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(1.0)
+        });
+        assert_eq!(slow.score("a", "a"), Err(JudgeError::TimedOut));
+        assert!(!slow.accepts("a", "a"));
+    }
+
+    #[test]
+    fn an_error_or_a_panic_rejects_and_the_thread_lives_on() {
+        let flaky = judge_with(5_000, |q, _| match q {
+            "panic" => panic!("bad input"),
+            "error" => Err("no".into()),
+            "nan" => Ok(f32::NAN),
+            _ => Ok(0.9),
+        });
+        assert!(!flaky.accepts("panic", "x"));
+        assert!(!flaky.accepts("error", "x"));
+        assert!(!flaky.accepts("nan", "x"));
+        assert!(
+            flaky.accepts("fine", "x"),
+            "the thread survived and answers"
+        );
+        let picky = ModelJudge {
+            config: ModelVerifyConfig {
+                accept: 0.95,
+                ..flaky.config.clone()
+            },
+            queue: flaky.queue.clone(),
+        };
+        assert!(!picky.accepts("fine", "x"), "0.9 is under accept = 0.95");
     }
 
     #[test]
