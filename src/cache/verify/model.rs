@@ -51,7 +51,7 @@ impl Default for ModelVerifyConfig {
             dir: PathBuf::from("models/verifier"),
             lower_bound: None,
             accept: 0.5,
-            timeout_ms: 250,
+            timeout_ms: 1000,
         }
     }
 }
