@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::cache::verify::ModelJudge;
 use crate::config::{Config, EmbeddingProvider};
 use crate::embed::Embedder;
 use metrics::Pair;
@@ -143,6 +144,16 @@ async fn quality_run(args: QualityArgs, config_path: &Path) -> Result<(), String
     // Every verdict is waited for: a timeout would measure this machine's load, not the model.
     config.cache.verify.model.timeout_ms = config.cache.verify.model.timeout_ms.max(600_000);
     config.validate().map_err(|e| e.to_string())?;
+    // A model that does not load would reject every candidate: say so instead of measuring it.
+    if config.cache.verify.enabled && config.cache.verify.model.enabled {
+        let model = config.cache.verify.model.clone();
+        let judge = tokio::task::spawn_blocking(move || ModelJudge::start(&model))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(err) = judge.load_error() {
+            return Err(format!("verifier model: {err}"));
+        }
+    }
     let embedding = config.clone();
     let embedder = tokio::task::spawn_blocking(move || Embedder::from_config(&embedding))
         .await

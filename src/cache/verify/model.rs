@@ -119,6 +119,11 @@ impl ModelJudge {
         }
     }
 
+    /// Why the model did not load, if it did not.
+    pub fn load_error(&self) -> Option<&str> {
+        self.queue.as_ref().err().map(String::as_str)
+    }
+
     pub fn config(&self) -> &ModelVerifyConfig {
         &self.config
     }
@@ -333,6 +338,7 @@ mod tests {
             Err(JudgeError::Unavailable(_))
         ));
         assert!(!judge.accepts("a", "a"));
+        assert_eq!(judge.load_error(), Some("none"));
     }
 
     #[test]
