@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 /// Pairs waiting for the model at most; past that a candidate is rejected at once rather
 /// than queued behind work that would miss its deadline anyway.
+#[cfg_attr(not(any(test, feature = "local-embeddings")), allow(dead_code))]
 const QUEUE: usize = 32;
 
 /// `[cache.verify.model]`.
