@@ -404,6 +404,10 @@ impl Config {
         if let Err((key, problem)) = self.cache.trust.validate(self.cache.max_wrong_rate) {
             return invalid(key, problem);
         }
+        // The verifier model's own keys (src/cache/verify/model.rs).
+        if let Err((key, problem)) = self.cache.verify.model.check() {
+            return invalid(key, &problem);
+        }
         if !(self.cache.compact_dead_ratio > 0.0 && self.cache.compact_dead_ratio <= 1.0) {
             return invalid("cache.compact_dead_ratio", "must be in (0, 1]");
         }

@@ -6,6 +6,7 @@
 //! - `report`: markdown, JSON and the table printed on stdout
 //! - `plot`: hit rate and wrong-hit rate against the threshold, as SVG
 //! - `simulate`: simulated traffic under the error budget (`--simulate`)
+//! - `verifier`: the verifier model's cost per judged candidate (latency, memory)
 
 pub mod e2e;
 pub mod metrics;
@@ -13,11 +14,14 @@ pub mod plot;
 pub mod quality;
 pub mod report;
 pub mod simulate;
+#[cfg(feature = "local-embeddings")]
+pub mod verifier;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::cache::verify::ModelJudge;
 use crate::config::{Config, EmbeddingProvider};
 use crate::embed::Embedder;
 use metrics::Pair;
@@ -27,7 +31,11 @@ use report::Report;
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
     /// Hit rate and wrong hits on labelled paraphrase pairs, with and without verification.
-    Quality(QualityArgs),
+    // Boxed: its many flags would make every command as large.
+    Quality(Box<QualityArgs>),
+    /// What the verifier model costs per judged candidate: latency and memory.
+    #[cfg(feature = "local-embeddings")]
+    Verifier(verifier::VerifierArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +88,13 @@ pub struct QualityArgs {
     /// `--simulate`: the configured threshold, the budget's floor (default: the config's).
     #[arg(long, value_name = "T", requires = "simulate")]
     pub floor: Option<f32>,
+    /// Run the verifier model of DIR after the rules in the "verified" cache
+    /// (`cache.verify.model.enabled` and `dir`); the report says so.
+    #[arg(long, value_name = "DIR", conflicts_with = "e2e")]
+    pub verifier_model: Option<PathBuf>,
+    /// `cache.verify.model.accept` for this run.
+    #[arg(long, value_name = "SCORE", conflicts_with = "e2e")]
+    pub verifier_accept: Option<f32>,
     /// `--e2e`: the similarity threshold deja runs with (default: the config's).
     #[arg(long, value_name = "T", requires = "e2e")]
     pub threshold: Option<f32>,
@@ -87,7 +102,11 @@ pub struct QualityArgs {
 
 pub async fn run(command: BenchCommand, config_path: &Path) -> Result<(), String> {
     match command {
-        BenchCommand::Quality(args) => quality_run(args, config_path).await,
+        BenchCommand::Quality(args) => quality_run(*args, config_path).await,
+        #[cfg(feature = "local-embeddings")]
+        BenchCommand::Verifier(args) => tokio::task::spawn_blocking(move || verifier::run(&args))
+            .await
+            .map_err(|e| e.to_string())?,
     }
 }
 
@@ -126,6 +145,33 @@ async fn quality_run(args: QualityArgs, config_path: &Path) -> Result<(), String
         }
         config.validate().map_err(|e| e.to_string())?;
         return e2e_run(&args, &config).await;
+    }
+    if let Some(dir) = &args.verifier_model {
+        config.cache.verify.model.enabled = true;
+        config.cache.verify.model.dir = dir.clone();
+    }
+    if let Some(accept) = args.verifier_accept {
+        config.cache.verify.model.accept = accept;
+    }
+    // The sweep decides every threshold from one lookup, which holds while the model's verdict
+    // does not depend on the threshold: it judges every candidate above each threshold.
+    if config.cache.verify.model.lower_bound.take().is_some() {
+        eprintln!(
+            "bench: cache.verify.model.lower_bound ignored (the sweep judges every candidate)"
+        );
+    }
+    // Every verdict is waited for: a timeout would measure this machine's load, not the model.
+    config.cache.verify.model.timeout_ms = config.cache.verify.model.timeout_ms.max(600_000);
+    config.validate().map_err(|e| e.to_string())?;
+    // A model that does not load would reject every candidate: say so instead of measuring it.
+    if config.cache.verify.enabled && config.cache.verify.model.enabled {
+        let model = config.cache.verify.model.clone();
+        let judge = tokio::task::spawn_blocking(move || ModelJudge::start(&model))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(err) = judge.load_error() {
+            return Err(format!("verifier model: {err}"));
+        }
     }
     let embedding = config.clone();
     let embedder = tokio::task::spawn_blocking(move || Embedder::from_config(&embedding))

@@ -3,7 +3,9 @@
 //! For one pair file: every `a` becomes a chat request, planned by `ChatCompletions` like a
 //! request the proxy received, and is stored with its embedding. Every `b` is then looked up
 //! the way `cached.rs` does it: exact tier first, then the semantic tier, in two caches that
-//! differ only in `cache.verify.enabled`.
+//! differ only in `cache.verify.enabled`. With `[cache.verify.model]` on, the verified cache
+//! also runs the verifier model (its lower bound must stay unset: the sweep below relies on
+//! a verdict that does not depend on the threshold).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

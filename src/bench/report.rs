@@ -130,7 +130,7 @@ impl Report {
             label0: pairs.len() - label1,
             embedder: embedder.into(),
             layout,
-            verify: config.cache.verify,
+            verify: config.cache.verify.clone(),
             hnsw_min_entries: config.cache.hnsw_min_entries,
             timings,
             exact_queries: judged.len() - semantic.len(),
@@ -224,10 +224,23 @@ fn verify_summary(v: &VerifyConfig) -> String {
     .filter(|&(_, on)| on)
     .map(|(name, _)| name)
     .collect();
-    if on.is_empty() {
+    let rules = if on.is_empty() {
         "no check enabled".into()
     } else {
         on.join(", ")
+    };
+    // `[cache.verify.model]` on: the "verified" column is rules + model.
+    if v.model.enabled {
+        format!(
+            "{rules}, then the model {} (accept ≥ {}, lower bound {})",
+            v.model.dir.display(),
+            v.model.accept,
+            v.model
+                .lower_bound
+                .map_or("the threshold".into(), |b| b.to_string())
+        )
+    } else {
+        rules
     }
 }
 

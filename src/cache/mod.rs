@@ -40,6 +40,7 @@ use key::Hash32;
 use recency::{Capacity, Recency};
 use store::{Store, StoreError};
 use verify::VerifyConfig;
+use verify::model::ModelStage;
 
 /// How many nearest vectors a semantic lookup examines before giving up.
 const SEMANTIC_CANDIDATES: usize = 4;
@@ -105,6 +106,9 @@ pub struct Cache {
     /// Both retuned by a configuration reload.
     ttl_ms: AtomicU64,
     verify: ArcSwap<VerifyConfig>,
+    /// The verifier model after the rules (`[cache.verify.model]`), with the thresholds it
+    /// may lower.
+    model_stage: ArcSwap<ModelStage>,
     /// Graph dumps under `dir/index`, reloaded at start-up.
     dumps: Dumps,
     last_dump: Mutex<Instant>,
@@ -201,7 +205,8 @@ impl Cache {
             index,
             clock,
             ttl_ms: AtomicU64::new(config.ttl_secs.saturating_mul(1000)),
-            verify: ArcSwap::from_pointee(config.verify),
+            verify: ArcSwap::from_pointee(config.verify.clone()),
+            model_stage: ArcSwap::from_pointee(ModelStage::new(config, None)),
             dumps,
             last_dump: Mutex::new(Instant::now()),
             capacity,
@@ -217,7 +222,10 @@ impl Cache {
     pub fn retune(&self, config: &CacheConfig) {
         self.ttl_ms
             .store(config.ttl_secs.saturating_mul(1000), Ordering::Relaxed);
-        self.verify.store(std::sync::Arc::new(config.verify));
+        self.verify
+            .store(std::sync::Arc::new(config.verify.clone()));
+        let stage = ModelStage::new(config, Some(&self.model_stage.load()));
+        self.model_stage.store(Arc::new(stage));
         self.index.set_ef_search(config.hnsw_ef_search);
     }
 
@@ -330,9 +338,11 @@ impl Cache {
         needs: Requirements,
     ) -> Result<SemanticOutcome, StoreError> {
         let mut outcome = SemanticOutcome::default();
+        // With the verifier model on, candidates down to its lower bound are considered.
+        let model_stage = self.model_stage.load();
         for candidate in self.index.search(*scope, vector, SEMANTIC_CANDIDATES) {
             outcome.best = Some(outcome.best.unwrap_or(f32::MIN).max(candidate.similarity));
-            if candidate.similarity < threshold {
+            if candidate.similarity < model_stage.lowest(threshold) {
                 break;
             }
             let Ok(store) = self.store() else {
@@ -349,8 +359,22 @@ impl Cache {
             if entry.scope != *scope.as_bytes() || !self.usable(&entry, needs) {
                 continue;
             }
+            if candidate.similarity < model_stage.floor(threshold, &entry.model) {
+                break; // the model may not lower this threshold (a request raised it)
+            }
             if let Some(prompt) = &entry.prompt
                 && !self.verify.load().accepts(query, prompt)
+            {
+                outcome.rejected += 1;
+                continue;
+            }
+            // The model stage, last and only on a candidate that passed everything else; it
+            // fails closed (no prompt to read, an error or a timeout is a rejection).
+            if let Some(judge) = &model_stage.judge
+                && !entry
+                    .prompt
+                    .as_ref()
+                    .is_some_and(|p| judge.accepts(query, p))
             {
                 outcome.rejected += 1;
                 continue;

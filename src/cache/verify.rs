@@ -11,10 +11,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "local-embeddings")]
+pub mod cross_encoder;
+pub mod model;
 mod numbers;
 
+pub use model::{ModelJudge, ModelVerifyConfig};
+
 /// Which checks run; all are on by default (`[cache.verify]` in `proxy.toml`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerifyConfig {
     /// Master switch.
@@ -32,6 +37,8 @@ pub struct VerifyConfig {
     /// Two words must not have traded places: "flights from Paris to London" is not "flights
     /// from London to Paris", nor "Alice beat Bob" "Bob beat Alice".
     pub word_order: bool,
+    /// The model stage after the rules (`[cache.verify.model]`); off by default.
+    pub model: ModelVerifyConfig,
 }
 
 impl Default for VerifyConfig {
@@ -42,6 +49,7 @@ impl Default for VerifyConfig {
             negation: true,
             entities: false,
             word_order: true,
+            model: ModelVerifyConfig::default(),
         }
     }
 }
