@@ -34,6 +34,9 @@ pub struct RunningServer {
     task: JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin: Option<JoinHandle<()>>,
+    /// Tasks that stop with the listener (job workers): awaited on shutdown, so none of them
+    /// still holds the app, and its store, once `shutdown` returns.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -42,6 +45,9 @@ impl RunningServer {
         self.app.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        for task in self.background {
+            let _ = task.await;
+        }
         // The admin listener goes last, so probes see `/readyz` fail during the drain.
         let _ = self.admin_stop.send(true);
         if let Some(admin) = self.admin {
@@ -124,9 +130,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         tracing::info!(addr = ?admin_addr, "admin listening");
         tokio::spawn(crate::admin::serve(listener, app.clone(), admin_stopped))
     });
+    // Job workers send to this listener, so they start once it is bound; they stop with it.
+    let background = crate::jobs::start(&app, addr, stopped.clone());
     let task = tokio::spawn(serve_or_fail(listener, app.clone(), stopped));
-    // Job workers send to this listener, so they start once it is bound.
-    crate::jobs::start(&app, addr);
     Ok(RunningServer {
         addr,
         admin_addr,
@@ -135,6 +141,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         task,
         admin_stop,
         admin,
+        background,
     })
 }
 

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::config::Config;
@@ -197,20 +198,27 @@ impl Jobs {
 }
 
 /// Starts the workers, the sweeper and unfinished deliveries once the listener at `addr`
-/// (which workers call) is up.
-pub fn start(app: &Arc<App>, addr: SocketAddr) {
+/// (which workers call) is up. They stop when `stopped` turns true; the caller awaits the
+/// returned tasks.
+pub fn start(
+    app: &Arc<App>,
+    addr: SocketAddr,
+    stopped: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
     let Some(jobs) = app.jobs.clone() else {
-        return;
+        return Vec::new();
     };
     if let Err(err) = jobs.recover(app) {
         tracing::error!(error = %err, "jobs could not be recovered from the store");
     }
     let target = worker::loopback(addr);
+    let mut tasks = Vec::new();
     for _ in 0..app.config().jobs.concurrency {
-        tokio::spawn(worker::run(app.clone(), jobs.clone(), target));
+        let work = worker::run(app.clone(), jobs.clone(), target);
+        tasks.push(tokio::spawn(until_stopped(stopped.clone(), work)));
     }
     let app = app.clone();
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(until_stopped(stopped, async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
             let swept = {
@@ -224,5 +232,16 @@ pub fn start(app: &Arc<App>, addr: SocketAddr) {
                 Err(_) => {}
             }
         }
-    });
+    })));
+    tasks
+}
+
+/// Runs `work` until the server stops. A job cut short is still marked running in the store,
+/// so the next start runs it again (at least once), and nothing here keeps the app (and its
+/// store) alive after shutdown.
+async fn until_stopped(mut stopped: watch::Receiver<bool>, work: impl Future<Output = ()>) {
+    tokio::select! {
+        () = work => {}
+        _ = stopped.wait_for(|stop| *stop) => {}
+    }
 }
