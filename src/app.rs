@@ -33,6 +33,8 @@ pub struct App {
     pub limits: Limits,
     pub metrics: Metrics,
     pub usage: UsageLog,
+    /// The dashboard's bounded records (recent lookups, per-minute totals) and sessions.
+    pub dashboard: crate::dashboard::Board,
     pub clock: SharedClock,
     /// Set once shutdown begins: readiness fails so load balancers stop sending.
     pub draining: std::sync::atomic::AtomicBool,
@@ -111,6 +113,7 @@ impl App {
             limits: Limits::default(),
             metrics: Metrics::default(),
             usage,
+            dashboard: Default::default(),
             clock,
             draining: Default::default(),
             config: ArcSwap::from_pointee(config),

@@ -75,7 +75,21 @@ pub struct SemanticOutcome {
     pub best: Option<f32>,
     /// Candidates above the threshold that verification turned down.
     pub rejected: usize,
+    /// Every usable candidate down to `REPLAY_FLOOR`, judged by verification whether or not
+    /// it was above the threshold: the dashboard's threshold replay (`crate::dashboard`).
+    pub candidates: Vec<Candidate>,
 }
+
+/// One semantic candidate as the threshold replay sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    pub similarity: f32,
+    /// Verification (numbers, negation, ...) accepts it for the query.
+    pub accepted: bool,
+}
+
+/// Lowest similarity a lookup still judges for the replay (never served below the threshold).
+pub const REPLAY_FLOOR: f32 = 0.70;
 
 /// A new answer to store.
 pub struct NewEntry {
@@ -326,7 +340,9 @@ impl Cache {
         let mut outcome = SemanticOutcome::default();
         for candidate in self.index.search(*scope, vector, SEMANTIC_CANDIDATES) {
             outcome.best = Some(outcome.best.unwrap_or(f32::MIN).max(candidate.similarity));
-            if candidate.similarity < threshold {
+            // Candidates under the threshold (down to REPLAY_FLOOR) and after a hit are only
+            // judged for the dashboard's replay: at most SEMANTIC_CANDIDATES in all.
+            if candidate.similarity < threshold.min(REPLAY_FLOOR) {
                 break;
             }
             let Ok(store) = self.store() else {
@@ -343,9 +359,18 @@ impl Cache {
             if entry.scope != *scope.as_bytes() || !self.usable(&entry, needs) {
                 continue;
             }
-            if let Some(prompt) = &entry.prompt
-                && !self.verify.load().accepts(query, prompt)
-            {
+            let accepted = entry
+                .prompt
+                .as_ref()
+                .is_none_or(|prompt| self.verify.load().accepts(query, prompt));
+            outcome.candidates.push(Candidate {
+                similarity: candidate.similarity.min(1.0),
+                accepted,
+            });
+            if outcome.hit.is_some() || candidate.similarity < threshold {
+                continue;
+            }
+            if !accepted {
                 outcome.rejected += 1;
                 continue;
             }
@@ -356,7 +381,6 @@ impl Cache {
                 similarity: candidate.similarity.min(1.0),
                 semantic: true,
             });
-            break;
         }
         Ok(outcome)
     }
