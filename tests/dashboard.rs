@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::admin::{ADMIN_TOKEN, with_admin};
-use support::proxy::{Harness, Reply, at_cosine, axis};
+use support::proxy::{Harness, KEY_A, Reply, at_cosine, axis};
 
 fn ask_model(model: &str, question: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": question}]})
@@ -387,6 +387,18 @@ async fn prompts_show_only_when_allowed() {
 async fn a_threshold_applied_from_the_replay_changes_what_hits() {
     let h = Harness::with(with_admin).await;
     traffic(&h).await;
+    // Cosine 0.86 to the stored question on the axis, far from the others: no hit at 0.9.
+    h.upstream
+        .set_embedding("middling question", below_axis(0.86));
+    let explain = json!({
+        "authorization": format!("Bearer {KEY_A}"),
+        "body": ask_model("gpt-4o-mini", "middling question"),
+    });
+    let before = h
+        .admin("POST", "/admin/lookup", Some(&explain))
+        .await
+        .json();
+    assert_eq!(before["semantic"]["would_hit"], Value::Null, "{before}");
     let (cookie, csrf) = sign_in(&h).await;
     let set = json!({"threshold": 0.85, "model": "gpt-4o-mini"});
     let reply = with_cookie(
@@ -405,8 +417,6 @@ async fn a_threshold_applied_from_the_replay_changes_what_hits() {
         0.85
     );
     assert_eq!(stats["similarity_threshold"].as_f64().unwrap() as f32, 0.9);
-    h.upstream
-        .set_embedding("middling question", at_cosine(0.86));
     let after = h.chat(&ask_model("gpt-4o-mini", "middling question")).await;
     assert_eq!(
         after.header("x-deja-match"),
@@ -416,7 +426,7 @@ async fn a_threshold_applied_from_the_replay_changes_what_hits() {
     );
     // Other models keep the global threshold.
     h.upstream
-        .set_embedding("what is 2+2 exactly", at_cosine(0.87));
+        .set_embedding("what is 2+2 exactly", below_axis(0.86));
     let other = h.chat(&ask_model("gpt-4o", "what is 2+2 exactly")).await;
     assert_eq!(other.cache_status(), "miss");
 }
