@@ -68,7 +68,7 @@ impl WrongHitReport {
             checked: 0,
             budget: None,
             budget_remaining: None,
-            note: "not measured: shadow verification is not available in this build".into(),
+            note: "shadow verification is not available in this build".into(),
         }
     }
 }

@@ -24,6 +24,8 @@
 
   const pct = (x) => (100 * x).toFixed(1) + "%";
   const usd = (x) => "$" + x.toFixed(x !== 0 && Math.abs(x) < 0.01 ? 5 : 2);
+  // Thresholds are f32 on the server: 0.85 arrives as 0.8500000238418579.
+  const th = (x) => String(+Number(x).toPrecision(4));
   const fixed = (x, n) => (x === null || x === undefined ? "—" : Number(x).toFixed(n));
 
   function fill(dl, pairs) {
@@ -122,7 +124,7 @@
     $("wrong-hits").textContent = w.measured
       ? "estimated wrong-hit rate " + pct(w.wrong_hit_rate) + " over " + w.checked + " checked hits" +
         (w.budget !== null ? "; error budget " + pct(w.budget) + ", " + pct(w.budget_remaining) + " left" : "")
-      : "Not measured. " + w.note;
+      : "Not measured: " + w.note + ".";
 
     // Keys and thresholds.
     const keys = $("keys").tBodies[0];
@@ -134,8 +136,8 @@
         k.budget_usd !== null ? usd(k.spent_usd) + " / " + usd(k.budget_usd) : "no budget"]);
     }
     if (!stats.keys.length) row(keys, ["no managed keys", "", "", "", ""]);
-    const per = Object.entries(stats.model_thresholds || {}).map(([m, t]) => m + " " + t).join(", ");
-    $("thresholds").textContent = "threshold " + stats.similarity_threshold + (per ? "; per model: " + per : "");
+    const per = Object.entries(stats.model_thresholds || {}).map(([m, t]) => m + " " + th(t)).join(", ");
+    $("thresholds").textContent = "threshold " + th(stats.similarity_threshold) + (per ? "; per model: " + per : "");
 
     // Recent lookups.
     document.querySelectorAll(".prompt-col").forEach((th) => { th.hidden = !state.showPrompts; });
@@ -158,7 +160,7 @@
         series: [{}, { label: "hits", stroke: "#1f7a3d", fill: "#1f7a3d88", paths: bars },
           { label: "near misses", stroke: "#e0892f", fill: "#e0892f88", paths: bars }],
       }, [h.bins.map((b) => b + 0.005), h.hits, h.near_misses], h.threshold);
-      $("hist-note").textContent = "dashed line: threshold " + h.threshold;
+      $("hist-note").textContent = "dashed line: threshold " + th(h.threshold);
     } else {
       $("hist-note").textContent = "no semantic lookups recorded yet";
     }
@@ -179,7 +181,7 @@
     }, [c.points.map((p) => p.threshold), c.points.map((p) => p.hit_rate), c.points.map((p) => p.wrong_hit_rate)],
     c.threshold);
     $("replay-note").textContent = c.lookups + " semantic lookups; dashed line: threshold in force (" +
-      c.threshold + "). Wrong hits are estimated from verification's rejections.";
+      th(c.threshold) + "). Wrong hits are estimated from verification's rejections.";
     const input = $("threshold-input");
     if (document.activeElement !== input && !input.dataset.touched) input.value = c.threshold.toFixed(2);
   }
@@ -195,8 +197,8 @@
     if (state.by === "model" && state.replayGroup) body.model = state.replayGroup;
     try {
       const r = await call("POST", "/admin/threshold", body);
-      $("replay-result").textContent = "applied " + r.threshold + (r.model ? " to " + r.model : " to every model") +
-        " (was " + r.previous + "; proxy.toml unchanged)";
+      $("replay-result").textContent = "applied " + th(r.threshold) + (r.model ? " to " + r.model : " to every model") +
+        " (was " + th(r.previous) + "; proxy.toml unchanged)";
       delete $("threshold-input").dataset.touched;
       tick();
     } catch (err) { $("replay-result").textContent = "refused: " + err.message; }
