@@ -430,3 +430,62 @@ async fn a_threshold_applied_from_the_replay_changes_what_hits() {
     let other = h.chat(&ask_model("gpt-4o", "what is 2+2 exactly")).await;
     assert_eq!(other.cache_status(), "miss");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deja_replay_prints_the_replay_and_applies_a_threshold() {
+    let h = Harness::with(with_admin).await;
+    traffic(&h).await;
+    // The token comes from the config file, never the command line.
+    let token = h.dir.path().join("admin-token");
+    std::fs::write(&token, ADMIN_TOKEN).unwrap();
+    let config = h.dir.path().join("replay.toml");
+    std::fs::write(
+        &config,
+        format!("[admin]\ntoken_file = {:?}\n", token.display().to_string()),
+    )
+    .unwrap();
+    let admin = h.admin_url("");
+    let run = |extra: &'static [&'static str]| {
+        let (config, admin) = (config.clone(), admin.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_deja"))
+                .arg("--config")
+                .arg(&config)
+                .args(["replay", "--admin", &admin])
+                .args(extra)
+                .env_remove("DEJA_ADMIN__TOKEN")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&[]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("model = \"gpt-4o-mini\": 3 semantic lookups, threshold 0.90"),
+        "{text}"
+    );
+    assert!(text.contains("| 0.80 | 2 | 66.7% | 0 | 0.0% |"), "{text}");
+    assert!(text.contains("| 0.90 * | 1 | 33.3% | 0 | 0.0% |"), "{text}");
+    assert!(text.contains("| 0.96 | 0 | 0.0% | 1 | 50.0% |"), "{text}");
+    let out = run(&["--apply", "0.85", "--model", "gpt-4o-mini"])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("applied 0.85 to gpt-4o-mini (was 0.9000)"),
+        "{text}"
+    );
+    let stats = h.admin("GET", "/admin/stats", None).await.json();
+    assert_eq!(
+        stats["model_thresholds"]["gpt-4o-mini"].as_f64().unwrap() as f32,
+        0.85
+    );
+    let refused = run(&["--apply", "1.5"]).await.unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("400"));
+}

@@ -8,6 +8,7 @@
 //! - `session`: the login form's session cookie and CSRF token
 //! - `signin`: the page's own routes (page, sign-in, sign-out, assets)
 //! - `api`: the JSON calls the page (and scripts) use
+//! - `cli`: `deja replay`, the replay from the command line
 //! - `page`: the HTML, CSS and JavaScript, and the vendored chart library
 //!
 //! Everything is fed from the same finished request records as `/metrics` and the usage log
@@ -22,6 +23,7 @@ use crate::config::{Config, EmbeddingProvider};
 use crate::usage::Record;
 
 pub mod api;
+pub mod cli;
 pub mod lookups;
 pub mod page;
 pub mod replay;
