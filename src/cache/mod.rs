@@ -75,8 +75,8 @@ pub struct SemanticOutcome {
     pub best: Option<f32>,
     /// Candidates above the threshold that verification turned down.
     pub rejected: usize,
-    /// Every usable candidate down to `REPLAY_FLOOR`, judged by verification whether or not
-    /// it was above the threshold: the dashboard's threshold replay (`crate::dashboard`).
+    /// Usable candidates down to `REPLAY_FLOOR` (or to the hit), most similar first, judged by
+    /// verification whether or not they were above the threshold: the dashboard's replay.
     pub candidates: Vec<Candidate>,
 }
 
@@ -340,9 +340,10 @@ impl Cache {
         let mut outcome = SemanticOutcome::default();
         for candidate in self.index.search(*scope, vector, SEMANTIC_CANDIDATES) {
             outcome.best = Some(outcome.best.unwrap_or(f32::MIN).max(candidate.similarity));
-            // Candidates under the threshold (down to REPLAY_FLOOR) and after a hit are only
-            // judged for the dashboard's replay: at most SEMANTIC_CANDIDATES in all.
-            if candidate.similarity < threshold.min(REPLAY_FLOOR) {
+            // Candidates under the threshold (down to REPLAY_FLOOR) are only judged for the
+            // dashboard's replay, at most SEMANTIC_CANDIDATES in all. Those after a hit change
+            // no replayed threshold (each one at or below the hit still hits), so a hit stops.
+            if outcome.hit.is_some() || candidate.similarity < threshold.min(REPLAY_FLOOR) {
                 break;
             }
             let Ok(store) = self.store() else {
@@ -367,7 +368,7 @@ impl Cache {
                 similarity: candidate.similarity.min(1.0),
                 accepted,
             });
-            if outcome.hit.is_some() || candidate.similarity < threshold {
+            if candidate.similarity < threshold {
                 continue;
             }
             if !accepted {
