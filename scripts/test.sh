@@ -9,6 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # settings never use the DEJA_ prefix: deja reads DEJA_* variables as config keys (those that
 # name no key are ignored with a warning), so a stray one could change what a test runs.
 bash scripts/setup-python.sh
+# tests/dashboard_browser.rs drives Debian's headless chromium (installed here when missing).
+bash scripts/setup-chromium.sh
 
 # tests/replicas.rs starts real redis-server processes (Debian's redis-server, Redis 7).
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then

@@ -35,6 +35,8 @@ pub struct App {
     pub usage: UsageLog,
     /// Shadow verification, wrong-hit estimates, error budget, feedback (`crate::trust`).
     pub trust: crate::trust::Trust,
+    /// The dashboard's bounded records (recent lookups, per-minute totals) and sessions.
+    pub dashboard: crate::dashboard::Board,
     pub clock: SharedClock,
     /// Set once shutdown begins: readiness fails so load balancers stop sending.
     pub draining: std::sync::atomic::AtomicBool,
@@ -131,6 +133,7 @@ impl App {
             metrics: Metrics::default(),
             usage,
             trust: crate::trust::Trust::new(&config.cache.trust),
+            dashboard: Default::default(),
             clock,
             draining: Default::default(),
             replica: Default::default(),

@@ -24,6 +24,7 @@
 //! - `error`: deja's own errors as OpenAI-shaped responses
 //! - `jobs`: the persistent job queue (`/v1/async/...`): workers, polling, signed webhooks
 //! - `admin`: the admin listener (probes, /metrics, cache administration, reload)
+//! - `dashboard`: the admin listener's page: live totals, histograms, recent lookups, threshold replay
 //! - `keys`, `limits`: managed mode (deja keys, per-key rate limits and budgets)
 //! - `track`, `usage`, `metrics`: one record per request → usage log and Prometheus metrics
 //! - `metering`: the real usage of an upstream answer, read as it passes (limits, billing)
@@ -46,6 +47,7 @@ pub mod completions;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod dashboard;
 pub mod embed;
 pub mod embeddings;
 pub mod error;

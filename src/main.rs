@@ -27,6 +27,8 @@ enum Command {
     },
     /// Print the `[[keys]].hash` of a key read from standard input (kept out of shell history).
     HashKey,
+    /// What other similarity thresholds would do, from a running deja's recent lookups.
+    Replay(deja::dashboard::cli::ReplayArgs),
 }
 
 #[tokio::main]
@@ -40,6 +42,25 @@ async fn main() -> ExitCode {
         }
         println!("{}", deja::keys::hash_key(key.trim()));
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Replay(replay)) = args.command {
+        let config = match Config::load(&args.config) {
+            Ok(config) => config,
+            Err(err) => {
+                eprintln!("deja replay: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        return match deja::dashboard::cli::run(replay, &config).await {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("deja replay: {err}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(Command::Bench { bench }) = args.command {
         return match deja::bench::run(bench, &args.config).await {

@@ -194,6 +194,8 @@ impl Drop for Inner {
         }
         self.app.metrics.observe(&record);
         self.app.usage.write(&record);
+        // The dashboard's totals, recent lookups and threshold replay (src/dashboard/).
+        self.app.dashboard.record(&record, &config);
     }
 }
 

@@ -94,6 +94,9 @@ pub struct Record {
     pub retry_causes: Vec<&'static str>,
     #[serde(skip)]
     pub started: Instant,
+    /// The semantic lookup's candidates, for the dashboard (src/dashboard/); never logged.
+    #[serde(skip)]
+    pub semantic: Option<Box<crate::dashboard::SemanticTrace>>,
 }
 
 impl Record {
@@ -123,6 +126,7 @@ impl Record {
             saved_usd: None,
             retry_causes: Vec::new(),
             started: Instant::now(),
+            semantic: None,
         }
     }
 

@@ -1,6 +1,9 @@
 //! The admin listener, separate from the one applications use (loopback by default):
 //! `/healthz` and `/readyz` for probes, and behind `admin.token`: `/metrics` (Prometheus),
-//! `/admin/stats`, `/admin/lookup`, `/admin/entries/{id}`, `/admin/purge`, `/admin/reload`.
+//! `/admin/stats`, `/admin/lookup`, `/admin/entries/{id}`, `/admin/purge`, `/admin/reload`,
+//! and the dashboard (`crate::dashboard`): its page at `/dashboard` and its JSON calls.
+//! A dashboard session cookie stands in for the token; with it, calls other than GET must
+//! carry the session's CSRF token.
 //!
 //! - `handlers`: what each call does
 //! - `reload`: re-reading proxy.toml into the running proxy
@@ -25,6 +28,8 @@ use tokio::sync::watch;
 use crate::app::App;
 use crate::body::{ProxyBody, full};
 use crate::connection;
+use crate::dashboard::api as dashboard;
+use crate::dashboard::session::{self, CSRF_HEADER};
 
 mod handlers;
 pub mod reload;
@@ -75,9 +80,15 @@ async fn route(app: Arc<App>, request: Request<Incoming>) -> Response<ProxyBody>
         }
         _ => {}
     }
-    if let Err(response) = authorize(&app, request.headers()) {
+    // The dashboard's page and sign-in form authenticate themselves.
+    if crate::dashboard::signin::owns(&path) {
+        return crate::dashboard::signin::route(&app, request).await;
+    }
+    if let Err(response) = authorize(&app, &method, request.headers()) {
         return response;
     }
+    let query = request.uri().query().map(str::to_string);
+    let query = query.as_deref();
     let body = match read_json(request.into_body()).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -97,6 +108,11 @@ async fn route(app: Arc<App>, request: Request<Incoming>) -> Response<ProxyBody>
                 Err(_) => error(StatusCode::BAD_REQUEST, "entry ids are numbers"),
             }
         }
+        (&Method::GET, "/admin/dashboard") => dashboard::overview(&app),
+        (&Method::GET, "/admin/lookups") => dashboard::lookups(&app, query),
+        (&Method::GET, "/admin/histograms") => dashboard::histograms(&app, query),
+        (&Method::GET, "/admin/replay") => dashboard::replay(&app, query),
+        (&Method::POST, "/admin/threshold") => dashboard::set_threshold(&app, body).await,
         (method, path) if path.starts_with("/admin/entries/") => {
             let id = path["/admin/entries/".len()..].parse::<u64>().ok();
             match (method, id) {
@@ -113,9 +129,14 @@ async fn route(app: Arc<App>, request: Request<Incoming>) -> Response<ProxyBody>
     }
 }
 
-/// Every call but the probes needs `Authorization: Bearer <admin.token>`; without a
-/// configured token the admin API refuses everything.
-fn authorize(app: &App, headers: &http::HeaderMap) -> Result<(), Response<ProxyBody>> {
+/// Every call but the probes needs `Authorization: Bearer <admin.token>` or a dashboard
+/// session (plus its CSRF token for anything but GET); without a configured token the admin
+/// API refuses everything.
+fn authorize(
+    app: &App,
+    method: &Method,
+    headers: &http::HeaderMap,
+) -> Result<(), Response<ProxyBody>> {
     let config = app.config();
     let Some(token) = &config.admin.token else {
         return Err(error(
@@ -129,19 +150,34 @@ fn authorize(app: &App, headers: &http::HeaderMap) -> Result<(), Response<ProxyB
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
-        Ok(())
-    } else {
-        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"deja-admin\""),
-        );
-        Err(response)
+        return Ok(());
     }
+    let csrf = session::session_id(headers).and_then(|id| {
+        app.dashboard
+            .sessions
+            .check(&id, token.expose(), app.now_ms())
+    });
+    if let Some(csrf) = csrf {
+        // A cookie rides along on any request the browser sends, a forged cross-site one too
+        // (SameSite aside): changes must also show the token only the page can read.
+        let echoed = headers
+            .get(CSRF_HEADER)
+            .map_or(&[][..], HeaderValue::as_bytes);
+        if *method == Method::GET || constant_time_eq(echoed, csrf.as_bytes()) {
+            return Ok(());
+        }
+        return Err(error(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
+    }
+    let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"deja-admin\""),
+    );
+    Err(response)
 }
 
 /// Compares without an early exit, so response time does not reveal how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut differ = a.len() ^ b.len();
     for (i, &byte) in b.iter().enumerate() {
         differ |= usize::from(byte ^ a.get(i).copied().unwrap_or(!byte));

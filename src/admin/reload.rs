@@ -27,6 +27,41 @@ pub fn reload(app: &App) -> Result<ReloadReport, ConfigError> {
     };
     let mut next = Config::load(&path)?;
     let report = keep_start_up_settings(&running, &mut next);
+    put_in_force(app, next);
+    tracing::info!(
+        path = %path.display(),
+        needs_restart = ?report.needs_restart,
+        "configuration reloaded"
+    );
+    Ok(report)
+}
+
+/// The dashboard's "apply this threshold": the running configuration with one threshold
+/// changed, validated like a file and put in force like a reload. Returns the threshold it
+/// replaces. The file is not rewritten, so a later reload or restart goes back to its value.
+pub fn set_threshold(app: &App, model: Option<&str>, value: f32) -> Result<f32, ConfigError> {
+    let mut next = Config::clone(&app.config());
+    let previous = match model {
+        Some(model) => {
+            let previous = next.cache.threshold_for(model);
+            next.cache.model_thresholds.insert(model.to_string(), value);
+            previous
+        }
+        None => std::mem::replace(&mut next.cache.similarity_threshold, value),
+    };
+    next.validate()?;
+    put_in_force(app, next);
+    tracing::info!(
+        model = model.unwrap_or("*"),
+        previous,
+        threshold = value,
+        "similarity threshold set from the dashboard (proxy.toml unchanged)"
+    );
+    Ok(previous)
+}
+
+/// What every configuration change does: retune the cache, retarget the embedder, swap.
+fn put_in_force(app: &App, next: Config) {
     if let Some(cache) = &app.cache {
         cache.retune(&next.cache);
     }
@@ -34,12 +69,6 @@ pub fn reload(app: &App) -> Result<ReloadReport, ConfigError> {
         embedder.retarget(&next);
     }
     app.replace_config(next);
-    tracing::info!(
-        path = %path.display(),
-        needs_restart = ?report.needs_restart,
-        "configuration reloaded"
-    );
-    Ok(report)
 }
 
 /// Copies the settings that cannot change while running from `running` into `next`, naming

@@ -79,7 +79,21 @@ pub struct SemanticOutcome {
     pub best: Option<f32>,
     /// Candidates above the threshold that verification turned down.
     pub rejected: usize,
+    /// Usable candidates down to `REPLAY_FLOOR` (or to the hit), most similar first, judged by
+    /// verification whether or not they were above the threshold: the dashboard's replay.
+    pub candidates: Vec<Candidate>,
 }
+
+/// One semantic candidate as the threshold replay sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    pub similarity: f32,
+    /// Verification (numbers, negation, ...) accepts it for the query.
+    pub accepted: bool,
+}
+
+/// Lowest similarity a lookup still judges for the replay (never served below the threshold).
+pub const REPLAY_FLOOR: f32 = 0.70;
 
 /// A new answer to store.
 pub struct NewEntry {
@@ -338,11 +352,16 @@ impl Cache {
         needs: Requirements,
     ) -> Result<SemanticOutcome, StoreError> {
         let mut outcome = SemanticOutcome::default();
-        // With the verifier model on, candidates down to its lower bound are considered.
+        // With the verifier model on, candidates down to its lower bound can hit.
         let model_stage = self.model_stage.load();
+        let lowest = model_stage.lowest(threshold);
         for candidate in self.index.search(*scope, vector, SEMANTIC_CANDIDATES) {
             outcome.best = Some(outcome.best.unwrap_or(f32::MIN).max(candidate.similarity));
-            if candidate.similarity < model_stage.lowest(threshold) {
+            // Candidates under the lowest that can hit (down to REPLAY_FLOOR) are only judged
+            // by the rules, for the dashboard's replay, at most SEMANTIC_CANDIDATES in all.
+            // Those after a hit change no replayed threshold (each one at or below the hit
+            // still hits), so a hit stops.
+            if outcome.hit.is_some() || candidate.similarity < lowest.min(REPLAY_FLOOR) {
                 break;
             }
             let Ok(store) = self.store() else {
@@ -359,12 +378,20 @@ impl Cache {
             if entry.scope != *scope.as_bytes() || !self.usable(&entry, needs) {
                 continue;
             }
-            if candidate.similarity < model_stage.floor(threshold, &entry.model) {
-                break; // the model may not lower this threshold (a request raised it)
-            }
-            if let Some(prompt) = &entry.prompt
-                && !self.verify.load().accepts(query, prompt)
+            let accepted = entry
+                .prompt
+                .as_ref()
+                .is_none_or(|prompt| self.verify.load().accepts(query, prompt));
+            outcome.candidates.push(Candidate {
+                similarity: candidate.similarity.min(1.0),
+                accepted,
+            });
+            if candidate.similarity < lowest
+                || candidate.similarity < model_stage.floor(threshold, &entry.model)
             {
+                continue; // below what may hit (the model may not lower a raised threshold)
+            }
+            if !accepted {
                 outcome.rejected += 1;
                 continue;
             }
@@ -386,7 +413,6 @@ impl Cache {
                 similarity: candidate.similarity.min(1.0),
                 semantic: true,
             });
-            break;
         }
         Ok(outcome)
     }

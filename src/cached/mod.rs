@@ -538,6 +538,12 @@ impl Call {
             self.tracker
                 .update(|r| r.lookup_ms = Some(r.lookup_ms.unwrap_or(0.0) + lookup_ms));
             if let Some(outcome) = outcome {
+                // Feeds the dashboard's threshold replay (src/dashboard/).
+                let text = lookup.semantic_text.as_deref();
+                self.tracker.update(|r| {
+                    r.semantic =
+                        crate::dashboard::trace(&self.app, &partition.namespace, text, &outcome)
+                });
                 best = outcome.best;
                 rejected = outcome.rejected;
                 self.tracker.update(|r| r.best_similarity = best);

@@ -96,6 +96,9 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
     /// A file holding the token (trailing whitespace ignored).
     pub token_file: Option<PathBuf>,
+    /// Show prompt text (the last user message) in the dashboard's recent lookups and entry
+    /// view. Off: the page shows who, what and how, never what was asked.
+    pub show_prompts: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

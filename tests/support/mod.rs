@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod cdp;
 pub mod fake_upstream;
 pub mod faulty_upstream;
 pub mod process;
