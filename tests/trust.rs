@@ -193,6 +193,11 @@ async fn without_a_budget_disagreement_is_measured_but_the_threshold_stays() {
     assert_eq!(metric(&text, rate), 1.0);
     let hit = h.chat(&ask(REWORDED)).await;
     assert_eq!(hit.header("x-deja-match"), Some("semantic"));
+    // The dashboard's wrong-hit panel reads the same estimate.
+    let panel = h.admin("GET", "/admin/dashboard", None).await.json()["wrong_hits"].clone();
+    assert_eq!(panel["measured"], true, "{panel}");
+    assert_eq!(panel["checked"], 2, "{panel}");
+    assert_eq!(panel["wrong_hit_rate"], 1.0, "{panel}");
 }
 
 #[tokio::test]

@@ -14,9 +14,7 @@
 //! Everything is fed from the same finished request records as `/metrics` and the usage log
 //! (`Board::record`, called once per request), so the request path itself gains one push.
 
-use std::sync::Arc;
 
-use parking_lot::RwLock;
 use serde::Serialize;
 
 use crate::config::{Config, EmbeddingProvider};
@@ -39,14 +37,6 @@ pub struct Board {
     pub lookups: lookups::LookupLog,
     pub minutes: totals::Minutes,
     pub sessions: session::Sessions,
-    wrong_hits: RwLock<Option<Arc<dyn WrongHitSource>>>,
-}
-
-/// Where the wrong-hit panel gets its numbers: shadow verification (re-asking the upstream
-/// for a sample of hits and comparing) plugs in here; until one is set the panel says
-/// "not measured".
-pub trait WrongHitSource: Send + Sync {
-    fn report(&self) -> WrongHitReport;
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -63,14 +53,36 @@ pub struct WrongHitReport {
 }
 
 impl WrongHitReport {
-    pub fn not_measured() -> WrongHitReport {
+    /// From the `trust` section of `/admin/stats` (`crate::trust`): every hit judged by shadow
+    /// verification, plus the hits feedback marked wrong, over all models and namespaces.
+    /// Nothing judged yet: "not measured", saying how to measure.
+    pub fn from_trust(trust: &serde_json::Value) -> WrongHitReport {
+        let groups = trust["groups"].as_array().map_or(&[][..], Vec::as_slice);
+        let sum = |field: &str| -> u64 { groups.iter().filter_map(|g| g[field].as_u64()).sum() };
+        let wrong = sum("disagreed") + sum("feedback");
+        let checked = sum("agreed") + wrong;
+        let budget = trust["max_wrong_rate"].as_f64().filter(|b| *b > 0.0);
+        if checked == 0 {
+            return WrongHitReport {
+                measured: false,
+                wrong_hit_rate: None,
+                checked: 0,
+                budget,
+                budget_remaining: None,
+                note: "no hit judged yet (set cache.trust.shadow_sample_rate to re-ask a sample \
+                       of hits upstream)"
+                    .into(),
+            };
+        }
+        let rate = wrong as f64 / checked as f64;
         WrongHitReport {
-            measured: false,
-            wrong_hit_rate: None,
-            checked: 0,
-            budget: None,
-            budget_remaining: None,
-            note: "shadow verification is not available in this build".into(),
+            measured: true,
+            wrong_hit_rate: Some(rate),
+            checked,
+            budget,
+            budget_remaining: budget.map(|b| (b - rate).max(0.0)),
+            note: "shadow verification and feedback; per model and namespace in /admin/stats"
+                .into(),
         }
     }
 }
@@ -81,17 +93,6 @@ impl Board {
         let share = totals::Totals::of(record, embedding_cost(record, config));
         self.minutes.add(record.ts_ms, &share);
         self.lookups.push(lookups::Lookup::of(record));
-    }
-
-    pub fn set_wrong_hit_source(&self, source: Arc<dyn WrongHitSource>) {
-        *self.wrong_hits.write() = Some(source);
-    }
-
-    pub fn wrong_hits(&self) -> WrongHitReport {
-        self.wrong_hits
-            .read()
-            .as_ref()
-            .map_or_else(WrongHitReport::not_measured, |source| source.report())
     }
 }
 
