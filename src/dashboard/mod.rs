@@ -14,7 +14,6 @@
 //! Everything is fed from the same finished request records as `/metrics` and the usage log
 //! (`Board::record`, called once per request), so the request path itself gains one push.
 
-
 use serde::Serialize;
 
 use crate::config::{Config, EmbeddingProvider};
