@@ -47,6 +47,7 @@ pub mod control;
 pub mod embed;
 pub mod embeddings;
 pub mod error;
+pub mod headers;
 pub mod json_budget;
 pub mod json_splice;
 pub mod keys;

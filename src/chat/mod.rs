@@ -13,7 +13,8 @@ pub mod request;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::cached::{Assembler, Endpoint, Partition, Plan, plan_as};
+use crate::cache::Partition;
+use crate::cached::{Assembler, Endpoint, Plan, plan_as};
 use crate::text::fresh_id;
 use assemble::ChatStreamAssembler;
 use request::ChatRequest;
