@@ -47,6 +47,12 @@ pub struct App {
     pub jobs: Option<Arc<crate::jobs::Jobs>>,
 }
 
+/// One request's configuration (see `App::snapshot`).
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub plans_epoch: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("building the HTTP client: {0}")]
@@ -69,6 +75,17 @@ impl App {
     /// The configuration in force now (a reload swaps it between requests).
     pub fn config(&self) -> Guard<Arc<Config>> {
         self.config.load()
+    }
+
+    /// The configuration one request runs under, taken once at its start, and the plan
+    /// memo's epoch read just before it: a plan made under this configuration is remembered
+    /// only if no reload came between (`PlanMemo::remember`).
+    pub fn snapshot(&self) -> Snapshot {
+        let plans_epoch = self.plans.epoch();
+        Snapshot {
+            config: Guard::into_inner(self.config.load()),
+            plans_epoch,
+        }
     }
 
     /// Puts a new configuration in force for the requests that start after this.

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::cache::Partition;
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan, plan_as, stream_flags};
+use crate::cached::{Assembler, Endpoint, Lookup, Plan, plan_as, stream_flags};
 use crate::chunks::{ChunkGate, ChunkWriter, copy_fields, stored_choices};
 use crate::lazy_replay::{Replay, Steps, cloned_at};
 use crate::text::fresh_id;

@@ -5,14 +5,11 @@
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
-use crate::cached::Partition;
+use crate::cache::Partition;
 use crate::config::KeyConfig;
 use crate::error::ApiError;
 
-/// Names a sub-cache; requests only hit entries stored with the same namespace.
-pub const NAMESPACE_HEADER: &str = "x-deja-namespace";
-/// Raises the similarity threshold for this request (a lower value is ignored).
-pub const THRESHOLD_HEADER: &str = "x-deja-threshold";
+use crate::headers::{NAMESPACE as NAMESPACE_HEADER, THRESHOLD as THRESHOLD_HEADER};
 
 const MAX_NAMESPACE_LEN: usize = 128;
 
@@ -156,8 +153,8 @@ pub fn partition(headers: &HeaderMap, shared: bool, namespace: &str) -> Partitio
     }
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match headers.get(name) {
+fn header_text(headers: &HeaderMap, name: HeaderName) -> Result<Option<&str>, ApiError> {
+    match headers.get(&name) {
         None => Ok(None),
         Some(value) => value
             .to_str()
@@ -179,6 +176,12 @@ mod tests {
         map
     }
 
+    fn one(name: HeaderName, value: &'static str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(name, HeaderValue::from_static(value));
+        map
+    }
+
     #[test]
     fn parses_cache_control() {
         let c =
@@ -192,9 +195,9 @@ mod tests {
 
     #[test]
     fn threshold_header_only_raises() {
-        let c = Controls::from_headers(&headers(&[(THRESHOLD_HEADER, "0.99")])).unwrap();
+        let c = Controls::from_headers(&one(THRESHOLD_HEADER, "0.99")).unwrap();
         assert_eq!(c.effective_threshold(0.95), 0.99);
-        let c = Controls::from_headers(&headers(&[(THRESHOLD_HEADER, "0.5")])).unwrap();
+        let c = Controls::from_headers(&one(THRESHOLD_HEADER, "0.5")).unwrap();
         assert_eq!(c.effective_threshold(0.95), 0.95);
         for bad in ["0", "1.5", "-1", "abc", "NaN"] {
             let mut map = HeaderMap::new();
@@ -205,9 +208,9 @@ mod tests {
 
     #[test]
     fn namespace_is_validated() {
-        let c = Controls::from_headers(&headers(&[(NAMESPACE_HEADER, "team-a/prod")])).unwrap();
+        let c = Controls::from_headers(&one(NAMESPACE_HEADER, "team-a/prod")).unwrap();
         assert_eq!(c.namespace, "team-a/prod");
-        assert!(Controls::from_headers(&headers(&[(NAMESPACE_HEADER, "a b")])).is_err());
+        assert!(Controls::from_headers(&one(NAMESPACE_HEADER, "a b")).is_err());
     }
 
     #[test]

@@ -17,15 +17,15 @@ use serde_json::{Map, Value, json};
 
 use crate::app::App;
 use crate::body::{ProxyBody, full};
-use crate::cache::entry::Owner;
+use crate::cache::Partition;
 use crate::cache::key::{Hash32, KeyBuilder};
 use crate::cache::store::StoreError;
 use crate::cache::{NewEntry, Requirements};
-use crate::cached::{Partition, blocking, read_routed};
+use crate::cached::{blocking, read_routed};
 use crate::control::{self, Controls};
 use crate::error::ApiError;
 use crate::metering::metered;
-use crate::relay::{CACHE_STATUS, response_headers, stream_response};
+use crate::relay::{response_headers, stream_response};
 use crate::routing;
 use crate::track::{Tracker, estimate_tokens};
 use crate::upstream::{Failed, Outgoing, cacheable_status};
@@ -107,8 +107,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
     // Aliases only: another model's vectors would not be comparable, so no fallbacks here.
-    let (bytes, json, controls, route) = match read_routed(&app, body, &parts, tracker, false).await
-    {
+    let (bytes, json, controls, route) = match read_routed(body, &parts, tracker, false).await {
         Ok(read) => read,
         Err(response) => return response,
     };
@@ -127,7 +126,7 @@ async fn respond(
 ) -> Response<ProxyBody> {
     let partition = control::partition_for(
         &parts.headers,
-        app.config().cache.shared,
+        tracker.config().cache.shared,
         &controls.namespace,
         tracker.key(),
     );
@@ -146,7 +145,7 @@ async fn respond(
                 retries: Vec::new(),
             })?;
         let sent = Instant::now();
-        let result = routing::send(&app, &out, body, None).await;
+        let result = routing::send(&app, tracker.config(), &out, body, None).await;
         tracker.upstream_call(sent, &result);
         result
     };
@@ -243,7 +242,7 @@ async fn respond(
     let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
     tracker.update(|r| r.take_usage(&parsed));
     if !controls.no_store {
-        store(&cache, &batch, &missing, &fresh, Owner::of(&partition)).await;
+        store(&cache, &batch, &missing, &fresh, partition.clone()).await;
     }
     for (&i, item) in missing.iter().zip(fresh.iter_mut()) {
         cached[i] = Some(std::mem::take(item));
@@ -283,7 +282,7 @@ async fn store(
     batch: &Batch,
     missing: &[usize],
     fresh: &[Value],
-    owner: Owner,
+    owner: Partition,
 ) {
     let entries: Vec<NewEntry> = missing
         .iter()
@@ -345,9 +344,9 @@ fn answer(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(CACHE_STATUS, HeaderValue::from_static(outcome));
+    headers.insert(crate::headers::CACHE, HeaderValue::from_static(outcome));
     if let Ok(value) = HeaderValue::from_str(&format!("{hits}/{}", batch.texts.len())) {
-        headers.insert("x-deja-cached-inputs", value);
+        headers.insert(crate::headers::CACHED_INPUTS, value);
     }
     *response.headers_mut() = headers;
     response

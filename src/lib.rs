@@ -51,6 +51,7 @@ pub mod dashboard;
 pub mod embed;
 pub mod embeddings;
 pub mod error;
+pub mod headers;
 pub mod jobs;
 pub mod json_budget;
 pub mod json_splice;

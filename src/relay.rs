@@ -28,12 +28,12 @@ pub async fn relay(
     suffix: &str,
     tracker: &Tracker,
 ) -> Response<ProxyBody> {
-    let limit = app.config().server.max_body_bytes;
+    let config = tracker.config().clone();
+    let limit = config.server.max_body_bytes;
     let (parts, body) = request.into_parts();
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
         return ApiError::BodyTooLarge { limit }.into_response();
     }
-    let config = arc_swap::Guard::into_inner(app.config());
     let out = Outgoing {
         method: &parts.method,
         suffix,
@@ -90,7 +90,7 @@ pub async fn relay(
             }
         });
     // A client that stops sending mid-body (slow-loris) is cut off after the body timeout.
-    let idle = Duration::from_secs(app.config().server.body_timeout_secs);
+    let idle = Duration::from_secs(config.server.body_timeout_secs);
     let stalled = Arc::new(AtomicBool::new(false));
     let stall_flag = stalled.clone();
     let body_stream = futures_util::stream::unfold(Some(Box::pin(body_stream)), move |body| {
@@ -157,12 +157,10 @@ pub fn stream_response(
 pub fn response_headers(upstream: &HeaderMap, cache_status: Option<&'static str>) -> HeaderMap {
     let mut headers = strip_hop_by_hop(upstream);
     if let Some(status) = cache_status {
-        headers.insert(CACHE_STATUS, HeaderValue::from_static(status));
+        headers.insert(crate::headers::CACHE, HeaderValue::from_static(status));
     }
     headers
 }
-
-pub const CACHE_STATUS: &str = "x-deja-cache";
 
 fn declared_length(headers: &HeaderMap) -> Option<usize> {
     headers

@@ -11,7 +11,7 @@ use crate::body::{ProxyBody, full};
 use crate::cached::{self, Endpoint};
 use crate::chat::ChatCompletions;
 use crate::completions::Completions;
-use crate::config::KeyConfig;
+use crate::config::{Config, KeyConfig};
 use crate::embeddings;
 use crate::error::ApiError;
 use crate::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
@@ -24,12 +24,12 @@ use crate::tunnel;
 use crate::usage::Outcome;
 
 /// The cached endpoint for a `POST` path (after `/v1`), if any.
-pub(crate) fn cached_endpoint(app: &App, path: &str) -> Option<&'static dyn Endpoint> {
+pub(crate) fn cached_endpoint(config: &Config, path: &str) -> Option<&'static dyn Endpoint> {
     match path {
         "/chat/completions" => Some(&ChatCompletions),
         "/completions" => Some(&Completions),
         // Stored responses keep their upstream ids, which only the same organization can use.
-        "/responses" if !app.config().cache.shared || app.config().cache.cache_stored_responses => {
+        "/responses" if !config.cache.shared || config.cache.cache_stored_responses => {
             Some(&RESPONSES_CACHING_STORED)
         }
         "/responses" => Some(&RESPONSES),
@@ -63,8 +63,11 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_string(),
     };
+    // The configuration this request runs under, from here to its last byte.
+    let snapshot = app.snapshot();
+    let config = snapshot.config.clone();
     let cached = (request.method() == Method::POST)
-        .then(|| cached_endpoint(&app, rest))
+        .then(|| cached_endpoint(&config, rest))
         .flatten();
     let embeddings = request.method() == Method::POST && rest == "/embeddings";
     let name = match (cached, embeddings) {
@@ -75,9 +78,9 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
 
     // Managed mode: a known deja key or 401. Its credentials never travel further, and
     // neither do the headers that choose which organization or project deja's key bills.
-    let key = if app.config().managed() {
+    let key = if config.managed() {
         let Some(key) = app.keys().authenticate(request.headers()) else {
-            let tracker = Tracker::new(app.clone(), name, None);
+            let tracker = Tracker::new(app.clone(), config, name, None);
             tracker.outcome(Outcome::Unauthorized);
             return tracker.attach(ApiError::InvalidApiKey.into_response());
         };
@@ -88,7 +91,7 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     } else {
         None
     };
-    let tracker = Tracker::new(app.clone(), name, key.clone());
+    let tracker = Tracker::new(app.clone(), config, name, key.clone());
     if let Some(key) = &key
         // `[redis]`: rpm counted across replicas, then locally as before.
         && let Err(refusal) = crate::replica::limits::admit(&app, key).await
@@ -99,7 +102,7 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
 
     let response = match (cached, embeddings) {
         (Some(endpoint), _) => {
-            cached::handle(app.clone(), endpoint, request, suffix, &tracker).await
+            cached::handle(app.clone(), snapshot, endpoint, request, suffix, &tracker).await
         }
         (None, true) => embeddings::handle(app.clone(), request, suffix, &tracker).await,
         _ if tunnel::is_websocket(&request) => {

@@ -12,14 +12,11 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::body::ProxyBody;
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
 use crate::error::ApiError;
 use crate::upstream::{Failed, Outgoing, Sent};
 
-/// Names the model that answered a routed request.
-pub const MODEL_HEADER: &str = "x-deja-model";
-/// Set when a fallback model answered (then the answer is not cached).
-pub const FALLBACK_HEADER: &str = "x-deja-fallback";
+use crate::headers::{FALLBACK as FALLBACK_HEADER, MODEL as MODEL_HEADER};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -170,11 +167,11 @@ fn fallback_cause(outcome: &Result<Sent, Failed>) -> Option<String> {
 /// outcome stands whatever it is. Without a route, the one request with its retries.
 pub async fn send(
     app: &App,
+    config: &Config,
     out: &Outgoing<'_>,
     body: Bytes,
     route: Option<&Route>,
 ) -> Result<Sent, Failed> {
-    let config = arc_swap::Guard::into_inner(app.config());
     let upstream = &config.upstream;
     let Some(route) = route else {
         return app.upstream.send_retrying(upstream, out, body).await;

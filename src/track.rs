@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::body::ProxyBody;
-use crate::config::{DEFAULT_PRICE, KeyConfig};
+use crate::config::{Config, DEFAULT_PRICE, KeyConfig};
 use crate::error::ApiError;
 use crate::limits::{Refusal, Reservation};
 use crate::usage::{Outcome, Record};
@@ -23,13 +23,21 @@ pub struct Tracker(Arc<Inner>);
 
 struct Inner {
     app: Arc<App>,
+    /// The configuration the request runs under (prices, upstream, cache settings): taken
+    /// once, so a reload mid-request cannot mix two.
+    config: Arc<Config>,
     key: Option<Arc<KeyConfig>>,
     record: Mutex<Record>,
     reservation: Mutex<Option<Reservation>>,
 }
 
 impl Tracker {
-    pub fn new(app: Arc<App>, endpoint: &'static str, key: Option<Arc<KeyConfig>>) -> Tracker {
+    pub fn new(
+        app: Arc<App>,
+        config: Arc<Config>,
+        endpoint: &'static str,
+        key: Option<Arc<KeyConfig>>,
+    ) -> Tracker {
         let mut record = Record::new(endpoint, app.now_ms());
         if let Some(key) = &key {
             record.key_id = Some(key.id.clone());
@@ -37,10 +45,16 @@ impl Tracker {
         }
         Tracker(Arc::new(Inner {
             app,
+            config,
             key,
             record: Mutex::new(record),
             reservation: Mutex::new(None),
         }))
+    }
+
+    /// The configuration this request runs under.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.0.config
     }
 
     /// The managed key the request came with.
@@ -101,8 +115,10 @@ impl Tracker {
                 .clone()
                 .or_else(|| record.model_asked.clone())
         };
-        let config = self.0.app.config();
-        let price = config.price(model.as_deref().unwrap_or(DEFAULT_PRICE));
+        let price = self
+            .0
+            .config
+            .price(model.as_deref().unwrap_or(DEFAULT_PRICE));
         if key.budget_usd.is_some() && price.is_none() {
             let what = model.map_or_else(
                 || "calls deja relays without reading".to_string(),
@@ -161,9 +177,10 @@ impl Drop for Inner {
         if record.model_used.is_none() {
             record.model_used = record.model_asked.clone();
         }
-        let config = self.app.config();
         let model = record.model_used.as_ref().or(record.model_asked.as_ref());
-        let price = config.price(model.map_or(DEFAULT_PRICE, String::as_str));
+        let price = self
+            .config
+            .price(model.map_or(DEFAULT_PRICE, String::as_str));
         let cost = match (price, record.prompt_tokens) {
             (Some(price), Some(prompt)) => {
                 Some(price.cost(prompt, record.completion_tokens.unwrap_or(0)))
@@ -195,7 +212,7 @@ impl Drop for Inner {
         self.app.metrics.observe(&record);
         self.app.usage.write(&record);
         // The dashboard's totals, recent lookups and threshold replay (src/dashboard/).
-        self.app.dashboard.record(&record, &config);
+        self.app.dashboard.record(&record, &self.config);
     }
 }
 

@@ -40,7 +40,7 @@ pub async fn tunnel(
     suffix: &str,
     tracker: &Tracker,
 ) -> Response<ProxyBody> {
-    let config = arc_swap::Guard::into_inner(app.config());
+    let config = tracker.config();
     let sent = std::time::Instant::now();
     let result = app
         .upstream

@@ -26,9 +26,6 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Prefix of deja's own request headers (cache controls); they stop here.
-pub const DEJA_HEADER_PREFIX: &str = "x-deja-";
-
 /// The outgoing client. Base URL, key, timeout and retry policy come from the configuration
 /// passed with each request, so a reload applies to the next one; only the connection
 /// settings of the client itself are fixed at start-up.
@@ -326,7 +323,7 @@ pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
     out.remove(header::HOST);
     let own: Vec<HeaderName> = out
         .keys()
-        .filter(|name| name.as_str().starts_with(DEJA_HEADER_PREFIX))
+        .filter(|name| name.as_str().starts_with(crate::headers::PREFIX))
         .cloned()
         .collect();
     for name in own {
@@ -395,7 +392,7 @@ mod tests {
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         headers.insert("host", HeaderValue::from_static("localhost:8080"));
-        headers.insert("x-deja-namespace", HeaderValue::from_static("n"));
+        headers.insert(crate::headers::NAMESPACE, HeaderValue::from_static("n"));
         headers.insert("authorization", HeaderValue::from_static("Bearer sk-1"));
         headers.insert("openai-organization", HeaderValue::from_static("org"));
         headers.append("x-multi", HeaderValue::from_static("a"));

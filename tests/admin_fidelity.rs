@@ -13,7 +13,7 @@ use deja::config::Config;
 use serde_json::{Value, json};
 use support::admin::{key, managed, with_admin};
 use support::fake_upstream::{CHAT_PATH, FakeUpstream, http_client};
-use support::proxy::{Harness, KEY_A, Reply, ask};
+use support::proxy::{Harness, KEY_A, Reply, ask, ask_stream};
 
 const ALICE: &str = "sk-deja-alice-secret";
 
@@ -65,6 +65,55 @@ async fn lookup_resolves_aliases_as_a_request_does() {
     let explained = reply.json();
     assert_eq!(explained["model"], "gpt-4o-mini");
     assert_eq!(explained["exact"]["id"], entry, "{explained}");
+}
+
+/// `/admin/lookup` decides with the proxy's own code, so it cannot disagree with a request:
+/// an entry stored from a stream without usage cannot answer a JSON request (which must
+/// report usage), and the lookup of that request says miss, while a stream's says hit.
+#[tokio::test]
+async fn lookup_decides_as_a_request_does() {
+    let h = Harness::with(with_admin).await;
+    let question = "Name a prime number.";
+    assert_eq!(
+        h.chat(&ask_stream(question, false)).await.cache_status(),
+        "miss"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let explain = |body: Value| {
+        json!({
+            "path": CHAT_PATH,
+            "authorization": format!("Bearer {KEY_A}"),
+            "body": body,
+        })
+    };
+    let stream = h
+        .admin(
+            "POST",
+            "/admin/lookup",
+            Some(&explain(ask_stream(question, false))),
+        )
+        .await;
+    assert_eq!(stream.status, 200, "{}", stream.text);
+    let stream = stream.json();
+    assert_eq!(stream["decision"]["cache"], "hit", "{stream}");
+    assert_eq!(stream["decision"]["match"], "exact", "{stream}");
+    let entry = stream["exact"]["id"].clone();
+    assert!(entry.is_u64(), "{stream}");
+    let plain = h
+        .admin("POST", "/admin/lookup", Some(&explain(ask(question))))
+        .await
+        .json();
+    assert_eq!(plain["decision"]["cache"], "miss", "{plain}");
+    assert_eq!(plain["exact"], Value::Null, "{plain}");
+    // The requests themselves get what the lookups said.
+    let hit = h.chat(&ask_stream(question, false)).await;
+    assert_eq!(hit.cache_status(), "hit");
+    assert_eq!(
+        hit.header("x-deja-entry"),
+        entry.as_u64().map(|id| id.to_string()).as_deref()
+    );
+    assert_eq!(h.chat(&ask(question)).await.cache_status(), "miss");
+    assert_eq!(h.upstream.calls(CHAT_PATH), 2);
 }
 
 /// A clock that panics once told to: the request handler's first reading of the time.

@@ -1,8 +1,9 @@
 //! What must hold for any input. Each function panics when a property fails; the fuzz targets
 //! feed them libFuzzer's inputs and `tests/fuzz_regressions.rs` replays saved ones on stable.
 
+use deja::cache::Partition;
 use deja::cache::key::Hash32;
-use deja::cached::{Endpoint, Partition, Plan};
+use deja::cached::{Endpoint, Plan};
 use deja::chat::ChatCompletions;
 use deja::completions::Completions;
 use deja::responses::{RESPONSES, RESPONSES_CACHING_STORED};

@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use super::{error, json_response};
 use crate::app::App;
 use crate::body::ProxyBody;
+use crate::cache::Cache;
 use crate::cache::admin::{Neighbour, Selector};
-use crate::cache::{Cache, Requirements};
-use crate::cached::{Planning, plan_request};
+use crate::cached::{Ask, Decision, Planning, Vectors, decide, plan_request};
 use crate::control::partition_for;
 use crate::metrics::CacheGauges;
 use crate::router::cached_endpoint;
@@ -85,17 +85,20 @@ pub fn stats(app: &App) -> Response<ProxyBody> {
     )
 }
 
-/// Which entry a request would hit, and its nearest neighbours with their similarities:
+/// What a request would get, and its nearest neighbours with their similarities:
 /// `{"path": "/v1/chat/completions", "body": {...}, "key_id" | "authorization", "namespace",
-/// "k"}`.
+/// "k"}`. The request is planned and decided by the proxy's own code (`cached::decide`,
+/// without joining twins in flight), so this explains what a request really gets.
 pub async fn lookup(app: &Arc<App>, call: Value) -> Response<ProxyBody> {
     let Some(cache) = app.cache.clone() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "caching is off");
     };
+    let snapshot = app.snapshot();
+    let config = snapshot.config.clone();
     let path = call["path"].as_str().unwrap_or("/v1/chat/completions");
     let Some(endpoint) = path
         .strip_prefix("/v1")
-        .and_then(|p| cached_endpoint(app, p))
+        .and_then(|p| cached_endpoint(&config, p))
     else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -109,7 +112,6 @@ pub async fn lookup(app: &Arc<App>, call: Value) -> Response<ProxyBody> {
             "body must be the request's JSON object",
         );
     }
-    let config = app.config();
     let key = match call["key_id"].as_str() {
         Some(id) => match config.keys.iter().find(|k| k.id == id) {
             Some(key) => Some(key.clone()),
@@ -134,10 +136,9 @@ pub async fn lookup(app: &Arc<App>, call: Value) -> Response<ProxyBody> {
         .as_u64()
         .map_or(DEFAULT_K, |k| (k as usize).clamp(1, MAX_K));
     let partition = partition_for(&headers, config.cache.shared, namespace, key.as_ref());
-    // The very planning a request gets (aliases included), so this explains its real key.
     let raw = bytes::Bytes::from(body.to_string());
-    let lookup = match plan_request(app, endpoint, &partition, raw) {
-        Ok(Planning::Cache(planned)) => planned.lookup.clone(),
+    let planned = match plan_request(app, &snapshot, endpoint, &partition, raw) {
+        Ok(Planning::Cache(planned)) => planned,
         Ok(Planning::Bypass(_, reason)) => {
             return json_response(
                 StatusCode::OK,
@@ -146,30 +147,76 @@ pub async fn lookup(app: &Arc<App>, call: Value) -> Response<ProxyBody> {
         }
         Err(err) => return error(StatusCode::BAD_REQUEST, &err.to_string()),
     };
-    let needs = Requirements {
-        max_age_ms: None,
-        needs_usage: false,
+    let lookup = &planned.lookup;
+    let auth = headers.get(header::AUTHORIZATION);
+    let vectors = match &app.embedder {
+        Some(embedder) => Vectors::Embedder(embedder, auth),
+        None => Vectors::None,
     };
+    // As the proxy asks for a request without cache-control headers.
     let threshold = config.cache.threshold_for(&lookup.model);
-    let exact_key = lookup.exact;
-    let exact = blocking(&cache, move |c| c.lookup_exact(&exact_key, needs)).await;
-    let exact = match exact {
-        Ok(hit) => {
-            hit.map(|hit| json!({"id": hit.id, "age_secs": hit.entry.age_secs(app.now_ms())}))
+    let decided = decide(Ask {
+        cache: &cache,
+        lookup,
+        needs: lookup.needs(None),
+        threshold,
+        no_cache: false,
+        embed: config.cache.semantic,
+        vectors,
+        inflight: None,
+        inline: false,
+    })
+    .await;
+    let now = app.now_ms();
+    let (exact, would_hit, explained) = match &decided.decision {
+        Decision::Hit { hit, .. } => {
+            let found = json!({"id": hit.id, "age_secs": hit.entry.age_secs(now)});
+            let explained = json!({"cache": "hit", "match": if hit.semantic { "semantic" } else { "exact" },
+                "entry": hit.id, "similarity": hit.similarity});
+            match hit.semantic {
+                true => (Value::Null, Some(hit.id), explained),
+                false => (found, None, explained),
+            }
         }
-        Err(response) => return response,
-    };
-    let mut semantic = Value::Null;
-    if let (Some(text), Some(embedder)) = (lookup.semantic_text.clone(), &app.embedder) {
-        let auth = headers.get(header::AUTHORIZATION);
-        let vector = match embedder.embed(&text, auth).await {
-            Ok(vector) => vector,
-            Err(err) => {
+        Decision::Miss { near, .. } => {
+            if let Some(err) = &near.embed_failed {
                 return error(StatusCode::BAD_GATEWAY, &format!("embedding failed: {err}"));
             }
-        };
+            let explained = json!({"cache": "miss", "best_similarity": near.best,
+                "verify_rejected": near.rejected, "semantic_skipped": near.skipped});
+            (Value::Null, None, explained)
+        }
+        // Neither happens without twins or controls; reported as they are all the same.
+        Decision::Coalesced(_) => (
+            Value::Null,
+            None,
+            json!({"cache": "hit", "match": "coalesced"}),
+        ),
+        Decision::Bypass(reason) => (
+            Value::Null,
+            None,
+            json!({"cache": "bypass", "reason": reason}),
+        ),
+    };
+    // The neighbours list is for tuning: it needs the prompt's vector, which an exact hit
+    // did not make.
+    let vector = match (decided.vector, &lookup.semantic_text, &app.embedder) {
+        (Some(vector), _, _) => Some(vector),
+        (None, Some(text), Some(embedder)) if matches!(decided.decision, Decision::Hit { .. }) => {
+            match embedder.embed(text, auth).await {
+                Ok(vector) => Some(vector),
+                Err(err) => {
+                    return error(StatusCode::BAD_GATEWAY, &format!("embedding failed: {err}"));
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut semantic = Value::Null;
+    if let Some(vector) = vector {
         let scope = lookup.scope;
-        let query = text.clone();
+        let query = lookup.semantic_text.clone().unwrap_or_default();
+        let needs = lookup.needs(None);
         let found = blocking(&cache, move |c| {
             c.neighbours(&scope, &vector, &query, k, needs)
         })
@@ -178,11 +225,6 @@ pub async fn lookup(app: &Arc<App>, call: Value) -> Response<ProxyBody> {
             Ok(neighbours) => neighbours,
             Err(response) => return response,
         };
-        let would_hit = neighbours
-            .iter()
-            .find(|n| n.similarity >= threshold && n.verified && n.usable)
-            .map(|n| n.id);
-        let now = app.now_ms();
         semantic = json!({
             "would_hit": would_hit,
             "neighbours": neighbours.iter().map(|n| describe(n, now)).collect::<Vec<_>>(),
@@ -196,6 +238,7 @@ pub async fn lookup(app: &Arc<App>, call: Value) -> Response<ProxyBody> {
             "model": lookup.model,
             "scope": lookup.scope.short(),
             "threshold": threshold,
+            "decision": explained,
             "exact": exact,
             "semantic": semantic,
         }),

@@ -222,8 +222,12 @@ async fn ask(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let hit = header("x-deja-cache").as_deref() == Some("hit");
-    let matched = if hit { header("x-deja-match") } else { None };
+    let hit = header(crate::headers::CACHE.as_str()).as_deref() == Some("hit");
+    let matched = if hit {
+        header(crate::headers::MATCH.as_str())
+    } else {
+        None
+    };
     let json: Value = response.json().await.map_err(|e| format!("deja: {e}"))?;
     if !status.is_success() {
         return Err(format!("deja answered {status}: {json}"));

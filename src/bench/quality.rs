@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 
 use super::metrics::{Found, Judge, Judged, Pair, Verdict};
+use crate::cache::Partition;
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, Hit, NewEntry, Requirements};
-use crate::cached::{Endpoint, Lookup, Partition, Plan};
+use crate::cached::{Ask, Decision, Endpoint, Lookup, Plan, Vectors, decide};
 use crate::chat::ChatCompletions;
 use crate::clock::SystemClock;
 use crate::config::CacheConfig;
@@ -143,7 +144,7 @@ pub fn plan(text: &str, tenant: &str) -> Result<Lookup, String> {
 
 /// A cache in its own fresh directory, removed when dropped.
 pub struct TempCache {
-    pub cache: Cache,
+    pub cache: Arc<Cache>,
     dir: PathBuf,
 }
 
@@ -160,6 +161,7 @@ impl TempCache {
         config.ttl_secs = 10 * 365 * 24 * 3600;
         let cache = Cache::open(&config, embedder_id, Arc::new(SystemClock))
             .map_err(|e| format!("opening a cache in {}: {e}", dir.display()))?;
+        let cache = Arc::new(cache);
         Ok(TempCache { cache, dir })
     }
 }
@@ -217,7 +219,7 @@ pub fn measure(
     let mut judged = Vec::with_capacity(pairs.len());
     let mut traces = Vec::with_capacity(pairs.len());
     for pair in pairs {
-        let answer = |cache: &Cache, spent: &mut f64| -> Result<Option<TraceHit>, String> {
+        let answer = |cache: &Arc<Cache>, spent: &mut f64| -> Result<Option<TraceHit>, String> {
             let started = Instant::now();
             let hit = ask(cache, &pair.b, vectors, lowest, &layout.tenant(pair))?;
             *spent += started.elapsed().as_secs_f64() * 1000.0;
@@ -289,30 +291,34 @@ pub fn store_all(
     Ok(())
 }
 
-/// Looks `text` up from `tenant` as `cached.rs` does: the exact tier, then the semantic
-/// tier at `threshold`.
+/// Looks `text` up from `tenant` with the proxy's own decision (`cached::decide`): the exact
+/// tier, then the semantic tier at `threshold`. A text without a vector is past the
+/// embedding window, so the exact tier alone answers it. Blocking: the decision runs inline.
 pub fn ask(
-    cache: &Cache,
+    cache: &Arc<Cache>,
     text: &str,
     vectors: &HashMap<String, Vec<f32>>,
     threshold: f32,
     tenant: &str,
 ) -> Result<Option<Hit>, String> {
     let lookup = plan(text, tenant)?;
-    if let Some(hit) = cache
-        .lookup_exact(&lookup.exact, NEEDS)
-        .map_err(store_err)?
-    {
-        return Ok(Some(hit));
-    }
-    let query = lookup.semantic_text.unwrap_or_default();
-    let Some(vector) = vectors.get(&query) else {
-        return Ok(None); // past the embedding window: the exact tier alone answers
-    };
-    Ok(cache
-        .lookup_semantic(&lookup.scope, vector, &query, threshold, NEEDS)
-        .map_err(store_err)?
-        .hit)
+    let decided = decide(Ask {
+        cache,
+        lookup: &lookup,
+        needs: NEEDS,
+        threshold,
+        no_cache: false,
+        embed: true,
+        vectors: Vectors::Known(vectors),
+        inflight: None,
+        inline: true,
+    })
+    .now_or_never()
+    .ok_or("the cache decision waited, which it never does inline")?;
+    Ok(match decided.decision {
+        Decision::Hit { hit, .. } => Some(hit),
+        Decision::Coalesced(_) | Decision::Miss { .. } | Decision::Bypass(_) => None,
+    })
 }
 
 /// The pair id named by a stored response (`{"pair": id}`).

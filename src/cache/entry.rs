@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Partition;
 use super::key::Hash32;
 
 /// A stored answer. `response` is the endpoint's non-streaming form (e.g. a
@@ -30,23 +31,7 @@ pub struct Entry {
     /// Whose entry this is, for administration (purge a tenant or a namespace). Lookups never
     /// read it: the scope already contains both.
     #[serde(default)]
-    pub owner: Owner,
-}
-
-/// The partition an entry was stored from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
-    pub tenant: String,
-    pub namespace: String,
-}
-
-impl Owner {
-    pub fn of(partition: &crate::cached::Partition) -> Owner {
-        Owner {
-            tenant: partition.tenant.clone(),
-            namespace: partition.namespace.clone(),
-        }
-    }
+    pub owner: Partition,
 }
 
 impl Entry {
@@ -125,7 +110,7 @@ const HEAD_LEN: usize = 4 + 32 + 32 + 8 + 8 + 1 + 4;
 struct SmallFields<'a> {
     model: &'a str,
     prompt: Option<&'a str>,
-    owner: &'a Owner,
+    owner: &'a Partition,
 }
 
 #[derive(Deserialize)]
@@ -133,7 +118,7 @@ struct OwnedSmallFields {
     model: String,
     prompt: Option<String>,
     #[serde(default)]
-    owner: Owner,
+    owner: Partition,
 }
 
 #[cfg(test)]
@@ -150,7 +135,7 @@ mod tests {
             has_usage: true,
             response: r#"{"id":"x","choices":[{"message":{"content":"ünï \"q\""}}]}"#.into(),
             prompt: Some("what is \"this\"?".into()),
-            owner: Owner {
+            owner: Partition {
                 tenant: "key:team".into(),
                 namespace: "ns".into(),
             },

@@ -1,8 +1,9 @@
 //! The two-tier answer cache: exact lookups by key, semantic lookups by vector within a scope,
-//! TTL and expiry sweeps. It knows nothing of HTTP; `cached.rs` drives it.
+//! TTL and expiry sweeps. It knows nothing of HTTP or of the request flow; `cached/` drives it.
 //!
 //! - `key`: canonical hashing of requests into scope and exact keys
 //! - `entry`: the stored form of one answer
+//! - `partition`: whose cache (tenant, namespace): a request's, and each entry's owner
 //! - `store`: sled persistence
 //! - `index`: the per-scope vector index (exact search, then hnsw_rs)
 //! - `verify`: a second check on semantic candidates (numbers, negation)
@@ -19,9 +20,12 @@ pub mod events;
 pub mod health;
 pub mod index;
 pub mod key;
+mod partition;
 pub mod recency;
 pub mod store;
 pub mod verify;
+
+pub use partition::Partition;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,7 +37,7 @@ use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use crate::clock::SharedClock;
 use crate::config::CacheConfig;
-use entry::{Entry, Owner};
+use entry::Entry;
 use health::{Permit, WriteHealth};
 use index::{DumpPolicy, Dumps, HnswParams, IndexSettings, VectorIndex};
 use key::Hash32;
@@ -105,7 +109,8 @@ pub struct NewEntry {
     pub vector: Option<Vec<f32>>,
     /// The embedded prompt text, kept for verification of later candidates.
     pub prompt: Option<String>,
-    pub owner: Owner,
+    /// Whose entry this is (for purging a tenant or a namespace).
+    pub owner: Partition,
 }
 
 pub struct Cache {

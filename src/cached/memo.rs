@@ -93,8 +93,10 @@ impl Default for PlanMemo {
 
 impl PlanMemo {
     /// The plan remembered for exactly this request, if any.
+    /// The plan remembered for this body under the configuration of `epoch` (`epoch`).
     pub fn get(
         &self,
+        epoch: u64,
         endpoint: &'static dyn Endpoint,
         partition: &Partition,
         raw: &[u8],
@@ -105,6 +107,9 @@ impl PlanMemo {
         let id = endpoint_id(endpoint);
         let slot = self.slot(id, partition, raw);
         let mut generations = self.generations.lock();
+        if generations.epoch != epoch {
+            return None; // the request runs under a configuration replaced since
+        }
         if let Some(found) = generations.new.get(&slot) {
             return found.is(id, partition, raw).then(|| found.planned.clone());
         }
@@ -235,17 +240,21 @@ mod tests {
             planned("m"),
         );
         let found = memo
-            .get(&ChatCompletions, &partition("a"), &raw)
+            .get(memo.epoch(), &ChatCompletions, &partition("a"), &raw)
             .expect("remembered");
         assert_eq!(found.lookup.model, "m");
         assert!(
-            memo.get(&ChatCompletions, &partition("b"), &raw).is_none(),
+            memo.get(memo.epoch(), &ChatCompletions, &partition("b"), &raw)
+                .is_none(),
             "tenant"
         );
-        assert!(memo.get(&Completions, &partition("a"), &raw).is_none());
+        assert!(
+            memo.get(memo.epoch(), &Completions, &partition("a"), &raw)
+                .is_none()
+        );
         let spaced = br#"{"model":"m", "messages":[]}"#;
         assert!(
-            memo.get(&ChatCompletions, &partition("a"), spaced)
+            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), spaced)
                 .is_none()
         );
         let namespaced = Partition {
@@ -253,13 +262,15 @@ mod tests {
             namespace: "n".into(),
         };
         assert!(
-            memo.get(&ChatCompletions, &namespaced, &raw).is_none(),
+            memo.get(memo.epoch(), &ChatCompletions, &namespaced, &raw)
+                .is_none(),
             "namespace"
         );
         let epoch = memo.epoch();
         memo.clear();
         assert!(
-            memo.get(&ChatCompletions, &partition("a"), &raw).is_none(),
+            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), &raw)
+                .is_none(),
             "cleared"
         );
         // A plan made before the clear (under the old configuration) is not kept.
@@ -271,8 +282,27 @@ mod tests {
             planned("m"),
         );
         assert!(
-            memo.get(&ChatCompletions, &partition("a"), &raw).is_none(),
+            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), &raw)
+                .is_none(),
             "stale"
+        );
+        // A request still running under the old configuration does not get a new plan.
+        memo.remember(
+            memo.epoch(),
+            &ChatCompletions,
+            &partition("a"),
+            raw.clone(),
+            planned("m"),
+        );
+        assert!(
+            memo.get(epoch, &ChatCompletions, &partition("a"), &raw)
+                .is_none(),
+            "old configuration"
+        );
+        assert!(
+            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), &raw)
+                .is_some(),
+            "new configuration"
         );
     }
 
@@ -292,14 +322,15 @@ mod tests {
             memo.remember(0, &ChatCompletions, &partition("a"), raw, planned("m"));
             if i % (GENERATION / 2) == 0 {
                 assert!(
-                    memo.get(&ChatCompletions, &partition("a"), &hot).is_some(),
+                    memo.get(memo.epoch(), &ChatCompletions, &partition("a"), &hot)
+                        .is_some(),
                     "at {i}"
                 );
             }
         }
         assert!(memo.len() <= 2 * GENERATION, "{}", memo.len());
         assert!(
-            memo.get(&ChatCompletions, &partition("a"), b"body 0")
+            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), b"body 0")
                 .is_none()
         );
         let large = Bytes::from(vec![b' '; MAX_BODY + 1]);
@@ -311,7 +342,7 @@ mod tests {
             planned("m"),
         );
         assert!(
-            memo.get(&ChatCompletions, &partition("a"), &large)
+            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), &large)
                 .is_none()
         );
     }

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::cached::{Assembler, Endpoint, Partition, Plan, plan_as};
+use crate::cache::Partition;
+use crate::cached::{Assembler, Endpoint, Plan, plan_as};
 use crate::lazy_replay::Replay;
 use crate::text::fresh_id;
 use assemble::ChatStreamAssembler;

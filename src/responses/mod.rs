@@ -23,8 +23,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cache::Partition;
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::cached::{Assembler, Endpoint, Lookup, Partition, Plan, beyond_text, plan_as};
+use crate::cached::{Assembler, Endpoint, Lookup, Plan, beyond_text, plan_as};
 use crate::lazy_replay::Replay;
 
 /// Every field of a Responses request that deja knows; unknown ones land in `other` (scope).

@@ -28,7 +28,8 @@ use parking_lot::Mutex;
 
 use crate::app::App;
 use crate::cache::Hit;
-use crate::cached::{Lookup, Partition};
+use crate::cache::Partition;
+use crate::cached::Lookup;
 use budget::Learned;
 pub use config::TrustConfig;
 use estimate::{Sample, Window};
