@@ -148,7 +148,7 @@ impl Report {
         let _ = writeln!(
             md,
             "`{}`: {} pairs ({} label 1, {} label 0). Every `a` stored as a chat request \
-             ({} entries in one scope), every `b` looked up: exact tier, then semantic. \
+             ({} entries, {}), every `b` looked up: exact tier, then semantic. \
              Embedder `{}`. {} of {} queries repeat a stored text verbatim and hit the exact \
              tier in both modes. Verification: {}. Store {:.0} ms; lookups {:.0} ms cosine \
              only, {:.0} ms verified.\n",
@@ -157,6 +157,10 @@ impl Report {
             self.label1,
             self.label0,
             t.entries,
+            match self.layout {
+                Layout::Simulation => "in one scope",
+                Layout::Pairwise => "each pair in a scope of its own",
+            },
             self.embedder,
             self.exact_queries,
             self.pairs,
