@@ -33,6 +33,17 @@
 //! - `lazy_replay`: streamed hits rendered event by event as the client reads
 //! - `body`, `clock`, `app`, `telemetry`, `text`: plumbing
 
+// Production code answers errors, it never panics on them (tests may unwrap freely).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 pub mod admin;
 pub mod app;
 pub mod bench;

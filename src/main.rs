@@ -1,3 +1,15 @@
+// Production code answers errors, it never panics on them (tests may unwrap freely).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
