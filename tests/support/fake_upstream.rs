@@ -80,7 +80,8 @@ pub enum EmbedMode {
     Status(u16),
     Stall(Duration),
     /// The model's window, in tokens (a word counts as a token here, as in `usage`): a longer
-    /// input gets OpenAI's 400 "Invalid 'input': maximum context length is N tokens.".
+    /// input gets OpenAI's 400 "This model's maximum context length is N tokens, however you
+    /// requested …".
     Window(usize),
 }
 
@@ -503,9 +504,15 @@ async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
         }
     };
     if let EmbedMode::Window(tokens) = mode
-        && inputs.iter().any(|text| word_count(text) > tokens)
+        && let Some(longest) = inputs.iter().map(|text| word_count(text)).max()
+        && longest > tokens
     {
-        let message = format!("Invalid 'input': maximum context length is {tokens} tokens.");
+        // The API's wording (invalid_request_error, param and code null), as its users report it.
+        let message = format!(
+            "This model's maximum context length is {tokens} tokens, however you requested \
+             {longest} tokens ({longest} in your prompt; 0 for the completion). Please reduce \
+             your prompt; or completion length."
+        );
         return openai_error(400, &message);
     }
     let data: Vec<Value> = {
