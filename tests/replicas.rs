@@ -140,6 +140,19 @@ async fn store(replica: &Replica, text: &str) {
 }
 
 /// Asks until the answer is `want` ("hit" or "miss") or `PROPAGATION` has passed.
+/// The replica's `/metrics` exposition.
+async fn metrics(replica: &Replica) -> String {
+    http_client()
+        .get(format!("{}/metrics", replica.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn until(replica: &Replica, text: &str, want: &str) -> (String, String) {
     let deadline = Instant::now() + PROPAGATION;
     loop {
@@ -173,15 +186,7 @@ async fn a_miss_on_one_replica_is_an_exact_and_a_semantic_hit_on_the_others() {
         );
     }
     // B's and C's probes were not stored, and nothing went upstream twice for A's answer.
-    let metrics = http_client()
-        .get(format!("{}/metrics", b.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&b).await;
     assert!(metrics.contains("deja_redis_up 1"), "{metrics}");
     assert!(
         metrics.contains("deja_replica_applied_total 1"),
@@ -368,15 +373,7 @@ async fn an_rpm_limit_holds_across_three_replicas() {
     }
     let admitted = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!(admitted, RPM, "{statuses:?}");
-    let metrics = http_client()
-        .get(format!("{}/metrics", alone.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&alone).await;
     assert!(metrics.contains("deja_redis_up 0"), "{metrics}");
     assert!(
         metrics.contains(&format!("deja_limits_local_fallback_total {}", RPM + 2)),
@@ -418,15 +415,7 @@ async fn a_replica_whose_position_was_trimmed_away_reloads_the_entries() {
     for text in std::iter::once(&first).chain(&later) {
         assert_eq!(ask(&b, text).await.1, "hit", "{text}");
     }
-    let metrics = http_client()
-        .get(format!("{}/metrics", b.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&b).await;
     assert!(
         metrics.contains("deja_replica_resyncs_total 1"),
         "{metrics}"
