@@ -1,17 +1,23 @@
-//! The vector index at scale: one scope of N random unit vectors (N up to 10^6), measuring bulk
-//! build rate, live insert latency, search latency p50/p99, recall@1 against brute-force exact
-//! search over the same data, and resident memory per entry.
+//! The vector index at scale: one scope of N unit vectors (N up to 10^6), measuring build rate,
+//! resident memory per entry, search latency p50/p99, recall@1 against brute-force exact search
+//! over the same data, and live insert latency. With `--baseline`, the f32 hnsw_rs graph the
+//! index used before its int8 codes is built from the same vectors in the same process and
+//! measured alongside (same parameters, searches in alternating rounds), and the ratios are
+//! printed.
 //!
 //! `cargo bench --bench index_scale -- SIZES DIMS [--queries 200] [--m 16] [--efc 200]
-//! [--ef 64,128] [--inserts 200]`, e.g. `-- 10000,100000 384,1536`. Each `--ef` value
-//! (search breadth) is measured on the same build, one row each. Every run stops by itself; its
-//! duration is printed with the row. Queries are stored vectors plus noise (cosine ≈ 0.96 to
-//! their source), which is what a cache hit looks like; random vectors are HNSW's worst case.
+//! [--ef 64,128] [--inserts 200] [--latent 32] [--baseline] [--sled]`, e.g.
+//! `-- 100000 1536 --latent 32 --baseline --sled`. Queries are stored vectors plus noise
+//! (cosine ≈ 0.96 to their source), which is what a cache hit looks like. `--latent N` makes
+//! embedding-like vectors of intrinsic dimension N (`common/vectors.rs`); without it they are
+//! uniform (HNSW's worst case). `--sled` keeps the f32 vectors the index re-scores from in a
+//! sled tree, encoded as the store encodes them, as in deja (else in memory).
 //!
-//! Memory is the growth of VmRSS (/proc/self/status) from just before the index's input is
-//! copied to just after the build, with the data set (the store's stand-in, which a restored
-//! graph replays from) already allocated and not counted. Freed build buffers the allocator
-//! keeps count, so the figure errs high.
+//! Memory is the growth of VmRSS over each build, with the data set (and sled) already
+//! allocated and not counted. The int8 index is built first, by the live insert path (flat,
+//! then a graph at `hnsw_min_entries`), so the baseline cannot reuse memory it freed; the
+//! rows it copies when its flat scan turns into a graph (4096 × dim × 4 bytes) are freed but
+//! stay counted, so its figure errs high.
 
 #[path = "common/rss.rs"]
 mod rss;
@@ -23,9 +29,14 @@ use std::time::Instant;
 
 use deja::cache::index::{HnswParams, IndexSettings, VectorIndex, VectorSource};
 use deja::cache::key::Hash32;
-use vectors::{brute_force, near_queries, pct, unit};
+use hnsw_rs::prelude::{DistDot, Hnsw};
+use vectors::{VectorKind, brute_force, near_queries, pct};
 
 const K: usize = 4;
+/// What the f32 graph fetched beyond `k` (its over-fetch past dead ids).
+const BASELINE_OVERFETCH: usize = 10;
+/// Search rounds, alternating between the two indexes.
+const ROUNDS: usize = 3;
 
 struct Args {
     sizes: Vec<usize>,
@@ -34,9 +45,12 @@ struct Args {
     inserts: usize,
     params: HnswParams,
     ef: Vec<usize>,
+    latent: usize,
+    baseline: bool,
+    sled: bool,
 }
 
-/// The stand-in for sled: every vector, row-major, id = row.
+/// The store's stand-in in memory: every vector, row-major, id = row.
 struct Data {
     dim: usize,
     rows: Vec<f32>,
@@ -49,16 +63,60 @@ impl VectorSource for Data {
     }
 }
 
+/// The vectors in sled, keyed and encoded as `cache::store` keeps them (scope ‖ f32 LE).
+struct Sled {
+    _dir: tempfile::TempDir,
+    tree: sled::Tree,
+}
+
+impl Sled {
+    fn fill(data: &Data, n: usize) -> Sled {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new()
+            .path(dir.path())
+            .flush_every_ms(Some(200))
+            .open()
+            .expect("sled");
+        let tree = db.open_tree("vectors").expect("tree");
+        for id in 0..n {
+            let mut bytes = vec![1u8; 32];
+            for x in &data.rows[id * data.dim..][..data.dim] {
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
+            tree.insert((id as u64).to_be_bytes(), bytes)
+                .expect("insert");
+        }
+        tree.flush().expect("flush");
+        Sled { _dir: dir, tree }
+    }
+}
+
+impl VectorSource for Sled {
+    fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        let bytes = self.tree.get(id.to_be_bytes()).ok()??;
+        Some(
+            bytes
+                .get(32..)?
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+}
+
 fn main() {
     let args = parse();
     println!(
-        "one scope, {} near queries, k={K}, M={} ef_construction={}",
-        args.queries, args.params.m, args.params.ef_construction
+        "one scope, {} near queries, k={K}, M={} ef_construction={}, re-scoring from {}, {ROUNDS} search rounds",
+        args.queries,
+        args.params.m,
+        args.params.ef_construction,
+        if args.sled { "sled" } else { "memory" }
     );
     println!(
-        "| entries | dim | build (inserts/s) | RSS/entry (bytes) | ef_search | search p50 (µs) | search p99 (µs) | recall@1 | live insert p50 (ms) | live insert p99 (ms) | run (s) |"
+        "| vectors | entries | dim | index | build (inserts/s) | RSS/entry (bytes) | ef_search | search p50 (µs) | search p99 (µs) | recall@1 | live insert p50 (ms) | live insert p99 (ms) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &dim in &args.dims {
         for &n in &args.sizes {
             run(&args, n, dim);
@@ -66,67 +124,162 @@ fn main() {
     }
 }
 
+/// One index's figures.
+#[derive(Default)]
+struct Figures {
+    build_rate: f64,
+    rss_per_entry: f64,
+    /// Per ef: search times (µs) and correct top-1 answers.
+    searches: Vec<(Vec<f64>, usize)>,
+    inserts: Vec<f64>,
+}
+
 fn run(args: &Args, n: usize, dim: usize) {
     let started_run = Instant::now();
+    let kind = VectorKind::new(dim, args.latent);
     let mut rng = fastrand::Rng::with_seed((n * 31 + dim) as u64);
     let mut rows = Vec::with_capacity((n + args.inserts) * dim);
     for _ in 0..n + args.inserts {
-        rows.extend(unit(&mut rng, dim));
+        rows.extend(kind.next(&mut rng));
     }
     let data = Arc::new(Data { dim, rows });
     let queries = near_queries(&mut rng, &data.rows[..n * dim], dim, args.queries);
     let truth = brute_force(&data.rows[..n * dim], dim, &queries);
+    let source: Arc<dyn VectorSource> = if args.sled {
+        Arc::new(Sled::fill(&data, n + args.inserts))
+    } else {
+        data.clone()
+    };
+    let row = |id: usize| &data.rows[id * dim..][..dim];
 
     let index = VectorIndex::new(
         IndexSettings {
             params: args.params,
             ..IndexSettings::default()
         },
-        data.clone(),
+        source.clone(),
     );
     let scope = Hash32([1; 32]);
-    // Measured before the bulk copy, which the index consumes (and frees, or keeps).
+    let mut compact = Figures::default();
     let rss_before = rss::rss_bytes();
-    let bulk: Vec<(u64, Vec<f32>)> = (0..n)
-        .map(|id| (id as u64, data.rows[id * dim..][..dim].to_vec()))
-        .collect();
     let started = Instant::now();
-    index.load(scope, bulk);
-    let build_rate = n as f64 / started.elapsed().as_secs_f64();
-    let per_entry = rss::rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
+    for id in 0..n {
+        index.insert(scope, id as u64, row(id));
+    }
+    compact.build_rate = n as f64 / started.elapsed().as_secs_f64();
+    compact.rss_per_entry = rss::rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
 
-    let mut rows = Vec::new();
+    let mut f32_figures = Figures::default();
+    let baseline = args.baseline.then(|| {
+        let rss_before = rss::rss_bytes();
+        let hnsw =
+            Hnsw::<f32, DistDot>::new(args.params.m, n, 16, args.params.ef_construction, DistDot);
+        let slices: Vec<(&[f32], usize)> = (0..n).map(|id| (row(id), id)).collect();
+        let started = Instant::now();
+        hnsw.parallel_insert_slice(&slices);
+        f32_figures.build_rate = n as f64 / started.elapsed().as_secs_f64();
+        drop(slices);
+        f32_figures.rss_per_entry = rss::rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
+        hnsw
+    });
+
     for &ef in &args.ef {
         index.set_ef_search(ef);
-        let mut times = Vec::with_capacity(queries.len());
-        let mut right = 0;
-        for (query, best) in queries.iter().zip(&truth) {
-            let started = Instant::now();
-            let found = index.search(scope, query, K);
-            times.push(started.elapsed().as_secs_f64() * 1e6);
-            right += usize::from(found.first().map(|c| c.id) == Some(*best as u64));
+        let mut times = [Vec::new(), Vec::new()];
+        let mut right = [0, 0];
+        for round in 0..ROUNDS {
+            for (query, &best) in queries.iter().zip(&truth) {
+                let started = Instant::now();
+                let found = index.search(scope, query, K);
+                times[0].push(started.elapsed().as_secs_f64() * 1e6);
+                if round == 0 {
+                    right[0] += usize::from(found.first().map(|c| c.id) == Some(best as u64));
+                }
+            }
+            let Some(hnsw) = &baseline else { continue };
+            for (query, &best) in queries.iter().zip(&truth) {
+                let fetch = K + BASELINE_OVERFETCH;
+                let started = Instant::now();
+                let found = hnsw.search(query, fetch, ef.max(fetch));
+                times[1].push(started.elapsed().as_secs_f64() * 1e6);
+                if round == 0 {
+                    right[1] += usize::from(found.first().map(|c| c.d_id) == Some(best));
+                }
+            }
         }
-        rows.push(format!(
-            "| {n} | {dim} | {build_rate:.0} | {per_entry:.0} | {ef} | {:.0} | {:.0} | {:.3} |",
-            pct(&times, 0.5),
-            pct(&times, 0.99),
-            right as f64 / queries.len() as f64,
-        ));
+        let [compact_times, f32_times] = times;
+        compact.searches.push((compact_times, right[0]));
+        f32_figures.searches.push((f32_times, right[1]));
     }
-    let mut inserts = Vec::with_capacity(args.inserts);
+
     for id in n..n + args.inserts {
         let started = Instant::now();
-        index.insert(scope, id as u64, &data.rows[id * dim..][..dim]);
-        inserts.push(started.elapsed().as_secs_f64() * 1e3);
+        index.insert(scope, id as u64, row(id));
+        compact.inserts.push(started.elapsed().as_secs_f64() * 1e3);
+        if let Some(hnsw) = &baseline {
+            let started = Instant::now();
+            hnsw.insert_slice((row(id), id));
+            f32_figures
+                .inserts
+                .push(started.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    for row in rows {
-        println!(
-            "{row} {:.2} | {:.2} | {:.0} |",
-            pct(&inserts, 0.5),
-            pct(&inserts, 0.99),
-            started_run.elapsed().as_secs_f64(),
-        );
+
+    let vectors = match args.latent {
+        0 => "uniform".to_string(),
+        latent => format!("latent {latent}"),
+    };
+    let mut labelled = vec![("int8 graph", &compact)];
+    if baseline.is_some() {
+        labelled.push(("f32 hnsw_rs", &f32_figures));
     }
+    for (label, figures) in &labelled {
+        for (&ef, (times, right)) in args.ef.iter().zip(&figures.searches) {
+            println!(
+                "| {vectors} | {n} | {dim} | {label} | {:.0} | {:.0} | {ef} | {:.0} | {:.0} | {:.3} | {:.2} | {:.2} |",
+                figures.build_rate,
+                figures.rss_per_entry,
+                pct(times, 0.5),
+                pct(times, 0.99),
+                *right as f64 / queries.len() as f64,
+                pct(&figures.inserts, 0.5),
+                pct(&figures.inserts, 0.99),
+            );
+        }
+    }
+    if baseline.is_some() {
+        for (&ef, ((c, _), (b, _))) in args
+            .ef
+            .iter()
+            .zip(compact.searches.iter().zip(&f32_figures.searches))
+        {
+            println!(
+                "int8 / f32 at {n} × {dim}, ef {ef}: RSS/entry {:.2}, search p50 {:.2}, p99 {:.2}, build rate {:.2}, live insert p50 {:.2}",
+                compact.rss_per_entry / f32_figures.rss_per_entry,
+                pct(c, 0.5) / pct(b, 0.5),
+                pct(c, 0.99) / pct(b, 0.99),
+                compact.build_rate / f32_figures.build_rate,
+                pct(&compact.inserts, 0.5) / pct(&f32_figures.inserts, 0.5),
+            );
+        }
+    }
+    // What one search's exact re-scoring reads cost: K + 4 vectors from the source.
+    let mut reads = Vec::new();
+    for i in 0..queries.len() {
+        let started = Instant::now();
+        for j in 0..K + 4 {
+            std::hint::black_box(source.vector(((i * 7919 + j * 104_729) % n) as u64));
+        }
+        reads.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    println!(
+        "re-score reads ({} vectors from {}): p50 {:.1} µs, p99 {:.1} µs per search; run {:.0} s",
+        K + 4,
+        if args.sled { "sled" } else { "memory" },
+        pct(&reads, 0.5),
+        pct(&reads, 0.99),
+        started_run.elapsed().as_secs_f64()
+    );
 }
 
 fn parse() -> Args {
@@ -137,6 +290,9 @@ fn parse() -> Args {
         inserts: 200,
         params: HnswParams::default(),
         ef: vec![HnswParams::default().ef_search],
+        latent: 0,
+        baseline: false,
+        sled: false,
     };
     let list = |v: &str| -> Vec<usize> { v.split(',').filter_map(|x| x.parse().ok()).collect() };
     let mut positional = 0;
@@ -148,7 +304,10 @@ fn parse() -> Args {
             "--inserts" => args.inserts = value(),
             "--m" => args.params.m = value(),
             "--efc" => args.params.ef_construction = value(),
+            "--latent" => args.latent = value(),
             "--ef" => args.ef = list(&it.next().expect("a list")),
+            "--baseline" => args.baseline = true,
+            "--sled" => args.sled = true,
             "--bench" => {}
             other if positional == 0 => {
                 args.sizes = list(other);

@@ -126,13 +126,13 @@ async fn graph_scope_hits_after_a_restart_from_its_dump() {
 async fn a_corrupted_dump_falls_back_to_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let answers = fill_and_stop(dir.path()).await;
-    for suffix in [".hnsw.data", ".hnsw.graph"] {
-        for file in files_ending(dir.path(), suffix) {
-            let mut bytes = std::fs::read(&file).unwrap();
-            bytes.truncate(bytes.len() / 2);
-            bytes.extend(std::iter::repeat_n(0xff, 64));
-            std::fs::write(&file, bytes).unwrap();
-        }
+    let graphs = files_ending(dir.path(), ".graph");
+    assert_eq!(graphs.len(), 1);
+    for file in graphs {
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes.truncate(bytes.len() / 2);
+        bytes.extend(std::iter::repeat_n(0xff, 64));
+        std::fs::write(&file, bytes).unwrap();
     }
     assert_rewordings_hit(dir.path(), &answers, false).await;
 }
@@ -257,7 +257,7 @@ fn a_reloaded_graph_is_dumped_and_reloaded_again() {
         assert_eq!(cache.dump_index(true), 1);
         assert_eq!(files_ending(dir.path(), ".manifest").len(), 1);
         assert_eq!(
-            files_ending(dir.path(), ".hnsw.data").len(),
+            files_ending(dir.path(), ".graph").len(),
             1,
             "old dump deleted"
         );

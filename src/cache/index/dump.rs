@@ -1,12 +1,13 @@
 //! Graph dumps, so that a restart reloads large graphs instead of rebuilding them.
 //!
-//! A dumped scope has hnsw_rs's two files (`<scope>-<gen>.hnsw.graph` and `.hnsw.data`) and a
-//! manifest `<scope>.manifest` that names them with their blake3 hashes, the embedder and the
-//! dimension. The manifest is written last (temp file, fsync, rename), so a crash at any moment
-//! leaves the old complete dump or the new one, never half of one. A manifest that is missing,
-//! unreadable, for another embedder or dimension, or whose files do not hash as recorded is
-//! ignored and the scope is rebuilt from the store. A dump does not list its ids: they are read
-//! from the reloaded graph, and the caller reconciles them with the store's.
+//! A dumped scope has one graph file `<scope>-<gen>.graph` (`hnsw_file`) and a manifest
+//! `<scope>.manifest` that names it with its blake3 hash, the embedder and the dimension. The
+//! manifest is written last (temp file, fsync, rename), so a crash at any moment leaves the old
+//! complete dump or the new one, never half of one. A manifest that is missing, unreadable, of
+//! another version (version 1 dumps were hnsw_rs's f32 files), for another embedder or
+//! dimension, or whose file does not hash as recorded is ignored and the scope is rebuilt from
+//! the store. A dump does not list its ids apart from the graph's own: the caller reconciles
+//! them with the store's.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -14,16 +15,14 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hnsw_rs::api::AnnT;
-use hnsw_rs::hnswio::{HnswIo, ReloadOptions};
 use serde::{Deserialize, Serialize};
 
-use hnsw_rs::prelude::DistDot;
-
 use super::graph::GraphHnsw;
+use super::hnsw_file;
 use crate::cache::key::Hash32;
 
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+const SUFFIX: &str = ".graph";
 
 #[derive(Serialize, Deserialize)]
 struct Manifest {
@@ -32,7 +31,6 @@ struct Manifest {
     dim: usize,
     basename: String,
     graph_hash: String,
-    data_hash: String,
 }
 
 /// The directory of dumps for one store and embedder.
@@ -67,22 +65,16 @@ impl Dumps {
         let gen_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let wanted = format!("{name}-{gen_nanos:x}");
-        // hnsw_rs panics when it cannot create its files.
-        let basename = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            hnsw.file_dump(&self.dir, &wanted)
-        }))
-        .map_err(|_| io::Error::other("hnsw_rs dump panicked"))?
-        .map_err(io::Error::other)?;
-        let (graph, data) = self.files(&basename);
-        File::open(&graph)?.sync_all()?;
-        File::open(&data)?.sync_all()?;
+        let basename = format!("{name}-{gen_nanos:x}");
+        let graph = self.file(&basename);
+        let mut file = File::create(&graph)?;
+        hnsw_file::write(hnsw, &mut file)?;
+        file.sync_all()?;
         let manifest = Manifest {
             version: VERSION,
             embedder: self.embedder.clone(),
             dim,
             graph_hash: hash_file(&graph)?,
-            data_hash: hash_file(&data)?,
             basename,
         };
         let previous = self.manifest(&name);
@@ -96,9 +88,7 @@ impl Dumps {
         if let Some(previous) = previous
             && previous.basename != manifest.basename
         {
-            let (graph, data) = self.files(&previous.basename);
-            let _ = fs::remove_file(graph);
-            let _ = fs::remove_file(data);
+            let _ = fs::remove_file(self.file(&previous.basename));
         }
         Ok(())
     }
@@ -108,32 +98,24 @@ impl Dumps {
         let manifest = self.manifest(&hex(scope))?;
         if manifest.version != VERSION || manifest.embedder != self.embedder || manifest.dim != dim
         {
-            tracing::info!(scope = %scope.short(), "index dump is for another embedder; rebuilding");
+            tracing::info!(scope = %scope.short(), "index dump is of another version, embedder or dimension; rebuilding");
             return None;
         }
-        let (graph, data) = self.files(&manifest.basename);
+        let graph = self.file(&manifest.basename);
         let started = std::time::Instant::now();
-        let intact = hash_file(&graph).ok().as_ref() == Some(&manifest.graph_hash)
-            && hash_file(&data).ok().as_ref() == Some(&manifest.data_hash);
-        tracing::debug!(scope = %scope.short(), elapsed_ms = started.elapsed().as_millis() as u64, "index dump hashes checked");
+        let intact = hash_file(&graph).ok().as_ref() == Some(&manifest.graph_hash);
+        tracing::debug!(scope = %scope.short(), elapsed_ms = started.elapsed().as_millis() as u64, "index dump hash checked");
         if !intact {
             tracing::warn!(scope = %scope.short(), "index dump missing or corrupt; rebuilding");
             return None;
         }
-        // The reloaded graph borrows its loader, so the loader lives as long as the process
-        // (a few hundred bytes per dumped scope, once per start). hnsw_rs asserts on bad
-        // input; the hashes make that unlikely, the catch makes it a rebuild.
-        let loaded = std::panic::catch_unwind(|| {
-            let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new_with_options(
-                &self.dir,
-                &manifest.basename,
-                ReloadOptions::default().set_mmap(true),
-            )));
-            loader.load_hnsw::<f32, DistDot>()
+        let loaded = File::open(&graph).and_then(|file| {
+            let len = file.metadata()?.len();
+            hnsw_file::read(file, len)
         });
         match loaded {
-            Ok(Ok(hnsw)) => Some(hnsw),
-            _ => {
+            Ok(hnsw) if hnsw.dim == dim => Some(hnsw),
+            Ok(_) | Err(_) => {
                 tracing::warn!(scope = %scope.short(), "index dump unreadable; rebuilding");
                 None
             }
@@ -168,7 +150,7 @@ impl Dumps {
                 .unwrap_or_default();
             let referenced = keep.iter().any(|basename| {
                 name.strip_prefix(basename.as_str())
-                    .is_some_and(|rest| rest == ".hnsw.graph" || rest == ".hnsw.data")
+                    .is_some_and(|rest| rest == SUFFIX)
             });
             if !referenced {
                 fs::remove_file(&path)?;
@@ -182,11 +164,8 @@ impl Dumps {
         serde_json::from_slice(&bytes).ok()
     }
 
-    fn files(&self, basename: &str) -> (PathBuf, PathBuf) {
-        (
-            self.dir.join(format!("{basename}.hnsw.graph")),
-            self.dir.join(format!("{basename}.hnsw.data")),
-        )
+    fn file(&self, basename: &str) -> PathBuf {
+        self.dir.join(format!("{basename}{SUFFIX}"))
     }
 }
 
@@ -282,6 +261,29 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_graph_answers_as_the_dumped_one_with_exact_similarities() {
+        let dir = tempfile::tempdir().unwrap();
+        let dumps = Dumps::new(dir.path().to_path_buf(), "e");
+        let before = index();
+        for id in 0..200 {
+            before.insert(Hash32([1; 32]), id, &unit(id));
+        }
+        assert_eq!(before.dump(&dumps, ANY), 1);
+        let after = index();
+        assert!(after.restore(Hash32([1; 32]), &(0..200).collect(), &dumps));
+        for id in (0..200).step_by(9) {
+            let query = unit(id + 1000);
+            let found = after.search(Hash32([1; 32]), &query, 4);
+            assert_eq!(found, before.search(Hash32([1; 32]), &query, 4));
+            for candidate in found {
+                let stored = unit(candidate.id);
+                let exact: f32 = query.iter().zip(&stored).map(|(a, b)| a * b).sum();
+                assert_eq!(candidate.similarity, exact);
+            }
+        }
+    }
+
+    #[test]
     fn damaged_missing_or_foreign_dumps_are_not_used() {
         let live: HashSet<u64> = (0..40).collect();
         let scope = Hash32([1; 32]);
@@ -291,22 +293,28 @@ mod tests {
         let other = Dumps::new(dir.path().to_path_buf(), "another-model");
         assert!(!index().restore(scope, &live, &other));
 
-        for suffix in [".hnsw.data", ".hnsw.graph"] {
-            let dir = tempfile::tempdir().unwrap();
-            let dumps = dumped(dir.path());
-            let file = files_ending(dir.path(), suffix).pop().unwrap();
-            let mut bytes = fs::read(&file).unwrap();
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x5a;
-            fs::write(&file, bytes).unwrap();
-            assert!(!index().restore(scope, &live, &dumps), "{suffix}");
-        }
+        let dir = tempfile::tempdir().unwrap();
+        let dumps = dumped(dir.path());
+        let file = files_ending(dir.path(), SUFFIX).pop().unwrap();
+        let mut bytes = fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+        fs::write(&file, bytes).unwrap();
+        assert!(!index().restore(scope, &live, &dumps), "damaged");
 
         let dir = tempfile::tempdir().unwrap();
         let dumps = dumped(dir.path());
-        let data = files_ending(dir.path(), ".hnsw.data").pop().unwrap();
+        let data = files_ending(dir.path(), SUFFIX).pop().unwrap();
         fs::write(&data, b"").unwrap();
         assert!(!index().restore(scope, &live, &dumps), "truncated");
+
+        // A dump of the old format (hnsw_rs's f32 files, manifest version 1) is rebuilt.
+        let dir = tempfile::tempdir().unwrap();
+        let dumps = dumped(dir.path());
+        let manifest = files_ending(dir.path(), ".manifest").pop().unwrap();
+        let text = fs::read_to_string(&manifest).unwrap();
+        fs::write(&manifest, text.replace("\"version\":2", "\"version\":1")).unwrap();
+        assert!(!index().restore(scope, &live, &dumps), "old version");
 
         let dir = tempfile::tempdir().unwrap();
         let dumps = dumped(dir.path());
@@ -320,8 +328,9 @@ mod tests {
         let dumps = dumped(dir.path());
         fs::write(dir.path().join("x.manifest.tmp"), b"{").unwrap();
         fs::write(dir.path().join("orphan-1.hnsw.data"), b"").unwrap();
+        fs::write(dir.path().join("orphan-2.graph"), b"").unwrap();
         dumps.retain(&HashSet::from([Hash32([1; 32])])).unwrap();
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
         dumps.retain(&HashSet::new()).unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -1,14 +1,15 @@
-//! Exact search of a small scope: its f32 vectors in one row-major matrix, one
-//! matrix-vector product per search.
+//! Exact search of a small scope: every row's int8 codes (`quantized`) are scored, and the
+//! best few are re-scored from the store's f32 vectors, so the similarities are exact.
 
-use ndarray::{ArrayView1, ArrayView2};
-
-use super::Candidate;
+use super::quantized::{self, Query};
+use super::{Candidate, VectorSource};
 
 pub struct Flat {
     pub dim: usize,
     pub ids: Vec<u64>,
-    vectors: Vec<f32>,
+    /// `dim` codes per row.
+    codes: Vec<i8>,
+    inv_norms: Vec<f32>,
 }
 
 impl Flat {
@@ -16,7 +17,8 @@ impl Flat {
         Flat {
             dim,
             ids: Vec::new(),
-            vectors: Vec::new(),
+            codes: Vec::new(),
+            inv_norms: Vec::new(),
         }
     }
 
@@ -24,7 +26,8 @@ impl Flat {
         let mut flat = Flat {
             dim,
             ids: Vec::with_capacity(rows.len()),
-            vectors: Vec::with_capacity(rows.len() * dim),
+            codes: Vec::with_capacity(rows.len() * dim),
+            inv_norms: Vec::with_capacity(rows.len()),
         };
         for (id, vector) in rows {
             flat.insert(id, &vector);
@@ -32,17 +35,21 @@ impl Flat {
         flat
     }
 
+    /// Every row as a unit vector decoded from its codes (which encode back to the same
+    /// codes, so a graph built from these holds what this partition held).
     pub fn rows(&self) -> Vec<(u64, Vec<f32>)> {
         self.ids
             .iter()
-            .zip(self.vectors.chunks_exact(self.dim))
-            .map(|(&id, v)| (id, v.to_vec()))
+            .zip(self.codes.chunks_exact(self.dim))
+            .zip(&self.inv_norms)
+            .map(|((&id, codes), &inv_norm)| (id, quantized::dequantize(codes, inv_norm)))
             .collect()
     }
 
     pub fn insert(&mut self, id: u64, vector: &[f32]) {
         self.ids.push(id);
-        self.vectors.extend_from_slice(vector);
+        self.inv_norms
+            .push(quantized::quantize_into(vector, &mut self.codes));
     }
 
     pub fn remove(&mut self, id: u64) {
@@ -50,26 +57,96 @@ impl Flat {
             return;
         };
         self.ids.swap_remove(row);
-        let last = self.vectors.len() - self.dim;
+        self.inv_norms.swap_remove(row);
+        let last = self.codes.len() - self.dim;
         if row * self.dim != last {
-            self.vectors.copy_within(last.., row * self.dim);
+            self.codes.copy_within(last.., row * self.dim);
         }
-        self.vectors.truncate(last);
+        self.codes.truncate(last);
     }
 
-    pub fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
-        let Ok(matrix) = ArrayView2::from_shape((self.ids.len(), self.dim), &self.vectors) else {
-            return Vec::new();
-        };
-        let scores = matrix.dot(&ArrayView1::from(query));
-        let mut found: Vec<Candidate> = self
+    /// Up to `k` rows, most similar first, with exact similarities from `source`.
+    pub fn search(&self, query: &[f32], k: usize, source: &dyn VectorSource) -> Vec<Candidate> {
+        let coded = Query::new(query);
+        let approximate = self
             .ids
             .iter()
-            .zip(scores.iter())
-            .map(|(&id, &similarity)| Candidate { id, similarity })
+            .zip(self.codes.chunks_exact(self.dim))
+            .zip(&self.inv_norms)
+            .map(|((&id, codes), &inv_norm)| Candidate {
+                id,
+                similarity: quantized::cosine(&coded.codes, coded.inv_norm, codes, inv_norm),
+            })
             .collect();
-        found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-        found.truncate(k);
-        found
+        quantized::rescore(approximate, query, k, source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::index::normalize;
+
+    struct Rows(Vec<Vec<f32>>);
+
+    impl VectorSource for Rows {
+        fn vector(&self, id: u64) -> Option<Vec<f32>> {
+            self.0.get(id as usize).cloned()
+        }
+    }
+
+    fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
+        normalize(&mut v);
+        v
+    }
+
+    #[test]
+    fn search_is_exact_and_matches_brute_force() {
+        let mut rng = fastrand::Rng::with_seed(21);
+        let rows = Rows((0..300).map(|_| unit(&mut rng, 96)).collect());
+        let flat = Flat::from_rows(
+            96,
+            rows.0
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, v)| (i as u64, v))
+                .collect(),
+        );
+        for _ in 0..50 {
+            let query = unit(&mut rng, 96);
+            let mut exact: Vec<Candidate> = rows
+                .0
+                .iter()
+                .enumerate()
+                .map(|(id, row)| Candidate {
+                    id: id as u64,
+                    similarity: row.iter().zip(&query).map(|(a, b)| a * b).sum(),
+                })
+                .collect();
+            exact.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+            exact.truncate(3);
+            assert_eq!(flat.search(&query, 3, &rows), exact);
+        }
+    }
+
+    #[test]
+    fn remove_keeps_rows_and_codes_together() {
+        let mut rng = fastrand::Rng::with_seed(22);
+        let rows = Rows((0..5).map(|_| unit(&mut rng, 16)).collect());
+        let mut flat = Flat::new(16);
+        for (id, row) in rows.0.iter().enumerate() {
+            flat.insert(id as u64, row);
+        }
+        flat.remove(1);
+        flat.remove(7);
+        assert_eq!(flat.ids.len(), 4);
+        for id in [0, 2, 3, 4] {
+            let found = flat.search(&rows.0[id], 1, &rows);
+            assert_eq!(found[0].id, id as u64);
+            assert!((found[0].similarity - 1.0).abs() < 1e-5);
+        }
+        assert_eq!(Flat::from_rows(16, flat.rows()).rows(), flat.rows());
     }
 }

@@ -1,34 +1,28 @@
-//! One large scope's HNSW graph.
+//! One large scope's HNSW graph (`hnsw`, over int8 codes), with the ids it may return.
 //!
-//! hnsw_rs keeps each point's vector (f32, for its SIMD dot product), so the graph keeps no
-//! copy of its own: an earlier version kept every vector twice. Its distance is the dot
-//! product of unit vectors, so `1 - distance` is the exact cosine similarity and candidates
-//! need no second scoring. The int8 graph that was tried instead is described in
-//! `benches/results/index_scale.md`: without unsafe SIMD dispatch its distance was 4x slower.
+//! The graph navigates on codes; the best candidates are then re-scored from the store's f32
+//! vectors (`quantized::rescore`), so the similarity deja compares to its threshold is exact.
+//! There is no delete: removed ids are remembered as dead, over-fetched past, and the owner
+//! rebuilds the graph (`compacted`) once too many pile up.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hnsw_rs::prelude::{DistDot, Hnsw, Point};
-
+use super::hnsw::Hnsw;
+use super::quantized::{self, RESCORE_EXTRA};
 use super::{Candidate, HnswParams, VectorSource};
 
-const MAX_LAYERS: usize = 16;
-/// Candidates fetched beyond `k`, so dead ids can be skipped without a filter (filters
-/// disable hnsw_rs's early exit and were 5x slower).
+/// Candidates fetched beyond those re-scored, so dead ids can be skipped without filtering
+/// inside the search.
 const OVERFETCH: usize = 10;
-/// hnsw_rs asserts dot <= 1.000002; scaling stored unit vectors down by this much keeps
-/// rounding from tripping it. Similarities are divided by its square again.
-const GRAPH_SCALE: f32 = 1.0 - 1e-5;
 
-pub type GraphHnsw = Hnsw<'static, f32, DistDot>;
+pub type GraphHnsw = Hnsw;
 
 pub struct Graph {
     pub dim: usize,
     params: HnswParams,
-    hnsw: GraphHnsw,
-    /// Ids whose points may be returned; the graph also holds removed (dead) ones.
+    hnsw: Hnsw,
+    /// Ids whose nodes may be returned; the graph also holds removed (dead) ones.
     live: HashSet<u64>,
     dead: usize,
     /// Bumped by every insert and removal, so a dump knows whether it is stale.
@@ -38,70 +32,67 @@ pub struct Graph {
 }
 
 impl Graph {
-    pub fn build(dim: usize, rows: &[(u64, Vec<f32>)], params: HnswParams) -> Self {
-        let hnsw = Hnsw::new(
-            params.m,
-            rows.len().max(1024),
-            MAX_LAYERS,
-            params.ef_construction,
-            DistDot,
-        );
-        let refs: Vec<(&Vec<f32>, usize)> = rows.iter().map(|(id, v)| (v, *id as usize)).collect();
-        hnsw.parallel_insert(&refs);
+    fn new(dim: usize, hnsw: Hnsw, live: HashSet<u64>, dead: usize, params: HnswParams) -> Self {
         Graph {
             dim,
             params,
             hnsw,
-            live: rows.iter().map(|(id, _)| *id).collect(),
-            dead: 0,
+            live,
+            dead,
             changes: 1,
             dumped: AtomicU64::new(0),
         }
     }
 
     pub fn from_f32(dim: usize, rows: Vec<(u64, Vec<f32>)>, params: HnswParams) -> Self {
-        let rows: Vec<(u64, Vec<f32>)> = rows.into_iter().map(|(id, v)| (id, scale(&v))).collect();
-        Graph::build(dim, &rows, params)
+        let mut hnsw = Hnsw::new(dim, params.m, params.ef_construction, rows.len());
+        let mut live = HashSet::with_capacity(rows.len());
+        for (id, vector) in rows {
+            if live.insert(id) {
+                hnsw.insert(id, &vector);
+            }
+        }
+        Graph::new(dim, hnsw, live, 0, params)
     }
 
-    /// A graph reloaded from a dump, whose live ids are `live`: points not in `live` are
+    /// A graph reloaded from a dump, whose live ids are `live`: nodes not in `live` are
     /// dead, and ids of `live` the graph lacks are inserted from `source`. None when the dump
-    /// lacks more than half of `live` (a fresh build is then as cheap) or most of its points
-    /// are dead.
+    /// lacks more than half of `live` (a fresh build is then as cheap), most of its nodes are
+    /// dead, or it was made for another dimension.
     pub fn restored(
         dim: usize,
-        hnsw: GraphHnsw,
+        mut hnsw: Hnsw,
         live: &HashSet<u64>,
         params: HnswParams,
         source: &dyn VectorSource,
     ) -> Option<Self> {
-        let points = point_ids(&hnsw);
-        let kept: HashSet<u64> = points.intersection(live).copied().collect();
-        let dead = points.len() - kept.len();
-        if (live.len() - kept.len()) * 2 > live.len() || dead * 2 > points.len() {
+        if hnsw.dim != dim {
             return None;
         }
-        let missing: Vec<(Vec<f32>, usize)> = live
-            .iter()
-            .filter(|id| !kept.contains(id))
-            .filter_map(|&id| Some((scale(&source.vector(id)?), id as usize)))
-            .collect();
-        let refs: Vec<(&Vec<f32>, usize)> = missing.iter().map(|(v, id)| (v, *id)).collect();
-        hnsw.parallel_insert(&refs);
-        let mut live = kept;
-        live.extend(missing.iter().map(|(_, id)| *id as u64));
-        Some(Graph {
-            dim,
-            params,
-            hnsw,
-            live,
-            dead,
-            changes: u64::from(dead > 0 || !missing.is_empty()),
-            dumped: AtomicU64::new(0),
-        })
+        let points: HashSet<u64> = hnsw.ids().iter().copied().collect();
+        let kept: HashSet<u64> = points.intersection(live).copied().collect();
+        let dead = hnsw.len() - kept.len();
+        if (live.len() - kept.len()) * 2 > live.len() || dead * 2 > hnsw.len() {
+            return None;
+        }
+        let mut live_now = kept;
+        let mut inserted = 0;
+        for &id in live {
+            if live_now.contains(&id) {
+                continue;
+            }
+            if let Some(vector) = source.vector(id).filter(|v| v.len() == dim) {
+                hnsw.insert(id, &vector);
+                live_now.insert(id);
+                inserted += 1;
+            }
+        }
+        let mut graph = Graph::new(dim, hnsw, live_now, dead, params);
+        graph.changes = u64::from(dead > 0 || inserted > 0);
+        Some(graph)
     }
 
-    pub fn hnsw(&self) -> &GraphHnsw {
+    pub fn hnsw(&self) -> &Hnsw {
         &self.hnsw
     }
 
@@ -114,9 +105,10 @@ impl Graph {
     }
 
     pub fn insert(&mut self, id: u64, vector: &[f32]) {
-        self.hnsw.insert((&scale(vector), id as usize));
-        self.live.insert(id);
-        self.changes += 1;
+        if self.live.insert(id) {
+            self.hnsw.insert(id, vector);
+            self.changes += 1;
+        }
     }
 
     pub fn remove(&mut self, id: u64) {
@@ -130,34 +122,21 @@ impl Graph {
         self.dead as f32 / (self.dead + self.live.len()).max(1) as f32
     }
 
-    /// A new graph of the live points only (dropping the dead), from the graph's vectors.
-    /// Inserts borrow the old graph's vectors, so the peak is two graphs, not two graphs plus
-    /// a copy of every vector.
+    /// A new graph of the live nodes only (dropping the dead), built from this graph's codes.
     pub fn compacted(&self) -> Graph {
-        let live: Vec<_> = points(&self.hnsw)
-            .filter(|p| self.live.contains(&(p.get_origin_id() as u64)))
-            .collect();
-        let hnsw = Hnsw::new(
+        let mut hnsw = Hnsw::new(
+            self.dim,
             self.params.m,
-            live.len().max(1024),
-            MAX_LAYERS,
             self.params.ef_construction,
-            DistDot,
+            self.live.len(),
         );
-        let slices: Vec<(&[f32], usize)> = live
-            .iter()
-            .map(|p| (p.get_v(), p.get_origin_id()))
-            .collect();
-        hnsw.parallel_insert_slice(&slices);
-        Graph {
-            dim: self.dim,
-            params: self.params,
-            hnsw,
-            live: self.live.clone(),
-            dead: 0,
-            changes: 1,
-            dumped: AtomicU64::new(0),
+        for (node, id) in self.hnsw.ids().iter().enumerate() {
+            if self.live.contains(id) {
+                let (codes, inv_norm) = self.hnsw.code(node);
+                hnsw.insert_code(*id, codes, inv_norm);
+            }
         }
+        Graph::new(self.dim, hnsw, self.live.clone(), 0, self.params)
     }
 
     /// Changes not yet covered by a dump.
@@ -174,41 +153,34 @@ impl Graph {
         self.dumped.store(changes, Ordering::Relaxed);
     }
 
-    /// The live points' vectors, unscaled (to turn a shrunken graph back into a flat scan).
+    /// The live nodes as unit vectors (decoded from their codes, which a flat partition
+    /// encodes back to the same codes), to turn a shrunken graph back into a flat scan.
     pub fn live_rows(&self) -> Vec<(u64, Vec<f32>)> {
-        points(&self.hnsw)
-            .map(|p| (p.get_origin_id() as u64, p))
-            .filter(|(id, _)| self.live.contains(id))
-            .map(|(id, p)| (id, p.get_v().iter().map(|x| x / GRAPH_SCALE).collect()))
-            .collect()
-    }
-
-    pub fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
-        let fetch = k + OVERFETCH + self.dead.min(OVERFETCH * 4);
         self.hnsw
-            .search(&scale(query), fetch, self.params.ef_search.max(fetch))
-            .into_iter()
-            .filter(|neighbour| self.live.contains(&(neighbour.d_id as u64)))
-            .map(|neighbour| Candidate {
-                id: neighbour.d_id as u64,
-                similarity: (1.0 - neighbour.distance) / (GRAPH_SCALE * GRAPH_SCALE),
+            .ids()
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| self.live.contains(id))
+            .map(|(node, &id)| {
+                let (codes, inv_norm) = self.hnsw.code(node);
+                (id, quantized::dequantize(codes, inv_norm))
             })
             .collect()
     }
-}
 
-/// Every point of the graph (an empty graph has none; hnsw_rs's iterator would panic on it).
-fn points(hnsw: &GraphHnsw) -> impl Iterator<Item = Arc<Point<'static, f32>>> + '_ {
-    let any = hnsw.get_nb_point() > 0;
-    any.then(|| hnsw.get_point_indexation().into_iter())
-        .into_iter()
-        .flatten()
-}
-
-fn point_ids(hnsw: &GraphHnsw) -> HashSet<u64> {
-    points(hnsw).map(|p| p.get_origin_id() as u64).collect()
-}
-
-fn scale(vector: &[f32]) -> Vec<f32> {
-    vector.iter().map(|x| x * GRAPH_SCALE).collect()
+    /// Up to `k` live candidates, most similar first, with exact similarities from `source`.
+    pub fn search(&self, query: &[f32], k: usize, source: &dyn VectorSource) -> Vec<Candidate> {
+        let fetch = k + RESCORE_EXTRA + OVERFETCH + self.dead.min(OVERFETCH * 4);
+        let approximate = self
+            .hnsw
+            .search(query, fetch, self.params.ef_search.max(fetch))
+            .into_iter()
+            .map(|(node, similarity)| Candidate {
+                id: self.hnsw.ids()[node as usize],
+                similarity,
+            })
+            .filter(|candidate| self.live.contains(&candidate.id))
+            .collect();
+        quantized::rescore(approximate, query, k, source)
+    }
 }

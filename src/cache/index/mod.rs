@@ -11,6 +11,9 @@
 mod dump;
 mod flat;
 mod graph;
+mod hnsw;
+mod hnsw_file;
+mod quantized;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -255,8 +258,8 @@ impl VectorIndex {
             return Vec::new();
         }
         let mut found = match &*partition {
-            Partition::Flat(flat) => flat.search(query, k),
-            Partition::Graph(graph) => graph.search(query, k),
+            Partition::Flat(flat) => flat.search(query, k, &*self.source),
+            Partition::Graph(graph) => graph.search(query, k, &*self.source),
         };
         found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
         found.truncate(k);

@@ -1,0 +1,435 @@
+//! A compact HNSW graph over int8 codes (`quantized`), laid out for memory: every array is
+//! indexed by node number, links are u32 node numbers, layer 0 has a fixed `2m` slots per
+//! node, and only the few nodes above layer 0 (1 in `m`) have upper-layer links. A 1536-d
+//! node takes about 1.7 KB: 1536 bytes of codes, 128 of links (m = 16), 17 of id, norm and
+//! level. hnsw_rs, used before, kept f32 vectors and about 4.6 KB of links and bookkeeping
+//! per point (`benches/results/index_scale.md`).
+//!
+//! Searches return similarities of codes, not exact ones: the caller re-scores. There is no
+//! delete: `Graph` remembers removed ids and rebuilds when they pile up. Inserts take
+//! `&mut self` and run one at a time (a scope's partition lock already serialises them).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use super::quantized::{self, Query};
+
+/// An empty link slot.
+const NONE: u32 = u32::MAX;
+/// Layers above this are never drawn (a graph of 10^6 nodes with m = 16 reaches about 5).
+const MAX_LEVEL: u8 = 15;
+
+pub struct Hnsw {
+    pub(super) dim: usize,
+    /// Links per node on layers above 0; layer 0 has `2 * m`.
+    pub(super) m: usize,
+    pub(super) ef_construction: usize,
+    pub(super) ids: Vec<u64>,
+    pub(super) levels: Vec<u8>,
+    pub(super) inv_norms: Vec<f32>,
+    /// `dim` codes per node.
+    pub(super) codes: Vec<i8>,
+    /// `2 * m` slots per node, filled from the front, `NONE` after the last link.
+    pub(super) base: Vec<u32>,
+    /// For nodes above layer 0: `m` slots for each of layers 1..=level.
+    pub(super) upper: HashMap<u32, Box<[u32]>>,
+    pub(super) entry: Option<u32>,
+    pub(super) rng: fastrand::Rng,
+}
+
+/// A node and its similarity to whatever is being searched for; ordered by similarity.
+#[derive(Clone, Copy, PartialEq)]
+struct Scored(f32, u32);
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+    }
+}
+
+impl Hnsw {
+    pub fn new(dim: usize, m: usize, ef_construction: usize, capacity: usize) -> Hnsw {
+        let m = m.clamp(2, 255);
+        Hnsw {
+            dim,
+            m,
+            ef_construction: ef_construction.max(m),
+            ids: Vec::with_capacity(capacity),
+            levels: Vec::with_capacity(capacity),
+            inv_norms: Vec::with_capacity(capacity),
+            codes: Vec::with_capacity(capacity * dim),
+            base: Vec::with_capacity(capacity * 2 * m),
+            upper: HashMap::new(),
+            entry: None,
+            rng: fastrand::Rng::with_seed(0x5eed),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Every node's id, in node order.
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    /// Node `node`'s codes and their inverse norm.
+    pub fn code(&self, node: usize) -> (&[i8], f32) {
+        (
+            &self.codes[node * self.dim..][..self.dim],
+            self.inv_norms[node],
+        )
+    }
+
+    /// Adds `vector` as a new node for `id`.
+    pub fn insert(&mut self, id: u64, vector: &[f32]) {
+        let inv_norm = quantized::quantize_into(vector, &mut self.codes);
+        self.link_new(id, inv_norm);
+    }
+
+    /// Adds a node from codes (a rebuild from another graph's nodes).
+    pub fn insert_code(&mut self, id: u64, codes: &[i8], inv_norm: f32) {
+        self.codes.extend_from_slice(codes);
+        self.link_new(id, inv_norm);
+    }
+
+    /// Links the node whose codes were just appended.
+    fn link_new(&mut self, id: u64, inv_norm: f32) {
+        let node = self.ids.len() as u32;
+        let level = self.random_level();
+        self.ids.push(id);
+        self.levels.push(level);
+        self.inv_norms.push(inv_norm);
+        self.base.extend(std::iter::repeat_n(NONE, 2 * self.m));
+        if level > 0 {
+            self.upper
+                .insert(node, vec![NONE; usize::from(level) * self.m].into());
+        }
+        let Some(entry) = self.entry else {
+            self.entry = Some(node);
+            return;
+        };
+        let (codes, inv) = self.code(node as usize);
+        let query = Query {
+            codes: codes.to_vec(),
+            inv_norm: inv,
+        };
+        let top = self.levels[entry as usize];
+        let mut nearest = self.descend(&query, entry, top, level);
+        for layer in (0..=level.min(top)).rev() {
+            let found = self.search_layer(&query, nearest, self.ef_construction, layer);
+            let chosen = self.select(&found, self.m);
+            self.set_links(node, layer, &chosen);
+            for &neighbour in &chosen {
+                self.add_link(neighbour, node, layer);
+            }
+            nearest = found.first().map_or(nearest, |s| s.1);
+        }
+        if level > top {
+            self.entry = Some(node);
+        }
+    }
+
+    /// The `limit` most similar nodes to `vector` by their codes, most similar first, as
+    /// (node, similarity of codes); `ef` is the search breadth.
+    pub fn search(&self, vector: &[f32], limit: usize, ef: usize) -> Vec<(u32, f32)> {
+        let Some(entry) = self.entry else {
+            return Vec::new();
+        };
+        let query = Query::new(vector);
+        let nearest = self.descend(&query, entry, self.levels[entry as usize], 0);
+        let mut found = self.search_layer(&query, nearest, ef.max(limit), 0);
+        found.truncate(limit);
+        found.into_iter().map(|Scored(s, node)| (node, s)).collect()
+    }
+
+    /// Greedy descent from `entry` (on layer `top`) to the closest node on layer `to`.
+    fn descend(&self, query: &Query, entry: u32, top: u8, to: u8) -> u32 {
+        let mut best = Scored(self.similarity(query, entry), entry);
+        for layer in (to + 1..=top).rev() {
+            loop {
+                let mut improved = false;
+                for &next in self.links(best.1, layer) {
+                    let s = self.similarity(query, next);
+                    if s > best.0 {
+                        best = Scored(s, next);
+                        improved = true;
+                    }
+                }
+                if !improved {
+                    break;
+                }
+            }
+        }
+        best.1
+    }
+
+    /// The best `ef` nodes reachable from `start` on `layer`, most similar first.
+    fn search_layer(&self, query: &Query, start: u32, ef: usize, layer: u8) -> Vec<Scored> {
+        let mut visited = Visited::new(self.len());
+        visited.insert(start);
+        let first = Scored(self.similarity(query, start), start);
+        let mut frontier = BinaryHeap::from([first]);
+        let mut best = BinaryHeap::from([Reverse(first)]);
+        while let Some(current) = frontier.pop() {
+            let worst = best.peek().map_or(f32::MIN, |w| w.0.0);
+            if current.0 < worst && best.len() >= ef {
+                break;
+            }
+            for &next in self.links(current.1, layer) {
+                if !visited.insert(next) {
+                    continue;
+                }
+                let s = self.similarity(query, next);
+                let worst = best.peek().map_or(f32::MIN, |w| w.0.0);
+                if best.len() < ef || s > worst {
+                    frontier.push(Scored(s, next));
+                    best.push(Reverse(Scored(s, next)));
+                    if best.len() > ef {
+                        best.pop();
+                    }
+                }
+            }
+        }
+        let mut found: Vec<Scored> = best.into_iter().map(|r| r.0).collect();
+        found.sort_by(|a, b| b.cmp(a));
+        found
+    }
+
+    /// Up to `m` of `found` (most similar first) as a new node's links: a candidate is kept
+    /// only if it is closer to the new node than to every link already kept, so links
+    /// spread in different directions (the HNSW paper's heuristic); the rest fill any slots
+    /// left, nearest first.
+    fn select(&self, found: &[Scored], m: usize) -> Vec<u32> {
+        let mut chosen: Vec<u32> = Vec::with_capacity(m);
+        let mut pruned = Vec::new();
+        for candidate in found {
+            if chosen.len() == m {
+                break;
+            }
+            let diverse = chosen
+                .iter()
+                .all(|&kept| self.node_similarity(candidate.1, kept) < candidate.0);
+            if diverse {
+                chosen.push(candidate.1);
+            } else {
+                pruned.push(candidate.1);
+            }
+        }
+        let room = m - chosen.len();
+        chosen.extend(pruned.into_iter().take(room));
+        chosen
+    }
+
+    /// Links `neighbour` back to `node`; when its list is full, the least similar link (or the
+    /// new one) is dropped.
+    fn add_link(&mut self, neighbour: u32, node: u32, layer: u8) {
+        let Some(slots) = self.slots_mut(neighbour, layer) else {
+            return;
+        };
+        if let Some(free) = slots.iter_mut().find(|s| **s == NONE) {
+            *free = node;
+            return;
+        }
+        let current: Vec<u32> = slots.to_vec();
+        let (worst_slot, worst) = current
+            .iter()
+            .enumerate()
+            .map(|(slot, &link)| (slot, self.node_similarity(neighbour, link)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, f32::MAX));
+        if self.node_similarity(neighbour, node) > worst
+            && let Some(slots) = self.slots_mut(neighbour, layer)
+        {
+            slots[worst_slot] = node;
+        }
+    }
+
+    fn set_links(&mut self, node: u32, layer: u8, links: &[u32]) {
+        if let Some(slots) = self.slots_mut(node, layer) {
+            for (slot, &link) in slots.iter_mut().zip(links) {
+                *slot = link;
+            }
+        }
+    }
+
+    /// The links of `node` on `layer` (none if it does not reach that layer).
+    fn links(&self, node: u32, layer: u8) -> impl Iterator<Item = &u32> {
+        let slots: &[u32] = if layer == 0 {
+            &self.base[node as usize * 2 * self.m..][..2 * self.m]
+        } else {
+            self.upper
+                .get(&node)
+                .and_then(|upper| {
+                    upper
+                        .get((usize::from(layer) - 1) * self.m..)?
+                        .get(..self.m)
+                })
+                .unwrap_or(&[])
+        };
+        slots.iter().take_while(|&&s| s != NONE)
+    }
+
+    fn slots_mut(&mut self, node: u32, layer: u8) -> Option<&mut [u32]> {
+        let m = self.m;
+        if layer == 0 {
+            self.base.get_mut(node as usize * 2 * m..)?.get_mut(..2 * m)
+        } else {
+            self.upper
+                .get_mut(&node)?
+                .get_mut((usize::from(layer) - 1) * m..)?
+                .get_mut(..m)
+        }
+    }
+
+    fn similarity(&self, query: &Query, node: u32) -> f32 {
+        let (codes, inv) = self.code(node as usize);
+        quantized::cosine(&query.codes, query.inv_norm, codes, inv)
+    }
+
+    fn node_similarity(&self, a: u32, b: u32) -> f32 {
+        let (ca, ia) = self.code(a as usize);
+        let (cb, ib) = self.code(b as usize);
+        quantized::cosine(ca, ia, cb, ib)
+    }
+
+    /// A level drawn as in the HNSW paper: P(level >= l) = m^-l.
+    fn random_level(&mut self) -> u8 {
+        let u = 1.0 - self.rng.f64(); // (0, 1]
+        let level = -u.ln() / (self.m as f64).ln();
+        (level.floor() as u8).min(MAX_LEVEL)
+    }
+
+    /// Checks the invariants a loaded dump must hold (so a search cannot index out of
+    /// bounds); false if any fails.
+    pub fn is_consistent(&self) -> bool {
+        let n = self.ids.len();
+        let links_ok = |links: &[u32]| links.iter().all(|&l| l == NONE || (l as usize) < n);
+        self.levels.len() == n
+            && self.inv_norms.len() == n
+            && self.codes.len() == n * self.dim
+            && self.base.len() == n * 2 * self.m
+            && self.entry.is_none_or(|e| (e as usize) < n)
+            && (n == 0) == self.entry.is_none()
+            && links_ok(&self.base)
+            && self.levels.iter().enumerate().all(|(node, &level)| {
+                level <= MAX_LEVEL
+                    && match self.upper.get(&(node as u32)) {
+                        Some(upper) => {
+                            level > 0
+                                && upper.len() == usize::from(level) * self.m
+                                && links_ok(upper)
+                        }
+                        None => level == 0,
+                    }
+            })
+    }
+}
+
+/// Which nodes a search has seen: one bit per node.
+struct Visited(Vec<u64>);
+
+impl Visited {
+    fn new(nodes: usize) -> Visited {
+        Visited(vec![0; nodes.div_ceil(64)])
+    }
+
+    /// True if `node` was not seen before.
+    fn insert(&mut self, node: u32) -> bool {
+        let (word, bit) = (node as usize / 64, 1u64 << (node % 64));
+        match self.0.get_mut(word) {
+            Some(w) if *w & bit == 0 => {
+                *w |= bit;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::index::normalize;
+
+    fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
+        normalize(&mut v);
+        v
+    }
+
+    fn near(rng: &mut fastrand::Rng, source: &[f32]) -> Vec<f32> {
+        let noise = 0.6 / (source.len() as f32).sqrt();
+        let mut v: Vec<f32> = source
+            .iter()
+            .map(|x| x + (rng.f32() - 0.5) * noise)
+            .collect();
+        normalize(&mut v);
+        v
+    }
+
+    fn exact_best(rows: &[Vec<f32>], query: &[f32]) -> u64 {
+        let score = |r: &Vec<f32>| r.iter().zip(query).map(|(a, b)| a * b).sum::<f32>();
+        (0..rows.len())
+            .max_by(|&a, &b| score(&rows[a]).total_cmp(&score(&rows[b])))
+            .unwrap_or(0) as u64
+    }
+
+    #[test]
+    fn near_duplicate_queries_find_their_source_on_codes_alone() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let dim = 128;
+        let rows: Vec<Vec<f32>> = (0..3000).map(|_| unit(&mut rng, dim)).collect();
+        let mut graph = Hnsw::new(dim, 16, 100, rows.len());
+        for (id, row) in rows.iter().enumerate() {
+            graph.insert(id as u64 + 1000, row);
+        }
+        assert!(graph.is_consistent());
+        let mut right = 0;
+        let queries = 200;
+        for i in 0..queries {
+            let query = near(&mut rng, &rows[i * 13]);
+            let found = graph.search(&query, 1, 64);
+            let id = graph.ids()[found[0].0 as usize];
+            right += usize::from(id == exact_best(&rows, &query) + 1000);
+        }
+        assert!(right >= queries * 98 / 100, "recall@1 {right}/{queries}");
+    }
+
+    #[test]
+    fn results_are_ordered_and_limited() {
+        let mut rng = fastrand::Rng::with_seed(12);
+        let mut graph = Hnsw::new(32, 8, 50, 0);
+        assert!(graph.search(&unit(&mut rng, 32), 5, 10).is_empty());
+        for id in 0..200 {
+            graph.insert(id, &unit(&mut rng, 32));
+        }
+        let found = graph.search(&unit(&mut rng, 32), 5, 10);
+        assert_eq!(found.len(), 5);
+        assert!(found.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+
+    #[test]
+    fn links_stay_in_bounds_and_layers_thin_out() {
+        let mut rng = fastrand::Rng::with_seed(13);
+        let mut graph = Hnsw::new(16, 4, 20, 0);
+        for id in 0..2000 {
+            graph.insert(id, &unit(&mut rng, 16));
+        }
+        assert!(graph.is_consistent());
+        let above = graph.levels.iter().filter(|&&l| l > 0).count();
+        // P(level > 0) = 1/m = 1/4.
+        assert!((300..700).contains(&above), "{above} of 2000 above layer 0");
+        graph.base[5] = 999_999;
+        assert!(!graph.is_consistent());
+    }
+}

@@ -1,0 +1,202 @@
+//! Vectors as the index keeps them: one signed byte per component, scaled per vector so its
+//! largest component is ±127, with the inverse norm of the codes beside them. That is 4x less
+//! than f32 (1536 bytes for a 1536-d vector instead of 6144). The cosine of two codes is close
+//! to the cosine of their vectors (errors around 1e-3 on 1536-d unit vectors), which is
+//! enough to find candidates; the similarity deja compares to its threshold is then
+//! re-scored exactly from the stored f32 vector (`rescore`).
+//!
+//! Dot products of codes use simsimd, which picks the CPU's widest integer SIMD at run time
+//! (about 70 ns per 1536-d pair here, against 115-180 ns for an f32 dot product).
+
+use simsimd::SpatialSimilarity;
+
+use super::{Candidate, VectorSource};
+
+/// Candidates re-scored beyond the `k` asked for, so that one ranked just below the k-th by its
+/// codes but above it exactly is not lost.
+pub const RESCORE_EXTRA: usize = 4;
+
+/// Appends the codes of `vector` to `codes` and returns their inverse norm (0 for a zero or
+/// non-finite vector, whose similarity to anything is then 0).
+pub fn quantize_into(vector: &[f32], codes: &mut Vec<i8>) -> f32 {
+    let max = vector.iter().fold(0.0f32, |max, x| max.max(x.abs()));
+    if !(max.is_finite() && max > 0.0) {
+        codes.extend(std::iter::repeat_n(0, vector.len()));
+        return 0.0;
+    }
+    let scale = 127.0 / max;
+    let start = codes.len();
+    codes.extend(
+        vector
+            .iter()
+            .map(|x| (x * scale).round().clamp(-127.0, 127.0) as i8),
+    );
+    inverse_norm(&codes[start..])
+}
+
+/// A query's codes, made once per search.
+pub struct Query {
+    pub codes: Vec<i8>,
+    pub inv_norm: f32,
+}
+
+impl Query {
+    pub fn new(vector: &[f32]) -> Query {
+        let mut codes = Vec::with_capacity(vector.len());
+        let inv_norm = quantize_into(vector, &mut codes);
+        Query { codes, inv_norm }
+    }
+}
+
+pub fn inverse_norm(codes: &[i8]) -> f32 {
+    let norm = (dot(codes, codes) as f32).sqrt();
+    if norm > 0.0 { 1.0 / norm } else { 0.0 }
+}
+
+/// The cosine of two coded vectors.
+pub fn cosine(a: &[i8], a_inv_norm: f32, b: &[i8], b_inv_norm: f32) -> f32 {
+    dot(a, b) as f32 * a_inv_norm * b_inv_norm
+}
+
+fn dot(a: &[i8], b: &[i8]) -> f64 {
+    // None only for slices of different lengths, which the index never compares.
+    i8::dot(a, b).unwrap_or(0.0)
+}
+
+/// The unit vector the codes stand for. Quantizing it again gives the same codes, so a
+/// partition can move between flat and graph form without the f32 originals.
+pub fn dequantize(codes: &[i8], inv_norm: f32) -> Vec<f32> {
+    codes.iter().map(|&c| f32::from(c) * inv_norm).collect()
+}
+
+/// The best `k` of `approximate` (most similar first by their codes), with exact similarities
+/// computed from the stored vectors. A candidate whose vector the source no longer has (just
+/// removed, or the store is being reopened) is dropped: a miss, never a wrong score.
+pub fn rescore(
+    mut approximate: Vec<Candidate>,
+    query: &[f32],
+    k: usize,
+    source: &dyn VectorSource,
+) -> Vec<Candidate> {
+    approximate.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+    approximate.truncate(k + RESCORE_EXTRA);
+    let mut exact: Vec<Candidate> = approximate
+        .into_iter()
+        .filter_map(|candidate| {
+            let stored = source.vector(candidate.id)?;
+            (stored.len() == query.len()).then(|| Candidate {
+                id: candidate.id,
+                similarity: query.iter().zip(&stored).map(|(a, b)| a * b).sum(),
+            })
+        })
+        .collect();
+    exact.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+    exact.truncate(k);
+    exact
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::index::normalize;
+
+    fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
+        normalize(&mut v);
+        v
+    }
+
+    fn exact(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// `source` plus noise, about cosine 0.95 to it: a rewording.
+    fn near(rng: &mut fastrand::Rng, source: &[f32]) -> Vec<f32> {
+        let noise = 0.6 / (source.len() as f32).sqrt();
+        let mut v: Vec<f32> = source
+            .iter()
+            .map(|x| x + (rng.f32() - 0.5) * noise)
+            .collect();
+        normalize(&mut v);
+        v
+    }
+
+    #[test]
+    fn code_cosine_is_within_a_few_thousandths_of_the_exact_one() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for dim in [384, 1536] {
+            let mut worst = 0.0f32;
+            for _ in 0..300 {
+                let a = unit(&mut rng, dim);
+                let b = if rng.bool() {
+                    near(&mut rng, &a)
+                } else {
+                    unit(&mut rng, dim)
+                };
+                let (mut ca, mut cb) = (Vec::new(), Vec::new());
+                let (na, nb) = (quantize_into(&a, &mut ca), quantize_into(&b, &mut cb));
+                worst = worst.max((cosine(&ca, na, &cb, nb) - exact(&a, &b)).abs());
+            }
+            assert!(worst < 0.005, "dim {dim}: worst error {worst}");
+        }
+    }
+
+    #[test]
+    fn dequantized_vectors_quantize_to_the_same_codes() {
+        let mut rng = fastrand::Rng::with_seed(4);
+        for _ in 0..50 {
+            let v = unit(&mut rng, 256);
+            let mut codes = Vec::new();
+            let inv = quantize_into(&v, &mut codes);
+            let mut again = Vec::new();
+            let inv_again = quantize_into(&dequantize(&codes, inv), &mut again);
+            assert_eq!(codes, again);
+            assert_eq!(inv, inv_again);
+        }
+    }
+
+    #[test]
+    fn zero_and_non_finite_vectors_score_zero() {
+        let mut codes = Vec::new();
+        assert_eq!(quantize_into(&[0.0; 8], &mut codes), 0.0);
+        assert_eq!(quantize_into(&[f32::NAN; 8], &mut codes), 0.0);
+        assert_eq!(codes, vec![0; 16]);
+        let q = Query::new(&[0.5; 8]);
+        assert_eq!(cosine(&q.codes, q.inv_norm, &codes[..8], 0.0), 0.0);
+    }
+
+    struct Rows(Vec<Vec<f32>>);
+
+    impl VectorSource for Rows {
+        fn vector(&self, id: u64) -> Option<Vec<f32>> {
+            self.0.get(id as usize).cloned()
+        }
+    }
+
+    #[test]
+    fn rescore_gives_exact_similarities_in_exact_order_and_drops_missing_vectors() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let rows = Rows((0..6).map(|_| unit(&mut rng, 64)).collect());
+        let query = near(&mut rng, &rows.0[2]);
+        // Deliberately wrong approximate scores, and an id the source lacks.
+        let approximate: Vec<Candidate> = (0..7)
+            .map(|id| Candidate {
+                id,
+                similarity: 0.5,
+            })
+            .collect();
+        let found = rescore(approximate, &query, 3, &rows);
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[0].id, 2);
+        for candidate in &found {
+            let want = exact(&query, &rows.0[candidate.id as usize]);
+            assert_eq!(candidate.similarity, want);
+        }
+        assert!(found.windows(2).all(|w| w[0].similarity >= w[1].similarity));
+        let missing = vec![Candidate {
+            id: 99,
+            similarity: 0.9,
+        }];
+        assert!(rescore(missing, &query, 3, &rows).is_empty());
+    }
+}
