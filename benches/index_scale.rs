@@ -14,7 +14,8 @@
 //! sled tree, encoded as the store encodes them, as in deja (else in memory).
 //!
 //! Memory is the growth of VmRSS over each build, with the data set (and sled) already
-//! allocated and not counted. The int8 index is built first, by the live insert path (flat,
+//! allocated and not counted, per entry; and the growth over the second half of the build per
+//! entry of that half (what one more entry costs). The int8 index is built first, by the live insert path (flat,
 //! then a graph at `hnsw_min_entries`), so the baseline cannot reuse memory it freed; the
 //! rows it copies when its flat scan turns into a graph (4096 × dim × 4 bytes) are freed but
 //! stay counted, so its figure errs high.
@@ -114,9 +115,9 @@ fn main() {
         if args.sled { "sled" } else { "memory" }
     );
     println!(
-        "| vectors | entries | dim | index | build (inserts/s) | RSS/entry (bytes) | ef_search | search p50 (µs) | search p99 (µs) | recall@1 | live insert p50 (ms) | live insert p99 (ms) |"
+        "| vectors | entries | dim | index | build (inserts/s) | RSS/entry (bytes) | RSS/entry, 2nd half (bytes) | ef_search | search p50 (µs) | search p99 (µs) | recall@1 | live insert p50 (ms) | live insert p99 (ms) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &dim in &args.dims {
         for &n in &args.sizes {
             run(&args, n, dim);
@@ -129,6 +130,9 @@ fn main() {
 struct Figures {
     build_rate: f64,
     rss_per_entry: f64,
+    /// RSS growth over the second half of the build, per entry: the cost of one more entry,
+    /// without the one-off costs of the start (the flat scan's copy into the graph).
+    rss_marginal: f64,
     /// Per ef: search times (µs) and correct top-1 answers.
     searches: Vec<(Vec<f64>, usize)>,
     inserts: Vec<f64>,
@@ -162,12 +166,18 @@ fn run(args: &Args, n: usize, dim: usize) {
     let scope = Hash32([1; 32]);
     let mut compact = Figures::default();
     let rss_before = rss::rss_bytes();
+    let mut rss_half = 0;
     let started = Instant::now();
     for id in 0..n {
+        if id == n / 2 {
+            rss_half = rss::rss_bytes();
+        }
         index.insert(scope, id as u64, row(id));
     }
     compact.build_rate = n as f64 / started.elapsed().as_secs_f64();
-    compact.rss_per_entry = rss::rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
+    let rss_after = rss::rss_bytes();
+    compact.rss_per_entry = rss_after.saturating_sub(rss_before) as f64 / n as f64;
+    compact.rss_marginal = rss_after.saturating_sub(rss_half) as f64 / (n - n / 2) as f64;
 
     let mut f32_figures = Figures::default();
     let baseline = args.baseline.then(|| {
@@ -176,10 +186,15 @@ fn run(args: &Args, n: usize, dim: usize) {
             Hnsw::<f32, DistDot>::new(args.params.m, n, 16, args.params.ef_construction, DistDot);
         let slices: Vec<(&[f32], usize)> = (0..n).map(|id| (row(id), id)).collect();
         let started = Instant::now();
-        hnsw.parallel_insert_slice(&slices);
+        let (first, second) = (slices[..n / 2].to_vec(), slices[n / 2..].to_vec());
+        hnsw.parallel_insert_slice(&first);
+        let rss_half = rss::rss_bytes();
+        hnsw.parallel_insert_slice(&second);
         f32_figures.build_rate = n as f64 / started.elapsed().as_secs_f64();
-        drop(slices);
-        f32_figures.rss_per_entry = rss::rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
+        drop((slices, first, second));
+        let rss_after = rss::rss_bytes();
+        f32_figures.rss_per_entry = rss_after.saturating_sub(rss_before) as f64 / n as f64;
+        f32_figures.rss_marginal = rss_after.saturating_sub(rss_half) as f64 / (n - n / 2) as f64;
         hnsw
     });
 
@@ -236,9 +251,10 @@ fn run(args: &Args, n: usize, dim: usize) {
     for (label, figures) in &labelled {
         for (&ef, (times, right)) in args.ef.iter().zip(&figures.searches) {
             println!(
-                "| {vectors} | {n} | {dim} | {label} | {:.0} | {:.0} | {ef} | {:.0} | {:.0} | {:.3} | {:.2} | {:.2} |",
+                "| {vectors} | {n} | {dim} | {label} | {:.0} | {:.0} | {:.0} | {ef} | {:.0} | {:.0} | {:.3} | {:.2} | {:.2} |",
                 figures.build_rate,
                 figures.rss_per_entry,
+                figures.rss_marginal,
                 pct(times, 0.5),
                 pct(times, 0.99),
                 *right as f64 / queries.len() as f64,

@@ -5,7 +5,7 @@
 //! - `entry`: the stored form of one answer
 //! - `partition`: whose cache (tenant, namespace): a request's, and each entry's owner
 //! - `store`: sled persistence
-//! - `index`: the per-scope vector index (exact search, then hnsw_rs)
+//! - `index`: the per-scope vector index (exact search, then an HNSW graph; int8 codes)
 //! - `verify`: a second check on semantic candidates (numbers, negation)
 //! - `recency`: least-recently-used order and eviction for the capacity caps
 //! - `health`: write failures (full or read-only disk) turn writes off, then probe and recover
