@@ -39,7 +39,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use deja::clock::SystemClock;
 use deja::config::Config;
-use deja::server::RunningServer;
+use deja::edge::server::RunningServer;
 
 #[path = "proxy_load/semantic.rs"]
 mod semantic;
@@ -381,7 +381,7 @@ impl Servers {
         config.cache.dir = dir.path().join("cache");
         config.cache.semantic = false;
         config.validate().expect("valid config");
-        let deja = deja::server::start(config, Arc::new(SystemClock))
+        let deja = deja::edge::server::start(config, Arc::new(SystemClock))
             .await
             .expect("deja starts");
         assert!(deja.app.cache.is_some(), "deja opened its cache");

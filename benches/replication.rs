@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use deja::clock::SystemClock;
 use deja::config::{Config, RedisConfig};
-use deja::server::{RunningServer, start};
+use deja::edge::server::{RunningServer, start};
 use fake_upstream::{FakeUpstream, http_client};
 use serde_json::json;
 

@@ -46,8 +46,8 @@ pub struct Config {
     /// The file this was loaded from (for reloads); not a key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
-    /// Model aliases and fallbacks (`crate::routing`).
-    pub routing: crate::routing::RoutingConfig,
+    /// Model aliases and fallbacks (`crate::flow::models`).
+    pub routing: crate::flow::models::RoutingConfig,
     /// Replicas sharing entries through Redis (`crate::replica`); absent, deja is one island.
     pub redis: Option<RedisConfig>,
     /// `DEJA_*` environment variables that name no key and were left out; not a key.
@@ -113,8 +113,8 @@ pub struct UpstreamConfig {
     pub timeout_secs: f64,
     /// Seconds a response body (e.g. a stream) may stay silent before it is cut.
     pub idle_timeout_secs: f64,
-    /// Retries of failed upstream calls (`[upstream.retry]`, `crate::retry`).
-    pub retry: crate::retry::RetryConfig,
+    /// Retries of failed upstream calls (`[upstream.retry]`, `crate::upstream::retry`).
+    pub retry: crate::upstream::retry::RetryConfig,
 }
 
 impl Default for UpstreamConfig {

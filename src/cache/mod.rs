@@ -1,5 +1,5 @@
 //! The two-tier answer cache: exact lookups by key, semantic lookups by vector within a scope,
-//! TTL and expiry sweeps. It knows nothing of HTTP or of the request flow; `cached/` drives it.
+//! TTL and expiry sweeps. It knows nothing of HTTP or of the request flow; `flow/` drives it.
 //!
 //! - `key`: canonical hashing of requests into scope and exact keys
 //! - `entry`: the stored form of one answer

@@ -43,7 +43,7 @@ impl KeyConfig {
     pub fn unlimited(id: &str, secret: &str) -> KeyConfig {
         KeyConfig {
             id: id.into(),
-            hash: crate::keys::hash_key(secret),
+            hash: crate::managed::keys::hash_key(secret),
             tenant: None,
             namespace: None,
             rpm: 0,

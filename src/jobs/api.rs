@@ -13,11 +13,11 @@ use super::Jobs;
 use super::record::{Callback, Job, Status, Submitted};
 use super::webhook;
 use crate::app::App;
-use crate::body::{ProxyBody, full};
-use crate::cached::read_request;
 use crate::config::KeyConfig;
-use crate::control;
+use crate::edge::body::{ProxyBody, full};
 use crate::error::ApiError;
+use crate::flow::control;
+use crate::flow::read_request;
 
 /// The header that names a job's callback URL.
 pub const CALLBACK_HEADER: &str = "x-deja-callback-url";

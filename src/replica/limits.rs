@@ -1,5 +1,5 @@
 //! Requests per minute across replicas: one token bucket per key in Redis, taken atomically
-//! by a Lua script (the same continuously refilling bucket as `crate::limits`, on Redis's
+//! by a Lua script (the same continuously refilling bucket as `crate::managed::limits`, on Redis's
 //! clock so replicas' clocks need not agree). The local bucket still counts too (for the
 //! `x-ratelimit-*` headers, and as the fallback): it never refuses what the shared one
 //! admits, since this replica's requests are a part of the key's requests.
@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use super::{Replica, ReplicaError};
 use crate::app::App;
 use crate::config::KeyConfig;
-use crate::limits::{RateState, Refusal};
+use crate::managed::limits::{RateState, Refusal};
 
 /// KEYS[1]: the bucket; ARGV[1]: capacity per minute. Returns {admitted, retry_ms}.
 static TAKE: LazyLock<redis::Script> = LazyLock::new(|| {

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use crate::app::App;
 use crate::cache::Hit;
 use crate::cache::Partition;
-use crate::cached::Lookup;
+use crate::flow::Lookup;
 use budget::Learned;
 pub use config::TrustConfig;
 use estimate::{Sample, Window};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use deja::clock::ManualClock;
 use deja::config::Config;
-use deja::server::{RunningServer, start};
+use deja::edge::server::{RunningServer, start};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
