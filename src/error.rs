@@ -5,8 +5,8 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
-use crate::edge::body::{ProxyBody, full};
 use crate::managed::limits::Refusal;
+use crate::wire::body::{ProxyBody, full};
 
 /// Errors that deja answers itself (upstream errors are relayed verbatim instead).
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,7 @@
 //! deja: a drop-in caching reverse proxy for OpenAI-compatible APIs.
 //!
-//! The architecture, one folder per layer (a layer uses the ones below it, never above):
-//! - `edge`: the listener, connections, which handler a path goes to, accepted path spellings,
-//!   the response body type, SSE and the `x-deja-*` header names
+//! The architecture, one folder per layer, from where a request enters to what every layer shares:
+//! - `edge`: the listener, connections, accepted path spellings, which handler a path goes to
 //! - `flow`: the flow of a cached endpoint (plan, decide, act, report), request controls and
 //!   tenants, model aliases and fallbacks (`models`), coalescing of identical requests
 //! - `endpoints`: what each cached endpoint keys on and how it replays a stored answer (chat,
@@ -17,6 +16,8 @@
 //! - `jobs`: the persistent job queue (`/v1/async/...`)
 //! - `ops`: admin listener, dashboard, per-request record (`track`), usage log, metrics, logs
 //! - `config`: `proxy.toml` + `DEJA_*` env vars, validation; `bench`: `deja bench ...`
+//! - `wire`: what every layer reads and writes: the response body type, SSE, the `x-deja-*`
+//!   header names, JSON body cost
 //! - `app`, `clock`, `error`: shared state, time, OpenAI-shaped errors
 
 // Production code answers errors, it never panics on them (tests may unwrap freely).
@@ -46,3 +47,4 @@ pub mod ops;
 pub mod replica;
 pub mod trust;
 pub mod upstream;
+pub mod wire;

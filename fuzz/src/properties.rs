@@ -3,11 +3,11 @@
 
 use deja::cache::Partition;
 use deja::cache::key::Hash32;
-use deja::edge::sse::{SseParser, data_event, named_event};
 use deja::endpoints::chat::ChatCompletions;
 use deja::endpoints::completions::Completions;
 use deja::endpoints::responses::{RESPONSES, RESPONSES_CACHING_STORED};
 use deja::flow::{Endpoint, Plan};
+use deja::wire::sse::{SseParser, data_event, named_event};
 use serde_json::Value;
 
 /// What a plan decides, in comparable form.

@@ -222,9 +222,9 @@ async fn ask(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let hit = header(crate::edge::headers::CACHE.as_str()).as_deref() == Some("hit");
+    let hit = header(crate::wire::headers::CACHE.as_str()).as_deref() == Some("hit");
     let matched = if hit {
-        header(crate::edge::headers::MATCH.as_str())
+        header(crate::wire::headers::MATCH.as_str())
     } else {
         None
     };

@@ -29,7 +29,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 
 use crate::config::ServerConfig;
-use crate::edge::body::{BoxError, ProxyBody};
+use crate::wire::body::{BoxError, ProxyBody};
 
 /// How long a connection may go unused.
 #[derive(Clone, Copy, Debug)]

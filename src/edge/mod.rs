@@ -1,13 +1,8 @@
-//! The HTTP edge: the listener and its connections, which handler a path goes to, which paths
-//! are accepted, the body type every handler returns, and the wire formats (SSE, `x-deja-*`
-//! headers) the rest of deja reads and writes.
+//! The HTTP edge, where a request enters: the listener and its connections (with their
+//! deadlines), which path spellings are accepted, and which handler a path goes to.
 
-pub mod body;
 pub mod connection;
-pub mod headers;
-pub mod json_budget;
 pub mod request_path;
 pub mod route;
 pub mod server;
-pub mod sse;
 pub mod write_deadline;

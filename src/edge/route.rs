@@ -8,7 +8,6 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::config::{Config, KeyConfig};
-use crate::edge::body::{ProxyBody, full};
 use crate::edge::request_path;
 use crate::endpoints::chat::ChatCompletions;
 use crate::endpoints::completions::Completions;
@@ -22,6 +21,7 @@ use crate::ops::track::Tracker;
 use crate::ops::usage::Outcome;
 use crate::upstream::relay::relay;
 use crate::upstream::tunnel;
+use crate::wire::body::{ProxyBody, full};
 
 /// The cached endpoint for a `POST` path (after `/v1`), if any.
 pub(crate) fn cached_endpoint(config: &Config, path: &str) -> Option<&'static dyn Endpoint> {

@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::edge::sse::data_event;
 use crate::endpoints::lazy_replay::Steps;
+use crate::wire::sse::data_event;
 
 /// Tracks a chunk stream's end and failures while assembling it.
 #[derive(Debug, Default)]

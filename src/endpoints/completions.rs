@@ -280,7 +280,7 @@ pub(crate) fn render_stream(stored: Arc<Value>, id: &str, include_usage: bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::sse::SseParser;
+    use crate::wire::sse::SseParser;
 
     fn partition() -> Partition {
         Partition::of_tenant("t")

@@ -20,7 +20,6 @@ use crate::cache::Partition;
 use crate::cache::key::{Hash32, KeyBuilder};
 use crate::cache::store::StoreError;
 use crate::cache::{NewEntry, Requirements};
-use crate::edge::body::{ProxyBody, full};
 use crate::error::ApiError;
 use crate::flow::control::{self, Controls};
 use crate::flow::models;
@@ -30,6 +29,7 @@ use crate::ops::track::{Tracker, estimate_tokens};
 use crate::ops::usage::Outcome;
 use crate::upstream::relay::{response_headers, stream_response};
 use crate::upstream::{Failed, Outgoing, cacheable_status};
+use crate::wire::body::{ProxyBody, full};
 
 /// Most inputs in one request, as the OpenAI API allows.
 const MAX_INPUTS: usize = 2048;
@@ -345,11 +345,11 @@ fn answer(
         HeaderValue::from_static("application/json"),
     );
     headers.insert(
-        crate::edge::headers::CACHE,
+        crate::wire::headers::CACHE,
         HeaderValue::from_static(outcome),
     );
     if let Ok(value) = HeaderValue::from_str(&format!("{hits}/{}", batch.texts.len())) {
-        headers.insert(crate::edge::headers::CACHED_INPUTS, value);
+        headers.insert(crate::wire::headers::CACHED_INPUTS, value);
     }
     *response.headers_mut() = headers;
     response

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::edge::sse::{data_event, named_event};
 use crate::endpoints::chat::assemble::HEADER_KEYS;
 use crate::endpoints::chunks::{copy_fields, stored_choices};
 use crate::endpoints::text::pieces;
+use crate::wire::sse::{data_event, named_event};
 
 /// Completions' header keys (`completions::HEADER_KEYS`).
 const COMPLETION_HEADER_KEYS: &[&str] = &["id", "created", "model", "system_fingerprint"];

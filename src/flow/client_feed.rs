@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use crate::edge::body::BoxError;
+use crate::wire::body::BoxError;
 
 /// A client this far behind has stopped reading: it is cut off (its stream ends in an error)
 /// rather than allowed to hold any amount of memory.

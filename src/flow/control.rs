@@ -9,7 +9,7 @@ use crate::cache::Partition;
 use crate::config::KeyConfig;
 use crate::error::ApiError;
 
-use crate::edge::headers::{NAMESPACE as NAMESPACE_HEADER, THRESHOLD as THRESHOLD_HEADER};
+use crate::wire::headers::{NAMESPACE as NAMESPACE_HEADER, THRESHOLD as THRESHOLD_HEADER};
 
 const MAX_NAMESPACE_LEN: usize = 128;
 

@@ -11,9 +11,9 @@ use super::Lookup;
 use super::context::Context;
 use super::report::Report;
 use crate::cache::Hit;
-use crate::edge::body::{BoxError, ProxyBody, full, streaming};
 use crate::endpoints::json_splice;
 use crate::flow::coalesce::{Leader, Matched, Shared};
+use crate::wire::body::{BoxError, ProxyBody, full, streaming};
 
 /// Renders a stored entry and reports the hit; `None` if it cannot be rendered (then the
 /// request proceeds as a miss).

@@ -16,14 +16,14 @@ use super::decide::Near;
 use super::report::Report;
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, NewEntry, Partition};
-use crate::edge::body::{ProxyBody, full, streaming};
-use crate::edge::sse::SseParser;
 use crate::error::ApiError;
 use crate::flow::coalesce::{Leader, Matched, Shared};
 use crate::flow::models;
 use crate::managed::metering::{UsageStripper, metered};
 use crate::upstream::relay::{response_headers, stream_response};
 use crate::upstream::{Failed, cacheable_status};
+use crate::wire::body::{ProxyBody, full, streaming};
+use crate::wire::sse::SseParser;
 
 /// Relays a request the cache is not consulted for, untouched.
 pub(super) async fn bypass(ctx: Context, reason: &'static str) -> Response<ProxyBody> {

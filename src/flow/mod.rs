@@ -22,10 +22,10 @@ use serde_json::Value;
 use crate::app::{App, Snapshot};
 use crate::cache::key::Hash32;
 use crate::cache::{Partition, Requirements};
-use crate::edge::body::ProxyBody;
 use crate::error::ApiError;
 use crate::ops::track::Tracker;
 use crate::ops::usage::Outcome;
+use crate::wire::body::ProxyBody;
 
 mod client_feed;
 pub mod coalesce;

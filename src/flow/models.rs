@@ -12,11 +12,11 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::config::{Config, ConfigError};
-use crate::edge::body::ProxyBody;
 use crate::error::ApiError;
 use crate::upstream::{Failed, Outgoing, Sent};
+use crate::wire::body::ProxyBody;
 
-use crate::edge::headers::{FALLBACK as FALLBACK_HEADER, MODEL as MODEL_HEADER};
+use crate::wire::headers::{FALLBACK as FALLBACK_HEADER, MODEL as MODEL_HEADER};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -10,12 +10,12 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::config::ServerConfig;
-use crate::edge::body::ProxyBody;
 use crate::error::ApiError;
 use crate::flow::control::Controls;
 use crate::flow::models::{self, Route};
 use crate::ops::track::Tracker;
 use crate::ops::usage::Outcome;
+use crate::wire::body::ProxyBody;
 
 /// Reads a request (`read_request`), resolves its model's alias (`models::apply`; fallbacks
 /// only when `fallbacks`) and notes the model asked and the model routed to in the record.
@@ -79,7 +79,7 @@ pub(super) async fn read_checked(
 /// The body as a JSON object, if it holds no more than `max_values` items (a tree costs about
 /// 60 bytes per item: see `json_budget`).
 pub(super) fn parse_object(body: &[u8], max_values: usize) -> Result<Value, ApiError> {
-    if !crate::edge::json_budget::within(body, max_values) {
+    if !crate::wire::json_budget::within(body, max_values) {
         return Err(ApiError::invalid(
             format!(
                 "the request body holds more than {max_values} JSON values, more than this \

@@ -6,9 +6,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 
 use super::context::Context;
 use super::decide::{Decided, Near};
-use crate::edge::headers;
 use crate::flow::coalesce::Matched;
 use crate::ops::usage::Outcome;
+use crate::wire::headers;
 
 /// How a request was answered, as reported.
 pub(crate) enum Report<'a> {

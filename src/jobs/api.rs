@@ -14,10 +14,10 @@ use super::record::{Callback, Job, Status, Submitted};
 use super::webhook;
 use crate::app::App;
 use crate::config::KeyConfig;
-use crate::edge::body::{ProxyBody, full};
 use crate::error::ApiError;
 use crate::flow::control;
 use crate::flow::read_request;
+use crate::wire::body::{ProxyBody, full};
 
 /// The header that names a job's callback URL.
 pub const CALLBACK_HEADER: &str = "x-deja-callback-url";

@@ -17,10 +17,10 @@ use http::header;
 use http_body_util::BodyStream;
 use serde_json::Value;
 
-use crate::edge::body::{ProxyBody, streaming};
-use crate::edge::sse::SseParser;
 use crate::endpoints::json_splice::top_level_value;
 use crate::ops::track::Tracker;
+use crate::wire::body::{ProxyBody, streaming};
+use crate::wire::sse::SseParser;
 
 /// Largest JSON answer whose usage is read (image answers carry base64 data of a few MB).
 const MAX_JSON: usize = 16 * 1024 * 1024;

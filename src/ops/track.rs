@@ -13,10 +13,10 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::config::{Config, DEFAULT_PRICE, KeyConfig};
-use crate::edge::body::ProxyBody;
 use crate::error::ApiError;
 use crate::managed::limits::{Refusal, Reservation};
 use crate::ops::usage::{Outcome, Record};
+use crate::wire::body::ProxyBody;
 
 #[derive(Clone)]
 pub struct Tracker(Arc<Inner>);
@@ -158,7 +158,7 @@ impl Tracker {
     pub fn attach(self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
         let status = response.status().as_u16();
         self.update(|r| r.status = status);
-        let body = std::mem::replace(response.body_mut(), crate::edge::body::full(""));
+        let body = std::mem::replace(response.body_mut(), crate::wire::body::full(""));
         let holder = self;
         *response.body_mut() = body
             .map_frame(move |frame| {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::Trust;
 use super::feedback::Kind;
 use crate::app::App;
-use crate::edge::body::ProxyBody;
+use crate::wire::body::ProxyBody;
 
 impl Trust {
     /// The `trust` section of `/admin/stats`: per model and namespace, the estimate at the

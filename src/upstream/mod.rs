@@ -328,7 +328,7 @@ pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
     out.remove(header::HOST);
     let own: Vec<HeaderName> = out
         .keys()
-        .filter(|name| name.as_str().starts_with(crate::edge::headers::PREFIX))
+        .filter(|name| name.as_str().starts_with(crate::wire::headers::PREFIX))
         .cloned()
         .collect();
     for name in own {
@@ -398,7 +398,7 @@ mod tests {
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         headers.insert("host", HeaderValue::from_static("localhost:8080"));
         headers.insert(
-            crate::edge::headers::NAMESPACE,
+            crate::wire::headers::NAMESPACE,
             HeaderValue::from_static("n"),
         );
         headers.insert("authorization", HeaderValue::from_static("Bearer sk-1"));

@@ -15,11 +15,11 @@ use http_body_util::BodyStream;
 use hyper::body::{Body as _, Incoming};
 
 use crate::app::App;
-use crate::edge::body::{BoxError, ProxyBody, streaming};
 use crate::error::ApiError;
 use crate::managed::metering::metered;
 use crate::ops::track::Tracker;
 use crate::upstream::{Outgoing, strip_hop_by_hop};
+use crate::wire::body::{BoxError, ProxyBody, streaming};
 
 /// Relays a request whose body is streamed (not buffered) to the upstream.
 pub async fn relay(
@@ -158,7 +158,7 @@ pub fn response_headers(upstream: &HeaderMap, cache_status: Option<&'static str>
     let mut headers = strip_hop_by_hop(upstream);
     if let Some(status) = cache_status {
         headers.insert(
-            crate::edge::headers::CACHE,
+            crate::wire::headers::CACHE,
             HeaderValue::from_static(status),
         );
     }

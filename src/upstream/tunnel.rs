@@ -11,10 +11,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::app::App;
-use crate::edge::body::{ProxyBody, full};
 use crate::edge::connection::Slot;
 use crate::ops::track::Tracker;
 use crate::upstream::relay::{response_headers, stream_response};
+use crate::wire::body::{ProxyBody, full};
 
 /// Whether `request` asks to become a WebSocket.
 pub fn is_websocket(request: &Request<Incoming>) -> bool {

@@ -153,8 +153,8 @@ fn message_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::sse::SseParser;
     use crate::endpoints::chat::assemble::ChatStreamAssembler;
+    use crate::wire::sse::SseParser;
 
     fn stored() -> Value {
         json!({

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::edge::sse::named_event;
 use crate::endpoints::lazy_replay::{Replay, Steps, cloned_at};
 use crate::endpoints::text::fresh_id;
 use crate::flow::Assembler;
+use crate::wire::sse::named_event;
 
 /// Keeps the final response of a stream that completed; anything else is not stored.
 #[derive(Default)]
@@ -357,7 +357,7 @@ fn content_part(out: &mut Steps<Sequence>, at: Value, part_at: String, part: &Va
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::sse::SseParser;
+    use crate::wire::sse::SseParser;
 
     fn stored() -> Value {
         json!({

@@ -11,11 +11,11 @@ use super::{error, json_response};
 use crate::app::App;
 use crate::cache::Cache;
 use crate::cache::admin::{Neighbour, Selector};
-use crate::edge::body::ProxyBody;
 use crate::edge::route::cached_endpoint;
 use crate::flow::control::partition_for;
 use crate::flow::{Ask, Decision, Planning, Vectors, decide, plan_request};
 use crate::ops::metrics::CacheGauges;
+use crate::wire::body::ProxyBody;
 
 /// Neighbours listed by `/admin/lookup` when the call does not say.
 const DEFAULT_K: usize = 5;
@@ -34,7 +34,7 @@ pub fn metrics(app: &App) -> Response<ProxyBody> {
             oversized_skipped: cache.oversized_skipped(),
         });
     app.metrics.replica.update(app.replica.get().map(|r| &**r)); // `[redis]` series
-    let mut response = Response::new(crate::edge::body::full(
+    let mut response = Response::new(crate::wire::body::full(
         app.trust
             .metrics(app, app.metrics.render(gauges, app.usage.dropped())),
     ));

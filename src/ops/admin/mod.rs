@@ -26,10 +26,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::edge::body::{ProxyBody, full};
 use crate::edge::connection;
 use crate::ops::dashboard::api as dashboard;
 use crate::ops::dashboard::session::{self, CSRF_HEADER};
+use crate::wire::body::{ProxyBody, full};
 
 mod handlers;
 pub mod reload;

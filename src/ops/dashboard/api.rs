@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use super::replay::{self, GroupBy};
 use crate::app::App;
-use crate::edge::body::ProxyBody;
 use crate::ops::admin::{error, json_response};
+use crate::wire::body::ProxyBody;
 
 const DEFAULT_LOOKUPS: usize = 50;
 const MAX_LOOKUPS: usize = 1000;

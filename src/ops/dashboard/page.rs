@@ -5,7 +5,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::edge::body::{ProxyBody, full};
+use crate::wire::body::{ProxyBody, full};
 
 const LOGIN: &str = include_str!("assets/login.html");
 const INDEX: &str = include_str!("assets/index.html");

@@ -10,8 +10,8 @@ use hyper::body::Incoming;
 use super::page;
 use super::session::{self, CSRF_HEADER};
 use crate::app::App;
-use crate::edge::body::ProxyBody;
 use crate::ops::admin::constant_time_eq;
+use crate::wire::body::ProxyBody;
 
 /// A sign-in form is a few hundred bytes.
 const MAX_FORM: usize = 8 * 1024;
