@@ -44,16 +44,7 @@ impl KeyRing {
     }
 }
 
-/// `sha256:<hex>` of a key, as `[[keys]].hash` expects it.
-pub fn hash_key(key: &str) -> String {
-    let digest = digest(key);
-    let mut text = String::with_capacity(7 + 64);
-    text.push_str("sha256:");
-    for byte in digest {
-        text.push_str(&format!("{byte:02x}"));
-    }
-    text
-}
+pub use crate::config::hash_key;
 
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()

@@ -6,33 +6,8 @@
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
-use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    /// Attempts per model, the first included; 1 turns retries off.
-    pub max_attempts: u32,
-    /// Cap of the first backoff, doubled for every further retry.
-    pub initial_backoff_ms: u64,
-    /// Largest backoff cap, whatever the retry number.
-    pub max_backoff_ms: u64,
-    /// Seconds after a model's first attempt during which a retry may still start.
-    pub deadline_secs: f64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            initial_backoff_ms: 200,
-            max_backoff_ms: 5000,
-            deadline_secs: 30.0,
-        }
-    }
-}
+pub use crate::config::RetryConfig;
 
 /// Why an upstream call was retried; `label` is a low-cardinality name for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,31 +81,6 @@ impl RetryConfig {
             .backoff(attempts.saturating_sub(1))
             .max(asked.unwrap_or_default());
         (elapsed.saturating_add(delay) <= self.deadline()).then_some(delay)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |key: &str, problem: &str| {
-            Err(ConfigError::Invalid {
-                key: format!("upstream.retry.{key}"),
-                problem: problem.into(),
-            })
-        };
-        if self.max_attempts == 0 {
-            return fail("max_attempts", "must be at least 1 (1 = no retries)");
-        }
-        if self.max_attempts > 100 {
-            return fail("max_attempts", "must be at most 100");
-        }
-        if self.initial_backoff_ms == 0 {
-            return fail("initial_backoff_ms", "must be at least 1 ms");
-        }
-        if self.max_backoff_ms < self.initial_backoff_ms {
-            return fail("max_backoff_ms", "must be at least initial_backoff_ms");
-        }
-        if !(self.deadline_secs > 0.0 && self.deadline_secs <= 86_400.0) {
-            return fail("deadline_secs", "must be a number of seconds in (0, 86400]");
-        }
-        Ok(())
     }
 }
 

@@ -51,14 +51,12 @@ pub struct HnswParams {
 }
 
 impl Default for HnswParams {
-    /// ef_search 128: on 100k random 384-d vectors recall@1 was 0.970 at 64 and 1.000 at 128
-    /// (`benches/results/index_scale.md`). A missed hit costs an upstream call; the wider
-    /// search costs about 2x a search of a few ms.
+    /// The configuration's defaults (`crate::config::cache` says why).
     fn default() -> Self {
         Self {
-            m: 16,
-            ef_construction: 200,
-            ef_search: 128,
+            m: crate::config::DEFAULT_HNSW_M,
+            ef_construction: crate::config::DEFAULT_HNSW_EF_CONSTRUCTION,
+            ef_search: crate::config::DEFAULT_HNSW_EF_SEARCH,
         }
     }
 }

@@ -6,8 +6,6 @@
 //! logging) keep their running values and are reported as needing a restart. An invalid file
 //! changes nothing.
 
-use serde::Serialize;
-
 use crate::app::App;
 use crate::config::{Config, ConfigError};
 
@@ -71,45 +69,12 @@ fn put_in_force(app: &App, next: Config) {
     app.replace_config(next);
 }
 
-/// Copies the settings that cannot change while running from `running` into `next`, naming
-/// those the new file changed.
+/// Copies the settings that cannot change while running from `running` into `next` (each
+/// config section declares its own), naming those the new file changed.
 fn keep_start_up_settings(running: &Config, next: &mut Config) -> ReloadReport {
-    let mut report = ReloadReport::default();
-    macro_rules! keep {
-        ($name:literal, $($field:tt).+) => {
-            if differs(&running.$($field).+, &next.$($field).+) {
-                report.needs_restart.push($name);
-                next.$($field).+ = running.$($field).+.clone();
-            }
-        };
+    ReloadReport {
+        needs_restart: running.keep_start_up_settings(next),
     }
-    keep!("server", server);
-    keep!("embedding", embedding);
-    keep!("admin.listen", admin.listen);
-    keep!("usage", usage);
-    keep!("log", log);
-    // `upstream.base_url`, `api_key` (and its file) and `timeout_secs` are read per request,
-    // so they apply: a leaked key is rotated by a reload.
-    keep!(
-        "upstream.connect_timeout_secs",
-        upstream.connect_timeout_secs
-    );
-    keep!("upstream.idle_timeout_secs", upstream.idle_timeout_secs);
-    keep!("cache.enabled", cache.enabled);
-    keep!("cache.dir", cache.dir);
-    keep!("cache.semantic", cache.semantic);
-    keep!("cache.hnsw_min_entries", cache.hnsw_min_entries);
-    keep!("cache.hnsw_m", cache.hnsw_m);
-    keep!("cache.hnsw_ef_construction", cache.hnsw_ef_construction);
-    keep!("cache.compact_dead_ratio", cache.compact_dead_ratio);
-    keep!("cache.sweep_interval_secs", cache.sweep_interval_secs);
-    keep!("cache.max_entries", cache.max_entries);
-    keep!("cache.max_bytes", cache.max_bytes);
-    report
-}
-
-fn differs<T: Serialize>(a: &T, b: &T) -> bool {
-    serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
 }
 
 #[cfg(test)]

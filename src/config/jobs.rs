@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,7 +81,7 @@ impl JobsConfig {
             }
         }
         if let Some(secret) = &self.webhook_secret
-            && crate::jobs::webhook::secret_key(secret).is_none()
+            && webhook_secret_key(secret).is_none()
         {
             return Some((
                 "jobs.webhook_secret",
@@ -102,6 +104,12 @@ impl JobsConfig {
         }
         None
     }
+}
+
+/// The key bytes of a `whsec_...` secret.
+pub fn webhook_secret_key(secret: &str) -> Option<Vec<u8>> {
+    let key = STANDARD.decode(secret.strip_prefix("whsec_")?).ok()?;
+    (!key.is_empty()).then_some(key)
 }
 
 #[cfg(test)]
