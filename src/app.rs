@@ -12,8 +12,8 @@ use crate::flow::PlanMemo;
 use crate::flow::coalesce::Coalescer;
 use crate::managed::keys::KeyRing;
 use crate::managed::limits::Limits;
-use crate::ops::metrics::Metrics;
-use crate::ops::usage::UsageLog;
+use crate::observe::metrics::Metrics;
+use crate::observe::usage::UsageLog;
 use crate::upstream::Upstream;
 
 pub struct App {

@@ -1,11 +1,12 @@
 //! deja: a drop-in caching reverse proxy for OpenAI-compatible APIs.
 //!
 //! The architecture, one folder per layer, from where a request enters to what every layer shares:
-//! - `edge`: the listener, connections, accepted path spellings, which handler a path goes to
+//! - `edge`: the listener, connections, which handler a path goes to
 //! - `flow`: the flow of a cached endpoint (plan, decide, act, report), request controls and
 //!   tenants, model aliases and fallbacks (`models`), coalescing of identical requests
 //! - `endpoints`: what each cached endpoint keys on and how it replays a stored answer (chat,
 //!   responses, legacy completions, the embeddings cache)
+//! - `replay`: what replays share: id splicing, lazily rendered streamed hits, chunk streams
 //! - `upstream`: the outgoing client and its retries, the plain relay, WebSocket tunnels
 //! - `cache`: the storage tier (keys, entries, sled store, per-scope vector index, TTL,
 //!   verification of semantic candidates); knows nothing of HTTP or of the flow
@@ -14,10 +15,11 @@
 //! - `trust`: shadow verification, the wrong-hit estimate, the error budget, feedback
 //! - `replica`: several replicas sharing one cache through Redis
 //! - `jobs`: the persistent job queue (`/v1/async/...`)
-//! - `ops`: admin listener, dashboard, per-request record (`track`), usage log, metrics, logs
+//! - `ops`: the admin listener and the dashboard
+//! - `observe`: one record per request (`track`), the usage log, metrics, log lines
 //! - `config`: `proxy.toml` + `DEJA_*` env vars, validation; `bench`: `deja bench ...`
 //! - `wire`: what every layer reads and writes: the response body type, SSE, the `x-deja-*`
-//!   header names, JSON body cost
+//!   header names, accepted path spellings, JSON body cost
 //! - `app`, `clock`, `error`: shared state, time, OpenAI-shaped errors
 
 // Production code answers errors, it never panics on them (tests may unwrap freely).
@@ -43,7 +45,9 @@ pub mod error;
 pub mod flow;
 pub mod jobs;
 pub mod managed;
+pub mod observe;
 pub mod ops;
+pub mod replay;
 pub mod replica;
 pub mod trust;
 pub mod upstream;

@@ -90,7 +90,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    deja::ops::telemetry::init(&config.log);
+    deja::observe::telemetry::init(&config.log);
     if !config.ignored_env.is_empty() {
         tracing::warn!(
             variables = ?config.ignored_env,

@@ -11,10 +11,10 @@ use serde_json::{Map, Value, json};
 
 use crate::cache::Partition;
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::endpoints::chunks::{ChunkGate, ChunkWriter, copy_fields, stored_choices};
-use crate::endpoints::lazy_replay::{Replay, Steps, cloned_at};
-use crate::endpoints::text::fresh_id;
 use crate::flow::{Assembler, Endpoint, Lookup, Plan, plan_as, stream_flags};
+use crate::replay::chunks::{ChunkGate, ChunkWriter, copy_fields, stored_choices};
+use crate::replay::lazy_replay::{Replay, Steps, cloned_at};
+use crate::replay::text::fresh_id;
 
 /// Every field of a legacy completions request; unknown ones land in `other` (scope).
 #[derive(Debug, Default, Deserialize)]

@@ -11,8 +11,8 @@ use super::Lookup;
 use super::context::Context;
 use super::report::Report;
 use crate::cache::Hit;
-use crate::endpoints::json_splice;
 use crate::flow::coalesce::{Leader, Matched, Shared};
+use crate::replay::json_splice;
 use crate::wire::body::{BoxError, ProxyBody, full, streaming};
 
 /// Renders a stored entry and reports the hit; `None` if it cannot be rendered (then the
@@ -85,7 +85,7 @@ fn render(ctx: &Context, lookup: &Lookup, text: &str) -> Option<Response<ProxyBo
         return Some(respond(lookup, full(body)));
     }
     // Shared with the other replays of a long answer that are running (`lazy_replay`).
-    let stored = crate::endpoints::lazy_replay::parse_shared(text)?;
+    let stored = crate::replay::lazy_replay::parse_shared(text)?;
     ctx.tracker.update(|r| r.take_usage(&stored));
     let body = if lookup.stream {
         // Lazy: each event is rendered when hyper polls for it, i.e. as the client reads.

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 
 use super::{Endpoint, Lookup, Partition};
 use crate::flow::models::Route;
-use crate::ops::track::Tracker;
+use crate::observe::track::Tracker;
 
 /// Bodies larger than this are planned every time: they are rarely repeated verbatim, and
 /// the memo's memory stays bounded: 2 × GENERATION entries of at most the body, the routed

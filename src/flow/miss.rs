@@ -91,7 +91,7 @@ pub(super) async fn forward(
         Ok(bytes) => {
             let stored = serde_json::from_slice::<Value>(&bytes)
                 .ok()
-                .filter(|v| v.is_object() && !crate::endpoints::chunks::carries_error(v));
+                .filter(|v| v.is_object() && !crate::replay::chunks::carries_error(v));
             if let Some(answer) = &stored {
                 ctx.tracker.update(|r| r.take_usage(answer));
             }
@@ -249,7 +249,7 @@ impl Store {
         let has_usage = answer.get("usage").is_some_and(|u| !u.is_null());
         let mut shared = Shared {
             // `id` and `usage` first: a hit then reads both without scanning the content.
-            response: crate::endpoints::json_splice::with_keys_first(&answer, &["id", "usage"]),
+            response: crate::replay::json_splice::with_keys_first(&answer, &["id", "usage"]),
             has_usage,
             stored: None,
             matched: Matched::Upstream,

@@ -23,8 +23,8 @@ use crate::app::{App, Snapshot};
 use crate::cache::key::Hash32;
 use crate::cache::{Partition, Requirements};
 use crate::error::ApiError;
-use crate::ops::track::Tracker;
-use crate::ops::usage::Outcome;
+use crate::observe::track::Tracker;
+use crate::observe::usage::Outcome;
 use crate::wire::body::ProxyBody;
 
 mod client_feed;
@@ -110,7 +110,7 @@ pub trait Endpoint: Send + Sync + 'static {
         &self,
         stored: Arc<Value>,
         include_usage: bool,
-    ) -> crate::endpoints::lazy_replay::Replay;
+    ) -> crate::replay::lazy_replay::Replay;
 }
 
 /// Reads `body` as the endpoint's request type and plans it; a body of the wrong shape

@@ -13,8 +13,8 @@ use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::flow::control::Controls;
 use crate::flow::models::{self, Route};
-use crate::ops::track::Tracker;
-use crate::ops::usage::Outcome;
+use crate::observe::track::Tracker;
+use crate::observe::usage::Outcome;
 use crate::wire::body::ProxyBody;
 
 /// Reads a request (`read_request`), resolves its model's alias (`models::apply`; fallbacks

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use super::context::Context;
 use super::decide::{Decided, Near};
 use crate::flow::coalesce::Matched;
-use crate::ops::usage::Outcome;
+use crate::observe::usage::Outcome;
 use crate::wire::headers;
 
 /// How a request was answered, as reported.

@@ -17,8 +17,8 @@ use http::header;
 use http_body_util::BodyStream;
 use serde_json::Value;
 
-use crate::endpoints::json_splice::top_level_value;
-use crate::ops::track::Tracker;
+use crate::observe::track::Tracker;
+use crate::replay::json_splice::top_level_value;
 use crate::wire::body::{ProxyBody, streaming};
 use crate::wire::sse::SseParser;
 

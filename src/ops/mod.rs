@@ -1,9 +1,5 @@
-//! Operating deja: the admin listener and its dashboard, one record per request (`track`) and
-//! what is made of it (usage log, Prometheus metrics), and logging.
+//! Operating deja: the admin listener (probes, metrics, cache administration, reload) and its
+//! dashboard page.
 
 pub mod admin;
 pub mod dashboard;
-pub mod metrics;
-pub mod telemetry;
-pub mod track;
-pub mod usage;

@@ -17,7 +17,7 @@ use hyper::body::{Body as _, Incoming};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::managed::metering::metered;
-use crate::ops::track::Tracker;
+use crate::observe::track::Tracker;
 use crate::upstream::{Outgoing, strip_hop_by_hop};
 use crate::wire::body::{BoxError, ProxyBody, streaming};
 

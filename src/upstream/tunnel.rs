@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::app::App;
 use crate::edge::connection::Slot;
-use crate::ops::track::Tracker;
+use crate::observe::track::Tracker;
 use crate::upstream::relay::{response_headers, stream_response};
 use crate::wire::body::{ProxyBody, full};
 

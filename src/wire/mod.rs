@@ -5,4 +5,5 @@
 pub mod body;
 pub mod headers;
 pub mod json_budget;
+pub mod request_path;
 pub mod sse;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use super::audio;
-use crate::endpoints::chunks::{ChunkGate, copy_fields};
+use crate::replay::chunks::{ChunkGate, copy_fields};
 
 /// Accumulates chunks; `finish` yields the completion only for a clean, successful stream.
 #[derive(Debug, Default)]

@@ -16,9 +16,9 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::cache::Partition;
-use crate::endpoints::lazy_replay::Replay;
-use crate::endpoints::text::fresh_id;
 use crate::flow::{Assembler, Endpoint, Plan, plan_as};
+use crate::replay::lazy_replay::Replay;
+use crate::replay::text::fresh_id;
 use assemble::ChatStreamAssembler;
 use request::ChatRequest;
 

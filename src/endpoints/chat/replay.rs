@@ -7,8 +7,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::assemble::HEADER_KEYS;
-use crate::endpoints::chunks::{ChunkWriter, stored_choices};
-use crate::endpoints::lazy_replay::{Replay, Steps, cloned_at, pointer};
+use crate::replay::chunks::{ChunkWriter, stored_choices};
+use crate::replay::lazy_replay::{Replay, Steps, cloned_at, pointer};
 
 /// The stored completion with a fresh id, as a non-streaming response body.
 pub fn render_json(stored: &Value, fresh_id: &str) -> Bytes {
@@ -22,7 +22,7 @@ pub fn render_json(stored: &Value, fresh_id: &str) -> Bytes {
 /// `render_json` on the stored text: the id is spliced in, nothing else is touched.
 pub fn render_json_text(stored: &str, fresh_id: &str) -> Option<Bytes> {
     // Fresh ids are letters, digits and dashes: no JSON escaping needed.
-    crate::endpoints::json_splice::replace_top_level(stored, "id", &format!("\"{fresh_id}\""))
+    crate::replay::json_splice::replace_top_level(stored, "id", &format!("\"{fresh_id}\""))
         .map(Bytes::from)
 }
 

@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use crate::cache::Partition;
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::endpoints::lazy_replay::Replay;
 use crate::flow::{Assembler, Endpoint, Lookup, Plan, beyond_text, plan_as};
+use crate::replay::lazy_replay::Replay;
 
 /// Every field of a Responses request that deja knows; unknown ones land in `other` (scope).
 #[derive(Debug, Default, Deserialize)]

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::endpoints::lazy_replay::{Replay, Steps, cloned_at};
-use crate::endpoints::text::fresh_id;
 use crate::flow::Assembler;
+use crate::replay::lazy_replay::{Replay, Steps, cloned_at};
+use crate::replay::text::fresh_id;
 use crate::wire::sse::named_event;
 
 /// Keeps the final response of a stream that completed; anything else is not stored.

@@ -14,7 +14,7 @@ use crate::cache::admin::{Neighbour, Selector};
 use crate::edge::route::cached_endpoint;
 use crate::flow::control::partition_for;
 use crate::flow::{Ask, Decision, Planning, Vectors, decide, plan_request};
-use crate::ops::metrics::CacheGauges;
+use crate::observe::metrics::CacheGauges;
 use crate::wire::body::ProxyBody;
 
 /// Neighbours listed by `/admin/lookup` when the call does not say.

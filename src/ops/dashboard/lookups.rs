@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::cache::{Candidate, SemanticOutcome};
-use crate::ops::usage::{Outcome, Record};
+use crate::observe::usage::{Outcome, Record};
 
 /// Requests kept for the recent-lookups table, the histograms and the replay.
 pub const CAPACITY: usize = 4096;

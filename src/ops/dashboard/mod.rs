@@ -17,7 +17,7 @@
 use serde::Serialize;
 
 use crate::config::{Config, EmbeddingProvider};
-use crate::ops::usage::Record;
+use crate::observe::usage::Record;
 
 pub mod api;
 pub mod cli;

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::lookups::Lookup;
-use crate::ops::usage::Outcome;
+use crate::observe::usage::Outcome;
 
 /// Thresholds replayed: 0.70, 0.71, ... 0.99.
 pub const FROM: u32 = 70;
@@ -167,7 +167,7 @@ pub fn histograms(lookups: &[Lookup], by: GroupBy) -> Vec<Histogram> {
 mod tests {
     use super::*;
     use crate::cache::Candidate;
-    use crate::ops::usage::Record;
+    use crate::observe::usage::Record;
 
     fn lookup(model: &str, outcome: Outcome, candidates: &[(f32, bool)]) -> Lookup {
         let mut record = Record::new("chat.completions", 0);

@@ -5,7 +5,7 @@
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::ops::usage::{Outcome, Record};
+use crate::observe::usage::{Outcome, Record};
 
 const MINUTES: usize = 24 * 60;
 const MINUTE_MS: u64 = 60_000;

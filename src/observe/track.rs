@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::config::{Config, DEFAULT_PRICE, KeyConfig};
 use crate::error::ApiError;
 use crate::managed::limits::{Refusal, Reservation};
-use crate::ops::usage::{Outcome, Record};
+use crate::observe::usage::{Outcome, Record};
 use crate::wire::body::ProxyBody;
 
 #[derive(Clone)]

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::endpoints::text::piece_end;
+use crate::replay::text::piece_end;
 
 /// The events of a replay, each rendered when it is asked for.
 pub type Replay = Box<dyn Iterator<Item = Bytes> + Send>;
@@ -217,7 +217,7 @@ mod tests {
         let replay: Vec<Bytes> = steps
             .over(Arc::new(json!({"a/b": text, "empty": "", "n": 7})))
             .collect();
-        let pieces = crate::endpoints::text::pieces(text);
+        let pieces = crate::replay::text::pieces(text);
         assert_eq!(replay.len(), pieces.len() + 3);
         let mut expected = String::from("start|");
         for (i, piece) in pieces.iter().enumerate() {

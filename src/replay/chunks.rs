@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::endpoints::lazy_replay::Steps;
+use crate::replay::lazy_replay::Steps;
 use crate::wire::sse::data_event;
 
 /// Tracks a chunk stream's end and failures while assembling it.

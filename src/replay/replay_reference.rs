@@ -9,8 +9,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::endpoints::chat::assemble::HEADER_KEYS;
-use crate::endpoints::chunks::{copy_fields, stored_choices};
-use crate::endpoints::text::pieces;
+use crate::replay::chunks::{copy_fields, stored_choices};
+use crate::replay::text::pieces;
 use crate::wire::sse::{data_event, named_event};
 
 /// Completions' header keys (`completions::HEADER_KEYS`).
@@ -453,7 +453,7 @@ mod tests {
             + &"Ünïcödé words\tand\nnewlines, 2+2=4 — citing [1] ".repeat(40)
     }
 
-    fn lazy(replay: crate::endpoints::lazy_replay::Replay) -> Vec<Bytes> {
+    fn lazy(replay: crate::replay::lazy_replay::Replay) -> Vec<Bytes> {
         replay.collect()
     }
 
