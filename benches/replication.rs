@@ -11,7 +11,7 @@
 //! `benches/results/replication.md`.
 
 #[allow(dead_code)] // the bench uses a few of its calls
-#[path = "../tests/support/fake_upstream.rs"]
+#[path = "../tests/it/support/fake_upstream.rs"]
 mod fake_upstream;
 
 use std::net::TcpStream;

@@ -1,5 +1,5 @@
 //! What must hold for any input. Each function panics when a property fails; the fuzz targets
-//! feed them libFuzzer's inputs and `tests/fuzz_regressions.rs` replays saved ones on stable.
+//! feed them libFuzzer's inputs and `tests/it/fuzz_regressions.rs` replays saved ones on stable.
 
 use deja::cache::Partition;
 use deja::cache::key::Hash32;

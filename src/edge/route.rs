@@ -21,6 +21,7 @@ use crate::observe::usage::Outcome;
 use crate::upstream::relay::relay;
 use crate::upstream::tunnel;
 use crate::wire::body::{ProxyBody, full};
+use crate::wire::endpoint::EndpointName;
 use crate::wire::request_path;
 
 /// The cached endpoint for a `POST` path (after `/v1`), if any.
@@ -72,8 +73,8 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     let embeddings = request.method() == Method::POST && rest == "/embeddings";
     let name = match (cached, embeddings) {
         (Some(endpoint), _) => endpoint.name(),
-        (None, true) => "embeddings",
-        _ => "relay",
+        (None, true) => EndpointName::Embeddings,
+        _ => EndpointName::Relay,
     };
 
     // Managed mode: a known deja key or 401. Its credentials never travel further, and

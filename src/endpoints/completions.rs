@@ -119,8 +119,8 @@ impl CompletionRequest {
 pub struct Completions;
 
 impl Endpoint for Completions {
-    fn name(&self) -> &'static str {
-        "completions"
+    fn name(&self) -> crate::wire::endpoint::EndpointName {
+        crate::wire::endpoint::EndpointName::Completions
     }
 
     fn plan(&self, body: Value, partition: &Partition) -> Plan {

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use super::{Endpoint, Lookup, Partition};
 use crate::flow::models::Route;
 use crate::observe::track::Tracker;
+use crate::wire::endpoint::EndpointName;
 
 /// Bodies larger than this are planned every time: they are rarely repeated verbatim, and
 /// the memo's memory stays bounded: 2 × GENERATION entries of at most the body, the routed
@@ -57,14 +58,14 @@ pub struct Planned {
 
 /// What a request is, as far as its plan goes.
 struct Remembered {
-    endpoint: &'static str,
+    endpoint: EndpointName,
     partition: Partition,
     raw: Bytes,
     planned: Arc<Planned>,
 }
 
 impl Remembered {
-    fn is(&self, endpoint: &str, partition: &Partition, raw: &[u8]) -> bool {
+    fn is(&self, endpoint: EndpointName, partition: &Partition, raw: &[u8]) -> bool {
         self.endpoint == endpoint && self.partition == *partition && self.raw == raw
     }
 }
@@ -170,9 +171,9 @@ impl PlanMemo {
         self.len() == 0
     }
 
-    fn slot(&self, endpoint: &str, partition: &Partition, raw: &[u8]) -> u64 {
+    fn slot(&self, endpoint: EndpointName, partition: &Partition, raw: &[u8]) -> u64 {
         let mut hasher = self.hasher.build_hasher();
-        hasher.write(endpoint.as_bytes());
+        hasher.write(endpoint.as_str().as_bytes());
         hasher.write_u8(0xff);
         hasher.write(partition.tenant.as_bytes());
         hasher.write_u8(0xff); // no tenant/namespace split can collide with another
@@ -194,7 +195,7 @@ impl Generations {
 
 /// Endpoints are told apart by name. The two `responses` variants share one, but which of
 /// them serves is configuration, and a reload clears the memo.
-fn endpoint_id(endpoint: &'static dyn Endpoint) -> &'static str {
+fn endpoint_id(endpoint: &'static dyn Endpoint) -> EndpointName {
     endpoint.name()
 }
 

@@ -58,7 +58,7 @@ pub(super) async fn forward(
     let sent = match ctx.send_upstream().await {
         Ok(sent) => sent,
         Err(Failed { error: err, .. }) => {
-            tracing::warn!(endpoint = ctx.endpoint.name(), code = err.code(), error = %err, "upstream failed");
+            tracing::warn!(endpoint = ctx.endpoint.name().as_str(), code = err.code(), error = %err, "upstream failed");
             return err.into_response();
         }
     };
@@ -179,7 +179,10 @@ fn stream(
         };
         match &answer {
             Some(answer) => tracker.update(|r| r.take_usage(answer)),
-            None => tracing::info!(endpoint = endpoint.name(), "stream incomplete; not stored"),
+            None => tracing::info!(
+                endpoint = endpoint.name().as_str(),
+                "stream incomplete; not stored"
+            ),
         }
         store.finish(answer).await;
         if let Some(rest) = stripper.as_mut().map(UsageStripper::finish)

@@ -92,8 +92,8 @@ pub enum Plan {
 
 /// What differs between cached endpoints.
 pub trait Endpoint: Send + Sync + 'static {
-    /// Name used in logs, e.g. `chat.completions`.
-    fn name(&self) -> &'static str;
+    /// Name used in logs, metrics and the usage log, e.g. `chat.completions`.
+    fn name(&self) -> crate::wire::endpoint::EndpointName;
     fn plan(&self, body: Value, partition: &Partition) -> Plan;
     /// Collects a streamed answer into the stored (non-streaming) form.
     fn assembler(&self) -> Box<dyn Assembler>;

@@ -107,7 +107,7 @@ impl Report<'_> {
     }
 
     fn log(&self, ctx: &Context, status: Option<u16>) {
-        let endpoint = ctx.endpoint.name();
+        let endpoint = ctx.endpoint.name().as_str();
         let elapsed_ms = super::ms(ctx.started);
         match *self {
             Report::Hit {

@@ -20,6 +20,7 @@ use serde_json::Value;
 use crate::observe::track::Tracker;
 use crate::replay::json_splice::top_level_value;
 use crate::wire::body::{ProxyBody, streaming};
+use crate::wire::endpoint::EndpointName;
 use crate::wire::sse::SseParser;
 
 /// Largest JSON answer whose usage is read (image answers carry base64 data of a few MB).
@@ -28,8 +29,13 @@ const MAX_JSON: usize = 16 * 1024 * 1024;
 /// The request body to send for a key with limits: a stream of chat or completions asks for
 /// the usage chunk. Returns the body and whether `include_usage` was added (so the chunk must
 /// be hidden from the client).
-pub fn ask_for_usage(endpoint: &str, tracker: &Tracker, body: Bytes) -> (Bytes, bool) {
-    if !tracker.limited() || !matches!(endpoint, "chat.completions" | "completions") {
+pub fn ask_for_usage(endpoint: EndpointName, tracker: &Tracker, body: Bytes) -> (Bytes, bool) {
+    if !tracker.limited()
+        || !matches!(
+            endpoint,
+            EndpointName::ChatCompletions | EndpointName::Completions
+        )
+    {
         return (body, false);
     }
     let Ok(Value::Object(mut json)) = serde_json::from_slice::<Value>(&body) else {

@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::observe::usage::{Outcome, Record};
+use crate::wire::endpoint::EndpointName;
 
 type Labels = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
@@ -35,13 +36,7 @@ pub struct CacheGauges {
 }
 
 /// Endpoints whose request counters are resolved once (a label lookup hashes its strings).
-const ENDPOINTS: [&str; 5] = [
-    "chat.completions",
-    "completions",
-    "responses",
-    "embeddings",
-    "relay",
-];
+const ENDPOINTS: [EndpointName; 5] = EndpointName::ALL;
 const OUTCOMES: [Outcome; 9] = [
     Outcome::HitExact,
     Outcome::HitSemantic,
@@ -159,7 +154,7 @@ impl Default for Metrics {
                     OUTCOMES.iter().map(|outcome| {
                         m.requests
                             .get_or_create(&[
-                                ("endpoint", *endpoint),
+                                ("endpoint", endpoint.as_str()),
                                 ("outcome", outcome.as_str()),
                             ])
                             .clone()
@@ -330,7 +325,10 @@ impl Metrics {
             Some(endpoint) => r.requests[endpoint * OUTCOMES.len() + outcome_index].inc(),
             None => self
                 .requests
-                .get_or_create(&[("endpoint", record.endpoint), ("outcome", outcome.as_str())])
+                .get_or_create(&[
+                    ("endpoint", record.endpoint.as_str()),
+                    ("outcome", outcome.as_str()),
+                ])
                 .inc(),
         };
         match outcome {
@@ -461,14 +459,14 @@ mod tests {
     #[test]
     fn records_move_the_right_series() {
         let metrics = Metrics::default();
-        let mut hit = Record::new("chat.completions", 0);
+        let mut hit = Record::new(crate::wire::endpoint::EndpointName::ChatCompletions, 0);
         hit.cache = Outcome::HitSemantic;
         hit.similarity = Some(0.97);
         hit.prompt_tokens = Some(10);
         hit.completion_tokens = Some(5);
         hit.saved_usd = Some(0.25);
         metrics.observe(&hit);
-        let mut miss = Record::new("chat.completions", 0);
+        let mut miss = Record::new(crate::wire::endpoint::EndpointName::ChatCompletions, 0);
         miss.cache = Outcome::Miss;
         miss.upstream_ms = Some(12.0);
         miss.status = 503;

@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::managed::limits::{Refusal, Reservation};
 use crate::observe::usage::{Outcome, Record};
 use crate::wire::body::ProxyBody;
+use crate::wire::endpoint::EndpointName;
 
 #[derive(Clone)]
 pub struct Tracker(Arc<Inner>);
@@ -35,7 +36,7 @@ impl Tracker {
     pub fn new(
         app: Arc<App>,
         config: Arc<Config>,
-        endpoint: &'static str,
+        endpoint: EndpointName,
         key: Option<Arc<KeyConfig>>,
     ) -> Tracker {
         let mut record = Record::new(endpoint, app.now_ms());
@@ -172,7 +173,8 @@ impl Tracker {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let mut record = std::mem::replace(self.record.get_mut(), Record::new("", 0));
+        let mut record =
+            std::mem::replace(self.record.get_mut(), Record::new(EndpointName::Relay, 0));
         record.latency_ms = record.started.elapsed().as_secs_f64() * 1000.0;
         if record.model_used.is_none() {
             record.model_used = record.model_asked.clone();

@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::wire::endpoint::EndpointName;
+
 /// Lines waiting for the writer; past this, records are dropped (and counted).
 const QUEUE: usize = 16 * 1024;
 
@@ -64,7 +66,7 @@ pub struct Record {
     pub ts_ms: u64,
     pub key_id: Option<String>,
     pub tenant: Option<String>,
-    pub endpoint: &'static str,
+    pub endpoint: EndpointName,
     pub model_asked: Option<String>,
     pub model_used: Option<String>,
     pub cache: Outcome,
@@ -100,7 +102,7 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(endpoint: &'static str, ts_ms: u64) -> Record {
+    pub fn new(endpoint: EndpointName, ts_ms: u64) -> Record {
         Record {
             ts_ms,
             key_id: None,
@@ -229,26 +231,26 @@ mod tests {
 
     #[test]
     fn usage_of_both_shapes() {
-        let mut record = Record::new("chat.completions", 0);
+        let mut record = Record::new(crate::wire::endpoint::EndpointName::ChatCompletions, 0);
         record.take_usage(&json!({"usage": {"prompt_tokens": 12, "completion_tokens": 3}}));
         assert_eq!(
             (record.prompt_tokens, record.completion_tokens),
             (Some(12), Some(3))
         );
-        let mut record = Record::new("responses", 0);
+        let mut record = Record::new(EndpointName::Responses, 0);
         record.take_usage(&json!({"usage": {"input_tokens": 7, "output_tokens": 2}}));
         assert_eq!(
             (record.prompt_tokens, record.completion_tokens),
             (Some(7), Some(2))
         );
-        let mut record = Record::new("responses", 0);
+        let mut record = Record::new(EndpointName::Responses, 0);
         record.take_usage(&json!({"usage": null}));
         assert_eq!(record.prompt_tokens, None);
     }
 
     #[test]
     fn record_serialises_without_internal_fields() {
-        let mut record = Record::new("chat.completions", 5);
+        let mut record = Record::new(crate::wire::endpoint::EndpointName::ChatCompletions, 5);
         record.cache = Outcome::HitSemantic;
         let text = serde_json::to_string(&record).unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();

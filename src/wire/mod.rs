@@ -3,6 +3,7 @@
 //! cost before it is parsed.
 
 pub mod body;
+pub mod endpoint;
 pub mod headers;
 pub mod json_budget;
 pub mod request_path;

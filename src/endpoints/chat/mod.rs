@@ -25,8 +25,8 @@ use request::ChatRequest;
 pub struct ChatCompletions;
 
 impl Endpoint for ChatCompletions {
-    fn name(&self) -> &'static str {
-        "chat.completions"
+    fn name(&self) -> crate::wire::endpoint::EndpointName {
+        crate::wire::endpoint::EndpointName::ChatCompletions
     }
 
     fn plan(&self, body: Value, partition: &Partition) -> Plan {

@@ -224,8 +224,8 @@ pub static RESPONSES: Responses = Responses {
 pub static RESPONSES_CACHING_STORED: Responses = Responses { cache_stored: true };
 
 impl Endpoint for Responses {
-    fn name(&self) -> &'static str {
-        "responses"
+    fn name(&self) -> crate::wire::endpoint::EndpointName {
+        crate::wire::endpoint::EndpointName::Responses
     }
 
     fn plan(&self, body: Value, partition: &Partition) -> Plan {

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cache::{Candidate, SemanticOutcome};
 use crate::observe::usage::{Outcome, Record};
+use crate::wire::endpoint::EndpointName;
 
 /// Requests kept for the recent-lookups table, the histograms and the replay.
 pub const CAPACITY: usize = 4096;
@@ -53,7 +54,7 @@ impl SemanticTrace {
 #[derive(Debug, Clone, Serialize)]
 pub struct Lookup {
     pub ts_ms: u64,
-    pub endpoint: &'static str,
+    pub endpoint: EndpointName,
     pub model: Option<String>,
     pub key_id: Option<String>,
     pub namespace: Option<String>,
@@ -139,7 +140,7 @@ mod tests {
     fn ring_keeps_the_newest() {
         let log = LookupLog::default();
         for i in 0..CAPACITY as u64 + 10 {
-            let mut record = Record::new("chat.completions", i);
+            let mut record = Record::new(crate::wire::endpoint::EndpointName::ChatCompletions, i);
             record.cache = Outcome::Miss;
             log.push(Lookup::of(&record));
         }

@@ -170,7 +170,7 @@ mod tests {
     use crate::observe::usage::Record;
 
     fn lookup(model: &str, outcome: Outcome, candidates: &[(f32, bool)]) -> Lookup {
-        let mut record = Record::new("chat.completions", 0);
+        let mut record = Record::new(crate::wire::endpoint::EndpointName::ChatCompletions, 0);
         record.cache = outcome;
         record.model_asked = Some(model.into());
         let mut lookup = Lookup::of(&record);

@@ -176,7 +176,7 @@ mod tests {
     use super::*;
 
     fn share(outcome: Outcome) -> Totals {
-        let mut record = Record::new("chat.completions", 0);
+        let mut record = Record::new(crate::wire::endpoint::EndpointName::ChatCompletions, 0);
         record.cache = outcome;
         record.prompt_tokens = Some(10);
         record.completion_tokens = Some(5);
