@@ -21,7 +21,7 @@ pub mod health;
 pub mod index;
 pub mod key;
 mod partition;
-pub mod recency;
+mod recency;
 pub mod store;
 pub mod verify;
 

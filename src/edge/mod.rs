@@ -4,4 +4,4 @@
 pub mod connection;
 pub mod route;
 pub mod server;
-pub mod write_deadline;
+mod write_deadline;

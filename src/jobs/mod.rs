@@ -25,11 +25,11 @@ use crate::app::App;
 use crate::config::Config;
 
 pub mod api;
-pub mod deliver;
+mod deliver;
 pub mod metrics;
-pub mod record;
-pub mod store;
-pub mod webhook;
+mod record;
+mod store;
+mod webhook;
 mod worker;
 
 pub use crate::config::JobsConfig;

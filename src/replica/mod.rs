@@ -11,7 +11,7 @@
 //! Redis trouble never fails a request: publishing is off the request path, and a replica
 //! that cannot reach Redis keeps serving its own entries, says so once and in a metric.
 
-pub mod codec;
+mod codec;
 mod follow;
 pub mod limits;
 pub mod metrics;

@@ -13,7 +13,7 @@
 
 pub mod budget;
 pub mod estimate;
-pub mod feedback;
+mod feedback;
 pub mod judge;
 mod report;
 mod shadow;

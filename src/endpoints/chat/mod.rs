@@ -6,9 +6,9 @@
 //! - `audio`: joining streamed base64 audio pieces
 
 pub mod assemble;
-pub mod audio;
+mod audio;
 pub mod replay;
-pub mod request;
+mod request;
 
 use std::sync::Arc;
 

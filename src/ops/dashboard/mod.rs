@@ -21,12 +21,12 @@ use crate::observe::usage::Record;
 
 pub mod api;
 pub mod cli;
-pub mod lookups;
-pub mod page;
-pub mod replay;
+mod lookups;
+mod page;
+mod replay;
 pub mod session;
 pub mod signin;
-pub mod totals;
+mod totals;
 
 pub use lookups::SemanticTrace;
 
