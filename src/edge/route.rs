@@ -58,7 +58,9 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     if let Some(async_rest) = rest.strip_prefix("/async")
         && (async_rest.is_empty() || async_rest.starts_with('/'))
     {
-        return crate::jobs::api::route(app.clone(), request, async_rest).await;
+        return crate::jobs::api::route(app.clone(), request, async_rest)
+            .await
+            .unwrap_or_else(ApiError::into_response);
     }
     let suffix = match request.uri().query() {
         Some(query) => format!("{rest}?{query}"),
@@ -101,7 +103,7 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
         return finish(&app, tracker, Some(key), refused);
     }
 
-    let response = match (cached, embeddings) {
+    let handled = match (cached, embeddings) {
         (Some(endpoint), _) => {
             flow::handle(app.clone(), snapshot, endpoint, request, suffix, &tracker).await
         }
@@ -111,6 +113,8 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
         }
         _ => relay(&app, request, &suffix, &tracker).await,
     };
+    // The one place where a handler's error becomes its OpenAI-shaped answer.
+    let response = handled.unwrap_or_else(ApiError::into_response);
     finish(&app, tracker, key.as_deref(), response)
 }
 

@@ -104,15 +104,12 @@ pub async fn handle(
     request: Request<Incoming>,
     suffix: String,
     tracker: &Tracker,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ApiError> {
     let (parts, body) = request.into_parts();
     // Aliases only: another model's vectors would not be comparable, so no fallbacks here.
-    let (bytes, json, controls, route) = match read_routed(body, &parts, tracker, false).await {
-        Ok(read) => read,
-        Err(response) => return response,
-    };
-    let response = respond(app, parts, bytes, json, controls, suffix, tracker).await;
-    models::label(response, route.as_ref())
+    let (bytes, json, controls, route) = read_routed(body, &parts, tracker, false).await?;
+    let response = respond(app, parts, bytes, json, controls, suffix, tracker).await?;
+    Ok(models::label(response, route.as_ref()))
 }
 
 async fn respond(
@@ -123,7 +120,7 @@ async fn respond(
     controls: Controls,
     suffix: String,
     tracker: &Tracker,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ApiError> {
     let partition = control::partition_for(
         &parts.headers,
         tracker.config().cache.shared,
@@ -159,14 +156,12 @@ async fn respond(
             r.cache = Outcome::Bypass;
             r.bypass_reason = Some(reason);
         });
-        return match send(bytes).await {
-            Ok(sent) => metered(
-                stream_response(sent.response, Some("bypass")),
-                tracker,
-                false,
-            ),
-            Err(failed) => failed.error.into_response(),
-        };
+        let sent = send(bytes).await.map_err(|failed| failed.error)?;
+        return Ok(metered(
+            stream_response(sent.response, Some("bypass")),
+            tracker,
+            false,
+        ));
     };
 
     let needs = Requirements {
@@ -202,14 +197,14 @@ async fn respond(
             &batch.model,
             json!({"prompt_tokens": 0, "total_tokens": 0}),
         );
-        return answer(
+        return Ok(answer(
             StatusCode::OK,
             http::HeaderMap::new(),
             body,
             "hit",
             hits,
             &batch,
-        );
+        ));
     }
 
     // Ask upstream only for what is missing.
@@ -219,25 +214,25 @@ async fn respond(
     } else {
         json!(missing.iter().map(|&i| &batch.texts[i]).collect::<Vec<_>>())
     };
-    let upstream = match send(Bytes::from(partial.to_string())).await {
-        Ok(sent) => sent.response,
-        Err(failed) => return failed.error.into_response(),
-    };
+    let upstream = send(Bytes::from(partial.to_string()))
+        .await
+        .map_err(|failed| failed.error)?
+        .response;
     let status = upstream.status();
     if !cacheable_status(status) {
-        return stream_response(upstream, Some("miss"));
+        return Ok(stream_response(upstream, Some("miss")));
     }
     let headers = upstream.headers().clone();
-    let body = match upstream.bytes().await {
-        Ok(body) => body,
-        Err(err) => return ApiError::UpstreamUnreachable(err.to_string()).into_response(),
-    };
+    let body = upstream
+        .bytes()
+        .await
+        .map_err(|err| ApiError::UpstreamUnreachable(err.to_string()))?;
     let Some(mut fresh) = fresh_items(&body, missing.len()) else {
         // Not the shape we expected: give the caller exactly what upstream said.
         let mut response = Response::new(full(body));
         *response.status_mut() = status;
         *response.headers_mut() = response_headers(&headers, Some("miss"));
-        return response;
+        return Ok(response);
     };
     let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
     tracker.update(|r| r.take_usage(&parsed));
@@ -250,7 +245,7 @@ async fn respond(
     let model = parsed["model"].as_str().unwrap_or(&batch.model);
     let usage = parsed.get("usage").cloned().unwrap_or(Value::Null);
     let merged = list(cached.into_iter().flatten().collect(), model, usage);
-    answer(status, headers, merged, "miss", hits, &batch)
+    Ok(answer(status, headers, merged, "miss", hits, &batch))
 }
 
 /// The `data` items of an upstream answer, ordered by `index`, without it; `None` unless

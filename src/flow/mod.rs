@@ -152,7 +152,7 @@ pub async fn handle(
     request: Request<Incoming>,
     suffix: String,
     tracker: &Tracker,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ApiError> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let config = &snapshot.config;
@@ -160,7 +160,7 @@ pub async fn handle(
     // Plan.
     let (raw, controls) = match read::read_checked(body, &parts.headers, &config.server).await {
         Ok(read) => read,
-        Err(err) => return unreadable(err, tracker),
+        Err(err) => return Err(unreadable(err, tracker)),
     };
     let partition = control::partition_for(
         &parts.headers,
@@ -176,7 +176,7 @@ pub async fn handle(
     };
     let planning = match planning {
         Ok(planning) => planning,
-        Err(err) => return unreadable(err, tracker),
+        Err(err) => return Err(unreadable(err, tracker)),
     };
     let edge = Edge {
         app,
@@ -257,12 +257,13 @@ pub async fn handle(
         // Only a planned request with a cache is decided; anything else was a bypass.
         (_, None) => miss::bypass(ctx, "cache_off").await,
     };
-    models::label(response, route.as_ref())
+    Ok(models::label(response, route.as_ref()))
 }
 
-fn unreadable(err: ApiError, tracker: &Tracker) -> Response<ProxyBody> {
+/// A request that could not be read or planned is an error outcome.
+fn unreadable(err: ApiError, tracker: &Tracker) -> ApiError {
     tracker.outcome(Outcome::Error);
-    err.into_response()
+    err
 }
 
 fn ms(since: Instant) -> f64 {

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Response;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
@@ -15,7 +14,6 @@ use crate::flow::control::Controls;
 use crate::flow::models::{self, Route};
 use crate::observe::track::Tracker;
 use crate::observe::usage::Outcome;
-use crate::wire::body::ProxyBody;
 
 /// Reads a request (`read_request`), resolves its model's alias (`models::apply`; fallbacks
 /// only when `fallbacks`) and notes the model asked and the model routed to in the record.
@@ -26,13 +24,13 @@ pub(crate) async fn read_routed(
     parts: &http::request::Parts,
     tracker: &Tracker,
     fallbacks: bool,
-) -> Result<(Bytes, Value, Controls, Option<Route>), Response<ProxyBody>> {
+) -> Result<(Bytes, Value, Controls, Option<Route>), ApiError> {
     let config = tracker.config().clone();
     let (body, json, controls) = match read_request(body, &parts.headers, &config.server).await {
         Ok(read) => read,
         Err(err) => {
             tracker.outcome(Outcome::Error);
-            return Err(err.into_response());
+            return Err(err);
         }
     };
     let model = json

@@ -27,12 +27,12 @@ pub async fn relay(
     request: Request<Incoming>,
     suffix: &str,
     tracker: &Tracker,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ApiError> {
     let config = tracker.config().clone();
     let limit = config.server.max_body_bytes;
     let (parts, body) = request.into_parts();
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
-        return ApiError::BodyTooLarge { limit }.into_response();
+        return Err(ApiError::BodyTooLarge { limit });
     }
     let out = Outgoing {
         method: &parts.method,
@@ -48,10 +48,10 @@ pub async fn relay(
             .await;
         tracker.upstream_call(sent, &result);
         return match result {
-            Ok(sent) => stream_response(sent.response, None),
+            Ok(sent) => Ok(stream_response(sent.response, None)),
             Err(failed) => {
                 tracing::warn!(code = failed.error.code(), error = %failed.error, "relay failed");
-                failed.error.into_response()
+                Err(failed.error)
             }
         };
     }
@@ -66,9 +66,7 @@ pub async fn relay(
     let length = declared_length(&parts.headers)
         .filter(|_| is_json)
         .unwrap_or(0) as u64;
-    if let Err(err) = tracker.reserve((length.div_ceil(4), 0)) {
-        return err.into_response();
-    }
+    tracker.reserve((length.div_ceil(4), 0))?;
     let exceeded = Arc::new(AtomicBool::new(false));
     let seen = AtomicUsize::new(0);
     let flag = exceeded.clone();
@@ -119,19 +117,16 @@ pub async fn relay(
     tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
     match result {
         Ok(response) if tracker.limited() => {
-            metered(stream_response(response, None), tracker, false)
+            Ok(metered(stream_response(response, None), tracker, false))
         }
-        Ok(response) => stream_response(response, None),
-        Err(_) if exceeded.load(Ordering::Relaxed) => {
-            ApiError::BodyTooLarge { limit }.into_response()
-        }
-        Err(_) if stalled.load(Ordering::Relaxed) => ApiError::BodyTimeout {
+        Ok(response) => Ok(stream_response(response, None)),
+        Err(_) if exceeded.load(Ordering::Relaxed) => Err(ApiError::BodyTooLarge { limit }),
+        Err(_) if stalled.load(Ordering::Relaxed) => Err(ApiError::BodyTimeout {
             secs: idle.as_secs(),
-        }
-        .into_response(),
+        }),
         Err(err) => {
             tracing::warn!(code = err.code(), error = %err, "relay failed");
-            err.into_response()
+            Err(err)
         }
     }
 }

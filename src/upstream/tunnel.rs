@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::app::App;
 use crate::edge::connection::Slot;
+use crate::error::ApiError;
 use crate::observe::track::Tracker;
 use crate::upstream::relay::{response_headers, stream_response};
 use crate::wire::body::{ProxyBody, full};
@@ -39,7 +40,7 @@ pub async fn tunnel(
     mut request: Request<Incoming>,
     suffix: &str,
     tracker: &Tracker,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ApiError> {
     let config = tracker.config();
     let sent = std::time::Instant::now();
     let result = app
@@ -49,10 +50,10 @@ pub async fn tunnel(
     tracker.update(|r| r.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0));
     let upstream = match result {
         Ok(upstream) if upstream.status() == StatusCode::SWITCHING_PROTOCOLS => upstream,
-        Ok(upstream) => return stream_response(upstream, None),
+        Ok(upstream) => return Ok(stream_response(upstream, None)),
         Err(err) => {
             tracing::warn!(code = err.code(), error = %err, "websocket upgrade failed");
-            return err.into_response();
+            return Err(err);
         }
     };
     let mut response = Response::new(full(""));
@@ -82,5 +83,5 @@ pub async fn tunnel(
             (_, Err(err)) => tracing::debug!(error = %err, "upstream upgrade failed"),
         }
     });
-    response
+    Ok(response)
 }
