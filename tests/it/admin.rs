@@ -388,7 +388,16 @@ async fn shutdown_fails_readiness_and_finishes_requests_in_flight() {
             .json(&ask("slow question"))
             .send(),
     );
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Shut down only once the request is upstream (a fixed sleep flaked on a loaded machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.upstream.calls(CHAT_PATH) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        h.upstream.calls(CHAT_PATH),
+        1,
+        "the request reached the upstream"
+    );
     let (client, ready, app_url) = (h.client.clone(), h.admin_url("/readyz"), h.url("/healthz"));
     let Harness {
         proxy,
