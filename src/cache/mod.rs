@@ -18,6 +18,7 @@ pub mod admin;
 pub mod entry;
 pub mod events;
 pub mod health;
+mod hits;
 pub mod index;
 pub mod key;
 mod partition;
@@ -135,6 +136,8 @@ pub struct Cache {
     capacity: Capacity,
     /// Use order for eviction; empty when there is no cap.
     recency: Recency,
+    /// Times each entry was served since start-up (the admin entry view).
+    hits: hits::HitCounts,
     /// Answers not stored because they alone exceed `cache.max_bytes`.
     oversized: AtomicU64,
     /// Told of every local store and admin delete (`[redis]` replication); unset without it.
@@ -230,6 +233,7 @@ impl Cache {
             last_dump: Mutex::new(Instant::now()),
             capacity,
             recency: Recency::default(),
+            hits: Default::default(),
             oversized: AtomicU64::new(0),
             events: std::sync::OnceLock::new(),
         };
@@ -337,6 +341,7 @@ impl Cache {
         let usable = self.usable(&entry, needs);
         if usable {
             self.recency.touched(id);
+            self.hits.served(id);
         }
         Ok(usable.then_some(Hit {
             id,
@@ -412,6 +417,7 @@ impl Cache {
                 continue;
             }
             self.recency.touched(candidate.id);
+            self.hits.served(candidate.id);
             outcome.hit = Some(Hit {
                 id: candidate.id,
                 entry,
@@ -465,6 +471,7 @@ impl Cache {
         if let Some(replaced) = replaced {
             self.index.remove(replaced.scope, replaced.id);
             self.recency.removed(replaced.id);
+            self.hits.forget(replaced.id);
         }
         if let Some(vector) = vector {
             self.index.insert(scope, id, vector);
@@ -478,6 +485,7 @@ impl Cache {
         if !self.is_stored(id) {
             self.index.remove(scope, id);
             self.recency.removed(id);
+            self.hits.forget(id);
         }
         self.evict()?;
         Ok(id)
@@ -509,6 +517,7 @@ impl Cache {
         };
         self.index.remove(entry.scope(), id);
         self.recency.removed(id);
+        self.hits.forget(id);
         Ok(Some(entry))
     }
 

@@ -200,8 +200,11 @@ async fn lookup_shows_the_entry_a_prompt_would_hit_and_its_neighbours() {
 async fn entries_can_be_read_deleted_and_purged() {
     let h = admin_harness().await;
     let id = near_pair(&h).await;
+    assert_eq!(h.chat(&ask("stored question")).await.cache_status(), "hit");
     let entry = h.admin("GET", &format!("/admin/entries/{id}"), None).await;
     assert_eq!(entry.json()["prompt"], "stored question");
+    // Served twice (near_pair's repeat and this one), counted since start-up.
+    assert_eq!(entry.json()["hits"], 2);
     let deleted = h
         .admin("DELETE", &format!("/admin/entries/{id}"), None)
         .await;

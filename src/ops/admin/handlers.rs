@@ -262,11 +262,16 @@ pub async fn entry(app: &App, id: u64) -> Response<ProxyBody> {
         return error(StatusCode::SERVICE_UNAVAILABLE, "caching is off");
     };
     let now = app.now_ms();
-    match blocking(&cache, move |c| c.get(id)).await {
-        Ok(Some(entry)) => json_response(
+    match blocking(&cache, move |c| {
+        Ok(c.get(id)?.map(|e| (e, c.hit_count(id))))
+    })
+    .await
+    {
+        Ok(Some((entry, hits))) => json_response(
             StatusCode::OK,
             json!({
                 "id": id,
+                "hits": hits,
                 "model": entry.model,
                 "tenant": entry.owner.tenant,
                 "namespace": entry.owner.namespace,

@@ -211,7 +211,7 @@
       const e = await call("GET", "/admin/entries/" + encodeURIComponent(id));
       entryId = e.id;
       const pairs = [["id", e.id], ["model", e.model], ["tenant", e.tenant], ["namespace", e.namespace || "(none)"],
-        ["age", e.age_secs + " s"], ["expires in", e.expires_in_secs + " s"], ["has usage", e.has_usage]];
+        ["hits since start", e.hits], ["age", e.age_secs + " s"], ["expires in", e.expires_in_secs + " s"], ["has usage", e.has_usage]];
       if (state.showPrompts) pairs.push(["prompt", e.prompt || "—"]);
       fill($("entry"), pairs);
       $("entry-delete").disabled = false;
