@@ -143,6 +143,11 @@ impl App {
                     .ok()
             })
             .map(Arc::new);
+        // The dashboard's hour and day totals, kept by the previous run (beside the cache).
+        let dashboard = crate::ops::dashboard::Board::default();
+        if cache.is_some() {
+            dashboard.load(&config.cache.dir);
+        }
         Ok(App {
             jobs,
             keys: ArcSwap::from_pointee(KeyRing::from_config(&config)),
@@ -150,7 +155,7 @@ impl App {
             metrics: Metrics::default(),
             usage,
             trust: crate::trust::Trust::new(&config.cache.trust),
-            dashboard: Default::default(),
+            dashboard,
             clock,
             draining: Default::default(),
             replica: Default::default(),

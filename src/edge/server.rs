@@ -164,15 +164,18 @@ async fn serve_or_fail(listener: TcpListener, app: Arc<App>, stopped: watch::Rec
 async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     let sweeper = app.cache.clone().map(|cache| {
         let every = Duration::from_secs(app.config().cache.sweep_interval_secs);
+        let app = app.clone();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.tick().await;
             loop {
                 ticks.tick().await;
                 let cache = cache.clone();
+                let app = app.clone();
                 let sweep = move || {
                     let swept = cache.sweep_expired();
                     cache.dump_index(false);
+                    save_dashboard(&app);
                     swept
                 };
                 match tokio::task::spawn_blocking(sweep).await {
@@ -243,10 +246,19 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
         sweeper.abort();
     }
     if let Some(cache) = app.cache.clone() {
+        let app = app.clone();
         let _ = tokio::task::spawn_blocking(move || {
             cache.dump_index(true);
+            save_dashboard(&app);
             cache.flush()
         })
         .await;
+    }
+}
+
+/// Keeps the dashboard's totals beside the cache (read back at start-up).
+fn save_dashboard(app: &App) {
+    if let Err(err) = app.dashboard.save(&app.config().cache.dir) {
+        tracing::warn!(error = %err, "dashboard totals not saved");
     }
 }

@@ -487,3 +487,30 @@ async fn deja_replay_prints_the_replay_and_applies_a_threshold() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("400"));
 }
+
+#[tokio::test]
+async fn the_hour_and_day_totals_survive_a_restart() {
+    let first = Harness::with(with_admin).await;
+    traffic(&first).await;
+    let Harness {
+        proxy,
+        upstream,
+        dir,
+        ..
+    } = first;
+    proxy.shutdown().await;
+    let cache_dir = dir.path().join("cache");
+    assert!(
+        cache_dir.join("dashboard-totals.json").exists(),
+        "saved at shutdown"
+    );
+    let second = Harness::with(|c| {
+        with_admin(c);
+        c.cache.dir = cache_dir.clone();
+    })
+    .await;
+    let overview = second.admin("GET", "/admin/dashboard", None).await.json();
+    assert_eq!(overview["hour"]["requests"], 5, "{overview}");
+    assert_eq!(overview["day"]["hit_semantic"], 1, "{overview}");
+    drop((upstream, dir));
+}

@@ -14,6 +14,8 @@
 //! Everything is fed from the same finished request records as `/metrics` and the usage log
 //! (`Board::record`, called once per request), so the request path itself gains one push.
 
+use std::path::Path;
+
 use serde::Serialize;
 
 use crate::config::{Config, EmbeddingProvider};
@@ -93,7 +95,31 @@ impl Board {
         self.minutes.add(record.ts_ms, &share);
         self.lookups.push(lookups::Lookup::of(record));
     }
+
+    /// Keeps the per-minute totals in `dir` (the cache's directory), so the hour and day
+    /// figures survive a restart. Written whole to a temporary file, then renamed. The recent
+    /// lookups are not kept: they may carry prompt excerpts, and they are recent by nature.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec(&self.minutes.saved())?;
+        let temporary = dir.join(format!("{TOTALS_FILE}.tmp"));
+        std::fs::write(&temporary, text)?;
+        std::fs::rename(&temporary, dir.join(TOTALS_FILE))
+    }
+
+    /// Reads what `save` kept; a missing or unreadable file leaves the totals empty.
+    pub fn load(&self, dir: &Path) {
+        let Ok(text) = std::fs::read(dir.join(TOTALS_FILE)) else {
+            return;
+        };
+        match serde_json::from_slice::<Vec<(u64, totals::Totals)>>(&text) {
+            Ok(saved) => self.minutes.restore(&saved),
+            Err(err) => tracing::warn!(error = %err, "dashboard totals unreadable; starting empty"),
+        }
+    }
 }
+
+/// The file under `cache.dir` that keeps the dashboard's per-minute totals.
+const TOTALS_FILE: &str = "dashboard-totals.json";
 
 /// What the flow notes after a semantic lookup (its one hook into the request path).
 pub fn trace(

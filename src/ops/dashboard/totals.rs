@@ -3,14 +3,15 @@
 //! usage log. 1440 fixed buckets: bounded memory whatever the traffic.
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::observe::usage::{Outcome, Record};
 
 const MINUTES: usize = 24 * 60;
 const MINUTE_MS: u64 = 60_000;
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Totals {
     pub requests: u64,
     pub hit_exact: u64,
@@ -133,6 +134,23 @@ impl Minutes {
             *slot = (minute, Totals::default());
         }
         slot.1.add(share);
+    }
+
+    /// The minutes that hold anything, to keep across a restart.
+    pub fn saved(&self) -> Vec<(u64, Totals)> {
+        let buckets = self.buckets.lock();
+        buckets
+            .iter()
+            .filter(|(minute, totals)| *minute != u64::MAX && totals.requests > 0)
+            .copied()
+            .collect()
+    }
+
+    /// Adds minutes kept by an earlier run (older than a day fall out as the slots turn over).
+    pub fn restore(&self, saved: &[(u64, Totals)]) {
+        for (minute, totals) in saved {
+            self.add(minute * MINUTE_MS, totals);
+        }
     }
 
     /// Totals of the last `minutes` minutes, this one included.
