@@ -46,7 +46,7 @@ impl ReplicaMetrics {
         );
         r.register(
             "deja_limits_local_fallback",
-            "Requests whose rpm limit was checked on this replica alone (Redis unreachable)",
+            "Limit checks (rpm; a call's tokens and budget) made on this replica alone (Redis unreachable)",
             self.local_limits.clone(),
         );
     }

@@ -5,7 +5,7 @@
 //! - `codec`: the value written per entry, and log positions
 //! - `publish`: local stores and deletes → Redis (queued; kept and sent again while Redis is away)
 //! - `follow`: joining (load or replay before serving), then tailing the log
-//! - `limits`: requests per minute counted across replicas (a Lua token bucket)
+//! - `limits`: per-key rpm, tpm and budgets counted across replicas (Lua scripts)
 //! - `metrics`: the `deja_redis_*` and `deja_replica_*` series
 //!
 //! Redis trouble never fails a request: publishing is off the request path, and a replica
@@ -57,7 +57,8 @@ pub struct Stats {
     pub failures: AtomicU64,
     /// Full reloads from the entries in Redis (new replica, or log trimmed past it).
     pub resyncs: AtomicU64,
-    /// Requests whose rpm was checked locally only because Redis did not answer.
+    /// Limit checks (rpm, or a call's tpm and budget) made locally only because Redis did not
+    /// answer.
     pub local_limits: AtomicU64,
 }
 
