@@ -226,7 +226,10 @@ fn apply_payload(replica: &Replica, payload: &[u8]) -> Result<bool, ReplicaError
     let Some((entry, vector)) = codec::decode(payload, &replica.embedder) else {
         return Ok(false);
     };
-    match replica.cache.apply_stored(&entry, vector.as_deref()) {
+    let applied = replica.cache.apply_stored(&entry, vector.as_deref());
+    // A request waiting on another replica's call for this key looks again (`leases`).
+    replica.waiters.arrived(&entry.exact());
+    match applied {
         Ok(applied) => Ok(applied),
         // Too large for this replica's cap: it answers that one itself.
         Err(crate::cache::store::StoreError::Oversized) => Ok(false),

@@ -1,6 +1,7 @@
 //! Local stores and admin deletes → Redis. The cache's observer only queues (it runs on the
 //! storing thread); one task writes each batch as a pipeline: the entry under its own key
-//! with the entry's expiry, and an event in the log. While Redis is away, the exact keys of
+//! with the entry's expiry, an event in the log, and the end of any lease on its key
+//! (`leases`). While Redis is away, the exact keys of
 //! what was stored or deleted are kept and sent again once it answers.
 
 use std::collections::HashMap;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::{Replica, ReplicaError, codec, hex};
+use super::{Replica, ReplicaError, codec, hex, leases};
 use crate::cache::entry::Entry;
 use crate::cache::events::CacheEvents;
 use crate::cache::key::Hash32;
@@ -206,6 +207,15 @@ async fn publish(replica: &Replica, events: &[Event]) -> Result<(), ReplicaError
                 xadd(&mut pipe, replica, &log, "put", exact, *created_ms)
                     .arg("p")
                     .arg(payload.as_slice())
+                    .ignore();
+                // A lease on this key (a miss in flight, `leases`) ends: replicas waiting on
+                // it know the entry is in the log ahead of them.
+                pipe.cmd("SET")
+                    .arg(replica.lease_key(exact))
+                    .arg(leases::STORED)
+                    .arg("XX")
+                    .arg("PX")
+                    .arg(leases::STORED_MARK_MS)
                     .ignore();
             }
             Event::Del { exact, created_ms } => {
