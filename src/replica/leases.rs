@@ -7,8 +7,9 @@
 //! applies that key), and serves it as coalesced.
 //!
 //! When the leader's answer is published, the same pipeline as the entry and its log event
-//! marks the lease `stored` (`publish`), so a waiting replica that sees the mark knows the
-//! entry is in the log ahead of it. A leader that ends without an answer deletes its lease,
+//! marks the lease `stored` (`publish`, for a couple of seconds; deleting the entry deletes
+//! the mark), so a waiting replica that sees the mark knows the entry is in the log ahead of
+//! it. A leader that ends without an answer deletes its lease,
 //! and one that dies stops renewing it: either way a waiting replica then claims the key and
 //! goes upstream itself. Any Redis error means no coordination: the request goes upstream,
 //! as it would without `[redis]`.
@@ -32,13 +33,18 @@ use crate::flow::coalesce::{Claim, Remote, RemoteLease};
 const POLL: Duration = Duration::from_millis(50);
 /// How long a replica that saw the `stored` mark waits for the entry to arrive through the
 /// log before it gives up and goes upstream (the lag is milliseconds).
-const ARRIVAL: Duration = Duration::from_secs(2);
+const ARRIVAL: Duration = Duration::from_secs(1);
 /// The longest a replica waits on another's call (the default upstream timeout).
 const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Any live entry.
+const ANY: Requirements = Requirements {
+    max_age_ms: None,
+    needs_usage: false,
+};
 /// The lease's value once its answer is published.
 pub(super) const STORED: &str = "stored";
 /// How long the `stored` mark stays (it only bridges the log's lag).
-pub(super) const STORED_MARK_MS: u64 = 5000;
+pub(super) const STORED_MARK_MS: u64 = 2000;
 
 /// KEYS[1]: the lease; ARGV[1]: this claim's token, ARGV[2]: the lease's life (ms).
 /// Returns 1 when claimed, 0 while another replica holds it, 2 once its answer is published.
@@ -167,6 +173,10 @@ async fn claim(replica: &Arc<Replica>, exact: Hash32, needs: Requirements) -> Cl
             }
             Ok(State::Held) => held = true,
             Ok(State::Stored) => {
+                // Already here but not usable by this request (`max-age`, usage): no wait.
+                if let Ok(Some(_)) = replica.cache.lookup_exact(&exact, ANY) {
+                    return Claim::Alone;
+                }
                 stored_since.get_or_insert_with(Instant::now);
             }
         }

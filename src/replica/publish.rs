@@ -63,12 +63,12 @@ impl Sink {
 }
 
 impl CacheEvents for Sink {
-    fn stored(&self, entry: &Entry, vector: Option<&[f32]>) {
+    fn stored(&self, id: u64, entry: &Entry, vector: Option<&[f32]>) {
         self.send(Event::Put {
             exact: entry.exact(),
             created_ms: entry.created_ms,
             expires_ms: entry.expires_ms,
-            payload: codec::encode(&self.replica.embedder, entry, vector),
+            payload: codec::encode(id, &self.replica.embedder, entry, vector),
         });
     }
 
@@ -170,12 +170,13 @@ async fn resolve(replica: &Arc<Replica>, kept: Vec<(Hash32, Option<u64>)>) -> Ve
             .filter_map(|(exact, deleted)| match deleted {
                 Some(created_ms) => Some(Event::Del { exact, created_ms }),
                 None => {
-                    let (entry, vector) = replica.cache.stored_answer(&exact)?;
+                    let (id, entry, vector) = replica.cache.stored_answer(&exact)?;
+                    let payload = codec::encode(id, &replica.embedder, &entry, vector.as_deref());
                     Some(Event::Put {
                         exact,
                         created_ms: entry.created_ms,
                         expires_ms: entry.expires_ms,
-                        payload: codec::encode(&replica.embedder, &entry, vector.as_deref()),
+                        payload,
                     })
                 }
             })
@@ -221,6 +222,8 @@ async fn publish(replica: &Replica, events: &[Event]) -> Result<(), ReplicaError
             Event::Del { exact, created_ms } => {
                 pipe.cmd("DEL").arg(replica.entry_key(exact)).ignore();
                 xadd(&mut pipe, replica, &log, "del", exact, *created_ms).ignore();
+                // No replica should wait for an answer that is gone (its `stored` mark).
+                pipe.cmd("DEL").arg(replica.lease_key(exact)).ignore();
             }
         }
     }

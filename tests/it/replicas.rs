@@ -203,24 +203,37 @@ async fn a_purge_or_delete_on_one_replica_stops_the_entry_on_all() {
     let a = start_replica(&fake, &redis.url(), None).await;
     let b = start_replica(&fake, &redis.url(), None).await;
     let c = start_replica(&fake, &redis.url(), None).await;
-    let (first, second) = (prompt(&fake, 10), prompt(&fake, 11));
+    let (first, second, own) = (prompt(&fake, 10), prompt(&fake, 11), prompt(&fake, 12));
+    // C stores one of its own first, so its store's counter is ahead of A's.
+    store(&c, &own).await;
     store(&a, &first).await;
     store(&a, &second).await;
     for other in [&b, &c] {
         assert_eq!(until(other, &first, "hit").await.0, "hit");
         assert_eq!(until(other, &second, "hit").await.0, "hit");
     }
-    // A delete by id through B's admin API (B's own id for the entry).
-    let hit = http_client()
-        .post(format!("http://{}/v1/chat/completions", b.process.addr))
-        .header("authorization", AUTH)
-        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": first}]}))
-        .send()
-        .await
-        .unwrap();
-    let id = hit.headers()["x-deja-entry"].to_str().unwrap().to_string();
+    // An entry has one id on every replica: the one A gave it.
+    let mut ids = Vec::new();
+    for replica in [&a, &b, &c] {
+        let hit = http_client()
+            .post(format!(
+                "http://{}/v1/chat/completions",
+                replica.process.addr
+            ))
+            .header("authorization", AUTH)
+            .json(
+                &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": first}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        ids.push(hit.headers()["x-deja-entry"].to_str().unwrap().to_string());
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    // A delete by that id through C's admin API.
+    let id = &ids[0];
     let deleted = http_client()
-        .delete(format!("{}/admin/entries/{id}", b.admin))
+        .delete(format!("{}/admin/entries/{id}", c.admin))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
@@ -233,6 +246,7 @@ async fn a_purge_or_delete_on_one_replica_stops_the_entry_on_all() {
             "hit",
             "only the deleted one went"
         );
+        assert_eq!(ask(replica, &own).await.1, "hit");
     }
     // A purge of everything through C's admin API.
     let purged = http_client()
