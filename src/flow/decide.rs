@@ -1,6 +1,7 @@
 //! The cache decision, as a value: exact tier, then the in-flight twin, then the semantic
-//! tier, then (with `[redis]`) the twin in flight on another replica. The proxy, `/admin/lookup` and `deja bench quality` all call `decide`, so what a
-//! request gets, what the admin call explains and what the bench measures cannot disagree.
+//! tier, then (with `[redis]`) the twin in flight on another replica. The proxy,
+//! `/admin/lookup` and `deja bench quality` all call `decide`, so what a request gets, what
+//! the admin call explains and what the bench measures cannot disagree.
 //!
 //! Deciding has no effect on the response: it only looks up (and, for the proxy, joins the
 //! twin in flight). Rendering a hit and forwarding a miss act on the value it returns.
