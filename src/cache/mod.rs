@@ -455,19 +455,24 @@ impl Cache {
             prompt: new.prompt,
             owner: new.owner,
         };
-        let id = self.store_entry(&entry, new.vector.as_deref())?;
+        let id = self.store_entry(&entry, new.vector.as_deref(), None)?;
         if let Some(events) = self.events.get() {
-            events.stored(&entry, new.vector.as_deref());
+            events.stored(id, &entry, new.vector.as_deref());
         }
         Ok((id, now))
     }
 
     /// Writes an entry (new here, or stored by another replica) into the store, the index and
-    /// the use order, then evicts down to the caps; returns its id.
-    fn store_entry(&self, entry: &Entry, vector: Option<&[f32]>) -> Result<u64, StoreError> {
+    /// the use order, then evicts down to the caps; returns its id (`id` if given and free).
+    fn store_entry(
+        &self,
+        entry: &Entry,
+        vector: Option<&[f32]>,
+        id: Option<u64>,
+    ) -> Result<u64, StoreError> {
         let scope = entry.scope();
         let size = self.admit(entry, vector)?;
-        let (id, replaced) = self.write(|store| store.insert(entry, vector))?;
+        let (id, replaced) = self.write(|store| store.insert_as(entry, vector, id))?;
         if let Some(replaced) = replaced {
             self.index.remove(replaced.scope, replaced.id);
             self.recency.removed(replaced.id);

@@ -137,6 +137,7 @@ async fn respond(
         // Embeddings have no completion; the prompt estimate is the body's size.
         tracker
             .reserve(estimate_tokens(&body, None))
+            .await
             .map_err(|error| Failed {
                 error,
                 retries: Vec::new(),

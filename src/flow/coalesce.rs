@@ -1,9 +1,14 @@
 //! Request coalescing: while one request for an exact key is upstream, identical requests wait
 //! for its answer instead of each paying for their own (the thundering-herd fix).
+//!
+//! Across processes (`[redis]`, `crate::replica`), the local leader of a miss also claims the
+//! key through `Remote` before it goes upstream: one process leads, the others wait for its
+//! stored answer.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
@@ -62,6 +67,31 @@ struct InFlight {
 #[derive(Default)]
 pub struct Coalescer {
     inflight: Mutex<HashMap<Hash32, InFlight>>,
+    /// Coalescing with other replicas, when `[redis]` is set.
+    remote: OnceLock<Arc<dyn Remote>>,
+}
+
+/// Identical misses in other processes: which one goes upstream for an exact key.
+pub trait Remote: Send + Sync {
+    /// Called by a local leader about to go upstream: it leads, or it waits until another
+    /// process's answer is in the local store (usable under `needs`).
+    fn claim(&self, key: Hash32, needs: Requirements) -> BoxFuture<'_, Claim>;
+}
+
+pub enum Claim {
+    /// Go upstream, holding the lease until the answer is stored (or given up).
+    Lead(Box<dyn RemoteLease>),
+    /// Another process answered: the entry is in the local store.
+    Answered,
+    /// No coordination (Redis away, or the wait gave up): go upstream alone.
+    Alone,
+}
+
+/// A leader's claim on an exact key in other processes. Dropped without `stored`, it is
+/// released at once, so the processes waiting on it go upstream themselves.
+pub trait RemoteLease: Send + Sync {
+    /// The answer is stored: the lease ends as the entry is published.
+    fn stored(self: Box<Self>);
 }
 
 pub enum Role {
@@ -92,11 +122,21 @@ impl Coalescer {
             key,
             joined,
             published: false,
+            lease: None,
         })
     }
 
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().len()
+    }
+
+    /// Coalesces with other processes too (only the first call counts).
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
+        let _ = self.remote.set(remote);
+    }
+
+    pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
+        self.remote.get()
     }
 }
 
@@ -107,9 +147,16 @@ pub struct Leader {
     key: Hash32,
     joined: Arc<Notify>,
     published: bool,
+    /// This leader's claim in other processes, if it took one.
+    lease: Option<Box<dyn RemoteLease>>,
 }
 
 impl Leader {
+    /// Holds `lease` until the answer is published (or the leader is dropped).
+    pub fn hold(&mut self, lease: Box<dyn RemoteLease>) {
+        self.lease = Some(lease);
+    }
+
     pub fn publish(mut self, answer: Option<Arc<Shared>>) {
         self.finish(answer);
     }
@@ -134,6 +181,16 @@ impl Leader {
             return;
         }
         self.published = true;
+        // Only a fresh answer stored under this key ends the lease by being published; anything
+        // else (no answer, not stored) releases it.
+        if let Some(lease) = self.lease.take() {
+            let stored = answer
+                .as_ref()
+                .is_some_and(|a| a.matched == Matched::Upstream && a.stored.is_some());
+            if stored {
+                lease.stored();
+            } // else dropped here: released
+        }
         if let Some(twin) = self.coalescer.inflight.lock().remove(&self.key) {
             twin.answer.send_replace(Some(answer));
         }

@@ -126,6 +126,7 @@ impl Context {
     pub(crate) async fn send_upstream(&self) -> Result<Sent, Failed> {
         self.tracker
             .reserve(self.estimate)
+            .await
             .map_err(|error| Failed {
                 error,
                 retries: Vec::new(),

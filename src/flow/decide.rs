@@ -1,6 +1,7 @@
 //! The cache decision, as a value: exact tier, then the in-flight twin, then the semantic
-//! tier. The proxy, `/admin/lookup` and `deja bench quality` all call `decide`, so what a
-//! request gets, what the admin call explains and what the bench measures cannot disagree.
+//! tier, then (with `[redis]`) the twin in flight on another replica. The proxy,
+//! `/admin/lookup` and `deja bench quality` all call `decide`, so what a request gets, what
+//! the admin call explains and what the bench measures cannot disagree.
 //!
 //! Deciding has no effect on the response: it only looks up (and, for the proxy, joins the
 //! twin in flight). Rendering a hit and forwarding a miss act on the value it returns.
@@ -15,7 +16,7 @@ use super::{Lookup, SKIPPED_TOO_LONG};
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, Hit, Requirements};
 use crate::embed::{EmbedError, Embedder};
-use crate::flow::coalesce::{Coalescer, Leader, Role, Shared};
+use crate::flow::coalesce::{Claim, Coalescer, Leader, Matched, Role, Shared};
 
 /// What one request gets from the cache.
 pub(crate) enum Decision {
@@ -188,6 +189,29 @@ pub(crate) async fn decide(ask: Ask<'_>) -> Decided {
                 };
                 return decided;
             }
+        }
+    }
+    // Identical misses on other replicas (`[redis]`): one goes upstream, the others wait
+    // for its stored answer and report it as coalesced, as a local twin would.
+    if let (Some(local), Some(remote)) = (&mut leader, inflight.and_then(|i| i.remote())) {
+        match remote.claim(lookup.exact, needs).await {
+            Claim::Lead(lease) => local.hold(lease),
+            Claim::Answered => {
+                if let Some(hit) = exact(cache, lookup, needs, &mut decided) {
+                    let shared = Arc::new(Shared {
+                        response: hit.entry.response,
+                        has_usage: hit.entry.has_usage,
+                        stored: Some((hit.id, hit.entry.created_ms)),
+                        matched: Matched::Upstream,
+                    });
+                    if let Some(local) = leader {
+                        local.publish(Some(shared.clone()));
+                    }
+                    decided.decision = Decision::Coalesced(shared);
+                    return decided;
+                }
+            }
+            Claim::Alone => {}
         }
     }
     decided.decision = Decision::Miss { near, leader };

@@ -4,7 +4,8 @@
 //!
 //! Tokens and dollars are reserved before the upstream call from an estimate and settled from
 //! the real usage afterwards, so concurrent requests cannot overrun a limit by much. Cache
-//! hits count toward requests per minute only. State lives in memory, per process.
+//! hits count toward requests per minute only. State lives in memory, per process; with
+//! `[redis]` the same limits are also kept across replicas (`crate::replica::limits`).
 
 use std::collections::HashMap;
 
@@ -139,6 +140,33 @@ pub struct Reservation {
     tokens: u64,
     cost_usd: f64,
     window_start_ms: u64,
+    /// Also set aside in Redis (`crate::replica::limits`), where it is settled too.
+    shared: bool,
+}
+
+impl Reservation {
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    pub fn cost_usd(&self) -> f64 {
+        self.cost_usd
+    }
+
+    /// Start (ms) of the budget period the dollars were set aside in.
+    pub fn window_start_ms(&self) -> u64 {
+        self.window_start_ms
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Marks a reservation the cluster's limits admitted (settled in Redis as well).
+    pub fn shared(mut self) -> Reservation {
+        self.shared = true;
+        self
+    }
 }
 
 impl Limits {
@@ -190,17 +218,19 @@ impl Limits {
                     retry_ms: period_end_ms(key.budget_period, now_ms).saturating_sub(now_ms),
                 });
             }
-            state.spend.spent_usd += cost_usd;
         }
+        Ok(take(key, state, tokens, cost_usd, now_ms))
+    }
+
+    /// Sets aside what another authority (the cluster's limits in Redis) has admitted,
+    /// without checking: this replica's count is only a part of the key's.
+    pub fn count(&self, key: &KeyConfig, tokens: u64, cost_usd: f64, now_ms: u64) -> Reservation {
+        let mut keys = self.keys.lock();
+        let state = keys.entry(key.id.clone()).or_default();
         if key.tpm > 0 {
-            state.tokens.used += tokens as f64;
+            state.tokens.available(key.tpm as f64, now_ms);
         }
-        Ok(Reservation {
-            key_id: key.id.clone(),
-            tokens,
-            cost_usd,
-            window_start_ms: state.spend.window_start_ms,
-        })
+        take(key, state, tokens, cost_usd, now_ms)
     }
 
     /// Replaces a reservation's estimate with what the call really used (when known).
@@ -232,6 +262,30 @@ impl Limits {
         let state = keys.entry(key.id.clone()).or_default();
         state.spend.roll(key.budget_period, now_ms);
         state.spend.spent_usd
+    }
+}
+
+/// Adds a reservation to the key's state (its limits checked, or not, by the caller).
+fn take(
+    key: &KeyConfig,
+    state: &mut KeyState,
+    tokens: u64,
+    cost_usd: f64,
+    now_ms: u64,
+) -> Reservation {
+    if key.budget_usd.is_some() {
+        state.spend.roll(key.budget_period, now_ms);
+        state.spend.spent_usd += cost_usd;
+    }
+    if key.tpm > 0 {
+        state.tokens.used += tokens as f64;
+    }
+    Reservation {
+        key_id: key.id.clone(),
+        tokens,
+        cost_usd,
+        window_start_ms: state.spend.window_start_ms,
+        shared: false,
     }
 }
 
@@ -293,7 +347,7 @@ pub fn duration_text(ms: u64) -> String {
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 
-fn period_start_ms(period: BudgetPeriod, now_ms: u64) -> u64 {
+pub fn period_start_ms(period: BudgetPeriod, now_ms: u64) -> u64 {
     match period {
         BudgetPeriod::Hour => now_ms / HOUR_MS * HOUR_MS,
         BudgetPeriod::Day => now_ms / DAY_MS * DAY_MS,
@@ -306,7 +360,7 @@ fn period_start_ms(period: BudgetPeriod, now_ms: u64) -> u64 {
     }
 }
 
-fn period_end_ms(period: BudgetPeriod, now_ms: u64) -> u64 {
+pub fn period_end_ms(period: BudgetPeriod, now_ms: u64) -> u64 {
     let start = period_start_ms(period, now_ms);
     match period {
         BudgetPeriod::Hour => start + HOUR_MS,
@@ -399,6 +453,19 @@ mod tests {
         limits.reserve(&key, 600, 0.0, 0).unwrap();
         // Larger than the whole limit: refused even when idle.
         assert!(limits.reserve(&key, 1001, 0.0, 10 * 60_000).is_err());
+    }
+
+    #[test]
+    fn what_the_cluster_admitted_is_counted_without_a_check() {
+        let limits = Limits::default();
+        let key = key(0, 1000, Some(1.0));
+        // Past both limits: counted anyway (the cluster's limits in Redis decided).
+        let counted = limits.count(&key, 1500, 1.5, 0);
+        assert!(!counted.is_shared());
+        assert!(counted.shared().is_shared());
+        assert_eq!(limits.state(&key, 0).tokens.unwrap().remaining, 0);
+        assert!((limits.spent_usd(&key, 0) - 1.5).abs() < 1e-9);
+        assert!(limits.reserve(&key, 1, 0.0, 0).is_err());
     }
 
     #[test]

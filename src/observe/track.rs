@@ -101,7 +101,8 @@ impl Tracker {
     /// (`estimate_tokens`). Only managed keys have limits; a refusal marks the record. A key
     /// with a budget may not call a model deja has no price for (nor, without a default
     /// price, a relayed path, whose model deja does not read).
-    pub fn reserve(&self, estimate: (u64, u64)) -> Result<(), ApiError> {
+    /// With `[redis]`, the limits are the cluster's (`crate::replica::limits`).
+    pub async fn reserve(&self, estimate: (u64, u64)) -> Result<(), ApiError> {
         let Some(key) = &self.0.key else {
             return Ok(());
         };
@@ -130,11 +131,8 @@ impl Tracker {
             return Err(ApiError::Unpriced(what));
         }
         let cost = price.map_or(0.0, |price| price.cost(prompt, completion));
-        let app = &self.0.app;
-        match app
-            .limits
-            .reserve(key, prompt + completion, cost, app.now_ms())
-        {
+        let reserved = crate::replica::limits::reserve(&self.0.app, key, prompt + completion, cost);
+        match reserved.await {
             Ok(reservation) => {
                 *self.0.reservation.lock() = Some(reservation);
                 Ok(())
@@ -194,7 +192,7 @@ impl Drop for Inner {
         } else if record.upstream_ms.is_some() && record.status < 400 {
             record.cost_usd = cost;
         }
-        if let Some(reservation) = self.reservation.get_mut().take() {
+        if let (Some(reservation), Some(key)) = (self.reservation.get_mut().take(), &self.key) {
             let tokens = record
                 .prompt_tokens
                 .map(|p| p + record.completion_tokens.unwrap_or(0));
@@ -209,7 +207,7 @@ impl Drop for Inner {
             } else {
                 tokens
             };
-            self.app.limits.settle(reservation, tokens, cost);
+            crate::replica::limits::settle(&self.app, key, reservation, tokens, cost);
         }
         self.app.metrics.observe(&record);
         self.app.usage.write(&record);

@@ -66,7 +66,7 @@ pub async fn relay(
     let length = declared_length(&parts.headers)
         .filter(|_| is_json)
         .unwrap_or(0) as u64;
-    tracker.reserve((length.div_ceil(4), 0))?;
+    tracker.reserve((length.div_ceil(4), 0)).await?;
     let exceeded = Arc::new(AtomicBool::new(false));
     let seen = AtomicUsize::new(0);
     let flag = exceeded.clone();
