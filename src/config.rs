@@ -241,8 +241,15 @@ pub struct EmbeddingConfig {
     /// `local`: folder with config.json, tokenizer.json, model.safetensors (and optionally the
     /// sentence-transformers files); relative paths are taken from the working directory.
     pub model_dir: PathBuf,
-    /// `local`: most prompts embedded together in one forward pass.
+    /// Most prompts embedded together: in one forward pass (`local`), in one `/embeddings`
+    /// call (`openai`).
     pub max_batch: usize,
+    /// `openai`: milliseconds a prompt waits for others to share its `/embeddings` call
+    /// (0: only those already waiting).
+    pub batch_wait_ms: u64,
+    /// `openai`: length of the vectors asked for (the API's `dimensions`, text-embedding-3
+    /// models); unset means the model's own. Part of the embedder id.
+    pub dimensions: Option<usize>,
     /// `local`: CPU threads for inference; 0 means one per available core.
     pub threads: usize,
 }
@@ -257,6 +264,8 @@ impl Default for EmbeddingConfig {
             timeout_ms: 2000,
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             max_batch: 32,
+            batch_wait_ms: 2,
+            dimensions: None,
             threads: 0,
         }
     }
@@ -435,6 +444,27 @@ impl Config {
         if !(1..=1024).contains(&self.embedding.max_batch) {
             return invalid("embedding.max_batch", "must be between 1 and 1024");
         }
+        let wait = self.embedding.batch_wait_ms;
+        if wait > 1000 || wait >= self.embedding.timeout_ms {
+            return invalid(
+                "embedding.batch_wait_ms",
+                "must be at most 1000 and below embedding.timeout_ms",
+            );
+        }
+        if let Some(dimensions) = self.embedding.dimensions {
+            if self.embedding.provider != EmbeddingProvider::Openai {
+                return invalid(
+                    "embedding.dimensions",
+                    "applies to provider = \"openai\" only",
+                );
+            }
+            if !(1..=MAX_DIMENSIONS).contains(&dimensions) {
+                return invalid(
+                    "embedding.dimensions",
+                    &format!("must be in 1..={MAX_DIMENSIONS}"),
+                );
+            }
+        }
         if self.embedding.threads > 1024 {
             return invalid(
                 "embedding.threads",
@@ -466,6 +496,9 @@ impl Config {
         }
     }
 }
+
+/// Longest vector `embedding.dimensions` may ask for (text-embedding-3-large has 3072).
+const MAX_DIMENSIONS: usize = 16384;
 
 /// The smallest byte cap accepted: one long answer with its vector takes tens of KB.
 /// The `[pricing]` entry that prices models the table does not list (and relayed calls).

@@ -515,17 +515,24 @@ async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
         );
         return openai_error(400, &message);
     }
+    let dimensions = match requested_dimensions(&req) {
+        Ok(dimensions) => dimensions,
+        Err(message) => return openai_error(400, &message),
+    };
     let data: Vec<Value> = {
         let cfg = state.config.lock();
         inputs
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                let vector = cfg
+                let mut vector = cfg
                     .embeddings
                     .get(text)
                     .cloned()
                     .unwrap_or_else(|| bag_of_words_embedding(text));
+                if let Some(dimensions) = dimensions {
+                    vector = shortened(vector, dimensions);
+                }
                 json!({"object": "embedding", "index": i, "embedding": vector})
             })
             .collect()
@@ -538,4 +545,33 @@ async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
         "usage": {"prompt_tokens": words, "total_tokens": words},
     });
     json_response(200, body.to_string())
+}
+
+/// The request's `dimensions`, as the API checks it: text-embedding-3 models take a length up
+/// to their own (the fake's is [`EMBED_DIM`]); text-embedding-ada-002 takes none.
+fn requested_dimensions(req: &Value) -> Result<Option<usize>, String> {
+    let requested = &req["dimensions"];
+    if requested.is_null() {
+        return Ok(None);
+    }
+    if req["model"] == "text-embedding-ada-002" {
+        return Err("This model does not support specifying dimensions.".into());
+    }
+    match requested.as_u64() {
+        Some(d) if (1..=EMBED_DIM as u64).contains(&d) => Ok(Some(d as usize)),
+        _ => Err(format!(
+            "Invalid value for 'dimensions' = {requested}. Must be between 1 and {EMBED_DIM}."
+        )),
+    }
+}
+
+/// A vector cut to its first `dimensions` values and scaled back to unit length, as the API
+/// shortens text-embedding-3 vectors (the cut of an all-zero start stays zero).
+fn shortened(mut vector: Vec<f32>, dimensions: usize) -> Vec<f32> {
+    vector.truncate(dimensions);
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|x| *x /= norm);
+    }
+    vector
 }
