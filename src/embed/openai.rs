@@ -1,8 +1,9 @@
 //! Embeddings from an OpenAI-compatible `/v1/embeddings` endpoint, batched.
 //!
-//! Prompts waiting at the same time share one call: the first waits up to
-//! `embedding.batch_wait_ms` for others (at most `embedding.max_batch` in all), then the batch
-//! goes out as one `input` array and each caller gets the vector whose `index` is its place in
+//! Prompts waiting at the same time share one call: while other calls are out, the first
+//! waits up to `embedding.batch_wait_ms` for others (at most `embedding.max_batch` in all); an
+//! idle embedder sends at once, so a lone caller never waits. The batch goes out as one
+//! `input` array and each caller gets the vector whose `index` is its place in
 //! that array (the order of `data` is not relied on). When deja has no key of its own for
 //! embeddings, each caller's key pays for its prompts: prompts of different keys never share a
 //! call.
@@ -13,6 +14,7 @@
 //! `EmbedError::TooLong` (the request uses the exact tier only, as with the local embedder);
 //! any other failure fails the callers of that call only, and they serve a miss.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -51,6 +53,8 @@ struct Api {
     /// The API's `dimensions`, when configured.
     dimensions: Option<usize>,
     timeout: Duration,
+    /// Calls under way.
+    in_flight: AtomicUsize,
 }
 
 struct Target {
@@ -90,6 +94,7 @@ impl OpenAiEmbedder {
             model: settings.model.clone(),
             dimensions: settings.dimensions,
             timeout,
+            in_flight: AtomicUsize::new(0),
         };
         Ok(OpenAiEmbedder {
             api: Arc::new(api),
@@ -135,11 +140,38 @@ impl OpenAiEmbedder {
 /// Takes batches off the queue and makes their calls, each in a task of its own so the next
 /// batch does not wait for the last one's answer. Ends when the embedder is dropped.
 async fn dispatch(api: Arc<Api>, mut batches: Batches<Prompt>, wait: Duration) {
+    // Waiting for company pays off only under load, when calls are already out.
+    let wait = || match api.in_flight.load(Ordering::Relaxed) {
+        0 => Duration::ZERO,
+        _ => wait,
+    };
     while let Some(batch) = batches.next(wait).await {
         let target = api.target.load_full();
         for jobs in calls(batch, target.api_key.is_none()) {
-            tokio::spawn(api.clone().answer(target.clone(), jobs));
+            let (call, target) = (InFlight::start(&api), target.clone());
+            tokio::spawn(async move {
+                call.api.clone().answer(target, jobs).await;
+                drop(call);
+            });
         }
+    }
+}
+
+/// Counts a call in `Api::in_flight` until dropped (also if its task is cancelled).
+struct InFlight {
+    api: Arc<Api>,
+}
+
+impl InFlight {
+    fn start(api: &Arc<Api>) -> InFlight {
+        api.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { api: api.clone() }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.api.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

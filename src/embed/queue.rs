@@ -97,12 +97,12 @@ impl<T> Batches<T> {
         }
     }
 
-    /// Waits for the next job, then up to `wait` more for others to join it (or until the
-    /// batch is full). `None` once every caller's end is gone.
-    pub(super) async fn next(&mut self, wait: Duration) -> Option<Vec<Job<T>>> {
+    /// Waits for the next job, then up to `wait()` (asked once the job is there) for others to
+    /// join it, or until the batch is full. `None` once every caller's end is gone.
+    pub(super) async fn next(&mut self, wait: impl Fn() -> Duration) -> Option<Vec<Job<T>>> {
         loop {
             let mut batch = vec![self.jobs.recv().await?];
-            let deadline = Instant::now() + wait;
+            let deadline = Instant::now() + wait();
             while batch.len() < self.max_batch {
                 // A job already waiting is taken without a timer.
                 let job = match self.jobs.try_recv() {
@@ -151,7 +151,7 @@ mod tests {
         ];
         let _late = submit(3, Duration::from_millis(20));
         let first = batches
-            .next(Duration::from_millis(5))
+            .next(|| Duration::from_millis(5))
             .await
             .expect("a batch");
         let inputs: Vec<u32> = first.iter().map(|job| job.input).collect();
@@ -161,7 +161,7 @@ mod tests {
             "the job 3 ms later joined, the one 20 ms later did not"
         );
         let second = batches
-            .next(Duration::from_millis(5))
+            .next(|| Duration::from_millis(5))
             .await
             .expect("a batch");
         assert_eq!(second.len(), 1);
@@ -178,7 +178,10 @@ mod tests {
         }
         tokio::task::yield_now().await;
         let started = Instant::now();
-        let full = batches.next(Duration::from_secs(1)).await.expect("a batch");
+        let full = batches
+            .next(|| Duration::from_secs(1))
+            .await
+            .expect("a batch");
         assert_eq!(full.len(), 2);
         assert_eq!(
             started.elapsed(),
@@ -190,6 +193,6 @@ mod tests {
         let _ = (&mut callers[2]).await;
         drop(full);
         drop(queue);
-        assert!(batches.next(Duration::from_millis(1)).await.is_none());
+        assert!(batches.next(|| Duration::from_millis(1)).await.is_none());
     }
 }

@@ -91,6 +91,8 @@ struct Config {
     embed_mode: EmbedMode,
     chunk_delay: Duration,
     latency: Duration,
+    /// Time every embeddings call takes (the generating endpoints have `latency`).
+    embed_latency: Duration,
     embeddings: HashMap<String, Vec<f32>>,
     /// Chat answers depend on the prompt only (`deterministic_answer`), not on the call count.
     deterministic: bool,
@@ -216,6 +218,11 @@ impl FakeUpstream {
     /// Chat answers become `deterministic_answer(last message)`, the same on every call.
     pub fn set_deterministic(&self, on: bool) {
         self.state.config.lock().deterministic = on;
+    }
+
+    /// Every embeddings call answers after `d` (keeps a call in flight while others queue).
+    pub fn set_embed_latency(&self, d: Duration) {
+        self.state.config.lock().embed_latency = d;
     }
 
     pub fn set_embed_mode(&self, mode: EmbedMode) {
@@ -480,7 +487,13 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
-    let mode = state.config.lock().embed_mode.clone();
+    let (mode, latency) = {
+        let cfg = state.config.lock();
+        (cfg.embed_mode.clone(), cfg.embed_latency)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     match mode {
         EmbedMode::Status(code) => return openai_error(code, "fake upstream: embeddings failure"),
         EmbedMode::Stall(d) => tokio::time::sleep(d).await,
