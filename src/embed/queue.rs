@@ -104,9 +104,12 @@ impl<T> Batches<T> {
             let mut batch = vec![self.jobs.recv().await?];
             let deadline = Instant::now() + wait();
             while batch.len() < self.max_batch {
-                // A job already waiting is taken without a timer.
+                // A job already waiting is taken without a timer, and a wait that is over sets
+                // none (the timer rounds up to the next millisecond: a zero wait would still
+                // wait one).
                 let job = match self.jobs.try_recv() {
                     Ok(job) => Some(job),
+                    Err(_) if Instant::now() >= deadline => None,
                     Err(_) => tokio::time::timeout_at(deadline, self.jobs.recv())
                         .await
                         .ok()
@@ -165,6 +168,25 @@ mod tests {
             .await
             .expect("a batch");
         assert_eq!(second.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_wait_means_no_timer() {
+        let (queue, mut batches) = queue::<u32>(8, Duration::from_secs(60));
+        let caller = tokio::spawn(async move { queue.embed(1).await });
+        tokio::task::yield_now().await;
+        // Mid-millisecond, where a timer for "now" would round up to the next tick.
+        tokio::time::advance(Duration::from_micros(500)).await;
+        let started = Instant::now();
+        let batch = batches.next(|| Duration::ZERO).await.expect("a batch");
+        assert_eq!(batch.len(), 1);
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "not even a millisecond tick"
+        );
+        drop(batch);
+        let _ = caller.await;
     }
 
     #[tokio::test(start_paused = true)]
