@@ -30,8 +30,15 @@ pub struct EmbeddingConfig {
     /// `local`: folder with config.json, tokenizer.json, model.safetensors (and optionally the
     /// sentence-transformers files); relative paths are taken from the working directory.
     pub model_dir: PathBuf,
-    /// `local`: most prompts embedded together in one forward pass.
+    /// Most prompts embedded together: in one forward pass (`local`), in one `/embeddings`
+    /// call (`openai`).
     pub max_batch: usize,
+    /// `openai`: milliseconds a prompt waits for others to share its `/embeddings` call
+    /// (0: only those already waiting).
+    pub batch_wait_ms: u64,
+    /// `openai`: length of the vectors asked for (the API's `dimensions`, text-embedding-3
+    /// models); unset means the model's own. Part of the embedder id.
+    pub dimensions: Option<usize>,
     /// `local`: CPU threads for inference; 0 means one per available core.
     pub threads: usize,
 }
@@ -46,10 +53,15 @@ impl Default for EmbeddingConfig {
             timeout_ms: 2000,
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             max_batch: 32,
+            batch_wait_ms: 2,
+            dimensions: None,
             threads: 0,
         }
     }
 }
+
+/// Longest vector `embedding.dimensions` may ask for (text-embedding-3-large has 3072).
+const MAX_DIMENSIONS: usize = 16384;
 
 impl EmbeddingConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -58,6 +70,27 @@ impl EmbeddingConfig {
         }
         if !(1..=1024).contains(&self.max_batch) {
             return invalid("embedding.max_batch", "must be between 1 and 1024");
+        }
+        let wait = self.batch_wait_ms;
+        if wait > 1000 || wait >= self.timeout_ms {
+            return invalid(
+                "embedding.batch_wait_ms",
+                "must be at most 1000 and below embedding.timeout_ms",
+            );
+        }
+        if let Some(dimensions) = self.dimensions {
+            if self.provider != EmbeddingProvider::Openai {
+                return invalid(
+                    "embedding.dimensions",
+                    "applies to provider = \"openai\" only",
+                );
+            }
+            if !(1..=MAX_DIMENSIONS).contains(&dimensions) {
+                return invalid(
+                    "embedding.dimensions",
+                    &format!("must be in 1..={MAX_DIMENSIONS}"),
+                );
+            }
         }
         if self.threads > 1024 {
             return invalid(

@@ -475,6 +475,37 @@ async fn embeddings_override_and_modes() {
     assert_eq!(fake.calls(EMBEDDINGS_PATH), 3);
 }
 
+#[tokio::test]
+async fn embeddings_honour_dimensions_as_the_api_does() {
+    let fake = FakeUpstream::start().await;
+    let text = "What is the capital of France";
+    let ask = |model: &str, dimensions: Value| {
+        let body = json!({"model": model, "input": [text], "dimensions": dimensions});
+        let fake = &fake;
+        async move { post(fake, "/embeddings", &body).await }
+    };
+    let resp = ask("text-embedding-3-small", json!(8)).await;
+    assert_eq!(resp.status(), 200);
+    let short = vector(&resp.json().await.unwrap(), 0);
+    // The first 8 values of the full vector, back at unit length.
+    let full = bag_of_words_embedding(text);
+    assert_eq!(short.len(), 8);
+    let norm: f32 = short.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+    assert!((cosine(&short, &full[..8]) - 1.0).abs() < 1e-6);
+
+    for (model, dimensions) in [
+        ("text-embedding-3-small", json!(0)),
+        ("text-embedding-3-small", json!(65)),
+        ("text-embedding-ada-002", json!(8)),
+    ] {
+        let resp = ask(model, dimensions.clone()).await;
+        assert_eq!(resp.status(), 400, "{model} {dimensions}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "invalid_request_error");
+    }
+}
+
 // === legacy completions ===
 
 fn completion_body(prompt: Value) -> Value {

@@ -15,6 +15,8 @@ mod dashboard_browser;
 mod disk_mount;
 mod disk_trouble;
 mod edge;
+mod embedding_batch;
+mod embedding_dimensions;
 mod embedding_window;
 mod endpoints;
 mod fake_upstream_selftest;

@@ -91,6 +91,8 @@ struct Config {
     embed_mode: EmbedMode,
     chunk_delay: Duration,
     latency: Duration,
+    /// Time every embeddings call takes (the generating endpoints have `latency`).
+    embed_latency: Duration,
     embeddings: HashMap<String, Vec<f32>>,
     /// Chat answers depend on the prompt only (`deterministic_answer`), not on the call count.
     deterministic: bool,
@@ -216,6 +218,11 @@ impl FakeUpstream {
     /// Chat answers become `deterministic_answer(last message)`, the same on every call.
     pub fn set_deterministic(&self, on: bool) {
         self.state.config.lock().deterministic = on;
+    }
+
+    /// Every embeddings call answers after `d` (keeps a call in flight while others queue).
+    pub fn set_embed_latency(&self, d: Duration) {
+        self.state.config.lock().embed_latency = d;
     }
 
     pub fn set_embed_mode(&self, mode: EmbedMode) {
@@ -480,7 +487,13 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
-    let mode = state.config.lock().embed_mode.clone();
+    let (mode, latency) = {
+        let cfg = state.config.lock();
+        (cfg.embed_mode.clone(), cfg.embed_latency)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     match mode {
         EmbedMode::Status(code) => return openai_error(code, "fake upstream: embeddings failure"),
         EmbedMode::Stall(d) => tokio::time::sleep(d).await,
@@ -515,17 +528,24 @@ async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
         );
         return openai_error(400, &message);
     }
+    let dimensions = match requested_dimensions(&req) {
+        Ok(dimensions) => dimensions,
+        Err(message) => return openai_error(400, &message),
+    };
     let data: Vec<Value> = {
         let cfg = state.config.lock();
         inputs
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                let vector = cfg
+                let mut vector = cfg
                     .embeddings
                     .get(text)
                     .cloned()
                     .unwrap_or_else(|| bag_of_words_embedding(text));
+                if let Some(dimensions) = dimensions {
+                    vector = shortened(vector, dimensions);
+                }
                 json!({"object": "embedding", "index": i, "embedding": vector})
             })
             .collect()
@@ -538,4 +558,33 @@ async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
         "usage": {"prompt_tokens": words, "total_tokens": words},
     });
     json_response(200, body.to_string())
+}
+
+/// The request's `dimensions`, as the API checks it: text-embedding-3 models take a length up
+/// to their own (the fake's is [`EMBED_DIM`]); text-embedding-ada-002 takes none.
+fn requested_dimensions(req: &Value) -> Result<Option<usize>, String> {
+    let requested = &req["dimensions"];
+    if requested.is_null() {
+        return Ok(None);
+    }
+    if req["model"] == "text-embedding-ada-002" {
+        return Err("This model does not support specifying dimensions.".into());
+    }
+    match requested.as_u64() {
+        Some(d) if (1..=EMBED_DIM as u64).contains(&d) => Ok(Some(d as usize)),
+        _ => Err(format!(
+            "Invalid value for 'dimensions' = {requested}. Must be between 1 and {EMBED_DIM}."
+        )),
+    }
+}
+
+/// A vector cut to its first `dimensions` values and scaled back to unit length, as the API
+/// shortens text-embedding-3 vectors (the cut of an all-zero start stays zero).
+fn shortened(mut vector: Vec<f32>, dimensions: usize) -> Vec<f32> {
+    vector.truncate(dimensions);
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|x| *x /= norm);
+    }
+    vector
 }
