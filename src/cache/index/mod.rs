@@ -40,6 +40,8 @@ pub struct IndexSettings {
     pub compact_dead_ratio: f32,
     /// Vectors of a graph scope that may wait for the worker, searched exactly meanwhile;
     /// older ones past this wait in the store only (deferred: not searchable until indexed).
+    /// Every search of the scope scans them: 512 × 1536 dimensions is ~0.1 ms, and a worker
+    /// that keeps up holds fewer than one batch (128).
     pub max_pending: usize,
     pub params: HnswParams,
 }
@@ -49,7 +51,7 @@ impl Default for IndexSettings {
         Self {
             hnsw_min_entries: 4096,
             compact_dead_ratio: 0.25,
-            max_pending: 2048,
+            max_pending: 512,
             params: HnswParams::default(),
         }
     }
