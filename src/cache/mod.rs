@@ -56,6 +56,9 @@ const SWEEP_BATCH: usize = 1024;
 const DUMP_MIN_CHANGES: u64 = 1000;
 /// ... and no more often than this, since a dump of a million entries writes gigabytes.
 const DUMP_MIN_INTERVAL: Duration = Duration::from_secs(300);
+/// How long the shutdown dump waits for the index worker to finish its backlog; what is
+/// left is replayed from the store at the next start.
+const SHUTDOWN_SETTLE: Duration = Duration::from_secs(10);
 
 /// What a lookup needs besides the key.
 #[derive(Debug, Clone, Copy)]
@@ -182,6 +185,7 @@ impl Cache {
             IndexSettings {
                 hnsw_min_entries: config.hnsw_min_entries,
                 compact_dead_ratio: config.compact_dead_ratio,
+                max_pending: IndexSettings::default().max_pending,
                 params: HnswParams {
                     m: config.hnsw_m,
                     ef_construction: config.hnsw_ef_construction,
@@ -551,11 +555,30 @@ impl Cache {
         self.index.len()
     }
 
+    /// How far the index's background work is behind (vectors not yet in their graph).
+    pub fn index_backlog(&self) -> index::Backlog {
+        self.index.backlog()
+    }
+
+    /// Vectors that waited in the store only, unsearchable until indexed, since start-up.
+    pub fn index_deferred_total(&self) -> u64 {
+        self.index.deferred_total()
+    }
+
+    /// Waits (at most `timeout`) until every stored vector is in its graph; whether it got
+    /// there. For tests and benches: no request waits for the index.
+    pub fn settle_index(&self, timeout: Duration) -> bool {
+        self.index.settle(timeout)
+    }
+
     /// Dumps vector graphs so the next start reloads them instead of rebuilding. `all`
     /// (shutdown) writes every graph changed since its last dump; otherwise only graphs with
     /// many unsaved changes, at most every few minutes. Returns how many were written.
     pub fn dump_index(&self, all: bool) -> usize {
         let policy = if all {
+            if !self.index.settle(SHUTDOWN_SETTLE) {
+                tracing::info!("index still catching up; the next start replays the rest");
+            }
             DumpPolicy { min_changes: 1 }
         } else {
             let mut last = self.last_dump.lock();

@@ -33,6 +33,12 @@ pub struct CacheGauges {
     pub writes_enabled: bool,
     /// Answers not stored because they alone exceed `cache.max_bytes`.
     pub oversized_skipped: u64,
+    /// Vectors waiting for their scope's graph (searched exactly meanwhile), and those
+    /// waiting in the store only (not searchable until the index worker catches up).
+    pub index_pending: u64,
+    pub index_deferred: u64,
+    /// Vectors that had to wait in the store only, since start-up.
+    pub index_deferred_total: u64,
 }
 
 /// Endpoints whose request counters are resolved once (a label lookup hashes its strings).
@@ -90,6 +96,9 @@ pub struct Metrics {
     writes_skipped: Counter,
     writes_enabled: Gauge,
     oversized_skipped: Counter,
+    index_pending: Gauge,
+    index_deferred: Gauge,
+    index_deferred_total: Counter,
     /// `[redis]` replication series.
     pub replica: crate::replica::metrics::ReplicaMetrics,
 }
@@ -136,6 +145,9 @@ impl Default for Metrics {
             writes_skipped: Counter::default(),
             writes_enabled: Gauge::default(),
             oversized_skipped: Counter::default(),
+            index_pending: Gauge::default(),
+            index_deferred: Gauge::default(),
+            index_deferred_total: Counter::default(),
             replica: Default::default(),
             registry: Registry::default(),
             jobs: Default::default(),
@@ -309,6 +321,21 @@ impl Default for Metrics {
             "Answers not cached because they alone exceed cache.max_bytes",
             m.oversized_skipped.clone(),
         );
+        r.register(
+            "deja_index_pending_vectors",
+            "Vectors waiting for their scope's graph, searched exactly meanwhile",
+            m.index_pending.clone(),
+        );
+        r.register(
+            "deja_index_deferred_vectors",
+            "Vectors waiting in the store only: not searchable until the index worker catches up",
+            m.index_deferred.clone(),
+        );
+        r.register(
+            "deja_index_deferred",
+            "Vectors that had to wait in the store only (the index worker was behind)",
+            m.index_deferred_total.clone(),
+        );
         m.replica.register(r);
         m.jobs.register(r);
         Metrics { registry, ..m }
@@ -417,12 +444,15 @@ impl Metrics {
     pub fn render(&self, cache: CacheGauges, usage_log_dropped: u64) -> String {
         self.entries.set(cache.entries as i64);
         self.indexed.set(cache.indexed as i64);
+        self.index_pending.set(cache.index_pending as i64);
+        self.index_deferred.set(cache.index_deferred as i64);
         self.usage_log_dropped.set(usage_log_dropped as i64);
         // The cache keeps the totals; the counters catch up to them.
         for (counter, total) in [
             (&self.write_failures, cache.write_failures),
             (&self.writes_skipped, cache.writes_skipped),
             (&self.oversized_skipped, cache.oversized_skipped),
+            (&self.index_deferred_total, cache.index_deferred_total),
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
@@ -479,6 +509,7 @@ mod tests {
             writes_skipped: 5,
             writes_enabled: false,
             oversized_skipped: 1,
+            ..CacheGauges::default()
         };
         let text = metrics.render(gauges, 0);
         assert_eq!(value(&text, "deja_cache_write_failures_total"), 2.0);

@@ -57,6 +57,30 @@ impl Flat {
         self.vectors.truncate(last);
     }
 
+    /// The vector stored for `id`.
+    pub fn get(&self, id: u64) -> Option<&[f32]> {
+        let row = self.ids.iter().position(|&x| x == id)?;
+        self.vectors.get(row * self.dim..(row + 1) * self.dim)
+    }
+
+    /// Keeps only the rows whose id passes `keep`, in one pass.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        let mut kept = 0;
+        for row in 0..self.ids.len() {
+            let id = self.ids[row];
+            if keep(id) {
+                if kept != row {
+                    self.ids[kept] = id;
+                    self.vectors
+                        .copy_within(row * self.dim..(row + 1) * self.dim, kept * self.dim);
+                }
+                kept += 1;
+            }
+        }
+        self.ids.truncate(kept);
+        self.vectors.truncate(kept * self.dim);
+    }
+
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
         let Ok(matrix) = ArrayView2::from_shape((self.ids.len(), self.dim), &self.vectors) else {
             return Vec::new();

@@ -8,9 +8,10 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hnsw_rs::prelude::{DistDot, Hnsw, Point};
+use parking_lot::RwLock;
 
 use super::{Candidate, HnswParams, VectorSource};
 
@@ -24,15 +25,18 @@ const GRAPH_SCALE: f32 = 1.0 - 1e-5;
 
 pub type GraphHnsw = Hnsw<'static, f32, DistDot>;
 
+/// Every method takes `&self` (the bookkeeping is behind its own short locks), so the index
+/// worker adds points while searches go on.
 pub struct Graph {
     pub dim: usize,
     params: HnswParams,
     hnsw: GraphHnsw,
-    /// Ids whose points may be returned; the graph also holds removed (dead) ones.
-    live: HashSet<u64>,
-    dead: usize,
+    /// Ids whose points may be returned; the graph also holds removed (dead) ones, and points
+    /// added but not admitted yet.
+    live: RwLock<HashSet<u64>>,
+    dead: AtomicUsize,
     /// Bumped by every insert and removal, so a dump knows whether it is stale.
-    changes: u64,
+    changes: AtomicU64,
     /// `changes` as of the last dump that covered this graph.
     dumped: AtomicU64,
 }
@@ -52,9 +56,9 @@ impl Graph {
             dim,
             params,
             hnsw,
-            live: rows.iter().map(|(id, _)| *id).collect(),
-            dead: 0,
-            changes: 1,
+            live: RwLock::new(rows.iter().map(|(id, _)| *id).collect()),
+            dead: AtomicUsize::new(0),
+            changes: AtomicU64::new(1),
             dumped: AtomicU64::new(0),
         }
     }
@@ -94,9 +98,9 @@ impl Graph {
             dim,
             params,
             hnsw,
-            live,
-            dead,
-            changes: u64::from(dead > 0 || !missing.is_empty()),
+            live: RwLock::new(live),
+            dead: AtomicUsize::new(dead),
+            changes: AtomicU64::new(u64::from(dead > 0 || !missing.is_empty())),
             dumped: AtomicU64::new(0),
         })
     }
@@ -105,37 +109,62 @@ impl Graph {
         &self.hnsw
     }
 
-    pub fn set_ef_search(&mut self, ef_search: usize) {
-        self.params.ef_search = ef_search;
-    }
-
     pub fn live(&self) -> usize {
-        self.live.len()
+        self.live.read().len()
     }
 
-    pub fn insert(&mut self, id: u64, vector: &[f32]) {
-        self.hnsw.insert((&scale(vector), id as usize));
-        self.live.insert(id);
-        self.changes += 1;
+    pub fn is_live(&self, id: u64) -> bool {
+        self.live.read().contains(&id)
     }
 
-    pub fn remove(&mut self, id: u64) {
-        if self.live.remove(&id) {
-            self.dead += 1;
-            self.changes += 1;
+    /// Inserts points (in parallel, on the current rayon pool) without making them
+    /// searchable: `admit` or `added_dead` settles each one.
+    pub fn add(&self, rows: &[(u64, Vec<f32>)]) {
+        let rows: Vec<(Vec<f32>, usize)> = rows
+            .iter()
+            .map(|(id, v)| (scale(v), *id as usize))
+            .collect();
+        let refs: Vec<(&Vec<f32>, usize)> = rows.iter().map(|(v, id)| (v, *id)).collect();
+        self.hnsw.parallel_insert(&refs);
+    }
+
+    /// Makes added points searchable.
+    pub fn admit(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut live = self.live.write();
+        for id in ids {
+            live.insert(id);
+            self.changes.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Counts added points whose entries were removed before they were admitted.
+    pub fn added_dead(&self, count: usize) {
+        self.dead.fetch_add(count, Ordering::Relaxed);
+        self.changes.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// Whether `id` was live (and is now dead).
+    pub fn remove(&self, id: u64) -> bool {
+        let removed = self.live.write().remove(&id);
+        if removed {
+            self.dead.fetch_add(1, Ordering::Relaxed);
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
     pub fn dead_ratio(&self) -> f32 {
-        self.dead as f32 / (self.dead + self.live.len()).max(1) as f32
+        let dead = self.dead.load(Ordering::Relaxed);
+        dead as f32 / (dead + self.live()).max(1) as f32
     }
 
     /// A new graph of the live points only (dropping the dead), from the graph's vectors.
     /// Inserts borrow the old graph's vectors, so the peak is two graphs, not two graphs plus
     /// a copy of every vector.
     pub fn compacted(&self) -> Graph {
+        let ids = self.live.read().clone();
         let live: Vec<_> = points(&self.hnsw)
-            .filter(|p| self.live.contains(&(p.get_origin_id() as u64)))
+            .filter(|p| ids.contains(&(p.get_origin_id() as u64)))
             .collect();
         let hnsw = Hnsw::new(
             self.params.m,
@@ -153,21 +182,26 @@ impl Graph {
             dim: self.dim,
             params: self.params,
             hnsw,
-            live: self.live.clone(),
-            dead: 0,
-            changes: 1,
+            live: RwLock::new(ids),
+            dead: AtomicUsize::new(0),
+            changes: AtomicU64::new(1),
             dumped: AtomicU64::new(0),
         }
     }
 
+    /// Live ids, copied.
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.live.read().iter().copied().collect()
+    }
+
     /// Changes not yet covered by a dump.
     pub fn unsaved(&self) -> u64 {
-        self.changes
+        self.changes()
             .saturating_sub(self.dumped.load(Ordering::Relaxed))
     }
 
     pub fn changes(&self) -> u64 {
-        self.changes
+        self.changes.load(Ordering::Relaxed)
     }
 
     pub fn mark_dumped(&self, changes: u64) {
@@ -176,19 +210,22 @@ impl Graph {
 
     /// The live points' vectors, unscaled (to turn a shrunken graph back into a flat scan).
     pub fn live_rows(&self) -> Vec<(u64, Vec<f32>)> {
+        let live = self.live.read();
         points(&self.hnsw)
             .map(|p| (p.get_origin_id() as u64, p))
-            .filter(|(id, _)| self.live.contains(id))
+            .filter(|(id, _)| live.contains(id))
             .map(|(id, p)| (id, p.get_v().iter().map(|x| x / GRAPH_SCALE).collect()))
             .collect()
     }
 
-    pub fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
-        let fetch = k + OVERFETCH + self.dead.min(OVERFETCH * 4);
-        self.hnsw
-            .search(&scale(query), fetch, self.params.ef_search.max(fetch))
+    pub fn search(&self, query: &[f32], k: usize, ef_search: usize) -> Vec<Candidate> {
+        let dead = self.dead.load(Ordering::Relaxed);
+        let fetch = k + OVERFETCH + dead.min(OVERFETCH * 4);
+        let found = self.hnsw.search(&scale(query), fetch, ef_search.max(fetch));
+        let live = self.live.read();
+        found
             .into_iter()
-            .filter(|neighbour| self.live.contains(&(neighbour.d_id as u64)))
+            .filter(|neighbour| live.contains(&(neighbour.d_id as u64)))
             .map(|neighbour| Candidate {
                 id: neighbour.d_id as u64,
                 similarity: (1.0 - neighbour.distance) / (GRAPH_SCALE * GRAPH_SCALE),

@@ -25,13 +25,19 @@ pub fn metrics(app: &App) -> Response<ProxyBody> {
     let gauges = app
         .cache
         .as_ref()
-        .map_or_else(CacheGauges::default, |cache| CacheGauges {
-            entries: cache.entries() as u64,
-            indexed: cache.indexed() as u64,
-            write_failures: cache.write_failures(),
-            writes_skipped: cache.writes_skipped(),
-            writes_enabled: cache.writes_enabled(),
-            oversized_skipped: cache.oversized_skipped(),
+        .map_or_else(CacheGauges::default, |cache| {
+            let backlog = cache.index_backlog();
+            CacheGauges {
+                entries: cache.entries() as u64,
+                indexed: cache.indexed() as u64,
+                write_failures: cache.write_failures(),
+                writes_skipped: cache.writes_skipped(),
+                writes_enabled: cache.writes_enabled(),
+                oversized_skipped: cache.oversized_skipped(),
+                index_pending: backlog.pending as u64,
+                index_deferred: backlog.deferred as u64,
+                index_deferred_total: cache.index_deferred_total(),
+            }
         });
     app.metrics.replica.update(app.replica.get().map(|r| &**r)); // `[redis]` series
     let mut response = Response::new(crate::wire::body::full(
