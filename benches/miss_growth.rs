@@ -48,7 +48,7 @@ use tokio::sync::oneshot;
 
 use deja::clock::SystemClock;
 use deja::config::Config;
-use deja::server::RunningServer;
+use deja::edge::server::RunningServer;
 use vectors::{VectorKind, pct};
 
 const WINDOW: Duration = Duration::from_secs(1);
@@ -275,7 +275,7 @@ async fn start_deja(upstream: SocketAddr, dir: &std::path::Path, semantic: bool)
     config.cache.dir = dir.join("cache");
     config.cache.semantic = semantic;
     config.validate().expect("valid config");
-    let deja = deja::server::start(config, Arc::new(SystemClock))
+    let deja = deja::edge::server::start(config, Arc::new(SystemClock))
         .await
         .expect("deja starts");
     assert!(deja.app.cache.is_some(), "deja opened its cache");
