@@ -3,7 +3,7 @@
 //! answers, with the semantic tier off and then on, in the same run.
 //!
 //! `cargo bench --bench miss_growth -- [--entries 100000] [--connections 16] [--dim 1536]
-//! [--latent 32] [--only off|on]`
+//! [--latent 32] [--only off|on] [--ef-search N] [--settle-secs 600]`
 //!
 //! A fake upstream answers at once: a fixed chat completion, and from `/v1/embeddings` an
 //! embedding-like vector of `--dim` dimensions (see `common/vectors.rs`; seeded by the input
@@ -60,6 +60,9 @@ struct Args {
     dim: usize,
     latent: usize,
     modes: Vec<bool>,
+    /// `cache.hnsw_ef_search`; the shipped default when absent.
+    ef_search: Option<usize>,
+    settle_secs: usize,
 }
 
 fn main() {
@@ -70,12 +73,14 @@ fn main() {
     println!("- command: `{}`", command());
     println!(
         "- {} misses in one scope, {} connections (closed loop), {}-d embedding-like vectors \
-         (intrinsic dimension {}), fake upstream answering at once; {cores} CPUs, load average \
-         at start {}",
+         (intrinsic dimension {}), fake upstream answering at once; ef_search {}; {cores} \
+         CPUs, load average at start {}",
         args.entries,
         args.connections,
         args.dim,
         args.latent,
+        args.ef_search
+            .unwrap_or(deja::config::CacheConfig::default().hnsw_ef_search),
         load_average()
     );
     let servers = runtime("bench-srv", cores);
@@ -84,12 +89,12 @@ fn main() {
     let mut runs = Vec::new();
     for &semantic in &args.modes {
         let dir = tempfile::tempdir().expect("tempdir");
-        let deja = servers.block_on(start_deja(fake.addr, dir.path(), semantic));
+        let deja = servers.block_on(start_deja(fake.addr, dir.path(), semantic, args.ef_search));
         let run = load.block_on(drive(&deja, &fake, &args, semantic));
         let settle = semantic.then(|| {
             let cache = deja.app.cache.clone().expect("cache");
             let started = Instant::now();
-            let settled = cache.settle_index(Duration::from_secs(1800));
+            let settled = cache.settle_index(Duration::from_secs(args.settle_secs as u64));
             (started.elapsed(), settled, cache.index_deferred_total())
         });
         servers.block_on(deja.shutdown());
@@ -268,8 +273,16 @@ fn chat_answer() -> String {
 
 // === deja ===
 
-async fn start_deja(upstream: SocketAddr, dir: &std::path::Path, semantic: bool) -> RunningServer {
+async fn start_deja(
+    upstream: SocketAddr,
+    dir: &std::path::Path,
+    semantic: bool,
+    ef_search: Option<usize>,
+) -> RunningServer {
     let mut config = Config::default();
+    if let Some(ef) = ef_search {
+        config.cache.hnsw_ef_search = ef;
+    }
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
     config.upstream.base_url = format!("http://{upstream}/v1");
     config.cache.dir = dir.join("cache");
@@ -627,6 +640,8 @@ fn parse() -> Args {
         dim: 1536,
         latent: 32,
         modes: vec![false, true],
+        ef_search: None,
+        settle_secs: 600,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -636,6 +651,8 @@ fn parse() -> Args {
             "--connections" => args.connections = value(),
             "--dim" => args.dim = value(),
             "--latent" => args.latent = value(),
+            "--ef-search" => args.ef_search = Some(value()),
+            "--settle-secs" => args.settle_secs = value(),
             "--only" => {
                 args.modes = match it.next().as_deref() {
                     Some("on") => vec![true],

@@ -8,12 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, TrustConfig, VerifyConfig, invalid};
 
-/// HNSW defaults (`benches/results/index_scale.md` measures them); `crate::cache::index`
-/// starts from the same values.
+/// HNSW defaults, which `crate::cache::index` starts from. Chosen on embedding-like vectors
+/// (`benches/results/index_insert.md`): ef_construction 100 costs about half the inserts of
+/// 200, and ef_search 64 searches 2-3x faster than 128; recall@1 of near-duplicate queries
+/// stayed 0.995-1.000 (20k x 1536), as it was at 10^5 x 1536 and 10^6 x 384 with ef 32.
+/// Uniform random vectors (HNSW's worst case, not what embeddings look like) need ef_search
+/// 128 for 0.98 at 10^5 (`index_scale.md`).
 pub const DEFAULT_HNSW_M: usize = 16;
-pub const DEFAULT_HNSW_EF_CONSTRUCTION: usize = 200;
-/// On 100k random 384-d vectors recall@1 was 0.970 at 64 and 1.000 at 128.
-pub const DEFAULT_HNSW_EF_SEARCH: usize = 128;
+pub const DEFAULT_HNSW_EF_CONSTRUCTION: usize = 100;
+pub const DEFAULT_HNSW_EF_SEARCH: usize = 64;
 
 /// The smallest byte cap accepted: one long answer with its vector takes tens of KB.
 const MIN_MAX_BYTES: u64 = 64 * 1024;
