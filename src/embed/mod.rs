@@ -37,6 +37,9 @@ pub enum EmbedError {
     Malformed(&'static str),
     #[error("local embedding failed: {0}")]
     Local(String),
+    /// The embedder's batching task or thread is gone (deja is shutting down).
+    #[error("the embedder has stopped")]
+    Stopped,
     /// The prompt has more tokens than the model reads. Its vector would stand for a prefix
     /// only (prompts that differ after it would look identical), so it gets none: the request
     /// uses the exact tier only.

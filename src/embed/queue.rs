@@ -12,7 +12,6 @@ use super::EmbedError;
 /// Requests waiting in the queue, per slot of a batch: a full queue makes callers wait (which
 /// counts against their timeout) rather than pile up without bound.
 const QUEUE_BATCHES: usize = 4;
-const EMBEDDER_GONE: &str = "the embedder has stopped";
 
 type Answer = Result<Vec<f32>, EmbedError>;
 
@@ -68,10 +67,9 @@ impl<T> Queue<T> {
     /// Queues `input` and waits for its vector.
     pub(super) async fn embed(&self, input: T) -> Answer {
         let (job, answer) = Job::new(input);
-        let gone = || EmbedError::Local(EMBEDDER_GONE.into());
         let call = async {
-            self.jobs.send(job).await.map_err(|_| gone())?;
-            answer.await.map_err(|_| gone())?
+            self.jobs.send(job).await.map_err(|_| EmbedError::Stopped)?;
+            answer.await.map_err(|_| EmbedError::Stopped)?
         };
         tokio::time::timeout(self.timeout, call)
             .await
