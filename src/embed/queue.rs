@@ -133,86 +133,73 @@ fn live<T>(mut batch: Vec<Job<T>>) -> Option<Vec<Job<T>>> {
 
 #[cfg(test)]
 mod tests {
+    use std::task::Poll;
+
+    use futures_util::{FutureExt, poll};
+
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_batch_waits_for_late_jobs_but_not_past_its_deadline() {
-        let (queue, mut batches) = queue::<u32>(8, Duration::from_secs(60));
-        let queue = std::sync::Arc::new(queue);
-        let submit = |n: u32, after: Duration| {
-            let queue = queue.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                queue.embed(n).await
-            })
-        };
-        let _early = [
-            submit(1, Duration::ZERO),
-            submit(2, Duration::from_millis(3)),
-        ];
-        let _late = submit(3, Duration::from_millis(20));
-        let first = batches
-            .next(|| Duration::from_millis(5))
-            .await
-            .expect("a batch");
-        let inputs: Vec<u32> = first.iter().map(|job| job.input).collect();
-        assert_eq!(
-            inputs,
-            [1, 2],
-            "the job 3 ms later joined, the one 20 ms later did not"
-        );
-        let second = batches
-            .next(|| Duration::from_millis(5))
-            .await
-            .expect("a batch");
-        assert_eq!(second.len(), 1);
+    /// Puts a job in the queue without waiting for its answer; the answer's end is returned
+    /// (dropping it abandons the job).
+    fn put(queue: &Queue<u32>, n: u32) -> oneshot::Receiver<Answer> {
+        let (job, answer) = Job::new(n);
+        assert!(queue.jobs.try_send(job).is_ok());
+        answer
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn no_wait_means_no_timer() {
-        let (queue, mut batches) = queue::<u32>(8, Duration::from_secs(60));
-        let caller = tokio::spawn(async move { queue.embed(1).await });
-        tokio::task::yield_now().await;
-        // Mid-millisecond, where a timer for "now" would round up to the next tick.
-        tokio::time::advance(Duration::from_micros(500)).await;
-        let started = Instant::now();
-        let batch = batches.next(|| Duration::ZERO).await.expect("a batch");
-        assert_eq!(batch.len(), 1);
-        assert_eq!(
-            started.elapsed(),
-            Duration::ZERO,
-            "not even a millisecond tick"
-        );
-        drop(batch);
-        let _ = caller.await;
+    fn inputs(batch: &[Job<u32>]) -> Vec<u32> {
+        batch.iter().map(|job| job.input).collect()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_full_batch_goes_at_once_and_abandoned_jobs_are_dropped() {
+    #[tokio::test]
+    async fn a_job_that_comes_while_the_batch_waits_joins_it() {
         let (queue, mut batches) = queue::<u32>(2, Duration::from_secs(60));
-        let queue = std::sync::Arc::new(queue);
-        let mut callers = Vec::new();
-        for n in 0..3 {
-            let queue = queue.clone();
-            callers.push(tokio::spawn(async move { queue.embed(n).await }));
+        let _first = put(&queue, 1);
+        let mut next = std::pin::pin!(batches.next(|| Duration::from_secs(60)));
+        assert!(poll!(&mut next).is_pending(), "waiting for company");
+        let _second = put(&queue, 2);
+        match poll!(&mut next) {
+            Poll::Ready(Some(batch)) => assert_eq!(inputs(&batch), [1, 2], "full: goes at once"),
+            _ => panic!("the full batch did not go"),
         }
-        tokio::task::yield_now().await;
-        let started = Instant::now();
-        let full = batches
-            .next(|| Duration::from_secs(1))
-            .await
-            .expect("a batch");
-        assert_eq!(full.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_when_its_wait_is_over() {
+        let (queue, mut batches) = queue::<u32>(8, Duration::from_secs(60));
+        let _first = put(&queue, 1);
+        let wait = || Duration::from_millis(20);
+        let batch = tokio::time::timeout(Duration::from_secs(10), batches.next(wait)).await;
+        assert_eq!(inputs(&batch.expect("not stuck").expect("a batch")), [1]);
+    }
+
+    #[test]
+    fn jobs_already_waiting_go_without_a_timer() {
+        // No runtime, so no timer: a batch that needed one could not even be polled.
+        let (queue, mut batches) = queue::<u32>(2, Duration::from_secs(60));
+        let _answers = [put(&queue, 1), put(&queue, 2), put(&queue, 3)];
+        let full = batches.next(|| Duration::from_secs(1)).now_or_never();
         assert_eq!(
-            started.elapsed(),
-            Duration::ZERO,
-            "a full batch does not wait"
+            inputs(&full.flatten().expect("a full batch at once")),
+            [1, 2]
         );
-        // The third caller gives up before its batch is taken.
-        callers[2].abort();
-        let _ = (&mut callers[2]).await;
-        drop(full);
+        // A zero wait sets none either (tokio would round it up to the next millisecond).
+        let rest = batches.next(|| Duration::ZERO).now_or_never();
+        assert_eq!(inputs(&rest.flatten().expect("the rest at once")), [3]);
+    }
+
+    #[test]
+    fn abandoned_jobs_are_dropped() {
+        let (queue, mut batches) = queue::<u32>(8, Duration::from_secs(60));
+        drop(put(&queue, 1));
+        let _kept = put(&queue, 2);
+        let batch = batches.next_blocking().expect("a batch");
+        assert_eq!(inputs(&batch), [2]);
+        drop(put(&queue, 3));
         drop(queue);
-        assert!(batches.next(|| Duration::from_millis(1)).await.is_none());
+        assert!(
+            batches.next_blocking().is_none(),
+            "nothing but an abandoned job was left"
+        );
     }
 }
