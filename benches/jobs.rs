@@ -171,7 +171,7 @@ fn main() {
         config.cache.dir = dir.path().join("cache");
         config.cache.semantic = false;
         config.jobs.concurrency = c;
-        let proxy = deja::server::start(config, std::sync::Arc::new(SystemClock))
+        let proxy = deja::edge::server::start(config, std::sync::Arc::new(SystemClock))
             .await
             .expect("deja starts");
         let bench = Bench {

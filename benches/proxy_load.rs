@@ -4,9 +4,11 @@
 //!    same bytes from memory (the baseline), closed loop at concurrency 1, 16 and 64.
 //! 2. Miss path: the latency deja adds in front of a fake upstream (fixed latency 0 and 50 ms),
 //!    every request a miss (cache on, semantic tier off), open loop at a fixed rate; and the
-//!    time to first byte of a streamed miss.
+//!    time to first byte of a streamed miss; then what that added time is made of, probed
+//!    under the same background load through deja and straight to the upstream
+//!    (`proxy_load/stream.rs`, `--only=stream`).
 //!
-//! `cargo bench --bench proxy_load -- [--quick] [--profile[=C]] [--only=hit|miss|semantic]`. Prints markdown tables; each
+//! `cargo bench --bench proxy_load -- [--quick] [--profile[=C]] [--only=hit|miss|stream|semantic]`. Prints markdown tables; each
 //! figure for deja has its baseline measured in the same run, interleaved (A B B A) so a drift
 //! of the shared machine affects both alike. `--quick` shortens every cell; `--profile[=C]`
 //! runs only deja's exact hits at concurrency C (default 16) for 15 s, to run under a profiler. Timing targets are
@@ -39,10 +41,12 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use deja::clock::SystemClock;
 use deja::config::Config;
-use deja::server::RunningServer;
+use deja::edge::server::RunningServer;
 
 #[path = "proxy_load/semantic.rs"]
 mod semantic;
+#[path = "proxy_load/stream.rs"]
+mod stream;
 
 const CHAT_PATH: &str = "/v1/chat/completions";
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
@@ -108,7 +112,7 @@ fn main() {
     if let Some(concurrency) = profile {
         load_rt.block_on(profile_hits(&servers, concurrency));
     } else {
-        // `--only=hit|miss|semantic` runs one section.
+        // `--only=hit|miss|stream|semantic` runs one section.
         let only = args.iter().find_map(|a| a.strip_prefix("--only="));
         let runs = |section: &str| only.is_none_or(|only| only == section);
         if runs("hit") {
@@ -116,6 +120,9 @@ fn main() {
         }
         if runs("miss") {
             load_rt.block_on(miss_section(&servers, plan));
+        }
+        if runs("stream") {
+            load_rt.block_on(stream::stream_section(&servers, plan));
         }
         if runs("semantic") {
             load_rt.block_on(semantic::semantic_section(&servers, plan));
@@ -381,7 +388,7 @@ impl Servers {
         config.cache.dir = dir.path().join("cache");
         config.cache.semantic = false;
         config.validate().expect("valid config");
-        let deja = deja::server::start(config, Arc::new(SystemClock))
+        let deja = deja::edge::server::start(config, Arc::new(SystemClock))
             .await
             .expect("deja starts");
         assert!(deja.app.cache.is_some(), "deja opened its cache");
@@ -971,10 +978,11 @@ async fn open_loop(
     client: &HttpClient,
     uri: &Uri,
     stream: bool,
+    rate: f64,
     warmup: Duration,
     measure: Duration,
 ) -> OpenLoad {
-    let period = Duration::from_secs_f64(1.0 / MISS_RATE);
+    let period = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
     let (from, until) = (start + warmup, start + warmup + measure);
     let mut requests = JoinSet::new();
@@ -984,31 +992,9 @@ async fn open_loop(
             break;
         }
         tokio::time::sleep_until(at.into()).await;
-        let client = client.clone();
-        let request = post(uri, miss_body(stream));
+        let request = timed(client.clone(), post(uri, miss_body(stream)), stream, at);
         requests.spawn(async move {
-            let sent = Instant::now();
-            let response = client.request(request).await.expect("response");
-            let mut counts = Counts::default();
-            counts.see(response.status(), response.headers());
-            let mut body = response.into_body();
-            let mut first_byte = None;
-            let mut tail = Bytes::new();
-            while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame.expect("body frame").into_data() {
-                    first_byte.get_or_insert_with(|| sent.elapsed());
-                    tail = data;
-                }
-            }
-            let total = sent.elapsed();
-            if stream {
-                assert!(contains(&tail, b"data: [DONE]"), "stream ends with [DONE]");
-            }
-            let timing = Timing {
-                first_byte_ns: first_byte.unwrap_or(total).as_nanos() as u64,
-                total_ns: total.as_nanos() as u64,
-                lag_ns: sent.saturating_duration_since(at).as_nanos() as u64,
-            };
+            let (timing, counts) = request.await;
             (at >= from, timing, counts)
         });
     }
@@ -1024,6 +1010,38 @@ async fn open_loop(
         }
     }
     load
+}
+
+/// Sends `request` (due at `at`) and reads its body, timing the first byte and the end.
+async fn timed(
+    client: HttpClient,
+    request: Request<Full<Bytes>>,
+    stream: bool,
+    at: Instant,
+) -> (Timing, Counts) {
+    let sent = Instant::now();
+    let response = client.request(request).await.expect("response");
+    let mut counts = Counts::default();
+    counts.see(response.status(), response.headers());
+    let mut body = response.into_body();
+    let mut first_byte = None;
+    let mut tail = Bytes::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("body frame").into_data() {
+            first_byte.get_or_insert_with(|| sent.elapsed());
+            tail = data;
+        }
+    }
+    let total = sent.elapsed();
+    if stream {
+        assert!(contains(&tail, b"data: [DONE]"), "stream ends with [DONE]");
+    }
+    let timing = Timing {
+        first_byte_ns: first_byte.unwrap_or(total).as_nanos() as u64,
+        total_ns: total.as_nanos() as u64,
+        lag_ns: sent.saturating_duration_since(at).as_nanos() as u64,
+    };
+    (timing, counts)
 }
 
 /// Sorted figures of one side of a comparison.
@@ -1063,7 +1081,15 @@ async fn compare(servers: &Servers, stream: bool, plan: Plan) -> (Sample, Sample
         } else {
             (&direct_client, &direct_uri, &mut direct)
         };
-        let block = open_loop(client, uri, stream, plan.warmup, plan.measure / 2).await;
+        let block = open_loop(
+            client,
+            uri,
+            stream,
+            MISS_RATE,
+            plan.warmup,
+            plan.measure / 2,
+        )
+        .await;
         into.timings.extend(block.timings);
         into.counts.add(block.counts);
         into.seconds += block.seconds;

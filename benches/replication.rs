@@ -5,13 +5,17 @@
 //! - the exact-hit path: sequential exact hits on a replica with `[redis]` against one
 //!   without, in alternating rounds (ratio; hits never touch Redis, so ≈ 1.0 is expected);
 //! - the added latency of an rpm limit checked in Redis (a managed key's exact hit);
+//! - the added latency of a tpm limit checked (reserved, then settled) in Redis: misses of a
+//!   managed key with tpm against the same key's twin without limits, on a replica with
+//!   `[redis]`, and the tpm key on a replica without (a miss with `[redis]` also claims its
+//!   lease for cross-replica coalescing);
 //! - the time for a fresh replica to join a cluster of `JOIN` entries (default 20,000).
 //!
 //! `cargo bench --bench replication -- [N] [JOIN]` (default 500). Writes
 //! `benches/results/replication.md`.
 
 #[allow(dead_code)] // the bench uses a few of its calls
-#[path = "../tests/support/fake_upstream.rs"]
+#[path = "../tests/it/support/fake_upstream.rs"]
 mod fake_upstream;
 
 use std::net::TcpStream;
@@ -21,13 +25,16 @@ use std::time::{Duration, Instant};
 
 use deja::clock::SystemClock;
 use deja::config::{Config, RedisConfig};
-use deja::server::{RunningServer, start};
+use deja::edge::server::{RunningServer, start};
 use fake_upstream::{FakeUpstream, http_client};
 use serde_json::json;
 
 const HIT_ROUNDS: usize = 5;
 const LIMITED_KEY: &str = "sk-deja-bench-limited";
+const TPM_KEY: &str = "sk-deja-bench-tpm";
+const FREE_KEY: &str = "sk-deja-bench-free";
 const HITS_PER_ROUND: usize = 2000;
+const MISSES_PER_ROUND: usize = 500;
 
 struct Redis(Child);
 
@@ -63,8 +70,8 @@ async fn replica(fake: &FakeUpstream, dir: &std::path::Path, redis: Option<u16>)
     replica_with(fake, dir, redis, false).await
 }
 
-/// `managed`: one key (`LIMITED_KEY`) with an rpm limit no run reaches, so every request
-/// takes the limit's path without being refused.
+/// `managed`: keys with limits no run reaches, so every request takes the limit's path
+/// without being refused: `LIMITED_KEY` (rpm), `TPM_KEY` (tpm), and `FREE_KEY` (none).
 async fn replica_with(
     fake: &FakeUpstream,
     dir: &std::path::Path,
@@ -75,7 +82,10 @@ async fn replica_with(
     if managed {
         let mut key = deja::config::KeyConfig::unlimited("bench", LIMITED_KEY);
         key.rpm = 100_000_000;
-        config.keys = vec![key];
+        let mut tpm = deja::config::KeyConfig::unlimited("bench-tpm", TPM_KEY);
+        tpm.tpm = 1_000_000_000_000;
+        let free = deja::config::KeyConfig::unlimited("bench-free", FREE_KEY);
+        config.keys = vec![key, tpm, free];
         config.upstream.api_key = Some(deja::config::Secret::new("sk-upstream-bench"));
     }
     config.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -216,6 +226,49 @@ async fn main() {
         checked - local
     );
 
+    // The added latency of a Redis-checked tpm limit: misses (`no-store`, so each goes
+    // upstream) of the tpm key and of the key without limits on the [redis] replica, and of
+    // the tpm key on the replica without.
+    let miss = |addr: std::net::SocketAddr, key: &'static str| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(format!("http://{addr}/v1/chat/completions"))
+                .bearer_auth(key)
+                .header("cache-control", "no-store")
+                .json(&json!({"model": "gpt-4o-mini", "max_tokens": 16,
+                              "messages": [{"role": "user", "content": "tokens"}]}))
+                .send()
+                .await
+                .expect("answered");
+            assert_eq!(response.status(), 200);
+            response.bytes().await.expect("body");
+        }
+    };
+    let runs = [
+        (lim_redis.addr, TPM_KEY),
+        (lim_redis.addr, FREE_KEY),
+        (lim_local.addr, TPM_KEY),
+    ];
+    // Interleaved one by one, each timed alone: the median of each is robust to the bursts
+    // of a shared machine.
+    let mut miss_micros = [Vec::new(), Vec::new(), Vec::new()];
+    for (addr, key) in runs {
+        miss(addr, key).await;
+    }
+    for _ in 0..HIT_ROUNDS * MISSES_PER_ROUND {
+        for (slot, (addr, key)) in runs.into_iter().enumerate() {
+            let started = Instant::now();
+            miss(addr, key).await;
+            miss_micros[slot].push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let [tpm_redis, free_redis, tpm_local] = miss_micros.map(|mut v| median(&mut v));
+    println!(
+        "managed-key miss: {tpm_redis:.0} µs with tpm in Redis, {free_redis:.0} µs without limits (+{:.0} µs), {tpm_local:.0} µs with tpm without Redis",
+        tpm_redis - free_redis
+    );
+
     // Joining: entries published by A (second argument, default 20,000), then a fresh
     // replica starts; it loads them before `start` returns.
     let join_n: usize = std::env::args()
@@ -279,6 +332,9 @@ async fn main() {
          | ratio | {:.3} |\n\
          | managed-key hit with the rpm limit checked in Redis | {checked:.0} µs |\n\
          | the same without Redis | {local:.0} µs |\n\
+         | managed-key miss with the tpm limit reserved and settled in Redis | {tpm_redis:.0} µs |\n\
+         | the same key without limits, same replica | {free_redis:.0} µs |\n\
+         | the tpm key on a replica without Redis | {tpm_local:.0} µs |\n\
          | joining a cluster of {held} entries (start → listening) | {join_secs:.2} s |\n",
         redis_version(),
         with / without

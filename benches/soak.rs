@@ -15,7 +15,7 @@
 //! within 10% of the mean RSS of the 10 s after the half-way mark.
 
 #[allow(dead_code)]
-#[path = "../tests/support/fake_upstream.rs"]
+#[path = "../tests/it/support/fake_upstream.rs"]
 mod fake_upstream;
 
 #[path = "common/rss.rs"]

@@ -7,7 +7,7 @@
 # compiler flags (sanitizers); on a stable toolchain RUSTC_BOOTSTRAP=1 unlocks them, so no
 # nightly is needed (CARGO_INCREMENTAL=0 is advisable: the build is large). New inputs go to fuzz/corpus/<target>/ (not committed), seeded from
 # fuzz/seeds/<target>/. A crash stops the run with the input in fuzz/artifacts/<target>/:
-# copy it to fuzz/regressions/<target>/ so `cargo nextest run --test fuzz_regressions` replays
+# copy it to fuzz/regressions/<target>/ so `cargo nextest run --test it fuzz_regressions::` replays
 # it on stable from then on.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv in the repo root with the official `openai` Python SDK, which the end-to-end
-# test tests/openai_sdk.rs drives deja with. Safe to run again: an existing venv is kept and
+# test tests/it/openai_sdk.rs drives deja with. Safe to run again: an existing venv is kept and
 # pip only installs what is missing (no index look-up when the requirement is satisfied).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

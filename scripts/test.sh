@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Runs the test suite: makes sure .venv has the openai SDK (for tests/openai_sdk.rs), then
+# Runs the test suite: makes sure .venv has the openai SDK (for tests/it/openai_sdk.rs), then
 # `cargo nextest run` (or `cargo test` where nextest is not installed). Arguments are passed
-# on to cargo, e.g. `scripts/test.sh --test restart`.
+# on to cargo, e.g. `scripts/test.sh --test it restart::`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# tests/openai_sdk.rs finds .venv/bin/python by itself (SDK_TEST_PYTHON overrides it). Test
+# tests/it/openai_sdk.rs finds .venv/bin/python by itself (SDK_TEST_PYTHON overrides it). Test
 # settings never use the DEJA_ prefix: deja reads DEJA_* variables as config keys (those that
 # name no key are ignored with a warning), so a stray one could change what a test runs.
 bash scripts/setup-python.sh
-# tests/dashboard_browser.rs drives Debian's headless chromium (installed here when missing).
+# tests/it/dashboard_browser.rs drives Debian's headless chromium (installed here when missing).
 bash scripts/setup-chromium.sh
 
-# tests/replicas.rs starts real redis-server processes (Debian's redis-server, Redis 7).
+# tests/it/replicas.rs starts real redis-server processes (Debian's redis-server, Redis 7).
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server

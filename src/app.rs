@@ -5,16 +5,16 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 
 use crate::cache::Cache;
-use crate::cached::PlanMemo;
 use crate::clock::SharedClock;
-use crate::coalesce::Coalescer;
 use crate::config::Config;
 use crate::embed::Embedder;
-use crate::keys::KeyRing;
-use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::flow::PlanMemo;
+use crate::flow::coalesce::Coalescer;
+use crate::managed::keys::KeyRing;
+use crate::managed::limits::Limits;
+use crate::observe::metrics::Metrics;
+use crate::observe::usage::UsageLog;
 use crate::upstream::Upstream;
-use crate::usage::UsageLog;
 
 pub struct App {
     /// Swapped whole on reload; read it per request with `config()`.
@@ -36,7 +36,7 @@ pub struct App {
     /// Shadow verification, wrong-hit estimates, error budget, feedback (`crate::trust`).
     pub trust: crate::trust::Trust,
     /// The dashboard's bounded records (recent lookups, per-minute totals) and sessions.
-    pub dashboard: crate::dashboard::Board,
+    pub dashboard: crate::ops::dashboard::Board,
     pub clock: SharedClock,
     /// Set once shutdown begins: readiness fails so load balancers stop sending.
     pub draining: std::sync::atomic::AtomicBool,
@@ -143,6 +143,11 @@ impl App {
                     .ok()
             })
             .map(Arc::new);
+        // The dashboard's hour and day totals, kept by the previous run (beside the cache).
+        let dashboard = crate::ops::dashboard::Board::default();
+        if cache.is_some() {
+            dashboard.load(&config.cache.dir);
+        }
         Ok(App {
             jobs,
             keys: ArcSwap::from_pointee(KeyRing::from_config(&config)),
@@ -150,7 +155,7 @@ impl App {
             metrics: Metrics::default(),
             usage,
             trust: crate::trust::Trust::new(&config.cache.trust),
-            dashboard: Default::default(),
+            dashboard,
             clock,
             draining: Default::default(),
             replica: Default::default(),

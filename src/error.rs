@@ -5,8 +5,8 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
-use crate::body::{ProxyBody, full};
-use crate::limits::Refusal;
+use crate::managed::limits::Refusal;
+use crate::wire::body::{ProxyBody, full};
 
 /// Errors that deja answers itself (upstream errors are relayed verbatim instead).
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub enum ApiError {
 }
 
 fn refusal_message(refusal: &Refusal) -> String {
-    let wait = crate::limits::duration_text(refusal.retry_ms());
+    let wait = crate::managed::limits::duration_text(refusal.retry_ms());
     match refusal {
         Refusal::Requests { limit, .. } => format!(
             "Rate limit reached for requests per minute (RPM): limit {limit}. Please try again in {wait}."

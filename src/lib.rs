@@ -1,37 +1,26 @@
 //! deja: a drop-in caching reverse proxy for OpenAI-compatible APIs.
 //!
-//! Module map:
-//! - `config`: `proxy.toml` + `DEJA_*` env vars, validation
-//! - `server`: listener, connection handling, graceful shutdown, background sweeps
-//! - `connection`: one client connection: deadlines for its first request and for idleness
-//! - `router`: which handler serves a path; `request_path`: which paths are accepted
-//! - `relay`: faithful streaming relay of any `/v1/*` request
-//! - `tunnel`: WebSocket upgrades (Realtime API) tunnelled to the upstream
-//! - `upstream`: the outgoing HTTP client, header hygiene, 502/504 mapping
-//! - `retry`: when and how long to wait before retrying an upstream call
-//! - `routing`: model aliases and fallbacks
-//! - `cached`: the flow of a cached endpoint (lookup, coalesce, forward, store); `hit` renders answers, `miss` forwards and stores, `memo` remembers the plans of repeated bodies
-//! - `chat`: chat-completions specifics (scope fields, stream assembly and replay)
-//! - `completions`: the same for legacy `/v1/completions`
-//! - `chunks`: what the `[DONE]`-terminated chunk streams of both share
-//! - `responses`: the same for `/v1/responses` (typed event streams, stateful bypasses)
-//! - `control`: per-request cache controls and tenant isolation
-//! - `embeddings`: per-input exact cache of `/v1/embeddings` (partial batches)
-//! - `coalesce`: one upstream call for identical concurrent requests
-//! - `cache`: keys, entries, sled store, per-scope vector index, TTL sweeps
-//! - `embed`: prompt → unit vector (OpenAI-compatible embeddings API)
-//! - `sse`: Server-Sent Events parsing and writing
-//! - `error`: deja's own errors as OpenAI-shaped responses
-//! - `jobs`: the persistent job queue (`/v1/async/...`): workers, polling, signed webhooks
-//! - `admin`: the admin listener (probes, /metrics, cache administration, reload)
-//! - `dashboard`: the admin listener's page: live totals, histograms, recent lookups, threshold replay
-//! - `keys`, `limits`: managed mode (deja keys, per-key rate limits and budgets)
-//! - `track`, `usage`, `metrics`: one record per request → usage log and Prometheus metrics
-//! - `metering`: the real usage of an upstream answer, read as it passes (limits, billing)
-//! - `bench`: `deja bench quality`, hit rate and wrong hits on labelled paraphrase pairs
-//! - `json_splice`: replacing one top-level field of stored JSON text (fresh ids on hits)
-//! - `lazy_replay`: streamed hits rendered event by event as the client reads
-//! - `body`, `clock`, `app`, `telemetry`, `text`: plumbing
+//! The architecture, one folder per layer, from where a request enters to what every layer shares:
+//! - `edge`: the listener, connections, which handler a path goes to
+//! - `flow`: the flow of a cached endpoint (plan, decide, act, report), request controls and
+//!   tenants, model aliases and fallbacks (`models`), coalescing of identical requests
+//! - `endpoints`: what each cached endpoint keys on and how it replays a stored answer (chat,
+//!   responses, legacy completions, the embeddings cache)
+//! - `replay`: what replays share: id splicing, lazily rendered streamed hits, chunk streams
+//! - `upstream`: the outgoing client and its retries, the plain relay, WebSocket tunnels
+//! - `cache`: the storage tier (keys, entries, sled store, per-scope vector index, TTL,
+//!   verification of semantic candidates); knows nothing of HTTP or of the flow
+//! - `embed`: prompt → unit vector (OpenAI-compatible embeddings API or a local model)
+//! - `managed`: deja keys, per-key limits and budgets, metering of real usage
+//! - `trust`: shadow verification, the wrong-hit estimate, the error budget, feedback
+//! - `replica`: several replicas sharing one cache through Redis
+//! - `jobs`: the persistent job queue (`/v1/async/...`)
+//! - `ops`: the admin listener and the dashboard
+//! - `observe`: one record per request (`track`), the usage log, metrics, log lines
+//! - `config`: `proxy.toml` + `DEJA_*` env vars, validation; `bench`: `deja bench ...`
+//! - `wire`: what every layer reads and writes: the response body type, SSE, the `x-deja-*`
+//!   header names, accepted path spellings, JSON body cost
+//! - `app`, `clock`, `error`: shared state, time, OpenAI-shaped errors
 
 // Production code answers errors, it never panics on them (tests may unwrap freely).
 #![cfg_attr(
@@ -44,49 +33,22 @@
         clippy::unimplemented
     )
 )]
-pub mod admin;
 pub mod app;
 pub mod bench;
-pub mod body;
 pub mod cache;
-pub mod cached;
-pub mod chat;
-pub mod chunks;
 pub mod clock;
-pub mod coalesce;
-pub mod completions;
 pub mod config;
-pub mod connection;
-pub mod control;
-pub mod dashboard;
+pub mod edge;
 pub mod embed;
-pub mod embeddings;
+pub mod endpoints;
 pub mod error;
-pub mod headers;
+pub mod flow;
 pub mod jobs;
-pub mod json_budget;
-pub mod json_splice;
-pub mod keys;
-pub mod lazy_replay;
-pub mod limits;
-pub mod metering;
-pub mod metrics;
-pub mod relay;
-#[cfg(test)]
-mod replay_reference;
+pub mod managed;
+pub mod observe;
+pub mod ops;
+pub mod replay;
 pub mod replica;
-pub mod request_path;
-pub mod responses;
-pub mod retry;
-pub mod router;
-pub mod routing;
-pub mod server;
-pub mod sse;
-pub mod telemetry;
-pub mod text;
-pub mod track;
 pub mod trust;
-pub mod tunnel;
 pub mod upstream;
-pub mod usage;
-pub mod write_deadline;
+pub mod wire;

@@ -40,7 +40,7 @@ enum Command {
     /// Print the `[[keys]].hash` of a key read from standard input (kept out of shell history).
     HashKey,
     /// What other similarity thresholds would do, from a running deja's recent lookups.
-    Replay(deja::dashboard::cli::ReplayArgs),
+    Replay(deja::ops::dashboard::cli::ReplayArgs),
 }
 
 #[tokio::main]
@@ -52,7 +52,7 @@ async fn main() -> ExitCode {
             eprintln!("deja hash-key: give the key on standard input");
             return ExitCode::from(2);
         }
-        println!("{}", deja::keys::hash_key(key.trim()));
+        println!("{}", deja::managed::keys::hash_key(key.trim()));
         return ExitCode::SUCCESS;
     }
     if let Some(Command::Replay(replay)) = args.command {
@@ -63,7 +63,7 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        return match deja::dashboard::cli::run(replay, &config).await {
+        return match deja::ops::dashboard::cli::run(replay, &config).await {
             Ok(table) => {
                 print!("{table}");
                 ExitCode::SUCCESS
@@ -90,14 +90,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    deja::telemetry::init(&config.log);
+    deja::observe::telemetry::init(&config.log);
     if !config.ignored_env.is_empty() {
         tracing::warn!(
             variables = ?config.ignored_env,
             "ignoring DEJA_* environment variables that name no config key"
         );
     }
-    let server = match deja::server::start(config, Arc::new(SystemClock)).await {
+    let server = match deja::edge::server::start(config, Arc::new(SystemClock)).await {
         Ok(server) => server,
         Err(err) => {
             tracing::error!(error = %err, "could not start");
@@ -125,7 +125,7 @@ fn reload_on_sighup(app: Arc<deja::app::App>) {
         while hangups.recv().await.is_some() {
             let app = app.clone();
             let result =
-                tokio::task::spawn_blocking(move || deja::admin::reload::reload(&app)).await;
+                tokio::task::spawn_blocking(move || deja::ops::admin::reload::reload(&app)).await;
             if let Ok(Err(err)) = result {
                 tracing::error!(error = %err, "reload failed; configuration unchanged");
             }

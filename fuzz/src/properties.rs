@@ -1,13 +1,13 @@
 //! What must hold for any input. Each function panics when a property fails; the fuzz targets
-//! feed them libFuzzer's inputs and `tests/fuzz_regressions.rs` replays saved ones on stable.
+//! feed them libFuzzer's inputs and `tests/it/fuzz_regressions.rs` replays saved ones on stable.
 
 use deja::cache::Partition;
 use deja::cache::key::Hash32;
-use deja::cached::{Endpoint, Plan};
-use deja::chat::ChatCompletions;
-use deja::completions::Completions;
-use deja::responses::{RESPONSES, RESPONSES_CACHING_STORED};
-use deja::sse::{SseParser, data_event, named_event};
+use deja::endpoints::chat::ChatCompletions;
+use deja::endpoints::completions::Completions;
+use deja::endpoints::responses::{RESPONSES, RESPONSES_CACHING_STORED};
+use deja::flow::{Endpoint, Plan};
+use deja::wire::sse::{SseParser, data_event, named_event};
 use serde_json::Value;
 
 /// What a plan decides, in comparable form.

@@ -72,7 +72,7 @@ pub async fn run(name: &str, pairs: &[Pair], config: &Config) -> Result<E2eRepor
     config.cache.ttl_secs = 10 * 365 * 24 * 3600;
     let threshold = config.cache.similarity_threshold;
     let verify = config.cache.verify.clone();
-    let server = crate::server::start(config, Arc::new(SystemClock))
+    let server = crate::edge::server::start(config, Arc::new(SystemClock))
         .await
         .map_err(|e| format!("starting deja: {e}"))?;
     let url = format!("http://{}/v1/chat/completions", server.addr);
@@ -222,9 +222,9 @@ async fn ask(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let hit = header(crate::headers::CACHE.as_str()).as_deref() == Some("hit");
+    let hit = header(crate::wire::headers::CACHE.as_str()).as_deref() == Some("hit");
     let matched = if hit {
-        header(crate::headers::MATCH.as_str())
+        header(crate::wire::headers::MATCH.as_str())
     } else {
         None
     };

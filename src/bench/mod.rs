@@ -8,12 +8,12 @@
 //! - `simulate`: simulated traffic under the error budget (`--simulate`)
 //! - `verifier`: the verifier model's cost per judged candidate (latency, memory)
 
-pub mod e2e;
-pub mod metrics;
-pub mod plot;
-pub mod quality;
-pub mod report;
-pub mod simulate;
+mod e2e;
+mod metrics;
+mod plot;
+mod quality;
+mod report;
+mod simulate;
 #[cfg(feature = "local-embeddings")]
 pub mod verifier;
 

@@ -19,11 +19,11 @@ use super::metrics::{Found, Judge, Judged, Pair, Verdict};
 use crate::cache::Partition;
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, Hit, NewEntry, Requirements};
-use crate::cached::{Ask, Decision, Endpoint, Lookup, Plan, Vectors, decide};
-use crate::chat::ChatCompletions;
 use crate::clock::SystemClock;
 use crate::config::CacheConfig;
 use crate::embed::{EmbedError, Embedder};
+use crate::endpoints::chat::ChatCompletions;
+use crate::flow::{Ask, Decision, Endpoint, Lookup, Plan, Vectors, decide};
 
 /// The request every prompt is wrapped in (one scope for the whole file).
 pub(super) const MODEL: &str = "gpt-4o-mini";
@@ -291,7 +291,7 @@ pub fn store_all(
     Ok(())
 }
 
-/// Looks `text` up from `tenant` with the proxy's own decision (`cached::decide`): the exact
+/// Looks `text` up from `tenant` with the proxy's own decision (`flow::decide`): the exact
 /// tier, then the semantic tier at `threshold`. A text without a vector is past the
 /// embedding window, so the exact tier alone answers it. Blocking: the decision runs inline.
 pub fn ask(

@@ -84,6 +84,11 @@ impl Cache {
         self.store()?.get(id)
     }
 
+    /// How many times entry `id` was served since start-up.
+    pub fn hit_count(&self, id: u64) -> u64 {
+        self.hits.get(id)
+    }
+
     /// Deletes every entry the selector matches; returns how many.
     pub fn purge(&self, selector: &Selector) -> Result<usize, StoreError> {
         let ids: Vec<u64> = self

@@ -2,8 +2,9 @@
 //! and deletes, and the calls that apply what other replicas did. The cache knows nothing of
 //! Redis; `crate::replica` implements the observer.
 //!
-//! Across replicas an entry is known by its exact key and its creation time: local ids come
-//! from each replica's own store and mean nothing elsewhere.
+//! Across replicas an entry is known by its exact key and its creation time, and keeps the
+//! id the replica that stored it gave it: ids are unique across replicas once each has its
+//! `id_base` (given by `crate::replica` when it joins).
 
 use std::sync::Arc;
 
@@ -15,8 +16,8 @@ use super::store::StoreError;
 /// Told of local changes other replicas must see. Called on the storing thread (blocking
 /// code): implementations only queue the event.
 pub trait CacheEvents: Send + Sync {
-    /// An answer stored here (not one applied from another replica).
-    fn stored(&self, entry: &Entry, vector: Option<&[f32]>);
+    /// An answer stored here under `id` (not one applied from another replica).
+    fn stored(&self, id: u64, entry: &Entry, vector: Option<&[f32]>);
     /// An entry deleted by an admin call (delete or purge). Expiry and eviction are not
     /// announced: every replica expires by the same clock and evicts by its own use order.
     fn removed(&self, entry: &Entry);
@@ -28,10 +29,16 @@ impl Cache {
         let _ = self.events.set(events);
     }
 
-    /// Applies an entry stored by another replica, unless it has expired or this replica
-    /// already holds the same or a newer answer for its exact key. Returns whether it was
-    /// stored. Nothing is announced (it came from the log).
-    pub fn apply_stored(&self, entry: &Entry, vector: Option<&[f32]>) -> Result<bool, StoreError> {
+    /// Applies an entry stored by another replica (under its `id` there, kept here unless
+    /// it clashes), unless it has expired or this replica already holds the same or a newer
+    /// answer for its exact key. Returns whether it was stored. Nothing is announced (it came
+    /// from the log).
+    pub fn apply_stored(
+        &self,
+        id: Option<u64>,
+        entry: &Entry,
+        vector: Option<&[f32]>,
+    ) -> Result<bool, StoreError> {
         if !entry.is_live(self.now_ms()) {
             return Ok(false);
         }
@@ -40,7 +47,7 @@ impl Cache {
         {
             return Ok(false);
         }
-        self.store_entry(entry, vector)?;
+        self.store_entry(entry, vector, id)?;
         Ok(true)
     }
 
@@ -57,13 +64,24 @@ impl Cache {
         Ok(self.remove_local(id)?.is_some())
     }
 
-    /// The live answer under `exact` with its vector, to publish again after Redis was away.
-    pub fn stored_answer(&self, exact: &Hash32) -> Option<(Entry, Option<Vec<f32>>)> {
+    /// The live answer under `exact` with its id and vector, to publish again after Redis
+    /// was away.
+    pub fn stored_answer(&self, exact: &Hash32) -> Option<(u64, Entry, Option<Vec<f32>>)> {
         let store = self.store().ok()?;
         let (id, entry) = store.get_exact(exact).ok()??;
         entry
             .is_live(self.now_ms())
-            .then(|| (entry, store.vector(id)))
+            .then(|| (id, entry, store.vector(id)))
+    }
+
+    /// The high bits of the ids this replica gives new entries (0 until it has joined a
+    /// cluster), and setting them (kept in the store).
+    pub fn id_base(&self) -> u64 {
+        self.store().map_or(0, |store| store.id_base())
+    }
+
+    pub fn set_id_base(&self, base: u64) -> Result<(), StoreError> {
+        self.write(|store| store.set_id_base(base))
     }
 
     /// A setting kept in the store beside the entries (the replication log position).

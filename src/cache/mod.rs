@@ -1,5 +1,5 @@
 //! The two-tier answer cache: exact lookups by key, semantic lookups by vector within a scope,
-//! TTL and expiry sweeps. It knows nothing of HTTP or of the request flow; `cached/` drives it.
+//! TTL and expiry sweeps. It knows nothing of HTTP or of the request flow; `flow/` drives it.
 //!
 //! - `key`: canonical hashing of requests into scope and exact keys
 //! - `entry`: the stored form of one answer
@@ -18,10 +18,11 @@ pub mod admin;
 pub mod entry;
 pub mod events;
 pub mod health;
+mod hits;
 pub mod index;
 pub mod key;
 mod partition;
-pub mod recency;
+mod recency;
 pub mod store;
 pub mod verify;
 
@@ -55,6 +56,9 @@ const SWEEP_BATCH: usize = 1024;
 const DUMP_MIN_CHANGES: u64 = 1000;
 /// ... and no more often than this, since a dump of a million entries writes gigabytes.
 const DUMP_MIN_INTERVAL: Duration = Duration::from_secs(300);
+/// How long the shutdown dump waits for the index worker to finish its backlog; what is
+/// left is replayed from the store at the next start.
+const SHUTDOWN_SETTLE: Duration = Duration::from_secs(10);
 
 /// What a lookup needs besides the key.
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +139,8 @@ pub struct Cache {
     capacity: Capacity,
     /// Use order for eviction; empty when there is no cap.
     recency: Recency,
+    /// Times each entry was served since start-up (the admin entry view).
+    hits: hits::HitCounts,
     /// Answers not stored because they alone exceed `cache.max_bytes`.
     oversized: AtomicU64,
     /// Told of every local store and admin delete (`[redis]` replication); unset without it.
@@ -179,6 +185,7 @@ impl Cache {
             IndexSettings {
                 hnsw_min_entries: config.hnsw_min_entries,
                 compact_dead_ratio: config.compact_dead_ratio,
+                max_pending: IndexSettings::default().max_pending,
                 params: HnswParams {
                     m: config.hnsw_m,
                     ef_construction: config.hnsw_ef_construction,
@@ -230,6 +237,7 @@ impl Cache {
             last_dump: Mutex::new(Instant::now()),
             capacity,
             recency: Recency::default(),
+            hits: Default::default(),
             oversized: AtomicU64::new(0),
             events: std::sync::OnceLock::new(),
         };
@@ -337,6 +345,7 @@ impl Cache {
         let usable = self.usable(&entry, needs);
         if usable {
             self.recency.touched(id);
+            self.hits.served(id);
         }
         Ok(usable.then_some(Hit {
             id,
@@ -412,6 +421,7 @@ impl Cache {
                 continue;
             }
             self.recency.touched(candidate.id);
+            self.hits.served(candidate.id);
             outcome.hit = Some(Hit {
                 id: candidate.id,
                 entry,
@@ -449,22 +459,28 @@ impl Cache {
             prompt: new.prompt,
             owner: new.owner,
         };
-        let id = self.store_entry(&entry, new.vector.as_deref())?;
+        let id = self.store_entry(&entry, new.vector.as_deref(), None)?;
         if let Some(events) = self.events.get() {
-            events.stored(&entry, new.vector.as_deref());
+            events.stored(id, &entry, new.vector.as_deref());
         }
         Ok((id, now))
     }
 
     /// Writes an entry (new here, or stored by another replica) into the store, the index and
-    /// the use order, then evicts down to the caps; returns its id.
-    fn store_entry(&self, entry: &Entry, vector: Option<&[f32]>) -> Result<u64, StoreError> {
+    /// the use order, then evicts down to the caps; returns its id (`id` if given and free).
+    fn store_entry(
+        &self,
+        entry: &Entry,
+        vector: Option<&[f32]>,
+        id: Option<u64>,
+    ) -> Result<u64, StoreError> {
         let scope = entry.scope();
         let size = self.admit(entry, vector)?;
-        let (id, replaced) = self.write(|store| store.insert(entry, vector))?;
+        let (id, replaced) = self.write(|store| store.insert_as(entry, vector, id))?;
         if let Some(replaced) = replaced {
             self.index.remove(replaced.scope, replaced.id);
             self.recency.removed(replaced.id);
+            self.hits.forget(replaced.id);
         }
         if let Some(vector) = vector {
             self.index.insert(scope, id, vector);
@@ -478,6 +494,7 @@ impl Cache {
         if !self.is_stored(id) {
             self.index.remove(scope, id);
             self.recency.removed(id);
+            self.hits.forget(id);
         }
         self.evict()?;
         Ok(id)
@@ -509,6 +526,7 @@ impl Cache {
         };
         self.index.remove(entry.scope(), id);
         self.recency.removed(id);
+        self.hits.forget(id);
         Ok(Some(entry))
     }
 
@@ -537,11 +555,30 @@ impl Cache {
         self.index.len()
     }
 
+    /// How far the index's background work is behind (vectors not yet in their graph).
+    pub fn index_backlog(&self) -> index::Backlog {
+        self.index.backlog()
+    }
+
+    /// Vectors that waited in the store only, unsearchable until indexed, since start-up.
+    pub fn index_deferred_total(&self) -> u64 {
+        self.index.deferred_total()
+    }
+
+    /// Waits (at most `timeout`) until every stored vector is in its graph; whether it got
+    /// there. For tests and benches: no request waits for the index.
+    pub fn settle_index(&self, timeout: Duration) -> bool {
+        self.index.settle(timeout)
+    }
+
     /// Dumps vector graphs so the next start reloads them instead of rebuilding. `all`
     /// (shutdown) writes every graph changed since its last dump; otherwise only graphs with
     /// many unsaved changes, at most every few minutes. Returns how many were written.
     pub fn dump_index(&self, all: bool) -> usize {
         let policy = if all {
+            if !self.index.settle(SHUTDOWN_SETTLE) {
+                tracing::info!("index still catching up; the next start replays the rest");
+            }
             DumpPolicy { min_changes: 1 }
         } else {
             let mut last = self.last_dump.lock();

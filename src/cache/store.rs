@@ -5,6 +5,8 @@
 //! without reading every vector), `expiry` (expires_ms ‖ id → ()), `meta` (settings the data
 //! depends on). Ids are
 //! big-endian u64 so trees iterate in order, and the same id is the vector index's point id.
+//! A new id is the store's `id_base` (high bits naming this replica among others, 0 when
+//! alone) plus sled's counter; an entry applied from another replica keeps its own id.
 //! Every write touches all trees in one transaction, so a crash never leaves an exact key
 //! pointing at nothing. All methods block (disk I/O): call them off the async workers.
 
@@ -54,8 +56,15 @@ pub struct Replaced {
     pub scope: Hash32,
 }
 
+/// Bits of an id below the replica's base: the local counter (2^40 stores per replica).
+pub const LOCAL_ID_BITS: u32 = 40;
+/// Where `id_base` is kept in `meta`.
+const ID_BASE_META: &str = "id_base";
+
 pub struct Store {
     db: sled::Db,
+    /// High bits of every id this store makes (kept in `meta`).
+    id_base: std::sync::atomic::AtomicU64,
     entries: sled::Tree,
     exact: sled::Tree,
     vectors: sled::Tree,
@@ -70,13 +79,19 @@ impl Store {
             .path(dir)
             .flush_every_ms(Some(200))
             .open()?;
+        let meta = db.open_tree("meta")?;
+        let id_base = meta
+            .get(ID_BASE_META)?
+            .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
+            .unwrap_or(0);
         let store = Store {
+            id_base: id_base.into(),
             entries: db.open_tree("entries")?,
             exact: db.open_tree("exact")?,
             vectors: db.open_tree("vectors")?,
             scoped: db.open_tree("scoped")?,
             expiry: db.open_tree("expiry")?,
-            meta: db.open_tree("meta")?,
+            meta,
             db,
         };
         // Stores written before `scoped` existed: fill it once.
@@ -97,7 +112,21 @@ impl Store {
         entry: &Entry,
         vector: Option<&[f32]>,
     ) -> Result<(u64, Option<Replaced>), StoreError> {
-        let id = self.db.generate_id()?;
+        self.insert_as(entry, vector, None)
+    }
+
+    /// `insert`, under `id` when given and not held by another exact key (an entry from
+    /// another replica keeps its id; one that clashes gets a new one here).
+    pub fn insert_as(
+        &self,
+        entry: &Entry,
+        vector: Option<&[f32]>,
+        id: Option<u64>,
+    ) -> Result<(u64, Option<Replaced>), StoreError> {
+        let id = match id {
+            Some(id) if self.free_for(id, &entry.exact)? => id,
+            _ => self.new_id()?,
+        };
         let encoded = entry.encode();
         let vector_bytes = vector.map(|v| encode_vector(&entry.scope, v));
         let trees = (
@@ -139,6 +168,32 @@ impl Store {
             .entries
             .get(id.to_be_bytes())?
             .and_then(|bytes| Entry::decode(&bytes)))
+    }
+
+    /// The high bits of new ids, and setting them (kept for the next start).
+    pub fn id_base(&self) -> u64 {
+        self.id_base.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_id_base(&self, base: u64) -> Result<(), StoreError> {
+        self.meta
+            .insert(ID_BASE_META, base.to_string().as_bytes())?;
+        self.id_base
+            .store(base, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn new_id(&self) -> Result<u64, StoreError> {
+        let counter = self.db.generate_id()? & ((1 << LOCAL_ID_BITS) - 1);
+        Ok(self.id_base() | counter)
+    }
+
+    /// Whether `id` is unused, or used by the entry under `exact` (which it replaces).
+    fn free_for(&self, id: u64, exact: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(match self.entries.get(id.to_be_bytes())? {
+            None => true,
+            Some(held) => Entry::decode(&held).is_some_and(|held| held.exact == *exact),
+        })
     }
 
     /// Whether entry `id` exists (a read error counts as no).
@@ -436,5 +491,33 @@ mod tests {
         assert_eq!(store.get(id).unwrap(), Some(entry(1, 100)));
         assert_eq!(store.meta("embedder").unwrap().as_deref(), Some("m@2"));
         assert_eq!(store.vectors().count(), 1);
+    }
+
+    #[test]
+    fn ids_carry_the_base_and_applied_entries_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let (alone, _) = store.insert(&entry(1, 100), None).unwrap();
+            assert!(alone < 1 << LOCAL_ID_BITS);
+            store.set_id_base(7 << LOCAL_ID_BITS).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (mine, _) = store.insert(&entry(2, 100), None).unwrap();
+        assert_eq!(mine >> LOCAL_ID_BITS, 7, "the base survives a reopen");
+        // Another replica's entry keeps its id...
+        let theirs = (9 << LOCAL_ID_BITS) | 5;
+        let (kept, _) = store.insert_as(&entry(3, 100), None, Some(theirs)).unwrap();
+        assert_eq!(kept, theirs);
+        // ...and a newer answer under the same exact key may reuse it...
+        let (again, replaced) = store.insert_as(&entry(3, 200), None, Some(theirs)).unwrap();
+        assert_eq!((again, replaced.map(|r| r.id)), (theirs, Some(theirs)));
+        assert_eq!(store.get(theirs).unwrap(), Some(entry(3, 200)));
+        // ...but an id held by another exact key is never taken over.
+        let (moved, _) = store.insert_as(&entry(4, 100), None, Some(mine)).unwrap();
+        assert_ne!(moved, mine);
+        assert_eq!(store.get(mine).unwrap(), Some(entry(2, 100)));
+        assert_eq!(store.get(moved).unwrap(), Some(entry(4, 100)));
     }
 }

@@ -9,50 +9,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
-
 #[cfg(feature = "local-embeddings")]
 pub mod cross_encoder;
 pub mod model;
 mod numbers;
 
-pub use model::{ModelJudge, ModelVerifyConfig};
-
-/// Which checks run; all are on by default (`[cache.verify]` in `proxy.toml`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VerifyConfig {
-    /// Master switch.
-    pub enabled: bool,
-    /// The numbers in both prompts must be the same (as a multiset), compared as exact
-    /// decimal text with their sign: "1.50" is "1.5" and ".25" is "0.25", "-3" is not "3",
-    /// digits of other scripts ("２", "٢") count, and long ids are compared digit for digit.
-    pub numbers: bool,
-    /// Both prompts must be negated, or neither ("not", "no", "never", "n't", ...).
-    pub negation: bool,
-    /// Every capitalised word inside a sentence (a name: "Paris", "Python", "HTTPS") must
-    /// appear in the other prompt too, in any case. Off by default: it also turns down
-    /// "the capital of France" for "the French capital".
-    pub entities: bool,
-    /// Two words must not have traded places: "flights from Paris to London" is not "flights
-    /// from London to Paris", nor "Alice beat Bob" "Bob beat Alice".
-    pub word_order: bool,
-    /// The model stage after the rules (`[cache.verify.model]`); off by default.
-    pub model: ModelVerifyConfig,
-}
-
-impl Default for VerifyConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            numbers: true,
-            negation: true,
-            entities: false,
-            word_order: true,
-            model: ModelVerifyConfig::default(),
-        }
-    }
-}
+pub use crate::config::{ModelVerifyConfig, VerifyConfig};
+pub use model::ModelJudge;
 
 /// Words that flip a statement or question. Counted by parity, so "not un-" stays cheap to
 /// reason about and double negatives cancel.

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::{ConfigError, Secret, invalid};
 
@@ -43,7 +44,7 @@ impl KeyConfig {
     pub fn unlimited(id: &str, secret: &str) -> KeyConfig {
         KeyConfig {
             id: id.into(),
-            hash: crate::keys::hash_key(secret),
+            hash: hash_key(secret),
             tenant: None,
             namespace: None,
             rpm: 0,
@@ -198,5 +199,30 @@ pub(super) fn read_secret_file(key: &str, path: &PathBuf) -> Result<Secret, Conf
         Ok(text) if !text.trim().is_empty() => Ok(Secret::new(text.trim_end().to_string())),
         Ok(_) => invalid(key, &format!("{} is empty", path.display())),
         Err(err) => invalid(key, &format!("cannot read {}: {err}", path.display())),
+    }
+}
+
+/// `sha256:<hex>` of a key, as `[[keys]].hash` expects it.
+pub fn hash_key(key: &str) -> String {
+    let digest: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
+    let mut text = String::with_capacity(7 + 64);
+    text.push_str("sha256:");
+    for byte in digest {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
+impl AdminConfig {
+    /// The admin listener is bound at start-up; the token applies on reload.
+    pub(super) fn keep_start_up(&self, next: &mut Self, changed: &mut Vec<&'static str>) {
+        keep!(self, next, changed, "admin.listen", listen);
+    }
+}
+
+impl UsageConfig {
+    /// The usage log's writer thread and file are opened at start-up.
+    pub(super) fn keep_start_up(&self, next: &mut Self, changed: &mut Vec<&'static str>) {
+        keep!(self, next, changed, "usage");
     }
 }

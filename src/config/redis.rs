@@ -23,6 +23,10 @@ pub struct RedisConfig {
     /// Events kept in the shared log (trimmed approximately); a replica away longer than that
     /// reloads every entry instead of replaying.
     pub log_max_len: u64,
+    /// Milliseconds a replica's claim on an in-flight miss lasts unless renewed (it is,
+    /// while the call runs): other replicas wait for its answer, and take over this long
+    /// after the claiming replica died.
+    pub lease_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -35,6 +39,7 @@ impl Default for RedisConfig {
             connect_timeout_ms: 1000,
             join_timeout_secs: 120,
             log_max_len: 1_000_000,
+            lease_ms: 3000,
         }
     }
 }
@@ -64,6 +69,9 @@ impl RedisConfig {
         }
         if !(1000..=100_000_000).contains(&self.log_max_len) {
             return invalid("redis.log_max_len", "must be in 1000..=100000000");
+        }
+        if !(100..=600_000).contains(&self.lease_ms) {
+            return invalid("redis.lease_ms", "must be in 100..=600000");
         }
         Ok(())
     }

@@ -79,6 +79,29 @@ fn shipped_proxy_toml_is_valid_and_documents_every_section() {
 }
 
 #[test]
+fn embedding_batching_and_dimensions_are_validated() {
+    let mut config = Config::default();
+    config.embedding.batch_wait_ms = 1001;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("embedding.batch_wait_ms"), "{err}");
+    config.embedding.batch_wait_ms = 50;
+    config.embedding.timeout_ms = 50;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("embedding.batch_wait_ms"), "{err}");
+    config.embedding.timeout_ms = 2000;
+    config.validate().unwrap();
+    config.embedding.dimensions = Some(0);
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("embedding.dimensions"), "{err}");
+    config.embedding.dimensions = Some(512);
+    config.validate().unwrap();
+    // The local model has one length: asking another is a mistake, not a no-op.
+    config.embedding.provider = EmbeddingProvider::Local;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("embedding.dimensions"), "{err}");
+}
+
+#[test]
 fn local_embedding_keys_are_validated() {
     let mut config = Config::default();
     config.embedding.provider = EmbeddingProvider::Local;

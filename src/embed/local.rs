@@ -2,8 +2,8 @@
 //! run with candle on the CPU. Nothing is downloaded: the model is read from
 //! `embedding.model_dir` (see `scripts/fetch-model.sh`).
 //!
-//! The model lives on one dedicated thread; `embed` hands the text over a bounded channel and
-//! awaits the answer on a oneshot, so inference never runs on the async workers. The thread
+//! The model lives on one dedicated thread; `embed` hands the text over the shared queue
+//! (`queue.rs`) and awaits the answer, so inference never runs on the async workers. The thread
 //! takes every request that is waiting (up to `embedding.max_batch`) and embeds them together:
 //! one forward pass for many prompts costs far less than one each. Inputs of a pass are padded
 //! to the longest one and masked, so a prompt gets the same vector alone or in a batch; a batch
@@ -16,15 +16,14 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use serde::Deserialize;
 use tokenizers::{Encoding, Tokenizer};
-use tokio::sync::{mpsc, oneshot};
 
+use super::queue::{Batches, Job, Queue, queue};
 use super::{BuildError, EmbedError};
 use crate::cache::index::normalize;
 use crate::config::Config;
@@ -39,22 +38,13 @@ const MAX_BYTES_PER_TOKEN: usize = 256;
 /// Most padded tokens in one forward pass (one longer input still gets a pass of its own).
 /// all-MiniLM-L6-v2 on 2 cores: ~0.5 s per pass of 1024 tokens.
 const TOKENS_PER_PASS: usize = 1024;
-/// Requests waiting for the model, per slot of a batch.
-const QUEUE_BATCHES: usize = 4;
-const WORKER_GONE: &str = "the embedding thread has stopped";
 
 /// Handle to the model thread. Dropping it stops the thread once the queue is drained.
 pub struct LocalEmbedder {
     /// `local:<folder name>:<dimension>:<digest of config, tokenizer, weights, pooling>`.
     pub(super) id: String,
-    jobs: mpsc::Sender<Job>,
-    timeout: Duration,
+    queue: Queue<String>,
     max_text_bytes: usize,
-}
-
-struct Job {
-    text: String,
-    reply: oneshot::Sender<Result<Vec<f32>, EmbedError>>,
 }
 
 impl LocalEmbedder {
@@ -80,16 +70,15 @@ impl LocalEmbedder {
             max_batch = settings.max_batch,
             "local embedding model loaded"
         );
-        let max_batch = settings.max_batch.max(1);
-        let (jobs, queue) = mpsc::channel(max_batch * QUEUE_BATCHES);
+        let timeout = std::time::Duration::from_millis(settings.timeout_ms);
+        let (queue, batches) = queue(settings.max_batch, timeout);
         std::thread::Builder::new()
             .name("deja-embed".into())
-            .spawn(move || model.serve(queue, max_batch))
+            .spawn(move || model.serve(batches))
             .map_err(|e| fail(format!("cannot start the embedding thread: {e}")))?;
         Ok(LocalEmbedder {
             id,
-            jobs,
-            timeout: Duration::from_millis(settings.timeout_ms),
+            queue,
             max_text_bytes,
         })
     }
@@ -100,23 +89,7 @@ impl LocalEmbedder {
         if text.len() > self.max_text_bytes {
             return Err(EmbedError::TooLong);
         }
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            text: text.to_owned(),
-            reply,
-        };
-        let call = async {
-            self.jobs
-                .send(job)
-                .await
-                .map_err(|_| EmbedError::Local(WORKER_GONE.into()))?;
-            answer
-                .await
-                .map_err(|_| EmbedError::Local(WORKER_GONE.into()))?
-        };
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| EmbedError::Timeout(self.timeout))?
+        self.queue.embed(text.to_owned()).await
     }
 }
 
@@ -328,11 +301,8 @@ impl Model {
             pool,
         };
         // Fail now rather than on the first request, and warm the allocator up.
-        let (reply, mut answer) = oneshot::channel();
-        let text = "deja warm-up".to_owned();
-        model
-            .pool
-            .install(|| model.answer(vec![Job { text, reply }]));
+        let (job, mut answer) = Job::new("deja warm-up".to_owned());
+        model.pool.install(|| model.answer(vec![job]));
         match answer.try_recv() {
             Ok(Ok(v)) if v.len() == dim => Ok(model),
             Ok(Err(e)) => Err(format!("the model does not run: {e}")),
@@ -341,21 +311,9 @@ impl Model {
     }
 
     /// The embedding thread: batches whatever is waiting until every sender is gone.
-    fn serve(self, mut queue: mpsc::Receiver<Job>, max_batch: usize) {
-        while let Some(job) = queue.blocking_recv() {
-            let mut batch = Vec::with_capacity(max_batch);
-            batch.push(job);
-            while batch.len() < max_batch {
-                match queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            // Callers that timed out are no longer listening: skip their work.
-            batch.retain(|job| !job.reply.is_closed());
-            if batch.is_empty() {
-                continue;
-            }
+    /// (Callers that timed out are no longer in a batch: their work is skipped.)
+    fn serve(self, mut batches: Batches<String>) {
+        while let Some(batch) = batches.next_blocking() {
             tracing::trace!(prompts = batch.len(), "embedding a batch");
             self.pool.install(|| self.answer(batch));
         }
@@ -367,8 +325,8 @@ impl Model {
     /// sorted by length and cut into passes (see [`passes`]), so short prompts neither pay for
     /// nor wait for a long one. Should a pass fail (or panic), its inputs are retried one by
     /// one so that one bad input does not fail the others.
-    fn answer(&self, jobs: Vec<Job>) {
-        let texts: Vec<&str> = jobs.iter().map(|job| job.text.as_str()).collect();
+    fn answer(&self, jobs: Vec<Job<String>>) {
+        let texts: Vec<&str> = jobs.iter().map(|job| job.input.as_str()).collect();
         let encodings = guarded(|| {
             self.tokenizer
                 .encode_batch_fast(texts, true)
@@ -378,12 +336,12 @@ impl Model {
             Ok(encodings) => encodings,
             Err(e) => {
                 for job in jobs {
-                    let _ = job.reply.send(Err(EmbedError::Local(e.clone())));
+                    job.answer(Err(EmbedError::Local(e.clone())));
                 }
                 return;
             }
         };
-        let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+        let mut jobs: Vec<Option<Job<String>>> = jobs.into_iter().map(Some).collect();
         // The model reads `max_tokens` tokens ([CLS] and [SEP] included); past that, a vector
         // would stand for the beginning of the prompt only.
         for (i, encoding) in encodings.iter().enumerate() {
@@ -400,7 +358,7 @@ impl Model {
             let rows: Vec<usize> = pass
                 .iter()
                 .copied()
-                .filter(|&i| jobs[i].as_ref().is_some_and(|job| !job.reply.is_closed()))
+                .filter(|&i| jobs[i].as_ref().is_some_and(|job| !job.abandoned()))
                 .collect();
             match guarded(|| self.forward(&encodings, &rows)) {
                 Ok(vectors) => {
@@ -502,9 +460,9 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err("inference panicked".into()))
 }
 
-fn reply(job: &mut Option<Job>, result: Result<Vec<f32>, EmbedError>) {
+fn reply(job: &mut Option<Job<String>>, result: Result<Vec<f32>, EmbedError>) {
     if let Some(job) = job.take() {
-        let _ = job.reply.send(result);
+        job.answer(result);
     }
 }
 

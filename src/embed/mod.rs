@@ -7,10 +7,13 @@
 //! - `openai`: the `/v1/embeddings` API of the upstream (or another OpenAI-compatible host)
 //! - `local`: a sentence-transformers model run in-process with candle (feature
 //!   `local-embeddings`, on by default)
+//!
+//! Both batch: prompts waiting at the same time are embedded together (`queue.rs`).
 
 #[cfg(feature = "local-embeddings")]
 mod local;
 mod openai;
+mod queue;
 
 use std::time::Duration;
 
@@ -21,7 +24,8 @@ use crate::config::{Config, EmbeddingProvider};
 pub use local::LocalEmbedder;
 pub use openai::OpenAiEmbedder;
 
-#[derive(Debug, thiserror::Error)]
+/// Clone: one failed call answers every prompt of its batch.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EmbedError {
     #[error("embedding timed out after {0:?}")]
     Timeout(Duration),
@@ -33,6 +37,9 @@ pub enum EmbedError {
     Malformed(&'static str),
     #[error("local embedding failed: {0}")]
     Local(String),
+    /// The embedder's batching task or thread is gone (deja is shutting down).
+    #[error("the embedder has stopped")]
+    Stopped,
     /// The prompt has more tokens than the model reads. Its vector would stand for a prefix
     /// only (prompts that differ after it would look identical), so it gets none: the request
     /// uses the exact tier only.
@@ -72,10 +79,10 @@ impl Embedder {
         }
     }
 
-    /// Identifies the vector space (provider and model).
+    /// Identifies the vector space (provider, model and, if asked for, the vectors' length).
     pub fn id(&self) -> String {
         match self {
-            Embedder::OpenAi(e) => format!("openai:{}", e.model),
+            Embedder::OpenAi(e) => e.id(),
             #[cfg(feature = "local-embeddings")]
             Embedder::Local(e) => e.id.clone(),
         }

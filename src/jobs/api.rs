@@ -13,11 +13,11 @@ use super::Jobs;
 use super::record::{Callback, Job, Status, Submitted};
 use super::webhook;
 use crate::app::App;
-use crate::body::{ProxyBody, full};
-use crate::cached::read_request;
 use crate::config::KeyConfig;
-use crate::control;
 use crate::error::ApiError;
+use crate::flow::control;
+use crate::flow::read_request;
+use crate::wire::body::{ProxyBody, full};
 
 /// The header that names a job's callback URL.
 pub const CALLBACK_HEADER: &str = "x-deja-callback-url";
@@ -43,14 +43,18 @@ const NOT_KEPT: [&str; 8] = [
 ];
 
 /// Serves `/v1/async{rest}`.
-pub async fn route(app: Arc<App>, request: Request<Incoming>, rest: &str) -> Response<ProxyBody> {
+pub async fn route(
+    app: Arc<App>,
+    request: Request<Incoming>,
+    rest: &str,
+) -> Result<Response<ProxyBody>, ApiError> {
     let Some(jobs) = app.jobs.clone() else {
-        return ApiError::NotFound(format!("/v1/async{rest}")).into_response();
+        return Err(ApiError::NotFound(format!("/v1/async{rest}")));
     };
     let key = if app.config().managed() {
         match app.keys().authenticate(request.headers()) {
             Some(key) => Some(key),
-            None => return ApiError::InvalidApiKey.into_response(),
+            None => return Err(ApiError::InvalidApiKey),
         }
     } else {
         None
@@ -58,21 +62,19 @@ pub async fn route(app: Arc<App>, request: Request<Incoming>, rest: &str) -> Res
     let tenant = control::partition_for(request.headers(), false, "", key.as_deref()).tenant;
     let method = request.method().clone();
     if let Some(id) = rest.strip_prefix("/jobs/") {
-        return match method {
+        return Ok(match method {
             Method::GET => poll(&jobs, &tenant, id),
             Method::DELETE => cancel(&app, &jobs, &tenant, id),
             _ => not_allowed(&method, rest),
-        };
+        });
     }
     if ENDPOINTS.contains(&rest) {
         return match method {
-            Method::POST => submit(&app, jobs, request, rest, tenant, key.as_deref())
-                .await
-                .unwrap_or_else(ApiError::into_response),
-            _ => not_allowed(&method, rest),
+            Method::POST => submit(&app, jobs, request, rest, tenant, key.as_deref()).await,
+            _ => Ok(not_allowed(&method, rest)),
         };
     }
-    ApiError::NotFound(format!("/v1/async{rest}")).into_response()
+    Err(ApiError::NotFound(format!("/v1/async{rest}")))
 }
 
 async fn submit(

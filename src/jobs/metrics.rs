@@ -1,4 +1,4 @@
-//! The queue's Prometheus metrics, registered with deja's own (`crate::metrics`).
+//! The queue's Prometheus metrics, registered with deja's own (`crate::observe::metrics`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -25,15 +25,14 @@ use crate::app::App;
 use crate::config::Config;
 
 pub mod api;
-pub mod config;
 mod deliver;
 pub mod metrics;
-pub mod record;
-pub mod store;
-pub mod webhook;
+mod record;
+mod store;
+mod webhook;
 mod worker;
 
-pub use config::JobsConfig;
+pub use crate::config::JobsConfig;
 pub use metrics::JobMetrics;
 use record::{Job, Status};
 use store::{JobStore, SledJobs, StoreError};

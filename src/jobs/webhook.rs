@@ -8,11 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// The key bytes of a `whsec_...` secret.
-pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
-    let key = STANDARD.decode(secret.strip_prefix("whsec_")?).ok()?;
-    (!key.is_empty()).then_some(key)
-}
+pub use crate::config::webhook_secret_key as secret_key;
 
 /// The `webhook-signature` header value for one delivery.
 pub fn signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {

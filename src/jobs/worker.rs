@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::record::{Answer, Job, Status};
 use super::{Jobs, deliver};
 use crate::app::App;
-use crate::retry::retry_after;
+use crate::upstream::retry::retry_after;
 
 /// Where workers send: the listener's own address, with a wildcard made loopback.
 pub fn loopback(addr: SocketAddr) -> SocketAddr {

@@ -1,14 +1,21 @@
-//! What replicas write to Redis: an entry with its vector as one binary value, and positions
-//! in the shared log (stream ids).
+//! What replicas write to Redis: an entry with its id and vector as one binary value, and
+//! positions in the shared log (stream ids).
 
 use crate::cache::entry::Entry;
 
-/// One stored answer as Redis holds it: the embedder that made the vector (a replica with
-/// another embedder takes the entry for the exact tier only), the entry, the vector.
-pub fn encode(embedder: &str, entry: &Entry, vector: Option<&[f32]>) -> Vec<u8> {
+/// Opens a value that carries the entry's id. Values written before ids were shared start
+/// with the embedder name's length instead, which is never this large.
+const WITH_ID: [u8; 2] = [0xff, 0xff];
+
+/// One stored answer as Redis holds it: its id on the replica that stored it, the embedder
+/// that made the vector (a replica with another embedder takes the entry for the exact tier
+/// only), the entry, the vector.
+pub fn encode(id: u64, embedder: &str, entry: &Entry, vector: Option<&[f32]>) -> Vec<u8> {
     let encoded = entry.encode();
     let dims = vector.map_or(0, <[f32]>::len);
-    let mut out = Vec::with_capacity(2 + embedder.len() + 4 + encoded.len() + 4 * dims);
+    let mut out = Vec::with_capacity(10 + 2 + embedder.len() + 4 + encoded.len() + 4 * dims);
+    out.extend_from_slice(&WITH_ID);
+    out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&(embedder.len() as u16).to_le_bytes());
     out.extend_from_slice(embedder.as_bytes());
     out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
@@ -19,8 +26,24 @@ pub fn encode(embedder: &str, entry: &Entry, vector: Option<&[f32]>) -> Vec<u8> 
     out
 }
 
-/// The entry, and its vector when it was made by `embedder` (the same model as here).
-pub fn decode(bytes: &[u8], embedder: &str) -> Option<(Entry, Option<Vec<f32>>)> {
+/// A value read back.
+#[derive(Debug, PartialEq)]
+pub struct Decoded {
+    /// `None` in values written before ids were shared.
+    pub id: Option<u64>,
+    pub entry: Entry,
+    /// Present when it was made by the same embedder as here.
+    pub vector: Option<Vec<f32>>,
+}
+
+pub fn decode(bytes: &[u8], embedder: &str) -> Option<Decoded> {
+    let (id, bytes) = match bytes.strip_prefix(&WITH_ID) {
+        Some(rest) => (
+            Some(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?)),
+            rest.get(8..)?,
+        ),
+        None => (None, bytes),
+    };
     let name_len = u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
     let name = bytes.get(2..2 + name_len)?;
     let rest = &bytes[2 + name_len..];
@@ -35,7 +58,7 @@ pub fn decode(bytes: &[u8], embedder: &str) -> Option<(Entry, Option<Vec<f32>>)>
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()
     });
-    Some((entry, vector))
+    Some(Decoded { id, entry, vector })
 }
 
 /// A stream id (`ms-seq`), ordered as Redis orders them.
@@ -75,18 +98,37 @@ mod tests {
         }
     }
 
+    fn decoded(id: Option<u64>, vector: Option<Vec<f32>>) -> Option<Decoded> {
+        Some(Decoded {
+            id,
+            entry: entry(),
+            vector,
+        })
+    }
+
     #[test]
     fn round_trips_and_drops_vectors_of_another_embedder() {
-        let bytes = encode("local:a", &entry(), Some(&[0.5, -1.0]));
+        let id = Some(3 << 40 | 17);
+        let bytes = encode(3 << 40 | 17, "local:a", &entry(), Some(&[0.5, -1.0]));
         assert_eq!(
             decode(&bytes, "local:a"),
-            Some((entry(), Some(vec![0.5, -1.0])))
+            decoded(id, Some(vec![0.5, -1.0]))
         );
-        assert_eq!(decode(&bytes, "local:b"), Some((entry(), None)));
-        let plain = encode("local:a", &entry(), None);
-        assert_eq!(decode(&plain, "local:a"), Some((entry(), None)));
+        assert_eq!(decode(&bytes, "local:b"), decoded(id, None));
+        let plain = encode(1, "local:a", &entry(), None);
+        assert_eq!(decode(&plain, "local:a"), decoded(Some(1), None));
         assert_eq!(decode(&bytes[..bytes.len() - 1], "local:a"), None);
         assert_eq!(decode(&bytes[..10], "local:a"), None);
+    }
+
+    #[test]
+    fn reads_values_written_before_ids_were_shared() {
+        // The old layout is the new one without its first ten bytes.
+        let bytes = encode(42, "local:a", &entry(), Some(&[0.5]));
+        assert_eq!(
+            decode(&bytes[10..], "local:a"),
+            decoded(None, Some(vec![0.5]))
+        );
     }
 
     #[test]

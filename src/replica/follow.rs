@@ -6,8 +6,8 @@
 //! log's end (Redis lost its data) → it loads every entry from Redis, then replays the
 //! events written since the load began (applying an entry twice changes nothing).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Value;
@@ -16,6 +16,7 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use super::codec::{self, LogPos};
 use super::{Replica, ReplicaError, unhex};
 use crate::cache::key::Hash32;
+use crate::cache::store::LOCAL_ID_BITS;
 
 /// Where the applied position is kept in the local store.
 const POS_META: &str = "replica.log_pos";
@@ -28,8 +29,60 @@ const LOAD_BATCH: usize = 500;
 /// Pause before trying Redis again after a failure.
 const BACKOFF: Duration = Duration::from_millis(500);
 
+/// Numbers given to replicas' stores (the high bits of their ids); past it they are reused.
+/// Ids stay below 2^53, so JSON readers (the dashboard) read them exactly.
+const REPLICA_NUMBERS: u64 = (1 << (53 - LOCAL_ID_BITS)) - 1;
+
+/// KEYS[1]: the highest number given; ARGV[1]: this store's number (0: none yet). A store
+/// without one gets the next; one with a number raises the highest to it, so after Redis
+/// lost its data the numbers in use are learnt back as the replicas rejoin.
+static NUMBER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local held = tonumber(ARGV[1])
+if held > 0 then
+  if held > tonumber(redis.call('GET', KEYS[1]) or '0') then
+    redis.call('SET', KEYS[1], held)
+  end
+  return held
+end
+return redis.call('INCR', KEYS[1])
+"#,
+    )
+});
+
+/// Ids unique across replicas: the first time a store joins a cluster it is numbered, and
+/// its number becomes the high bits of the ids of the entries it stores from then on (other
+/// replicas keep those ids when they apply them).
+async fn number(replica: &Arc<Replica>) -> Result<(), ReplicaError> {
+    let held = replica.cache.id_base() >> LOCAL_ID_BITS;
+    let given: u64 = replica
+        .call(replica.timeout(), async {
+            let mut conn = replica.conn().await?;
+            Ok(NUMBER
+                .key(replica.key("replicas"))
+                .arg(held)
+                .invoke_async(&mut conn)
+                .await?)
+        })
+        .await?;
+    if held == 0 {
+        let number = (given.max(1) - 1) % REPLICA_NUMBERS + 1;
+        let numbered = replica.clone();
+        tokio::task::spawn_blocking(move || numbered.cache.set_id_base(number << LOCAL_ID_BITS))
+            .await
+            .unwrap_or(Ok(()))?;
+        tracing::info!(
+            number,
+            "numbered this replica's store: the ids of the entries it stores carry the number"
+        );
+    }
+    Ok(())
+}
+
 /// Loads or replays until caught up with the log; returns the position reached.
 pub(super) async fn join(replica: &Arc<Replica>) -> Result<LogPos, ReplicaError> {
+    number(replica).await?;
     let timeout = replica.timeout();
     let log = replica.log_key();
     let (first, last) = replica
@@ -223,10 +276,14 @@ async fn apply(replica: &Arc<Replica>, ids: Vec<StreamId>) -> Result<(), Replica
 }
 
 fn apply_payload(replica: &Replica, payload: &[u8]) -> Result<bool, ReplicaError> {
-    let Some((entry, vector)) = codec::decode(payload, &replica.embedder) else {
+    let Some(decoded) = codec::decode(payload, &replica.embedder) else {
         return Ok(false);
     };
-    match replica.cache.apply_stored(&entry, vector.as_deref()) {
+    let entry = &decoded.entry;
+    let applied = (replica.cache).apply_stored(decoded.id, entry, decoded.vector.as_deref());
+    // A request waiting on another replica's call for this key looks again (`leases`).
+    replica.waiters.arrived(&entry.exact());
+    match applied {
         Ok(applied) => Ok(applied),
         // Too large for this replica's cap: it answers that one itself.
         Err(crate::cache::store::StoreError::Oversized) => Ok(false),

@@ -15,6 +15,7 @@ pub struct ReplicaMetrics {
     failures: Counter,
     resyncs: Counter,
     local_limits: Counter,
+    takeovers: Counter,
 }
 
 impl ReplicaMetrics {
@@ -46,8 +47,13 @@ impl ReplicaMetrics {
         );
         r.register(
             "deja_limits_local_fallback",
-            "Requests whose rpm limit was checked on this replica alone (Redis unreachable)",
+            "Limit checks (rpm; a call's tokens and budget) made on this replica alone (Redis unreachable)",
             self.local_limits.clone(),
+        );
+        r.register(
+            "deja_replica_lease_takeovers",
+            "In-flight misses this replica took over after the replica leading them failed or died",
+            self.takeovers.clone(),
         );
     }
 
@@ -64,6 +70,7 @@ impl ReplicaMetrics {
             (&self.failures, &stats.failures),
             (&self.resyncs, &stats.resyncs),
             (&self.local_limits, &stats.local_limits),
+            (&self.takeovers, &stats.takeovers),
         ] {
             let total = total.load(Ordering::Relaxed);
             counter.inc_by(total.saturating_sub(counter.get()));

@@ -5,14 +5,16 @@
 //! - `codec`: the value written per entry, and log positions
 //! - `publish`: local stores and deletes → Redis (queued; kept and sent again while Redis is away)
 //! - `follow`: joining (load or replay before serving), then tailing the log
-//! - `limits`: requests per minute counted across replicas (a Lua token bucket)
+//! - `limits`: per-key rpm, tpm and budgets counted across replicas (Lua scripts)
+//! - `leases`: identical misses on several replicas make one upstream call
 //! - `metrics`: the `deja_redis_*` and `deja_replica_*` series
 //!
 //! Redis trouble never fails a request: publishing is off the request path, and a replica
 //! that cannot reach Redis keeps serving its own entries, says so once and in a metric.
 
-pub mod codec;
+mod codec;
 mod follow;
+mod leases;
 pub mod limits;
 pub mod metrics;
 mod publish;
@@ -43,6 +45,8 @@ pub struct Replica {
     /// The embedder id stored vectors were made with (`Cache::meta("embedder")`).
     embedder: String,
     up: AtomicBool,
+    /// Requests waiting on another replica's call, by exact key (`leases`).
+    waiters: Arc<leases::Waiters>,
     /// Counters for `/metrics`.
     pub stats: Stats,
 }
@@ -57,8 +61,12 @@ pub struct Stats {
     pub failures: AtomicU64,
     /// Full reloads from the entries in Redis (new replica, or log trimmed past it).
     pub resyncs: AtomicU64,
-    /// Requests whose rpm was checked locally only because Redis did not answer.
+    /// Limit checks (rpm, or a call's tpm and budget) made locally only because Redis did not
+    /// answer.
     pub local_limits: AtomicU64,
+    /// Leases on in-flight misses claimed after another replica's ended without an answer
+    /// (it failed, or died and its lease expired).
+    pub takeovers: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +87,8 @@ pub async fn attach(app: &crate::app::App) {
     };
     match Replica::start(cache, config).await {
         Ok(replica) => {
+            app.inflight
+                .set_remote(Arc::new(leases::Leases(replica.clone())));
             let _ = app.replica.set(replica);
         }
         Err(err) => tracing::error!(error = %err, "[redis] unusable; this replica runs alone"),
@@ -112,6 +122,7 @@ impl Replica {
             cache: cache.clone(),
             embedder,
             up: AtomicBool::new(false),
+            waiters: Arc::default(),
             stats: Stats::default(),
         });
         let sink = publish::start(replica.clone());
@@ -151,6 +162,11 @@ impl Replica {
 
     fn entry_key(&self, exact: &crate::cache::key::Hash32) -> String {
         self.key(&format!("entry:{}", hex(exact.as_bytes())))
+    }
+
+    /// The claim on a miss in flight under `exact` (`leases`).
+    fn lease_key(&self, exact: &crate::cache::key::Hash32) -> String {
+        self.key(&format!("lease:{}", hex(exact.as_bytes())))
     }
 
     fn timeout(&self) -> Duration {

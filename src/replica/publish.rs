@@ -1,6 +1,7 @@
 //! Local stores and admin deletes → Redis. The cache's observer only queues (it runs on the
 //! storing thread); one task writes each batch as a pipeline: the entry under its own key
-//! with the entry's expiry, and an event in the log. While Redis is away, the exact keys of
+//! with the entry's expiry, an event in the log, and the end of any lease on its key
+//! (`leases`). While Redis is away, the exact keys of
 //! what was stored or deleted are kept and sent again once it answers.
 
 use std::collections::HashMap;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::{Replica, ReplicaError, codec, hex};
+use super::{Replica, ReplicaError, codec, hex, leases};
 use crate::cache::entry::Entry;
 use crate::cache::events::CacheEvents;
 use crate::cache::key::Hash32;
@@ -62,12 +63,12 @@ impl Sink {
 }
 
 impl CacheEvents for Sink {
-    fn stored(&self, entry: &Entry, vector: Option<&[f32]>) {
+    fn stored(&self, id: u64, entry: &Entry, vector: Option<&[f32]>) {
         self.send(Event::Put {
             exact: entry.exact(),
             created_ms: entry.created_ms,
             expires_ms: entry.expires_ms,
-            payload: codec::encode(&self.replica.embedder, entry, vector),
+            payload: codec::encode(id, &self.replica.embedder, entry, vector),
         });
     }
 
@@ -169,12 +170,13 @@ async fn resolve(replica: &Arc<Replica>, kept: Vec<(Hash32, Option<u64>)>) -> Ve
             .filter_map(|(exact, deleted)| match deleted {
                 Some(created_ms) => Some(Event::Del { exact, created_ms }),
                 None => {
-                    let (entry, vector) = replica.cache.stored_answer(&exact)?;
+                    let (id, entry, vector) = replica.cache.stored_answer(&exact)?;
+                    let payload = codec::encode(id, &replica.embedder, &entry, vector.as_deref());
                     Some(Event::Put {
                         exact,
                         created_ms: entry.created_ms,
                         expires_ms: entry.expires_ms,
-                        payload: codec::encode(&replica.embedder, &entry, vector.as_deref()),
+                        payload,
                     })
                 }
             })
@@ -207,10 +209,21 @@ async fn publish(replica: &Replica, events: &[Event]) -> Result<(), ReplicaError
                     .arg("p")
                     .arg(payload.as_slice())
                     .ignore();
+                // A lease on this key (a miss in flight, `leases`) ends: replicas waiting on
+                // it know the entry is in the log ahead of them.
+                pipe.cmd("SET")
+                    .arg(replica.lease_key(exact))
+                    .arg(leases::STORED)
+                    .arg("XX")
+                    .arg("PX")
+                    .arg(leases::STORED_MARK_MS)
+                    .ignore();
             }
             Event::Del { exact, created_ms } => {
                 pipe.cmd("DEL").arg(replica.entry_key(exact)).ignore();
                 xadd(&mut pipe, replica, &log, "del", exact, *created_ms).ignore();
+                // No replica should wait for an answer that is gone (its `stored` mark).
+                pipe.cmd("DEL").arg(replica.lease_key(exact)).ignore();
             }
         }
     }

@@ -4,8 +4,8 @@
 //! at most `step`, at most once per `adjust_interval_secs`, in the spirit of vCache
 //! (thresholds learned online under an error bound).
 
-use super::config::TrustConfig;
 use super::estimate::{Estimate, Window};
+use crate::config::TrustConfig;
 
 /// "Far below" the budget: the upper bound under this share of it.
 const FAR_BELOW: f64 = 0.5;

@@ -12,9 +12,8 @@
 //! (`no_cache`).
 
 pub mod budget;
-pub mod config;
 pub mod estimate;
-pub mod feedback;
+mod feedback;
 pub mod judge;
 mod report;
 mod shadow;
@@ -29,9 +28,9 @@ use parking_lot::Mutex;
 use crate::app::App;
 use crate::cache::Hit;
 use crate::cache::Partition;
-use crate::cached::Lookup;
+pub use crate::config::TrustConfig;
+use crate::flow::Lookup;
 use budget::Learned;
-pub use config::TrustConfig;
 use estimate::{Sample, Window};
 use feedback::{Kind, Recent, Served};
 use judge::Verdict;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::Trust;
 use super::feedback::Kind;
 use crate::app::App;
-use crate::body::ProxyBody;
+use crate::wire::body::ProxyBody;
 
 impl Trust {
     /// The `trust` section of `/admin/stats`: per model and namespace, the estimate at the
@@ -206,16 +206,16 @@ fn escape(value: &str) -> String {
 /// fed to its model's and namespace's estimate.
 pub async fn mark_wrong(app: &Arc<App>, id: u64) -> Response<ProxyBody> {
     let Some(cache) = app.cache.clone() else {
-        return crate::admin::error(StatusCode::SERVICE_UNAVAILABLE, "caching is off");
+        return crate::ops::admin::error(StatusCode::SERVICE_UNAVAILABLE, "caching is off");
     };
     let found = tokio::task::spawn_blocking(move || cache.get(id)).await;
     let entry = match found {
         Ok(Ok(Some(entry))) => entry,
         Ok(Ok(None)) => {
-            return crate::admin::error(StatusCode::NOT_FOUND, &format!("no entry {id}"));
+            return crate::ops::admin::error(StatusCode::NOT_FOUND, &format!("no entry {id}"));
         }
         _ => {
-            return crate::admin::error(StatusCode::SERVICE_UNAVAILABLE, "cache read failed");
+            return crate::ops::admin::error(StatusCode::SERVICE_UNAVAILABLE, "cache read failed");
         }
     };
     let trust = &app.trust;
@@ -229,7 +229,7 @@ pub async fn mark_wrong(app: &Arc<App>, id: u64) -> Response<ProxyBody> {
         }
     };
     trust.wrong(app, Kind::Admin, id, similarity, group.clone());
-    crate::admin::json_response(
+    crate::ops::admin::json_response(
         StatusCode::OK,
         json!({"marked_wrong": id, "evicted": true, "model": group.0, "namespace": group.1}),
     )

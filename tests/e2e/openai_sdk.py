@@ -1,4 +1,4 @@
-"""deja end to end with the official `openai` Python SDK (run by tests/openai_sdk.rs).
+"""deja end to end with the official `openai` Python SDK (run by tests/it/openai_sdk.rs).
 
 Each request is made twice against deja (OPENAI_BASE_URL): the first goes upstream (a miss),
 the second must be served from the cache and look the same to the SDK. Covered: a plain

@@ -227,6 +227,8 @@ mod tests {
         for id in 0..40 {
             index.insert(Hash32([1; 32]), id, &unit(id));
         }
+        // The graph is built in the background.
+        assert!(index.settle(std::time::Duration::from_secs(60)));
         assert_eq!(index.dump(&dumps, ANY), 1);
         assert_eq!(
             index.dump(&dumps, ANY),

@@ -2,7 +2,7 @@
 //! best few are re-scored from the store's f32 vectors, so the similarities are exact.
 
 use super::quantized::{self, Query};
-use super::{Candidate, VectorSource};
+use super::Candidate;
 
 pub struct Flat {
     pub dim: usize,
@@ -65,26 +65,64 @@ impl Flat {
         self.codes.truncate(last);
     }
 
-    /// Up to `k` rows, most similar first, with exact similarities from `source`.
-    pub fn search(&self, query: &[f32], k: usize, source: &dyn VectorSource) -> Vec<Candidate> {
-        let coded = Query::new(query);
-        let approximate = self
-            .ids
+    /// The vector stored for `id`, decoded from its codes (which encode back to the same
+    /// codes).
+    pub fn get(&self, id: u64) -> Option<Vec<f32>> {
+        let row = self.ids.iter().position(|&x| x == id)?;
+        let codes = self.codes.get(row * self.dim..(row + 1) * self.dim)?;
+        Some(quantized::dequantize(codes, self.inv_norms[row]))
+    }
+
+    /// Keeps only the rows whose id passes `keep`, in one pass.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        let mut kept = 0;
+        for row in 0..self.ids.len() {
+            let id = self.ids[row];
+            if keep(id) {
+                if kept != row {
+                    self.ids[kept] = id;
+                    self.inv_norms[kept] = self.inv_norms[row];
+                    self.codes
+                        .copy_within(row * self.dim..(row + 1) * self.dim, kept * self.dim);
+                }
+                kept += 1;
+            }
+        }
+        self.ids.truncate(kept);
+        self.inv_norms.truncate(kept);
+        self.codes.truncate(kept * self.dim);
+    }
+
+    /// Every row with the similarity of its codes to `query`, to be re-scored exactly
+    /// (`quantized::rescore`).
+    pub fn approximate(&self, query: &Query) -> Vec<Candidate> {
+        self.ids
             .iter()
             .zip(self.codes.chunks_exact(self.dim))
             .zip(&self.inv_norms)
             .map(|((&id, codes), &inv_norm)| Candidate {
                 id,
-                similarity: quantized::cosine(&coded.codes, coded.inv_norm, codes, inv_norm),
+                similarity: quantized::cosine(&query.codes, query.inv_norm, codes, inv_norm),
             })
-            .collect();
-        quantized::rescore(approximate, query, k, source)
+            .collect()
+    }
+
+    /// Up to `k` rows, most similar first, with exact similarities from `source`.
+    #[cfg(test)]
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        source: &dyn super::VectorSource,
+    ) -> Vec<Candidate> {
+        quantized::rescore(self.approximate(&Query::new(query)), query, k, source)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::index::VectorSource;
     use crate::cache::index::normalize;
 
     struct Rows(Vec<Vec<f32>>);

@@ -1,12 +1,19 @@
 //! One large scope's HNSW graph (`hnsw`, over int8 codes), with the ids it may return.
 //!
-//! The graph navigates on codes; the best candidates are then re-scored from the store's f32
-//! vectors (`quantized::rescore`), so the similarity deja compares to its threshold is exact.
-//! There is no delete: removed ids are remembered as dead, over-fetched past, and the owner
-//! rebuilds the graph (`compacted`) once too many pile up.
+//! The graph navigates on codes; the partition then re-scores the best candidates from the
+//! store's f32 vectors (`quantized::rescore`), so the similarity deja compares to its
+//! threshold is exact. There is no delete: removed ids are remembered as dead, over-fetched
+//! past, and the partition rebuilds the graph (`compacted`) once too many pile up.
+//!
+//! Every method takes `&self`, so the index worker adds points while searches go on: an
+//! insert is planned under the graph's read lock (the slow part: a search of the graph) and
+//! written under its write lock in a few microseconds. Only the worker adds points (under
+//! the partition's `graph_points` lock), so a plan is never outdated when it is written.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{RwLock, RwLockReadGuard};
 
 use super::hnsw::Hnsw;
 use super::quantized::{self, RESCORE_EXTRA};
@@ -21,12 +28,13 @@ pub type GraphHnsw = Hnsw;
 pub struct Graph {
     pub dim: usize,
     params: HnswParams,
-    hnsw: Hnsw,
-    /// Ids whose nodes may be returned; the graph also holds removed (dead) ones.
-    live: HashSet<u64>,
-    dead: usize,
+    hnsw: RwLock<Hnsw>,
+    /// Ids whose nodes may be returned; the graph also holds removed (dead) ones, and nodes
+    /// added but not admitted yet.
+    live: RwLock<HashSet<u64>>,
+    dead: AtomicUsize,
     /// Bumped by every insert and removal, so a dump knows whether it is stale.
-    changes: u64,
+    changes: AtomicU64,
     /// `changes` as of the last dump that covered this graph.
     dumped: AtomicU64,
 }
@@ -36,10 +44,10 @@ impl Graph {
         Graph {
             dim,
             params,
-            hnsw,
-            live,
-            dead,
-            changes: 1,
+            hnsw: RwLock::new(hnsw),
+            live: RwLock::new(live),
+            dead: AtomicUsize::new(dead),
+            changes: AtomicU64::new(1),
             dumped: AtomicU64::new(0),
         }
     }
@@ -87,66 +95,97 @@ impl Graph {
                 inserted += 1;
             }
         }
-        let mut graph = Graph::new(dim, hnsw, live_now, dead, params);
-        graph.changes = u64::from(dead > 0 || inserted > 0);
+        let graph = Graph::new(dim, hnsw, live_now, dead, params);
+        graph
+            .changes
+            .store(u64::from(dead > 0 || inserted > 0), Ordering::Relaxed);
         Some(graph)
     }
 
-    pub fn hnsw(&self) -> &Hnsw {
-        &self.hnsw
-    }
-
-    pub fn set_ef_search(&mut self, ef_search: usize) {
-        self.params.ef_search = ef_search;
+    /// The graph itself, for a dump; inserts wait while it is held.
+    pub fn hnsw(&self) -> RwLockReadGuard<'_, Hnsw> {
+        self.hnsw.read()
     }
 
     pub fn live(&self) -> usize {
-        self.live.len()
+        self.live.read().len()
     }
 
-    pub fn insert(&mut self, id: u64, vector: &[f32]) {
-        if self.live.insert(id) {
-            self.hnsw.insert(id, vector);
-            self.changes += 1;
+    pub fn is_live(&self, id: u64) -> bool {
+        self.live.read().contains(&id)
+    }
+
+    /// Inserts points without making them searchable: `admit` or `added_dead` settles each
+    /// one. Each is planned while searches go on and written in a short exclusive step.
+    pub fn add(&self, rows: &[(u64, Vec<f32>)]) {
+        for (id, vector) in rows {
+            let insertion = self.hnsw.read().plan(*id, vector);
+            self.hnsw.write().apply(insertion);
         }
     }
 
-    pub fn remove(&mut self, id: u64) {
-        if self.live.remove(&id) {
-            self.dead += 1;
-            self.changes += 1;
+    /// Makes added points searchable.
+    pub fn admit(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut live = self.live.write();
+        for id in ids {
+            live.insert(id);
+            self.changes.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts added points whose entries were removed before they were admitted.
+    pub fn added_dead(&self, count: usize) {
+        self.dead.fetch_add(count, Ordering::Relaxed);
+        self.changes.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// Whether `id` was live (and is now dead).
+    pub fn remove(&self, id: u64) -> bool {
+        let removed = self.live.write().remove(&id);
+        if removed {
+            self.dead.fetch_add(1, Ordering::Relaxed);
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     pub fn dead_ratio(&self) -> f32 {
-        self.dead as f32 / (self.dead + self.live.len()).max(1) as f32
+        let dead = self.dead.load(Ordering::Relaxed);
+        dead as f32 / (dead + self.live()).max(1) as f32
     }
 
     /// A new graph of the live nodes only (dropping the dead), built from this graph's codes.
     pub fn compacted(&self) -> Graph {
+        let ids = self.live.read().clone();
+        let old = self.hnsw.read();
         let mut hnsw = Hnsw::new(
             self.dim,
             self.params.m,
             self.params.ef_construction,
-            self.live.len(),
+            ids.len(),
         );
-        for (node, id) in self.hnsw.ids().iter().enumerate() {
-            if self.live.contains(id) {
-                let (codes, inv_norm) = self.hnsw.code(node);
+        for (node, id) in old.ids().iter().enumerate() {
+            if ids.contains(id) {
+                let (codes, inv_norm) = old.code(node);
                 hnsw.insert_code(*id, codes, inv_norm);
             }
         }
-        Graph::new(self.dim, hnsw, self.live.clone(), 0, self.params)
+        Graph::new(self.dim, hnsw, ids, 0, self.params)
+    }
+
+    /// Live ids, copied.
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.live.read().iter().copied().collect()
     }
 
     /// Changes not yet covered by a dump.
     pub fn unsaved(&self) -> u64 {
-        self.changes
+        self.changes()
             .saturating_sub(self.dumped.load(Ordering::Relaxed))
     }
 
     pub fn changes(&self) -> u64 {
-        self.changes
+        self.changes.load(Ordering::Relaxed)
     }
 
     pub fn mark_dumped(&self, changes: u64) {
@@ -156,31 +195,49 @@ impl Graph {
     /// The live nodes as unit vectors (decoded from their codes, which a flat partition
     /// encodes back to the same codes), to turn a shrunken graph back into a flat scan.
     pub fn live_rows(&self) -> Vec<(u64, Vec<f32>)> {
-        self.hnsw
-            .ids()
+        let live = self.live.read();
+        let hnsw = self.hnsw.read();
+        hnsw.ids()
             .iter()
             .enumerate()
-            .filter(|(_, id)| self.live.contains(id))
+            .filter(|(_, id)| live.contains(id))
             .map(|(node, &id)| {
-                let (codes, inv_norm) = self.hnsw.code(node);
+                let (codes, inv_norm) = hnsw.code(node);
                 (id, quantized::dequantize(codes, inv_norm))
             })
             .collect()
     }
 
-    /// Up to `k` live candidates, most similar first, with exact similarities from `source`.
-    pub fn search(&self, query: &[f32], k: usize, source: &dyn VectorSource) -> Vec<Candidate> {
-        let fetch = k + RESCORE_EXTRA + OVERFETCH + self.dead.min(OVERFETCH * 4);
-        let approximate = self
-            .hnsw
-            .search(query, fetch, self.params.ef_search.max(fetch))
+    /// Live candidates by the similarity of their codes, enough of them for `k` to be
+    /// re-scored exactly (`quantized::rescore`).
+    pub fn approximate(&self, query: &[f32], k: usize, ef_search: usize) -> Vec<Candidate> {
+        let dead = self.dead.load(Ordering::Relaxed);
+        let fetch = k + RESCORE_EXTRA + OVERFETCH + dead.min(OVERFETCH * 4);
+        let found: Vec<Candidate> = {
+            let hnsw = self.hnsw.read();
+            hnsw.search(query, fetch, ef_search.max(fetch))
+                .into_iter()
+                .map(|(node, similarity)| Candidate {
+                    id: hnsw.ids()[node as usize],
+                    similarity,
+                })
+                .collect()
+        };
+        let live = self.live.read();
+        found
             .into_iter()
-            .map(|(node, similarity)| Candidate {
-                id: self.hnsw.ids()[node as usize],
-                similarity,
-            })
-            .filter(|candidate| self.live.contains(&candidate.id))
-            .collect();
-        quantized::rescore(approximate, query, k, source)
+            .filter(|candidate| live.contains(&candidate.id))
+            .collect()
+    }
+
+    /// Up to `k` live candidates, most similar first, with exact similarities from `source`.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef_search: usize,
+        source: &dyn VectorSource,
+    ) -> Vec<Candidate> {
+        quantized::rescore(self.approximate(query, k, ef_search), query, k, source)
     }
 }

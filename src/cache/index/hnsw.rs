@@ -34,7 +34,6 @@ pub struct Hnsw {
     /// For nodes above layer 0: `m` slots for each of layers 1..=level.
     pub(super) upper: HashMap<u32, Box<[u32]>>,
     pub(super) entry: Option<u32>,
-    pub(super) rng: fastrand::Rng,
 }
 
 /// A node and its similarity to whatever is being searched for; ordered by similarity.
@@ -69,7 +68,6 @@ impl Hnsw {
             base: Vec::with_capacity(capacity * 2 * m),
             upper: HashMap::new(),
             entry: None,
-            rng: fastrand::Rng::with_seed(0x5eed),
         }
     }
 
@@ -92,49 +90,96 @@ impl Hnsw {
 
     /// Adds `vector` as a new node for `id`.
     pub fn insert(&mut self, id: u64, vector: &[f32]) {
-        let inv_norm = quantized::quantize_into(vector, &mut self.codes);
-        self.link_new(id, inv_norm);
+        let insertion = self.plan(id, vector);
+        self.apply(insertion);
     }
 
     /// Adds a node from codes (a rebuild from another graph's nodes).
     pub fn insert_code(&mut self, id: u64, codes: &[i8], inv_norm: f32) {
-        self.codes.extend_from_slice(codes);
-        self.link_new(id, inv_norm);
+        let insertion = self.plan_code(id, codes.to_vec(), inv_norm);
+        self.apply(insertion);
     }
 
-    /// Links the node whose codes were just appended.
-    fn link_new(&mut self, id: u64, inv_norm: f32) {
-        let node = self.ids.len() as u32;
-        let level = self.random_level();
+    /// Finds where a new node for `id` goes without changing the graph: the slow part of an
+    /// insert, which can run under a read lock while searches go on. `apply` then writes it.
+    pub fn plan(&self, id: u64, vector: &[f32]) -> Insertion {
+        let mut codes = Vec::with_capacity(vector.len());
+        let inv_norm = quantized::quantize_into(vector, &mut codes);
+        self.plan_code(id, codes, inv_norm)
+    }
+
+    pub fn plan_code(&self, id: u64, codes: Vec<i8>, inv_norm: f32) -> Insertion {
+        let level = level_of(id, self.m);
+        let mut insertion = Insertion {
+            node: self.ids.len() as u32,
+            id,
+            level,
+            query: Query { codes, inv_norm },
+            links: Vec::new(),
+            backlinks: Vec::new(),
+        };
+        let Some(entry) = self.entry else {
+            return insertion;
+        };
+        let query = &insertion.query;
+        let top = self.levels[entry as usize];
+        let mut nearest = self.descend(query, entry, top, level);
+        let mut links = vec![Vec::new(); usize::from(level.min(top)) + 1];
+        let mut backlinks = Vec::new();
+        for layer in (0..=level.min(top)).rev() {
+            let found = self.search_layer(query, nearest, self.ef_construction, layer);
+            let chosen = self.select(&found, self.m);
+            for &neighbour in &chosen {
+                if let Some(slot) = self.backlink_slot(neighbour, query, layer) {
+                    backlinks.push((neighbour, layer, slot));
+                }
+            }
+            links[usize::from(layer)] = chosen;
+            nearest = found.first().map_or(nearest, |s| s.1);
+        }
+        insertion.links = links;
+        insertion.backlinks = backlinks;
+        insertion
+    }
+
+    /// Writes a planned node. The plan must be of this graph as it is (no other node added
+    /// since); one that is not is planned again here.
+    pub fn apply(&mut self, insertion: Insertion) {
+        let insertion = if insertion.node as usize == self.ids.len() {
+            insertion
+        } else {
+            self.plan_code(insertion.id, insertion.query.codes, insertion.query.inv_norm)
+        };
+        let Insertion {
+            node,
+            id,
+            level,
+            query,
+            links,
+            backlinks,
+        } = insertion;
         self.ids.push(id);
         self.levels.push(level);
-        self.inv_norms.push(inv_norm);
+        self.inv_norms.push(query.inv_norm);
+        self.codes.extend_from_slice(&query.codes);
         self.base.extend(std::iter::repeat_n(NONE, 2 * self.m));
         if level > 0 {
             self.upper
                 .insert(node, vec![NONE; usize::from(level) * self.m].into());
         }
-        let Some(entry) = self.entry else {
-            self.entry = Some(node);
-            return;
-        };
-        let (codes, inv) = self.code(node as usize);
-        let query = Query {
-            codes: codes.to_vec(),
-            inv_norm: inv,
-        };
-        let top = self.levels[entry as usize];
-        let mut nearest = self.descend(&query, entry, top, level);
-        for layer in (0..=level.min(top)).rev() {
-            let found = self.search_layer(&query, nearest, self.ef_construction, layer);
-            let chosen = self.select(&found, self.m);
-            self.set_links(node, layer, &chosen);
-            for &neighbour in &chosen {
-                self.add_link(neighbour, node, layer);
-            }
-            nearest = found.first().map_or(nearest, |s| s.1);
+        for (layer, chosen) in links.iter().enumerate() {
+            self.set_links(node, layer as u8, chosen);
         }
-        if level > top {
+        for (neighbour, layer, slot) in backlinks {
+            if let Some(slot) = self
+                .slots_mut(neighbour, layer)
+                .and_then(|slots| slots.get_mut(slot))
+            {
+                *slot = node;
+            }
+        }
+        let top = self.entry.map(|entry| self.levels[entry as usize]);
+        if top.is_none_or(|top| level > top) {
             self.entry = Some(node);
         }
     }
@@ -230,28 +275,22 @@ impl Hnsw {
         chosen
     }
 
-    /// Links `neighbour` back to `node`; when its list is full, the least similar link (or the
-    /// new one) is dropped.
-    fn add_link(&mut self, neighbour: u32, node: u32, layer: u8) {
-        let Some(slots) = self.slots_mut(neighbour, layer) else {
-            return;
-        };
-        if let Some(free) = slots.iter_mut().find(|s| **s == NONE) {
-            *free = node;
-            return;
+    /// The slot of `neighbour`'s links on `layer` that should link back to a new node
+    /// (`query`): a free one, or else the least similar link's if the new node is more
+    /// similar than it; None when the new node is the least similar.
+    fn backlink_slot(&self, neighbour: u32, query: &Query, layer: u8) -> Option<usize> {
+        let slots = self.slots(neighbour, layer)?;
+        if let Some(free) = slots.iter().position(|&s| s == NONE) {
+            return Some(free);
         }
-        let current: Vec<u32> = slots.to_vec();
-        let (worst_slot, worst) = current
+        let (worst_slot, worst) = slots
             .iter()
             .enumerate()
             .map(|(slot, &link)| (slot, self.node_similarity(neighbour, link)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .unwrap_or((0, f32::MAX));
-        if self.node_similarity(neighbour, node) > worst
-            && let Some(slots) = self.slots_mut(neighbour, layer)
-        {
-            slots[worst_slot] = node;
-        }
+            .min_by(|a, b| a.1.total_cmp(&b.1))?;
+        let (codes, inv) = self.code(neighbour as usize);
+        let similarity = quantized::cosine(codes, inv, &query.codes, query.inv_norm);
+        (similarity > worst).then_some(worst_slot)
     }
 
     fn set_links(&mut self, node: u32, layer: u8, links: &[u32]) {
@@ -264,19 +303,22 @@ impl Hnsw {
 
     /// The links of `node` on `layer` (none if it does not reach that layer).
     fn links(&self, node: u32, layer: u8) -> impl Iterator<Item = &u32> {
-        let slots: &[u32] = if layer == 0 {
-            &self.base[node as usize * 2 * self.m..][..2 * self.m]
+        self.slots(node, layer)
+            .unwrap_or(&[])
+            .iter()
+            .take_while(|&&s| s != NONE)
+    }
+
+    fn slots(&self, node: u32, layer: u8) -> Option<&[u32]> {
+        let m = self.m;
+        if layer == 0 {
+            self.base.get(node as usize * 2 * m..)?.get(..2 * m)
         } else {
             self.upper
-                .get(&node)
-                .and_then(|upper| {
-                    upper
-                        .get((usize::from(layer) - 1) * self.m..)?
-                        .get(..self.m)
-                })
-                .unwrap_or(&[])
-        };
-        slots.iter().take_while(|&&s| s != NONE)
+                .get(&node)?
+                .get((usize::from(layer) - 1) * m..)?
+                .get(..m)
+        }
     }
 
     fn slots_mut(&mut self, node: u32, layer: u8) -> Option<&mut [u32]> {
@@ -300,13 +342,6 @@ impl Hnsw {
         let (ca, ia) = self.code(a as usize);
         let (cb, ib) = self.code(b as usize);
         quantized::cosine(ca, ia, cb, ib)
-    }
-
-    /// A level drawn as in the HNSW paper: P(level >= l) = m^-l.
-    fn random_level(&mut self) -> u8 {
-        let u = 1.0 - self.rng.f64(); // (0, 1]
-        let level = -u.ln() / (self.m as f64).ln();
-        (level.floor() as u8).min(MAX_LEVEL)
     }
 
     /// Checks the invariants a loaded dump must hold (so a search cannot index out of
@@ -333,6 +368,31 @@ impl Hnsw {
                     }
             })
     }
+}
+
+/// A node's level, drawn as in the HNSW paper (P(level >= l) = m^-l) from a hash of its id,
+/// so planning an insert needs no random state.
+fn level_of(id: u64, m: usize) -> u8 {
+    // splitmix64: consecutive ids get unrelated levels.
+    let mut z = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let u = 1.0 - (z >> 11) as f64 / (1u64 << 53) as f64; // (0, 1]
+    let level = -u.ln() / (m as f64).ln();
+    (level.floor() as u8).min(MAX_LEVEL)
+}
+
+/// A new node's place, found by `Hnsw::plan` and written by `Hnsw::apply`.
+pub struct Insertion {
+    node: u32,
+    id: u64,
+    level: u8,
+    query: Query,
+    /// The node's links on layers 0..=min(level, top).
+    links: Vec<Vec<u32>>,
+    /// (neighbour, layer, slot): a neighbour's slot that links back to the node.
+    backlinks: Vec<(u32, u8, usize)>,
 }
 
 /// Which nodes a search has seen: one bit per node.

@@ -107,7 +107,6 @@ pub fn read(input: impl Read, file_len: u64) -> io::Result<Hnsw> {
         base,
         upper,
         entry,
-        rng: fastrand::Rng::with_seed(n as u64),
     };
     if hnsw.is_consistent() {
         Ok(hnsw)

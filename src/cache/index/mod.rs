@@ -2,28 +2,40 @@
 //!
 //! A semantic hit is only allowed between prompts of the same scope, so each scope gets its
 //! own partition and a search never even sees another tenant's or conversation's vectors.
-//! Small partitions (most scopes: one conversation prefix) are searched exactly (`flat`); a
-//! partition that grows past `hnsw_min_entries` gets an `hnsw_rs` graph (`graph`). HNSW has no delete: removed ids are
-//! remembered as dead, over-fetched past, and the graph is rebuilt once the dead pass
-//! `compact_dead_ratio`. Graphs are dumped to disk (`dump`) so a restart reloads them.
-//! All methods block (CPU work): call them off the async workers.
+//! Vectors are kept as int8 codes (`quantized`, 4x smaller than f32); candidates found by
+//! their codes are re-scored exactly from the store's f32 vectors. Small partitions (most
+//! scopes: one conversation prefix) are scanned (`flat`); a partition that grows past
+//! `hnsw_min_entries` gets an HNSW graph (`graph` over our own compact `hnsw`). HNSW has no
+//! delete: removed ids are remembered as dead, over-fetched past, and the graph is rebuilt
+//! once the dead pass `compact_dead_ratio`. Graphs are dumped to disk (`dump`) so a restart
+//! reloads them.
+//!
+//! Nothing a request calls waits for a graph: inserts, builds and rebuilds run on a
+//! background worker (`worker`), and a partition searches the vectors not yet in its graph
+//! exactly meanwhile (`partition`). Methods still take locks and do CPU work (a search):
+//! call them off the async workers.
 
 mod dump;
 mod flat;
 mod graph;
 mod hnsw;
 mod hnsw_file;
+mod partition;
 mod quantized;
+mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
 pub use dump::Dumps;
 use flat::Flat;
 use graph::Graph;
+use partition::{Effect, Limits, Partition};
+use worker::{Context, StoreVectors, Worker};
 
 use super::key::Hash32;
 
@@ -31,6 +43,11 @@ use super::key::Hash32;
 pub struct IndexSettings {
     pub hnsw_min_entries: usize,
     pub compact_dead_ratio: f32,
+    /// Vectors of a graph scope that may wait for the worker, searched exactly meanwhile;
+    /// older ones past this wait in the store only (deferred: not searchable until indexed).
+    /// Every search of the scope scans them: 512 × 1536 dimensions is ~0.1 ms, and a worker
+    /// that keeps up holds fewer than one batch (128).
+    pub max_pending: usize,
     pub params: HnswParams,
 }
 
@@ -39,6 +56,7 @@ impl Default for IndexSettings {
         Self {
             hnsw_min_entries: 4096,
             compact_dead_ratio: 0.25,
+            max_pending: 512,
             params: HnswParams::default(),
         }
     }
@@ -54,14 +72,12 @@ pub struct HnswParams {
 }
 
 impl Default for HnswParams {
-    /// ef_search 128: on 100k random 384-d vectors recall@1 was 0.970 at 64 and 1.000 at 128
-    /// (`benches/results/index_scale.md`). A missed hit costs an upstream call; the wider
-    /// search costs about 2x a search of a few ms.
+    /// The configuration's defaults (`crate::config::cache` says why).
     fn default() -> Self {
         Self {
-            m: 16,
-            ef_construction: 200,
-            ef_search: 128,
+            m: crate::config::DEFAULT_HNSW_M,
+            ef_construction: crate::config::DEFAULT_HNSW_EF_CONSTRUCTION,
+            ef_search: crate::config::DEFAULT_HNSW_EF_SEARCH,
         }
     }
 }
@@ -85,21 +101,48 @@ pub struct DumpPolicy {
     pub min_changes: u64,
 }
 
+/// How far the background work is behind its inserts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Vectors waiting for their scope's graph, searched exactly meanwhile.
+    pub pending: usize,
+    /// Vectors waiting in the store only, not searchable until the worker indexes them.
+    pub deferred: usize,
+    /// Partitions queued for the worker.
+    pub queued: usize,
+}
+
 pub struct VectorIndex {
     settings: IndexSettings,
     /// `settings.params.ef_search`, changeable while running (a reload).
     ef_search: AtomicUsize,
     source: Arc<dyn VectorSource>,
-    partitions: RwLock<HashMap<Hash32, Arc<RwLock<Partition>>>>,
+    partitions: RwLock<HashMap<Hash32, Arc<Partition>>>,
+    /// Vectors that had to wait in the store only, since start-up.
+    deferred_total: AtomicU64,
+    context: Context,
+    worker: Worker,
 }
 
 impl VectorIndex {
     pub fn new(settings: IndexSettings, source: Arc<dyn VectorSource>) -> Self {
+        let context = || Context {
+            limits: Limits {
+                hnsw_min_entries: settings.hnsw_min_entries,
+                compact_dead_ratio: settings.compact_dead_ratio,
+                max_pending: settings.max_pending,
+            },
+            params: settings.params,
+            source: StoreVectors(Arc::downgrade(&source)),
+        };
         Self {
             settings,
             ef_search: AtomicUsize::new(settings.params.ef_search),
-            source,
+            source: source.clone(),
             partitions: RwLock::new(HashMap::new()),
+            deferred_total: AtomicU64::new(0),
+            worker: Worker::start(context()),
+            context: context(),
         }
     }
 
@@ -111,28 +154,30 @@ impl VectorIndex {
         }
     }
 
-    /// Adds a unit vector for `id` in `scope`.
+    /// Adds a unit vector for `id` in `scope`. Returns at once: a scope with a graph (or one
+    /// that needs one) gets it in the background, and searches find the vector meanwhile.
     pub fn insert(&self, scope: Hash32, id: u64, vector: &[f32]) {
         let partition = self
             .partitions
             .write()
             .entry(scope)
-            .or_insert_with(|| Arc::new(RwLock::new(Partition::Flat(Flat::new(vector.len())))))
+            .or_insert_with(|| Arc::new(Partition::new(vector.len())))
             .clone();
-        let mut partition = partition.write();
-        if partition.dim() != vector.len() {
+        if partition.dim != vector.len() {
             // A vector from another model; the cache layer prevents this, never mix them.
             return;
         }
-        match &mut *partition {
-            Partition::Flat(flat) => {
-                flat.insert(id, vector);
-                if flat.ids.len() >= self.settings.hnsw_min_entries {
-                    let graph = Graph::from_f32(flat.dim, flat.rows(), self.params());
-                    *partition = Partition::Graph(Box::new(graph));
-                }
-            }
-            Partition::Graph(graph) => graph.insert(id, vector),
+        let before = self.deferred_total.load(Ordering::Relaxed);
+        let effect = partition.insert(id, vector, &self.context.limits, &self.deferred_total);
+        if before == 0 && self.deferred_total.load(Ordering::Relaxed) > 0 {
+            tracing::warn!(
+                max_pending = self.settings.max_pending,
+                "index worker behind: older new entries wait in the store, searchable once \
+                 indexed (deja_index_deferred_total counts them)"
+            );
+        }
+        if effect == Effect::Work {
+            self.worker.schedule(&partition, &self.context);
         }
     }
 
@@ -143,13 +188,11 @@ impl VectorIndex {
         };
         let rows: Vec<_> = rows.into_iter().filter(|(_, v)| v.len() == dim).collect();
         let partition = if rows.len() >= self.settings.hnsw_min_entries {
-            Partition::Graph(Box::new(Graph::from_f32(dim, rows, self.params())))
+            Partition::from_graph(Graph::from_f32(dim, rows, self.params()))
         } else {
-            Partition::Flat(Flat::from_rows(dim, rows))
+            Partition::from_flat(Flat::from_rows(dim, rows))
         };
-        self.partitions
-            .write()
-            .insert(scope, Arc::new(RwLock::new(partition)));
+        self.partitions.write().insert(scope, Arc::new(partition));
     }
 
     /// Installs `scope`'s graph from its dump, reconciled with `live` (the store's ids for
@@ -180,21 +223,21 @@ impl VectorIndex {
             reconcile_ms = started.elapsed().as_millis() as u64 - loaded_ms,
             "index graph restored from its dump"
         );
-        let partition = if graph.dead_ratio() > self.settings.compact_dead_ratio {
+        let graph = if graph.dead_ratio() > self.settings.compact_dead_ratio {
             graph.compacted()
         } else {
             graph
         };
-        self.partitions.write().insert(
-            scope,
-            Arc::new(RwLock::new(Partition::Graph(Box::new(partition)))),
-        );
+        self.partitions
+            .write()
+            .insert(scope, Arc::new(Partition::from_graph(graph)));
         true
     }
 
     /// Dumps every graph with at least `policy.min_changes` changes since its last dump, and
     /// forgets dumps of scopes that have no graph any more; returns how many were written.
-    /// Inserts into a scope wait while its graph is written; searches do not.
+    /// The worker's inserts into a scope wait while its graph is written; searches and the
+    /// inserts of requests do not.
     pub fn dump(&self, dumps: &Dumps, policy: DumpPolicy) -> usize {
         let partitions: Vec<_> = self
             .partitions
@@ -204,16 +247,20 @@ impl VectorIndex {
             .collect();
         let mut written = 0;
         for (scope, partition) in partitions {
-            let partition = partition.read();
-            let Partition::Graph(graph) = &*partition else {
+            let Some(graph) = partition.graph() else {
                 continue;
             };
             if graph.unsaved() == 0 || graph.unsaved() < policy.min_changes {
                 continue;
             }
-            let changes = graph.changes();
-            match dumps.save(&scope, graph.dim, graph.hnsw()) {
-                Ok(()) => {
+            let saved = partition.with_graph_points(&graph, |graph| {
+                let changes = graph.changes();
+                dumps
+                    .save(&scope, graph.dim, &graph.hnsw())
+                    .map(|()| changes)
+            });
+            match saved {
+                Ok(changes) => {
                     graph.mark_dumped(changes);
                     written += 1;
                 }
@@ -230,21 +277,19 @@ impl VectorIndex {
         let Some(partition) = self.partitions.read().get(&scope).cloned() else {
             return;
         };
-        let mut guard = partition.write();
-        guard.remove(id);
-        if guard.live() == 0 {
-            drop(guard);
-            self.partitions.write().remove(&scope);
-            return;
-        }
-        if let Partition::Graph(graph) = &*guard
-            && graph.dead_ratio() > self.settings.compact_dead_ratio
-        {
-            *guard = if graph.live() < self.settings.hnsw_min_entries {
-                Partition::Flat(Flat::from_rows(graph.dim, graph.live_rows()))
-            } else {
-                Partition::Graph(Box::new(graph.compacted()))
-            };
+        match partition.remove(id, &self.context.limits) {
+            Effect::None => {}
+            Effect::Work => self.worker.schedule(&partition, &self.context),
+            Effect::Empty => {
+                let mut partitions = self.partitions.write();
+                // Unless an insert came in meanwhile.
+                if partitions
+                    .get(&scope)
+                    .is_some_and(|p| Arc::ptr_eq(p, &partition) && p.live() == 0)
+                {
+                    partitions.remove(&scope);
+                }
+            }
         }
     }
 
@@ -253,33 +298,26 @@ impl VectorIndex {
         let Some(partition) = self.partitions.read().get(&scope).cloned() else {
             return Vec::new();
         };
-        let partition = partition.read();
-        if partition.dim() != query.len() {
+        if partition.dim != query.len() {
             return Vec::new();
         }
-        let mut found = match &*partition {
-            Partition::Flat(flat) => flat.search(query, k, &*self.source),
-            Partition::Graph(graph) => graph.search(query, k, &*self.source),
-        };
-        found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-        found.truncate(k);
-        found
+        partition.search(
+            query,
+            k,
+            self.ef_search.load(Ordering::Relaxed),
+            &*self.source,
+        )
     }
 
     /// Sets the search breadth of every graph, existing and future.
     pub fn set_ef_search(&self, ef_search: usize) {
         self.ef_search.store(ef_search, Ordering::Relaxed);
-        for partition in self.partitions.read().values() {
-            if let Partition::Graph(graph) = &mut *partition.write() {
-                graph.set_ef_search(ef_search);
-            }
-        }
     }
 
-    /// Live vectors across all partitions.
+    /// Live vectors across all partitions (searchable or waiting to be).
     pub fn len(&self) -> usize {
         let partitions: Vec<_> = self.partitions.read().values().cloned().collect();
-        partitions.iter().map(|p| p.read().live()).sum()
+        partitions.iter().map(|p| p.live()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -289,33 +327,32 @@ impl VectorIndex {
     pub fn clear(&self) {
         self.partitions.write().clear();
     }
-}
 
-enum Partition {
-    Flat(Flat),
-    Graph(Box<Graph>),
-}
-
-impl Partition {
-    fn dim(&self) -> usize {
-        match self {
-            Partition::Flat(flat) => flat.dim,
-            Partition::Graph(graph) => graph.dim,
+    /// How far the background work is behind.
+    pub fn backlog(&self) -> Backlog {
+        let partitions: Vec<_> = self.partitions.read().values().cloned().collect();
+        let mut backlog = Backlog {
+            queued: self.worker.queued(),
+            ..Backlog::default()
+        };
+        for partition in partitions {
+            let (pending, deferred) = partition.waiting();
+            backlog.pending += pending;
+            backlog.deferred += deferred;
         }
+        backlog
     }
 
-    fn live(&self) -> usize {
-        match self {
-            Partition::Flat(flat) => flat.ids.len(),
-            Partition::Graph(graph) => graph.live(),
-        }
+    /// Vectors that had to wait in the store only (past `max_pending`), since start-up.
+    pub fn deferred_total(&self) -> u64 {
+        self.deferred_total.load(Ordering::Relaxed)
     }
 
-    fn remove(&mut self, id: u64) {
-        match self {
-            Partition::Flat(flat) => flat.remove(id),
-            Partition::Graph(graph) => graph.remove(id),
-        }
+    /// Waits, at most `timeout`, until the background work is done: every vector in its
+    /// graph, every build swapped in; whether it got there. For tests, benches and shutdown:
+    /// requests never wait for this.
+    pub fn settle(&self, timeout: Duration) -> bool {
+        self.worker.settle(timeout)
     }
 }
 
@@ -330,22 +367,27 @@ pub fn normalize(vector: &mut [f32]) -> bool {
 }
 
 #[cfg(test)]
+mod background_tests;
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+    /// Long enough for any background step of these small tests.
+    pub(super) const SETTLE: Duration = Duration::from_secs(60);
+
+    pub(super) fn unit(seed: u64, dim: usize) -> Vec<f32> {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
         normalize(&mut v);
         v
     }
 
-    fn scope(n: u8) -> Hash32 {
+    pub(super) fn scope(n: u8) -> Hash32 {
         Hash32([n; 32])
     }
 
     /// Test vectors are `unit(id, dim)`, so the source can regenerate them.
-    struct Regenerate(usize);
+    pub(super) struct Regenerate(pub usize);
 
     impl VectorSource for Regenerate {
         fn vector(&self, id: u64) -> Option<Vec<f32>> {
@@ -353,7 +395,7 @@ mod tests {
         }
     }
 
-    fn index(hnsw_min_entries: usize, dim: usize) -> VectorIndex {
+    pub(super) fn index(hnsw_min_entries: usize, dim: usize) -> VectorIndex {
         VectorIndex::new(
             IndexSettings {
                 hnsw_min_entries,
@@ -370,6 +412,7 @@ mod tests {
             for id in 0..50 {
                 index.insert(scope(1), id, &unit(id, 64));
             }
+            assert!(index.settle(SETTLE));
             let found = index.search(scope(1), &unit(7, 64), 3);
             assert_eq!(found[0].id, 7, "hnsw_min_entries={min}");
             assert!((found[0].similarity - 1.0).abs() < 1e-4);
@@ -392,13 +435,20 @@ mod tests {
             for id in 0..40 {
                 index.insert(scope(1), id, &unit(id, 32));
             }
+            assert!(index.settle(SETTLE));
             for id in 0..30 {
                 index.remove(scope(1), id);
             }
-            assert_eq!(index.len(), 10);
-            let found = index.search(scope(1), &unit(3, 32), 20);
-            assert!(found.iter().all(|c| c.id >= 30), "min={min}: {found:?}");
-            assert_eq!(found.len(), 10);
+            // Before and after the rebuild the removals call for.
+            for settled in [false, true] {
+                if settled {
+                    assert!(index.settle(SETTLE));
+                }
+                assert_eq!(index.len(), 10);
+                let found = index.search(scope(1), &unit(3, 32), 20);
+                assert!(found.iter().all(|c| c.id >= 30), "min={min}: {found:?}");
+                assert_eq!(found.len(), 10);
+            }
         }
     }
 
@@ -408,6 +458,9 @@ mod tests {
         for id in 0..600 {
             index.insert(scope(1), id, &unit(id, 48));
         }
+        assert!(index.settle(SETTLE));
+        let partition = index.partitions.read().get(&scope(1)).cloned().unwrap();
+        assert_eq!(partition.graph().map(|g| g.live()), Some(600));
         let hits = (0..600)
             .step_by(7)
             .filter(|&id| index.search(scope(1), &unit(id, 48), 1)[0].id == id)

@@ -78,8 +78,12 @@ pub fn rescore(
     k: usize,
     source: &dyn VectorSource,
 ) -> Vec<Candidate> {
-    approximate.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-    approximate.truncate(k + RESCORE_EXTRA);
+    let keep = k + RESCORE_EXTRA;
+    if approximate.len() > keep {
+        // The best `keep` without sorting the rest (a flat part has thousands of rows).
+        approximate.select_nth_unstable_by(keep - 1, |a, b| b.similarity.total_cmp(&a.similarity));
+        approximate.truncate(keep);
+    }
     let mut exact: Vec<Candidate> = approximate
         .into_iter()
         .filter_map(|candidate| {
@@ -91,6 +95,9 @@ pub fn rescore(
         })
         .collect();
     exact.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+    // One id may come twice (a partition's flat part and its graph); keep it once.
+    let mut seen = std::collections::HashSet::with_capacity(exact.len());
+    exact.retain(|c| seen.insert(c.id));
     exact.truncate(k);
     exact
 }

@@ -13,67 +13,16 @@
 //! pair over a bounded channel and waits at most `timeout_ms` for the score.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use crate::config::ModelVerifyConfig;
 
 /// Pairs waiting for the model at most; past that a candidate is rejected at once rather
 /// than queued behind work that would miss its deadline anyway.
 #[cfg_attr(not(any(test, feature = "local-embeddings")), allow(dead_code))]
 const QUEUE: usize = 32;
-
-/// `[cache.verify.model]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelVerifyConfig {
-    /// Off by default: it needs a model folder (README, "The verifier model").
-    pub enabled: bool,
-    /// A BERT-family sequence-classification cross-encoder: config.json, tokenizer.json,
-    /// model.safetensors. One output (a similarity, read through a sigmoid), two (label 1 is
-    /// "same"), or an NLI head with an "entailment" label (judged both ways, the lower wins).
-    pub dir: PathBuf,
-    /// With the model on, candidates down to this cosine are judged, below the configured
-    /// threshold too: the model, not cosine, decides between the two. A threshold a request
-    /// raised (`x-deja-threshold`) still holds. Unset: the configured threshold.
-    pub lower_bound: Option<f32>,
-    /// Lowest score (0..1) that accepts a candidate.
-    pub accept: f32,
-    /// Longest wait for a verdict; later is a rejection.
-    pub timeout_ms: u64,
-}
-
-impl Default for ModelVerifyConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            dir: PathBuf::from("models/verifier"),
-            lower_bound: None,
-            accept: 0.5,
-            timeout_ms: 1000,
-        }
-    }
-}
-
-impl ModelVerifyConfig {
-    /// The first bad value: its key and what is wrong (`Config::validate` reports it).
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if !(0.0..=1.0).contains(&self.accept) {
-            return Err(("cache.verify.model.accept", "must be in 0..=1".into()));
-        }
-        if let Some(bound) = self.lower_bound
-            && !(-1.0..=1.0).contains(&bound)
-        {
-            return Err(("cache.verify.model.lower_bound", "must be in -1..=1".into()));
-        }
-        if self.enabled && self.timeout_ms == 0 {
-            return Err(("cache.verify.model.timeout_ms", "must be at least 1".into()));
-        }
-        Ok(())
-    }
-}
 
 /// Why a pair got no score.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,0 +1,132 @@
+//! Which handler serves a request. Everything under `/v1/` is relayed; the endpoints deja
+//! caches go through the cache flow first.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::config::{Config, KeyConfig};
+use crate::endpoints::chat::ChatCompletions;
+use crate::endpoints::completions::Completions;
+use crate::endpoints::embeddings;
+use crate::endpoints::responses::{RESPONSES, RESPONSES_CACHING_STORED};
+use crate::error::ApiError;
+use crate::flow::{self, Endpoint};
+use crate::managed::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
+use crate::managed::limits::insert_headers;
+use crate::observe::track::Tracker;
+use crate::observe::usage::Outcome;
+use crate::upstream::relay::relay;
+use crate::upstream::tunnel;
+use crate::wire::body::{ProxyBody, full};
+use crate::wire::endpoint::EndpointName;
+use crate::wire::request_path;
+
+/// The cached endpoint for a `POST` path (after `/v1`), if any.
+pub(crate) fn cached_endpoint(config: &Config, path: &str) -> Option<&'static dyn Endpoint> {
+    match path {
+        "/chat/completions" => Some(&ChatCompletions),
+        "/completions" => Some(&Completions),
+        // Stored responses keep their upstream ids, which only the same organization can use.
+        "/responses" if !config.cache.shared || config.cache.cache_stored_responses => {
+            Some(&RESPONSES_CACHING_STORED)
+        }
+        "/responses" => Some(&RESPONSES),
+        _ => None,
+    }
+}
+
+pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    let path = request.uri().path().to_string();
+    if path == "/healthz" {
+        let mut response = Response::new(full("ok"));
+        *response.status_mut() = StatusCode::OK;
+        return response;
+    }
+    let Some(rest) = path
+        .strip_prefix("/v1")
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+    else {
+        return ApiError::NotFound(path).into_response();
+    };
+    if let Err(refused) = request_path::check(&path) {
+        return refused.into_response();
+    }
+    // Jobs (`crate::jobs`): queued calls, polled or called back later.
+    if let Some(async_rest) = rest.strip_prefix("/async")
+        && (async_rest.is_empty() || async_rest.starts_with('/'))
+    {
+        return crate::jobs::api::route(app.clone(), request, async_rest)
+            .await
+            .unwrap_or_else(ApiError::into_response);
+    }
+    let suffix = match request.uri().query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_string(),
+    };
+    // The configuration this request runs under, from here to its last byte.
+    let snapshot = app.snapshot();
+    let config = snapshot.config.clone();
+    let cached = (request.method() == Method::POST)
+        .then(|| cached_endpoint(&config, rest))
+        .flatten();
+    let embeddings = request.method() == Method::POST && rest == "/embeddings";
+    let name = match (cached, embeddings) {
+        (Some(endpoint), _) => endpoint.name(),
+        (None, true) => EndpointName::Embeddings,
+        _ => EndpointName::Relay,
+    };
+
+    // Managed mode: a known deja key or 401. Its credentials never travel further, and
+    // neither do the headers that choose which organization or project deja's key bills.
+    let key = if config.managed() {
+        let Some(key) = app.keys().authenticate(request.headers()) else {
+            let tracker = Tracker::new(app.clone(), config, name, None);
+            tracker.outcome(Outcome::Unauthorized);
+            return tracker.attach(ApiError::InvalidApiKey.into_response());
+        };
+        for header in CREDENTIAL_HEADERS.iter().chain(&BILLING_HEADERS) {
+            request.headers_mut().remove(header);
+        }
+        Some(key)
+    } else {
+        None
+    };
+    let tracker = Tracker::new(app.clone(), config, name, key.clone());
+    if let Some(key) = &key
+        // `[redis]`: rpm counted across replicas, then locally as before.
+        && let Err(refusal) = crate::replica::limits::admit(&app, key).await
+    {
+        let refused = tracker.refused(refusal).into_response();
+        return finish(&app, tracker, Some(key), refused);
+    }
+
+    let handled = match (cached, embeddings) {
+        (Some(endpoint), _) => {
+            flow::handle(app.clone(), snapshot, endpoint, request, suffix, &tracker).await
+        }
+        (None, true) => embeddings::handle(app.clone(), request, suffix, &tracker).await,
+        _ if tunnel::is_websocket(&request) => {
+            tunnel::tunnel(&app, request, &suffix, &tracker).await
+        }
+        _ => relay(&app, request, &suffix, &tracker).await,
+    };
+    // The one place where a handler's error becomes its OpenAI-shaped answer.
+    let response = handled.unwrap_or_else(ApiError::into_response);
+    finish(&app, tracker, key.as_deref(), response)
+}
+
+/// Adds the key's rate-limit headers and hands the response to the tracker.
+fn finish(
+    app: &App,
+    tracker: Tracker,
+    key: Option<&KeyConfig>,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    if let Some(key) = key {
+        insert_headers(response.headers_mut(), &app.limits.state(key, app.now_ms()));
+    }
+    tracker.attach(response)
+}

@@ -1,0 +1,5 @@
+//! Operating deja: the admin listener (probes, metrics, cache administration, reload) and its
+//! dashboard page.
+
+pub mod admin;
+pub mod dashboard;

@@ -1,0 +1,161 @@
+//! What chat completions and legacy completions streams share: `data:` chunks that end with
+//! `data: [DONE]`, each carrying the same header fields (id, created, model...).
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use crate::replay::lazy_replay::Steps;
+use crate::wire::sse::data_event;
+
+/// Tracks a chunk stream's end and failures while assembling it.
+#[derive(Debug, Default)]
+pub struct ChunkGate {
+    done: bool,
+    failed: bool,
+}
+
+impl ChunkGate {
+    /// The chunk in `data` if it should be merged; `None` for `[DONE]`, and for anything that
+    /// makes the stream unusable (not JSON, an `error` object, data after `[DONE]`).
+    pub fn accept(&mut self, data: &str) -> Option<Map<String, Value>> {
+        if self.done || self.failed {
+            self.failed = true;
+            return None;
+        }
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return None;
+        }
+        match serde_json::from_str::<Value>(data) {
+            Ok(Value::Object(chunk)) if !has_error(&chunk) => Some(chunk),
+            _ => {
+                self.failed = true;
+                None
+            }
+        }
+    }
+
+    /// `[DONE]` or a failure was seen: nothing after it can change the outcome.
+    pub fn ended(&self) -> bool {
+        self.done || self.failed
+    }
+
+    /// The stream ended with `[DONE]` and nothing went wrong.
+    pub fn clean(&self) -> bool {
+        self.done && !self.failed
+    }
+}
+
+/// An answer (or chunk) that reports an error. Only a non-null `error` counts: every
+/// Responses API object carries `"error": null` when all went well.
+pub fn carries_error(answer: &Value) -> bool {
+    answer.as_object().is_some_and(has_error)
+}
+
+fn has_error(object: &Map<String, Value>) -> bool {
+    object.get("error").is_some_and(|error| !error.is_null())
+}
+
+/// Copies the non-null `keys` of `from` into `to`.
+pub fn copy_fields(from: &Map<String, Value>, to: &mut Map<String, Value>, keys: &[&str]) {
+    for key in keys {
+        if let Some(value) = from.get(*key).filter(|v| !v.is_null()) {
+            to.insert((*key).into(), value.clone());
+        }
+    }
+}
+
+/// The header every chunk of a replayed chunk stream shares, and the events that close it.
+pub struct ChunkWriter {
+    header: Map<String, Value>,
+    include_usage: bool,
+}
+
+impl ChunkWriter {
+    /// `header_keys` are copied from the stored answer; `id` and `object` are set.
+    pub fn new(
+        stored: &Value,
+        id: &str,
+        object: &str,
+        header_keys: &[&str],
+        include_usage: bool,
+    ) -> Self {
+        let mut header = Map::new();
+        header.insert("id".into(), json!(id));
+        header.insert("object".into(), json!(object));
+        if let Some(stored) = stored.as_object() {
+            copy_fields(stored, &mut header, header_keys);
+        }
+        ChunkWriter {
+            header,
+            include_usage,
+        }
+    }
+
+    /// One chunk carrying `choice`.
+    pub fn choice(&self, choice: Value) -> Bytes {
+        let mut chunk = self.header.clone();
+        chunk.insert("choices".into(), json!([choice]));
+        if self.include_usage {
+            // OpenAI marks every chunk but the last with `usage: null` when usage is asked for.
+            chunk.insert("usage".into(), Value::Null);
+        }
+        data_event(&Value::Object(chunk).to_string())
+    }
+
+    /// Adds the closing events to `steps`: the usage chunk (when asked for; rendered from the
+    /// stored answer's `usage`) and `[DONE]`.
+    pub fn finish(steps: &mut Steps<ChunkWriter>, include_usage: bool) {
+        if include_usage {
+            steps.event(|stored, out| {
+                let mut chunk = out.header.clone();
+                chunk.insert("choices".into(), json!([]));
+                let usage = stored.get("usage").cloned().unwrap_or(Value::Null);
+                chunk.insert("usage".into(), usage);
+                data_event(&Value::Object(chunk).to_string())
+            });
+        }
+        steps.event(|_, _| data_event("[DONE]"));
+    }
+}
+
+/// The `choices` array of a stored answer (empty if missing).
+pub fn stored_choices(stored: &Value) -> &[Value] {
+    stored
+        .get("choices")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_accepts_chunks_until_done() {
+        let mut gate = ChunkGate::default();
+        assert!(gate.accept(r#"{"id":"x"}"#).is_some());
+        assert!(gate.accept("[DONE]").is_none());
+        assert!(gate.ended() && gate.clean());
+        assert!(gate.accept(r#"{"id":"late"}"#).is_none());
+        assert!(!gate.clean(), "data after [DONE] spoils the stream");
+    }
+
+    #[test]
+    fn gate_accepts_a_null_error() {
+        let mut gate = ChunkGate::default();
+        assert!(gate.accept(r#"{"id":"x","error":null}"#).is_some());
+        gate.accept("[DONE]");
+        assert!(gate.clean());
+    }
+
+    #[test]
+    fn gate_fails_on_errors_and_garbage() {
+        for bad in [r#"{"error":{"message":"x"}}"#, "{not json", "[1]"] {
+            let mut gate = ChunkGate::default();
+            assert!(gate.accept(bad).is_none());
+            gate.accept("[DONE]");
+            assert!(!gate.clean(), "{bad}");
+        }
+    }
+}

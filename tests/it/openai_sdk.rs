@@ -1,0 +1,122 @@
+//! deja as the official `openai` Python SDK sees it: tests/e2e/openai_sdk.py sends a chat
+//! completion, a stream, a tool call and Responses calls twice each through an in-process
+//! deja, and checks that every repeat is a cache hit the SDK parses like the original (and that
+//! a Responses hit can be retrieved and chained from by its id).
+//!
+//! Needs a Python with the SDK: `SDK_TEST_PYTHON`, else `.venv/bin/python` as made by
+//! `scripts/setup-python.sh` (which `scripts/test.sh` runs first). Set `SDK_TEST_PYTHON` for
+//! this test only: deja takes every `DEJA_*` variable for a config key and refuses unknown ones.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::fake_upstream::{CHAT_PATH, FakeUpstream};
+use deja::clock::SystemClock;
+use deja::config::Config;
+
+/// Generous: the first run of the script also imports (and byte-compiles) the SDK.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The interpreter to use, or a panic that says how to get one.
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("SDK_TEST_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    panic!(
+        "run scripts/setup-python.sh (or set SDK_TEST_PYTHON) to create the venv with the openai SDK"
+    );
+}
+
+/// Kills the script if the test fails or times out before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_sdk_gets_cache_hits_it_can_parse() {
+    let python = python();
+    let fake = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.base_url = fake.base_url();
+    config.cache.dir = dir.path().join("cache");
+    config.cache.similarity_threshold = 0.9;
+    let server = deja::edge::server::start(config, Arc::new(SystemClock))
+        .await
+        .expect("start deja");
+
+    // The script's output goes to files, so no pipe can fill while it runs.
+    let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/openai_sdk.py");
+    let mut command = Command::new(&python);
+    command
+        .arg("-B") // no __pycache__ in the source tree
+        .arg(&script)
+        .env("OPENAI_BASE_URL", format!("http://{}/v1", server.addr))
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    // Loopback only, and nothing from the environment may change whose cache the SDK reads.
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "OPENAI_API_KEY"] {
+        command
+            .env_remove(name)
+            .env_remove(name.to_ascii_lowercase());
+    }
+    for name in ["OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_LOG"] {
+        command.env_remove(name);
+    }
+    let spawned = command.spawn();
+    let mut script_process = KillOnDrop(spawned.unwrap_or_else(|err| {
+        panic!("cannot run {}: {err}", python.display());
+    }));
+
+    // Poll instead of blocking, so this runtime keeps serving deja and the fake upstream.
+    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = script_process.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "openai_sdk.py still running after {SCRIPT_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(
+        status.success(),
+        "openai_sdk.py exited with {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    print!("{stdout}");
+
+    // One miss per pair (plain, stream, tool call); every repeat was served by deja. Responses:
+    // two misses and the request chained from a hit.
+    assert_eq!(fake.calls(CHAT_PATH), 3, "upstream chat calls\n{stdout}");
+    assert_eq!(
+        fake.calls("/v1/responses"),
+        3,
+        "upstream responses calls\n{stdout}"
+    );
+    // The half-cached embeddings batch sent only its new input upstream (the script's last call).
+    let last = fake
+        .last_request("/v1/embeddings")
+        .expect("embeddings calls");
+    let sent: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!(sent["input"], serde_json::json!(["epsilon"]));
+    server.shutdown().await;
+}
