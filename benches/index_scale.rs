@@ -201,8 +201,7 @@ fn run(args: &Args, n: usize, dim: usize, params: HnswParams) {
     let mut f32_figures = Figures::default();
     let baseline = args.baseline.then(|| {
         let rss_before = rss::rss_bytes();
-        let hnsw =
-            Hnsw::<f32, DistDot>::new(params.m, n, 16, params.ef_construction, DistDot);
+        let hnsw = Hnsw::<f32, DistDot>::new(params.m, n, 16, params.ef_construction, DistDot);
         let slices: Vec<(&[f32], usize)> = (0..n).map(|id| (row(id), id)).collect();
         let started = Instant::now();
         let (first, second) = (slices[..n / 2].to_vec(), slices[n / 2..].to_vec());

@@ -270,6 +270,7 @@ mod tests {
         for id in 0..200 {
             before.insert(Hash32([1; 32]), id, &unit(id));
         }
+        assert!(before.settle(std::time::Duration::from_secs(60)));
         assert_eq!(before.dump(&dumps, ANY), 1);
         let after = index();
         assert!(after.restore(Hash32([1; 32]), &(0..200).collect(), &dumps));

@@ -1,8 +1,8 @@
 //! Exact search of a small scope: every row's int8 codes (`quantized`) are scored, and the
 //! best few are re-scored from the store's f32 vectors, so the similarities are exact.
 
-use super::quantized::{self, Query};
 use super::Candidate;
+use super::quantized::{self, Query};
 
 pub struct Flat {
     pub dim: usize,

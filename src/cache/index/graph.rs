@@ -229,15 +229,4 @@ impl Graph {
             .filter(|candidate| live.contains(&candidate.id))
             .collect()
     }
-
-    /// Up to `k` live candidates, most similar first, with exact similarities from `source`.
-    pub fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        ef_search: usize,
-        source: &dyn VectorSource,
-    ) -> Vec<Candidate> {
-        quantized::rescore(self.approximate(query, k, ef_search), query, k, source)
-    }
 }

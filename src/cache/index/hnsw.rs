@@ -148,7 +148,11 @@ impl Hnsw {
         let insertion = if insertion.node as usize == self.ids.len() {
             insertion
         } else {
-            self.plan_code(insertion.id, insertion.query.codes, insertion.query.inv_norm)
+            self.plan_code(
+                insertion.id,
+                insertion.query.codes,
+                insertion.query.inv_norm,
+            )
         };
         let Insertion {
             node,
