@@ -360,3 +360,53 @@ async fn an_unreadable_input_file_gets_the_upstreams_error() {
     );
     assert_eq!(h.upstream.batches_created(), 0);
 }
+
+/// The official Python SDK (`files.create`, `batches.create`, `retrieve`, `files.content`)
+/// against deja: tests/e2e/openai_sdk_batches.py. Needs the SDK as `openai_sdk` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_sdk_runs_a_batch_through_deja() {
+    use crate::openai_sdk::{KillOnDrop, python};
+    use std::process::{Command, Stdio};
+
+    let h = harness().await;
+    h.upstream.set_batch_polls(2);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/openai_sdk_batches.py");
+    let (stdout_path, stderr_path) = (h.dir.path().join("stdout"), h.dir.path().join("stderr"));
+    let mut command = Command::new(python());
+    command
+        .arg("-B")
+        .arg(&script)
+        .env("OPENAI_BASE_URL", h.url("/v1"))
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "OPENAI_API_KEY"] {
+        command
+            .env_remove(name)
+            .env_remove(name.to_ascii_lowercase());
+    }
+    for name in ["OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_LOG"] {
+        command.env_remove(name);
+    }
+    let mut child = KillOnDrop(command.spawn().expect("run python"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "script still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(
+        status.success(),
+        "{status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    // One synchronous miss; the batch sent its one new question once, nothing else.
+    assert_eq!(h.upstream.calls(CHAT_PATH), 1, "{stdout}");
+    assert_eq!(custom_ids(&h.upstream.batch_lines()), ["new"], "{stdout}");
+}
