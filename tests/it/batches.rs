@@ -410,3 +410,45 @@ async fn the_official_python_sdk_runs_a_batch_through_deja() {
     assert_eq!(h.upstream.calls(CHAT_PATH), 1, "{stdout}");
     assert_eq!(custom_ids(&h.upstream.batch_lines()), ["new"], "{stdout}");
 }
+
+#[tokio::test]
+async fn a_batch_survives_a_restart_and_finishes_after_it() {
+    let h = harness().await;
+    h.upstream.set_batch_polls(2);
+    h.chat(&ask(CACHED_A)).await;
+    let file = upload(&h, KEY_A, &jsonl(&[line("a", CACHED_A), line("c", NEW_C)])).await;
+    let (_, batch) = create(&h, KEY_A, &file).await;
+    assert_eq!(batch["status"], "in_progress");
+    let id = batch["id"].as_str().unwrap().to_string();
+    let Harness {
+        upstream,
+        proxy,
+        client,
+        dir,
+        ..
+    } = h;
+    proxy.shutdown().await;
+
+    let mut config = deja::config::Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.base_url = upstream.base_url();
+    config.cache.dir = dir.path().join("cache");
+    config.cache.similarity_threshold = 0.9;
+    let clock = deja::clock::ManualClock::starting_now();
+    let proxy = deja::edge::server::start(config, clock.clone())
+        .await
+        .expect("restarts");
+    let h = Harness {
+        upstream,
+        proxy,
+        clock,
+        client,
+        dir,
+    };
+    let done = ended(&h, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let output = file_lines(&h, &done["output_file_id"]).await;
+    assert_eq!(custom_ids(&output), ["a", "c"]);
+    assert_eq!(content(&output[1]), deterministic_answer(NEW_C));
+    assert_eq!(h.chat(&ask(NEW_C)).await.cache_status(), "hit");
+}
