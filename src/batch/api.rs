@@ -91,11 +91,13 @@ pub async fn route(
                 controls: &controls,
                 headers: &headers,
             };
-            answer(
-                run::create(&store, &asker, tenant, create)
-                    .await
-                    .map(|b| b.view()),
-            )
+            match run::create(&store, &asker, tenant, create).await {
+                Err(RunError::TooLarge) => {
+                    tracing::info!("batch input file larger than server.max_body_bytes; relayed");
+                    Ok(upstream::forward(&app, &parts.headers, &Method::POST, suffix, raw).await)
+                }
+                created => answer(created.map(|b| b.view())),
+            }
         }
         (Method::GET, ["batches", id]) => {
             let Some(batch) = mine(&store, &tenant, id).await? else {
@@ -274,6 +276,8 @@ fn answer(result: Result<Value, RunError>) -> Result<Response<ProxyBody>, ApiErr
         Ok(view) => Ok(json_response(StatusCode::OK, &view)),
         Err(RunError::Upstream(err)) => Ok(err.into_response()),
         Err(RunError::Store(err)) => Ok(unavailable(&err)),
+        // Only creating reads the input file; `route` relays that case.
+        Err(RunError::TooLarge) => Err(ApiError::Internal),
     }
 }
 

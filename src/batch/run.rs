@@ -27,6 +27,9 @@ pub struct Create {
 pub enum RunError {
     Upstream(CallError),
     Store(StoreError),
+    /// The input file is larger than deja reads into memory (`server.max_body_bytes`): the
+    /// create call is relayed, and the batch is the upstream's own.
+    TooLarge,
 }
 
 impl From<CallError> for RunError {
@@ -50,7 +53,15 @@ pub async fn create(
     request: Create,
 ) -> Result<Batch, RunError> {
     let app = asker.app;
+    let limit = asker.snapshot.config.server.max_body_bytes as u64;
+    let size = upstream::file_size(app, asker.headers, &request.input_file_id).await?;
+    if size.is_some_and(|bytes| bytes > limit) {
+        return Err(RunError::TooLarge);
+    }
     let content = upstream::file_content(app, asker.headers, &request.input_file_id).await?;
+    if content.len() as u64 > limit {
+        return Err(RunError::TooLarge);
+    }
     let now = app.now_ms() / 1000;
     let seq = store.blocking(|s| s.next_seq()).await?;
     let mut batch = Batch {
@@ -165,6 +176,7 @@ pub async fn refresh(
         Ok(seen) => match follow(app, store, headers, &mut batch, &seen).await {
             Ok(()) => {}
             Err(RunError::Store(err)) => return Err(err),
+            Err(RunError::TooLarge) => {}
             Err(RunError::Upstream(err)) => {
                 tracing::warn!(batch = %batch.id, error = ?err, "upstream batch files unreadable; polled again later");
             }

@@ -121,6 +121,13 @@ pub async fn file_content(app: &App, headers: &HeaderMap, id: &str) -> Result<By
     call(app, headers, Method::GET, &suffix, None, Bytes::new()).await
 }
 
+/// `GET /files/{id}`: the file's size in bytes (`None` if the object does not say).
+pub async fn file_size(app: &App, headers: &HeaderMap, id: &str) -> Result<Option<u64>, CallError> {
+    let suffix = format!("/files/{}", path_segment(id)?);
+    let file = call_json(app, headers, Method::GET, &suffix, None).await?;
+    Ok(file["bytes"].as_u64())
+}
+
 /// `POST /files` (multipart, purpose `batch`): the id of the new file.
 pub async fn upload(app: &App, headers: &HeaderMap, jsonl: Bytes) -> Result<String, CallError> {
     let boundary = format!("deja-{:032x}", fastrand::u128(..));

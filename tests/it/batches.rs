@@ -452,3 +452,22 @@ async fn a_batch_survives_a_restart_and_finishes_after_it() {
     assert_eq!(content(&output[1]), deterministic_answer(NEW_C));
     assert_eq!(h.chat(&ask(NEW_C)).await.cache_status(), "hit");
 }
+
+#[tokio::test]
+async fn an_input_file_larger_than_deja_reads_is_relayed_as_the_upstreams_batch() {
+    let h = harness().await;
+    let lines: Vec<Value> = (0..20)
+        .map(|i| line(&format!("l{i}"), &format!("question number {i}")))
+        .collect();
+    let file = upload(&h, KEY_A, &jsonl(&lines)).await;
+    // Smaller than the file from now on (a reload, as an operator would make it).
+    let mut config = (**h.proxy.app.config()).clone();
+    config.server.max_body_bytes = 1024;
+    h.proxy.app.replace_config(config);
+    let (status, batch) = create(&h, KEY_A, &file).await;
+    assert_eq!(status, 200, "{batch}");
+    let id = batch["id"].as_str().unwrap();
+    assert!(!id.starts_with("batch_deja_"), "{id}");
+    assert_eq!(batch["input_file_id"], file.as_str());
+    assert_eq!(h.upstream.batch_lines().len(), 20);
+}
