@@ -471,3 +471,19 @@ async fn an_input_file_larger_than_deja_reads_is_relayed_as_the_upstreams_batch(
     assert_eq!(batch["input_file_id"], file.as_str());
     assert_eq!(h.upstream.batch_lines().len(), 20);
 }
+
+#[tokio::test]
+async fn a_reworded_line_is_a_semantic_hit_as_the_synchronous_call_would_be() {
+    use crate::support::proxy::{at_cosine, axis};
+    let h = harness().await;
+    let (asked, reworded) = ("What is photosynthesis?", "Explain photosynthesis briefly.");
+    h.upstream.set_embedding(asked, axis());
+    h.upstream.set_embedding(reworded, at_cosine(0.97));
+    h.chat(&ask(asked)).await;
+    let file = upload(&h, KEY_A, &jsonl(&[line("r", reworded)])).await;
+    let (_, batch) = create(&h, KEY_A, &file).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(h.upstream.batches_created(), 0);
+    let output = file_lines(&h, &batch["output_file_id"]).await;
+    assert_eq!(content(&output[0]), deterministic_answer(asked));
+}
