@@ -45,6 +45,9 @@ pub struct App {
     /// The job queue (`/v1/async/...`); `None` when `jobs.enabled` is off or its store
     /// could not be opened.
     pub jobs: Option<Arc<crate::jobs::Jobs>>,
+    /// Batches answered from the cache first (`/v1/batches`); `None` without a cache, or
+    /// when their store could not be opened (then batch calls are relayed).
+    pub batches: Option<Arc<crate::batch::Batches>>,
 }
 
 /// One request's configuration (see `App::snapshot`).
@@ -143,6 +146,15 @@ impl App {
                     .ok()
             })
             .map(Arc::new);
+        // Batches (`crate::batch`): their own store beside the cache's.
+        let batches = cache
+            .as_ref()
+            .and_then(|_| {
+                crate::batch::Batches::open(&config)
+                    .inspect_err(|err| tracing::error!(error = %err, "batch store unavailable; batches are relayed"))
+                    .ok()
+            })
+            .map(Arc::new);
         // The dashboard's hour and day totals, kept by the previous run (beside the cache).
         let dashboard = crate::ops::dashboard::Board::default();
         if cache.is_some() {
@@ -150,6 +162,7 @@ impl App {
         }
         Ok(App {
             jobs,
+            batches,
             keys: ArcSwap::from_pointee(KeyRing::from_config(&config)),
             limits: Limits::default(),
             metrics: Metrics::default(),

@@ -137,15 +137,20 @@ impl ApiError {
         }
     }
 
-    pub fn into_response(self) -> http::Response<ProxyBody> {
-        let body = json!({
+    /// The OpenAI-shaped error body (`{"error": {message, type, param, code}}`).
+    pub fn body(&self) -> serde_json::Value {
+        json!({
             "error": {
                 "message": self.to_string(),
                 "type": self.kind(),
                 "param": self.param(),
                 "code": self.code(),
             }
-        });
+        })
+    }
+
+    pub fn into_response(self) -> http::Response<ProxyBody> {
+        let body = self.body();
         let mut response = http::Response::new(full(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();

@@ -34,6 +34,7 @@
     )
 )]
 pub mod app;
+pub mod batch;
 pub mod bench;
 pub mod cache;
 pub mod clock;

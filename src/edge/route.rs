@@ -66,6 +66,14 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_string(),
     };
+    // Batches answered from the cache first (`crate::batch`); other batch calls are relayed.
+    if let Some(batches) = app.batches.clone()
+        && crate::batch::api::owns(request.method(), rest)
+    {
+        return crate::batch::api::route(app.clone(), batches, request, rest, &suffix)
+            .await
+            .unwrap_or_else(ApiError::into_response);
+    }
     // The configuration this request runs under, from here to its last byte.
     let snapshot = app.snapshot();
     let config = snapshot.config.clone();

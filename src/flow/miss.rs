@@ -202,6 +202,28 @@ fn stream(
     response
 }
 
+/// Stores an answer that reached deja another way than a relayed miss (a line of a batch's
+/// output file) exactly as a miss stores it; an error body is not stored.
+pub(crate) async fn store_answer(
+    cache: Arc<Cache>,
+    lookup: Lookup,
+    vector: Option<Vec<f32>>,
+    owner: Partition,
+    answer: Value,
+) {
+    if !answer.is_object() || crate::replay::chunks::carries_error(&answer) {
+        return;
+    }
+    let store = Store {
+        cache: Some(cache),
+        lookup,
+        vector,
+        leader: None,
+        owner,
+    };
+    store.finish(Some(answer)).await;
+}
+
 /// What to do with an upstream answer once it is complete.
 pub(super) struct Store {
     /// `None` under `Cache-Control: no-store`.

@@ -46,8 +46,9 @@ pub use last_message::beyond_text;
 pub use memo::{PlanMemo, Planned, Routed};
 
 pub(crate) use decide::{Ask, Decided, Decision, Vectors, blocking, decide};
+pub(crate) use miss::store_answer;
 pub(crate) use plan::{Planning, plan_request};
-pub(crate) use read::{read_request, read_routed};
+pub(crate) use read::{read_checked, read_request, read_routed};
 
 use context::{Context, Edge};
 use decide::Near;

@@ -58,7 +58,7 @@ pub(crate) async fn read_request(
 }
 
 /// The body (within the size limit and the body timeout) and the cache controls.
-pub(super) async fn read_checked(
+pub(crate) async fn read_checked(
     body: Incoming,
     headers: &http::HeaderMap,
     server: &ServerConfig,

@@ -68,6 +68,8 @@ pub struct Metrics {
     registry: Registry,
     /// The job queue's metrics (`crate::jobs::metrics`).
     pub jobs: crate::jobs::JobMetrics,
+    /// The Batch API's metrics (`crate::batch::metrics`).
+    pub batches: crate::batch::BatchMetrics,
     resolved: Resolved,
     requests: Family<Labels2, Counter>,
     hits: Family<Labels, Counter>,
@@ -151,6 +153,7 @@ impl Default for Metrics {
             replica: Default::default(),
             registry: Registry::default(),
             jobs: Default::default(),
+            batches: Default::default(),
             resolved: Resolved {
                 requests: Vec::new(),
                 hits: Default::default(),
@@ -338,6 +341,7 @@ impl Default for Metrics {
         );
         m.replica.register(r);
         m.jobs.register(r);
+        m.batches.register(r);
         Metrics { registry, ..m }
     }
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod admin_fidelity;
+mod batches;
 mod billing;
 mod cache;
 mod capacity;

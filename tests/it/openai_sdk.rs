@@ -20,7 +20,7 @@ use deja::config::Config;
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The interpreter to use, or a panic that says how to get one.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     if let Some(python) = std::env::var_os("SDK_TEST_PYTHON") {
         return PathBuf::from(python);
     }
@@ -34,7 +34,7 @@ fn python() -> PathBuf {
 }
 
 /// Kills the script if the test fails or times out before it exits.
-struct KillOnDrop(std::process::Child);
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -2,7 +2,8 @@
 //!
 //! Serves `/v1/chat/completions` (JSON and SSE; see `fake_chat.rs`), `/v1/embeddings`
 //! (deterministic bag-of-words vectors), the legacy `/v1/completions` and `/v1/responses` (JSON
-//! and SSE, and `GET /v1/responses/{id}`; see `fake_endpoints.rs`) and echoes everything else.
+//! and SSE, and `GET /v1/responses/{id}`; see `fake_endpoints.rs`), the Files and Batches API
+//! (`fake_batches.rs`) and echoes everything else.
 //! Every request is recorded before it is answered. Listens on 127.0.0.1 only; dropping the
 //! `FakeUpstream` stops the listener and closes open connections.
 
@@ -42,6 +43,9 @@ mod endpoints;
 mod chat;
 #[allow(unused_imports)] // each test binary uses some of them
 pub use chat::{REFUSAL, base64, deterministic_answer, fake_audio};
+// Files and Batches (`/v1/files`, `/v1/batches`), in their own file.
+#[path = "fake_batches.rs"]
+mod batches;
 // Scripted answers per path (retry tests), also in a file of their own.
 #[path = "fake_script.rs"]
 pub mod script;
@@ -106,6 +110,7 @@ struct State {
     stored_responses: Mutex<HashMap<String, Value>>,
     config: Mutex<Config>,
     script: script::Script,
+    batches: batches::Store,
 }
 
 pub struct FakeUpstream {
@@ -133,6 +138,7 @@ impl FakeUpstream {
             stored_responses: Mutex::new(HashMap::new()),
             config: Mutex::new(Config::default()),
             script: Default::default(),
+            batches: Default::default(),
         });
         let (shutdown, mut stop) = watch::channel(());
         let server_state = state.clone();
@@ -225,6 +231,20 @@ impl FakeUpstream {
         self.state.config.lock().embed_latency = d;
     }
 
+    /// Batches complete when polled this many times (0, the default: at creation).
+    pub fn set_batch_polls(&self, polls: usize) {
+        self.state.batches.set_polls_before_done(polls);
+    }
+
+    /// Every line of every batch input file received, in order.
+    pub fn batch_lines(&self) -> Vec<Value> {
+        self.state.batches.lines()
+    }
+
+    pub fn batches_created(&self) -> usize {
+        self.state.batches.batches_created()
+    }
+
     pub fn set_embed_mode(&self, mode: EmbedMode) {
         self.state.config.lock().embed_mode = mode;
     }
@@ -277,6 +297,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
     if let Some(scripted) = state.script.next(&recorded) {
         return scripted;
+    }
+    if let Some(answered) = batches::handle(&state, &recorded).await {
+        return answered;
     }
     match (recorded.method.as_str(), recorded.path.as_str()) {
         ("POST", CHAT_PATH) => chat::chat(&state, n, &recorded.body).await,

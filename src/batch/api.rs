@@ -1,0 +1,342 @@
+//! The calls deja answers itself: `POST /v1/batches` (for an endpoint deja caches),
+//! `GET /v1/batches` (the caller's batches made through deja), `GET /v1/batches/{id}` and
+//! `POST /v1/batches/{id}/cancel` for deja's batch ids, and `GET`/`DELETE /v1/files/{id}`
+//! and `GET /v1/files/{id}/content` for deja's file ids. Everything else is relayed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::lines::Asker;
+use super::run::{self, Create, RunError};
+use super::upstream::{self, call_headers};
+use super::{BATCH_PREFIX, Batches, FILE_PREFIX};
+use crate::app::App;
+use crate::edge::route::cached_endpoint;
+use crate::error::ApiError;
+use crate::flow::control::{self, Controls};
+use crate::managed::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
+use crate::wire::body::{ProxyBody, full};
+
+/// Whether deja answers `method path` (after `/v1`) itself.
+pub fn owns(method: &Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::POST | &Method::GET, ["batches"]) => true,
+        (&Method::GET, ["batches", id]) | (&Method::POST, ["batches", id, "cancel"]) => {
+            id.starts_with(BATCH_PREFIX)
+        }
+        (&Method::GET | &Method::DELETE, ["files", id])
+        | (&Method::GET, ["files", id, "content"]) => id.starts_with(FILE_PREFIX),
+        _ => false,
+    }
+}
+
+/// Serves a call `owns` accepted; `suffix` is the path after `/v1` with its query.
+pub async fn route(
+    app: Arc<App>,
+    store: Arc<Batches>,
+    request: Request<Incoming>,
+    path: &str,
+    suffix: &str,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let config = app.config().clone();
+    let (mut parts, body) = request.into_parts();
+    let key = if config.managed() {
+        let key = app
+            .keys()
+            .authenticate(&parts.headers)
+            .ok_or(ApiError::InvalidApiKey)?;
+        for header in CREDENTIAL_HEADERS.iter().chain(&BILLING_HEADERS) {
+            parts.headers.remove(header);
+        }
+        Some(key)
+    } else {
+        None
+    };
+    // Whose batch: the caller's credentials (also with `cache.shared`).
+    let tenant = control::partition_for(&parts.headers, false, "", key.as_deref()).tenant;
+    let headers = call_headers(&parts.headers);
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = parts.method.clone();
+    let query = suffix.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    match (method, segments.as_slice()) {
+        (Method::GET, ["batches"]) => list(&store, &tenant, query).await,
+        (Method::POST, ["batches"]) => {
+            let controls = Controls::from_headers(&parts.headers)?;
+            let partition = control::partition_for(
+                &parts.headers,
+                config.cache.shared,
+                &controls.namespace,
+                key.as_deref(),
+            );
+            let (raw, _) = crate::flow::read_checked(body, &parts.headers, &config.server).await?;
+            let Some((create, endpoint)) = read_create(&app, &raw)? else {
+                // A batch of an endpoint deja does not cache: the upstream's own.
+                return Ok(
+                    upstream::forward(&app, &parts.headers, &Method::POST, suffix, raw).await,
+                );
+            };
+            let snapshot = app.snapshot();
+            let asker = Asker {
+                app: &app,
+                snapshot: &snapshot,
+                endpoint,
+                url: &create.endpoint.clone(),
+                partition: &partition,
+                controls: &controls,
+                headers: &headers,
+            };
+            match run::create(&store, &asker, tenant, create).await {
+                Err(RunError::TooLarge) => {
+                    tracing::info!("batch input file larger than server.max_body_bytes; relayed");
+                    Ok(upstream::forward(&app, &parts.headers, &Method::POST, suffix, raw).await)
+                }
+                created => answer(created.map(|b| b.view())),
+            }
+        }
+        (Method::GET, ["batches", id]) => {
+            let Some(batch) = mine(&store, &tenant, id).await? else {
+                return Ok(no_such_batch(id));
+            };
+            let refreshed = run::refresh(&app, &store, &headers, batch).await;
+            answer(refreshed.map(|b| b.view()).map_err(RunError::Store))
+        }
+        (Method::POST, ["batches", id, "cancel"]) => {
+            let Some(batch) = mine(&store, &tenant, id).await? else {
+                return Ok(no_such_batch(id));
+            };
+            let status = batch.status.as_str();
+            match run::cancel(&app, &store, &headers, batch).await {
+                Ok(Some(batch)) => Ok(json_response(StatusCode::OK, &batch.view())),
+                Ok(None) => Ok(error(
+                    StatusCode::CONFLICT,
+                    format!("Cannot cancel a batch with status '{status}'."),
+                    None,
+                )),
+                Err(err) => answer(Err(err)),
+            }
+        }
+        (Method::GET, ["files", id]) => {
+            let (tenant, id) = (tenant.clone(), id.to_string());
+            let found = store.blocking(move |s| s.file(&tenant, &id)).await;
+            Ok(match found {
+                Ok(Some(file)) => json_response(StatusCode::OK, &file),
+                Ok(None) => no_such_file(segments[1]),
+                Err(err) => unavailable(&err),
+            })
+        }
+        (Method::GET, ["files", id, "content"]) => {
+            let (tenant, id) = (tenant.clone(), id.to_string());
+            let found = store.blocking(move |s| s.content(&tenant, &id)).await;
+            Ok(match found {
+                Ok(Some(content)) => content_response(content),
+                Ok(None) => no_such_file(segments[1]),
+                Err(err) => unavailable(&err),
+            })
+        }
+        (Method::DELETE, ["files", id]) => {
+            let (tenant, owned) = (tenant.clone(), id.to_string());
+            let deleted = store
+                .blocking(move |s| s.delete_file(&tenant, &owned))
+                .await;
+            Ok(match deleted {
+                Ok(true) => json_response(
+                    StatusCode::OK,
+                    &json!({"id": id, "object": "file", "deleted": true}),
+                ),
+                Ok(false) => no_such_file(id),
+                Err(err) => unavailable(&err),
+            })
+        }
+        _ => Err(ApiError::NotFound(format!("/v1{path}"))),
+    }
+}
+
+/// The create call's body; `None` when its endpoint is not one deja caches.
+fn read_create(
+    app: &App,
+    raw: &Bytes,
+) -> Result<Option<(Create, &'static dyn crate::flow::Endpoint)>, ApiError> {
+    let json: Value = serde_json::from_slice(raw)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| ApiError::invalid("The request body must be a JSON object.", None))?;
+    let text = |name: &'static str| match json[name].as_str() {
+        Some(value) => Ok(value.to_string()),
+        None => Err(ApiError::invalid(
+            format!("Missing required parameter: '{name}'."),
+            Some(name),
+        )),
+    };
+    let endpoint = text("endpoint")?;
+    let config = app.config();
+    let Some(cached) = endpoint
+        .strip_prefix("/v1")
+        .and_then(|path| cached_endpoint(&config, path))
+    else {
+        return Ok(None);
+    };
+    let metadata = match &json["metadata"] {
+        Value::Null | Value::Object(_) => json["metadata"].clone(),
+        _ => {
+            return Err(ApiError::invalid(
+                "Invalid type for 'metadata': expected an object.",
+                Some("metadata"),
+            ));
+        }
+    };
+    let create = Create {
+        input_file_id: text("input_file_id")?,
+        completion_window: text("completion_window")?,
+        endpoint,
+        metadata,
+    };
+    if create.completion_window != "24h" {
+        return Err(ApiError::invalid(
+            "Invalid value for 'completion_window': only '24h' is supported.",
+            Some("completion_window"),
+        ));
+    }
+    Ok(Some((create, cached)))
+}
+
+async fn mine(
+    store: &Arc<Batches>,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<super::record::Batch>, ApiError> {
+    let owned = id.to_string();
+    match store.blocking(move |s| s.load(&owned)).await {
+        Ok(found) => Ok(found.filter(|batch| batch.tenant == tenant)),
+        Err(err) => {
+            tracing::warn!(error = %err, "batch store");
+            Err(ApiError::Internal)
+        }
+    }
+}
+
+/// `GET /v1/batches?after=&limit=`: newest first, as OpenAI pages it.
+async fn list(
+    store: &Arc<Batches>,
+    tenant: &str,
+    query: &str,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let mut after = None;
+    let mut limit = 20;
+    for (name, value) in query.split('&').filter_map(|p| p.split_once('=')) {
+        match name {
+            "after" => after = Some(value.to_string()),
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::invalid("limit must be between 1 and 100.", Some("limit"))
+                    })?
+            }
+            _ => {}
+        }
+    }
+    let owned = tenant.to_string();
+    let all = match store.blocking(move |s| s.of_tenant(&owned)).await {
+        Ok(all) => all,
+        Err(err) => return Ok(unavailable(&err)),
+    };
+    let start = match &after {
+        Some(after) => all
+            .iter()
+            .position(|b| &b.id == after)
+            .map_or(all.len(), |i| i + 1),
+        None => 0,
+    };
+    let page: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|b| b.view())
+        .collect();
+    let body = json!({
+        "object": "list",
+        "first_id": page.first().map(|b| b["id"].clone()),
+        "last_id": page.last().map(|b| b["id"].clone()),
+        "has_more": all.len() > start + page.len(),
+        "data": page,
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn answer(result: Result<Value, RunError>) -> Result<Response<ProxyBody>, ApiError> {
+    match result {
+        Ok(view) => Ok(json_response(StatusCode::OK, &view)),
+        Err(RunError::Upstream(err)) => Ok(err.into_response()),
+        Err(RunError::Store(err)) => Ok(unavailable(&err)),
+        // Only creating reads the input file; `route` relays that case.
+        Err(RunError::TooLarge) => Err(ApiError::Internal),
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn content_response(content: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(full(content));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
+}
+
+fn error(status: StatusCode, message: String, param: Option<&str>) -> Response<ProxyBody> {
+    json_response(
+        status,
+        &json!({"error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": param,
+            "code": null,
+        }}),
+    )
+}
+
+fn no_such_batch(id: &str) -> Response<ProxyBody> {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("No batch found with id '{id}'."),
+        None,
+    )
+}
+
+fn no_such_file(id: &str) -> Response<ProxyBody> {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("No such File object: {id}"),
+        Some("id"),
+    )
+}
+
+fn unavailable(err: &super::StoreError) -> Response<ProxyBody> {
+    tracing::warn!(error = %err, "batch store");
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The batch store is unavailable. Retry shortly.".into(),
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
