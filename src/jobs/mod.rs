@@ -205,18 +205,24 @@ pub fn start(
         tasks.push(tokio::spawn(until_stopped(stopped.clone(), work)));
     }
     let app = app.clone();
-    tasks.push(tokio::spawn(until_stopped(stopped, async move {
+    tasks.push(tokio::spawn(async move {
         let every = jobs.store.housekeeping_every();
-        loop {
-            tokio::time::sleep(every).await;
-            match jobs.store.housekeeping(retention(&app)).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::debug!(removed, "expired jobs removed"),
-                Err(err) => tracing::warn!(error = %err, "job housekeeping failed"),
+        let housekeeping = async {
+            loop {
+                tokio::time::sleep(every).await;
+                match jobs.store.housekeeping(retention(&app)).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::debug!(removed, "expired jobs removed"),
+                    Err(err) => tracing::warn!(error = %err, "job housekeeping failed"),
+                }
+                jobs.note_depth(&app);
             }
-            jobs.note_depth(&app);
+        };
+        until_stopped(stopped, housekeeping).await;
+        if let Err(err) = jobs.store.hand_back().await {
+            tracing::warn!(error = %err, "jobs held here stay until another replica takes them over");
         }
-    })));
+    }));
     tasks
 }
 

@@ -69,16 +69,17 @@ return 1
     )
 });
 
-/// KEYS[1]: the queue; ARGV[1]: the group, ARGV[2]: this consumer, ARGV[3..]: entries it
-/// holds. Resets the idle time of those it still owns; returns those it no longer does.
+/// KEYS[1]: the queue; ARGV[1]: the group, ARGV[2]: this consumer, ARGV[3]: the idle time
+/// to give them (0 renews; `claim_idle_ms` hands them to the next replica that looks),
+/// ARGV[4..]: entries it holds. Returns those it no longer owns.
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local lost = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if pending[1] and pending[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
   else
     table.insert(lost, ARGV[i])
   end
@@ -242,8 +243,9 @@ impl RedisJobs {
             .await
     }
 
-    /// Renews the entries this replica holds; forgets those another replica took over.
-    async fn renew(&self) -> Result<(), StoreError> {
+    /// Renews the entries this replica holds (`idle_ms` 0), or makes them ready to take
+    /// over (`claim_idle_ms`); forgets those another replica took over.
+    async fn renew(&self, idle_ms: u64) -> Result<(), StoreError> {
         let held: Vec<String> = self.held.lock().iter().cloned().collect();
         if held.is_empty() {
             return Ok(());
@@ -252,7 +254,7 @@ impl RedisJobs {
         let lost: Vec<String> = self
             .run(|mut conn| async move {
                 let mut call = RENEW.key(queue);
-                call.arg(GROUP).arg(consumer);
+                call.arg(GROUP).arg(consumer).arg(idle_ms);
                 for entry in &held {
                     call.arg(entry);
                 }
@@ -439,13 +441,24 @@ impl JobStore for RedisJobs {
 
     fn housekeeping(&self, _retention: Retention) -> Stored<'_, usize> {
         Box::pin(async move {
-            self.renew().await?;
+            self.renew(0).await?;
             match self.survey().await {
                 Ok(depth) => self.depth.store(depth, Ordering::Relaxed),
                 Err(err) if no_group(&err) => {}
                 Err(err) => return Err(err),
             }
             Ok(0)
+        })
+    }
+
+    fn hand_back(&self) -> Stored<'_, ()> {
+        Box::pin(async move {
+            let held = self.held.lock().len();
+            self.renew(self.claim_idle_ms).await?;
+            if held > 0 {
+                tracing::info!(jobs = held, "jobs held here handed to the other replicas");
+            }
+            Ok(())
         })
     }
 

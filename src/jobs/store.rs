@@ -109,4 +109,9 @@ pub trait JobStore: Send + Sync {
     /// number of jobs removed.
     fn housekeeping(&self, retention: Retention) -> Stored<'_, usize>;
     fn housekeeping_every(&self) -> Duration;
+    /// At a graceful stop: what this replica holds goes to others at once rather than after
+    /// `jobs.claim_idle_ms` (the local queue keeps it for the next start).
+    fn hand_back(&self) -> Stored<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

@@ -11,6 +11,7 @@ use crate::support::admin::metric;
 use crate::support::fake_upstream::{CHAT_PATH, FakeUpstream, deterministic_answer, http_client};
 use crate::support::process::{DejaProcess, write_config};
 use crate::support::redis_server::RedisServer;
+use crate::support::webhook_receiver::{SECRET, WebhookReceiver};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -247,6 +248,106 @@ async fn a_killed_replica_s_jobs_are_taken_over_and_finished() {
     eprintln!("{JOBS} jobs; upstream calls {before} before the kill, {calls} in all");
     assert!((JOBS..=JOBS + 4).contains(&calls), "{calls}");
     assert_eq!(b.finished_here("succeeded").await, JOBS as f64);
+}
+
+#[tokio::test]
+async fn a_replica_stopped_gracefully_hands_its_jobs_over_at_once() {
+    let redis = RedisServer::start();
+    let fake = FakeUpstream::start().await;
+    fake.set_deterministic(true);
+    fake.set_latency(Duration::from_millis(1000));
+    // Far longer than the test may take: only the hand-over can pass the jobs on in time.
+    let jobs = "concurrency = 2\nclaim_idle_ms = 120000";
+    let mut a = Replica::start(&fake, &redis, jobs).await;
+    let ids = [
+        a.submitted(KEY_A, &question(1)).await,
+        a.submitted(KEY_A, &question(2)).await,
+    ];
+    let deadline = Instant::now() + PATIENCE;
+    while fake.calls(CHAT_PATH) < 2 {
+        assert!(Instant::now() < deadline, "A's workers never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = a.process.pid().to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(term.expect("run kill").success());
+    a.process
+        .wait_for_log("jobs held here handed to the other replicas")
+        .await;
+
+    let b = Replica::start(&fake, &redis, jobs).await;
+    for (i, id) in ids.iter().enumerate() {
+        let job = b.finished(KEY_A, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(
+            job["response"]["body"]["choices"][0]["message"]["content"],
+            deterministic_answer(&question(i + 1))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_a_killed_replica_owed_is_delivered_by_another() {
+    let redis = RedisServer::start();
+    let fake = FakeUpstream::start().await;
+    // The first attempt is refused; the replica that made it waits long before the next.
+    let receiver = WebhookReceiver::start(1).await;
+    let hook = receiver.url("/hooks/deja");
+    let jobs = |backoff_ms: u64| {
+        format!(
+            "concurrency = 1\nclaim_idle_ms = 1000\ncallback_allow = [\"{}\"]\n\
+             webhook_secret = \"{SECRET}\"\nwebhook_initial_backoff_ms = {backoff_ms}\n",
+            receiver.url("/hooks")
+        )
+    };
+    let mut a = Replica::start(&fake, &redis, &jobs(60_000)).await;
+    let response = http_client()
+        .post(a.url("/v1/async/chat/completions"))
+        .bearer_auth(KEY_A)
+        .header("x-deja-callback-url", &hook)
+        .json(&json!({"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "call me back"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Killed once the refused attempt is recorded, while it waits to try again.
+    let deadline = Instant::now() + PATIENCE;
+    while a.poll(KEY_A, &id).await.1["webhook"]["attempts"] == json!([]) {
+        assert!(Instant::now() < deadline, "no attempt recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.process.crash().await;
+
+    let b = Replica::start(&fake, &redis, &jobs(50)).await;
+    let deliveries = receiver.wait_for(2).await;
+    assert!(deliveries.iter().all(|d| d.signed && d.id == id));
+    assert_eq!(deliveries[0].body, deliveries[1].body, "the same event");
+    let deadline = Instant::now() + PATIENCE;
+    let job = loop {
+        let (status, job) = b.poll(KEY_A, &id).await;
+        assert_eq!(status, 200);
+        if job["webhook"]["delivered"] == true {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "delivery not recorded: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let codes: Vec<u64> = job["webhook"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|attempt| attempt["status_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [500, 204], "{job}");
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(fake.calls(CHAT_PATH), 1, "the job itself did not run again");
 }
 
 #[tokio::test]
