@@ -2,9 +2,9 @@
 //! binaries on one real `redis-server`. A job submitted to one replica is run by whichever
 //! replica's worker takes it and is readable and cancellable from every replica; a replica
 //! killed with jobs in hand has them taken over by another; tenants stay apart everywhere;
-//! Redis gone makes a submission fail at once with a 503, never hang.
+//! Redis gone makes a submission fail at once with a 503, never hang. And on both queues
+//! (sled and Redis), a key over its own limit waits in the queue rather than failing.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::admin::metric;
@@ -29,9 +29,20 @@ struct Replica {
 
 impl Replica {
     async fn start(fake: &FakeUpstream, redis: &RedisServer, jobs: &str) -> Replica {
+        let redis = format!(
+            "[redis]\nurl = \"{}\"\ntimeout_ms = 300\nconnect_timeout_ms = 300\n",
+            redis.url()
+        );
+        Replica::launch(fake, &redis, jobs, &[]).await
+    }
+
+    /// A deja with `more` config (sections), `[jobs]` lines `jobs`, and `env`.
+    async fn launch(fake: &FakeUpstream, more: &str, jobs: &str, env: &[(&str, &str)]) -> Replica {
         let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path(), fake, &redis.url(), jobs);
-        let env = [("DEJA_ADMIN__TOKEN", ADMIN_TOKEN)];
+        let extra = format!("\n{more}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[jobs]\n{jobs}\n");
+        let config = write_config(dir.path(), &fake.base_url(), "info", &extra);
+        let mut env = env.to_vec();
+        env.push(("DEJA_ADMIN__TOKEN", ADMIN_TOKEN));
         let mut process = DejaProcess::start_with_env(&config, &env).await;
         let line = process.wait_for_log("admin listening").await;
         let addr = line["fields"]["addr"].as_str().unwrap();
@@ -118,14 +129,6 @@ impl Replica {
             &format!("deja_jobs_finished_total{{status=\"{status}\"}}"),
         )
     }
-}
-
-fn config(dir: &Path, fake: &FakeUpstream, redis_url: &str, jobs: &str) -> std::path::PathBuf {
-    let extra = format!(
-        "\n[redis]\nurl = \"{redis_url}\"\ntimeout_ms = 300\nconnect_timeout_ms = 300\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\n[jobs]\n{jobs}\n"
-    );
-    write_config(dir, &fake.base_url(), "info", &extra)
 }
 
 fn question(i: usize) -> String {
@@ -426,4 +429,57 @@ async fn without_redis_a_submission_fails_at_once_and_works_again_after() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(a.finished(KEY_A, &id).await["status"], "succeeded");
+}
+
+/// A managed key over its own requests-per-minute limit: its jobs wait in the queue for the
+/// limit to allow them (deja's own 429 puts them back with its wait), so every one succeeds,
+/// none reaches the upstream refused, and they finish spread over the limit's refills.
+async fn a_key_over_its_own_limit_waits_in_the_queue(redis: Option<&RedisServer>) {
+    const RPM: usize = 30; // a burst of 30, then one every 2 s
+    const JOBS: usize = RPM + 3;
+    const SECRET_KEY: &str = "sk-deja-limited-team";
+    let fake = FakeUpstream::start().await;
+    let hash = {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(SECRET_KEY.as_bytes()))
+    };
+    let mut more = format!("[[keys]]\nid = \"team\"\nhash = \"sha256:{hash}\"\nrpm = {RPM}\n");
+    if let Some(redis) = redis {
+        more.push_str(&format!("\n[redis]\nurl = \"{}\"\n", redis.url()));
+    }
+    let env = [("DEJA_UPSTREAM__API_KEY", "sk-upstream-real")];
+    let deja = Replica::launch(&fake, &more, "concurrency = 4", &env).await;
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        ids.push(deja.submitted(SECRET_KEY, &question(i)).await);
+    }
+    let mut finished_at = Vec::new();
+    for id in &ids {
+        let job = deja.finished(SECRET_KEY, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["response"]["status_code"], 200, "{job}");
+        finished_at.push(job["finished_at"].as_u64().unwrap());
+    }
+    assert_eq!(
+        fake.calls(CHAT_PATH),
+        JOBS,
+        "no call went upstream to be refused"
+    );
+    assert_eq!(deja.finished_here("succeeded").await, JOBS as f64);
+    assert_eq!(deja.finished_here("failed").await, 0.0);
+    // The three over the burst waited for refills, 2 s apart (seconds are whole, hence -1).
+    let spread = finished_at.iter().max().unwrap() - finished_at.iter().min().unwrap();
+    eprintln!("{JOBS} jobs at rpm {RPM}: finished over {spread} s");
+    assert!(spread >= 3 * 60 / RPM as u64 - 1, "spread {spread} s");
+}
+
+#[tokio::test]
+async fn a_key_over_its_own_limit_waits_in_the_local_queue() {
+    a_key_over_its_own_limit_waits_in_the_queue(None).await;
+}
+
+#[tokio::test]
+async fn a_key_over_its_own_limit_waits_in_the_shared_queue() {
+    let redis = RedisServer::start();
+    a_key_over_its_own_limit_waits_in_the_queue(Some(&redis)).await;
 }
