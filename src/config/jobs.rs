@@ -31,6 +31,9 @@ pub struct JobsConfig {
     pub webhook_timeout_secs: u64,
     /// The queue pauses when the upstream's `x-ratelimit-remaining-requests` reaches this.
     pub pause_when_remaining: u64,
+    /// With `[redis]`: milliseconds a replica may hold a job without renewing its claim
+    /// before another replica takes it over (it renews every third of this while alive).
+    pub claim_idle_ms: u64,
 }
 
 impl Default for JobsConfig {
@@ -47,6 +50,7 @@ impl Default for JobsConfig {
             webhook_max_backoff_ms: 300_000,
             webhook_timeout_secs: 10,
             pause_when_remaining: 0,
+            claim_idle_ms: 30_000,
         }
     }
 }
@@ -65,6 +69,9 @@ impl JobsConfig {
                 "jobs.retention_secs",
                 "must be in 1..=2592000 (30 days)".into(),
             ));
+        }
+        if !(300..=3_600_000).contains(&self.claim_idle_ms) {
+            return Some(("jobs.claim_idle_ms", "must be in 300..=3600000".into()));
         }
         if !(1..=3_600).contains(&self.webhook_timeout_secs) {
             return Some(("jobs.webhook_timeout_secs", "must be in 1..=3600".into()));

@@ -63,8 +63,8 @@ pub async fn route(
     let method = request.method().clone();
     if let Some(id) = rest.strip_prefix("/jobs/") {
         return Ok(match method {
-            Method::GET => poll(&jobs, &tenant, id),
-            Method::DELETE => cancel(&app, &jobs, &tenant, id),
+            Method::GET => poll(&jobs, &tenant, id).await,
+            Method::DELETE => cancel(&app, &jobs, &tenant, id).await,
             _ => not_allowed(&method, rest),
         });
     }
@@ -134,28 +134,19 @@ async fn submit(
         error: None,
         callback,
     };
-    let kept = {
-        let jobs = jobs.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut job = job;
-            job.seq = jobs.store.next_seq()?;
-            jobs.store.save(&job)?;
-            // Accepted means kept: on disk before the 202.
-            jobs.store.flush()?;
-            Ok::<_, super::store::StoreError>(job)
-        })
-        .await
-    };
+    // Accepted means kept: on disk (or acknowledged by Redis) before the 202.
+    let kept = jobs.store.submit(job).await;
+    jobs.store_health(&kept);
     let job = match kept {
-        Ok(Ok(job)) => job,
-        Ok(Err(err)) => {
+        Ok(job) => job,
+        Err(err) => {
             tracing::warn!(error = %err, "job not accepted: store");
             return Ok(unavailable());
         }
-        Err(_) => return Err(ApiError::Internal),
     };
     app.metrics.jobs.submitted.inc();
-    jobs.push(job.id.clone(), app);
+    jobs.note_depth(app);
+    jobs.wake.notify_one();
     let mut response = json_response(StatusCode::ACCEPTED, &job.view());
     if let Ok(location) = HeaderValue::from_str(&job.poll_url()) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -163,8 +154,8 @@ async fn submit(
     Ok(response)
 }
 
-fn poll(jobs: &Jobs, tenant: &str, id: &str) -> Response<ProxyBody> {
-    match jobs.store.load(id) {
+async fn poll(jobs: &Jobs, tenant: &str, id: &str) -> Response<ProxyBody> {
+    match jobs.store.load(id).await {
         Ok(Some(job)) if job.tenant == tenant => json_response(StatusCode::OK, &job.view()),
         Ok(_) => no_such_job(id),
         Err(err) => {
@@ -174,45 +165,40 @@ fn poll(jobs: &Jobs, tenant: &str, id: &str) -> Response<ProxyBody> {
     }
 }
 
-fn cancel(app: &App, jobs: &Jobs, tenant: &str, id: &str) -> Response<ProxyBody> {
+async fn cancel(app: &App, jobs: &Jobs, tenant: &str, id: &str) -> Response<ProxyBody> {
     let now = app.now_ms() / 1000;
-    let mut found = false;
-    let mut cancelled = false;
-    let updated = jobs.update(id, |job| {
-        if job.tenant != tenant {
-            return;
-        }
-        found = true;
-        if job.status == Status::Queued {
+    let updated = jobs
+        .update(id, &mut |job| {
+            if job.tenant != tenant || job.status != Status::Queued {
+                return false;
+            }
             job.status = Status::Cancelled;
             job.finished_at = Some(now);
             job.request = None;
-            cancelled = true;
-        }
-    });
+            true
+        })
+        .await;
     match updated {
-        Ok(Some(job)) if found => {
-            if cancelled {
-                app.metrics
-                    .jobs
-                    .finished
-                    .get_or_create(&super::metrics::StatusLabel {
-                        status: "cancelled",
-                    })
-                    .inc();
-                json_response(StatusCode::OK, &job.view())
-            } else {
-                error(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "Job {id} is {}; only a queued job can be cancelled.",
-                        job.status.as_str()
-                    ),
-                    "job_not_cancellable",
-                )
-            }
+        Ok(Some((job, _))) if job.tenant != tenant => no_such_job(id),
+        Ok(Some((job, true))) => {
+            app.metrics
+                .jobs
+                .finished
+                .get_or_create(&super::metrics::StatusLabel {
+                    status: "cancelled",
+                })
+                .inc();
+            json_response(StatusCode::OK, &job.view())
         }
-        Ok(_) => no_such_job(id),
+        Ok(Some((job, false))) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "Job {id} is {}; only a queued job can be cancelled.",
+                job.status.as_str()
+            ),
+            "job_not_cancellable",
+        ),
+        Ok(None) => no_such_job(id),
         Err(err) => {
             tracing::warn!(error = %err, "job store");
             unavailable()
@@ -253,7 +239,7 @@ fn no_such_job(id: &str) -> Response<ProxyBody> {
 fn unavailable() -> Response<ProxyBody> {
     let mut response = error(
         StatusCode::SERVICE_UNAVAILABLE,
-        "The job store is unavailable; nothing was queued. Retry shortly.".into(),
+        "The job store is unavailable. Nothing was changed; retry shortly.".into(),
         "job_store_unavailable",
     );
     response

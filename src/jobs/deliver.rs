@@ -6,13 +6,25 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::Jobs;
 use super::metrics::OutcomeLabel;
 use super::record::Attempt;
+use super::store::Ticket;
 use super::webhook::{secret_key, signature};
 use crate::app::App;
 
-pub fn spawn(app: Arc<App>, id: String) {
-    tokio::spawn(async move { deliver(app, id).await });
+/// Delivers the ticket's job, then settles the ticket (with Redis, a replica dying before
+/// the webhook is delivered leaves it to the replica that takes the job over).
+pub fn spawn(app: Arc<App>, ticket: Ticket) {
+    tokio::spawn(async move {
+        let Some(jobs) = app.jobs.clone() else { return };
+        if deliver(&app, &jobs, &ticket.id).await {
+            let done = jobs.store.done(ticket).await;
+            jobs.store_health(&done);
+        } else {
+            jobs.store.abandon(ticket);
+        }
+    });
 }
 
 /// The payload: the job as a poll shows it, without the delivery record (which changes
@@ -26,12 +38,13 @@ fn payload(view: &Value, status: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-async fn deliver(app: Arc<App>, id: String) {
-    let Some(jobs) = app.jobs.clone() else { return };
+/// Tries until delivered or out of attempts: true then (or when it never can be); false
+/// when the store failed and delivery is left for later.
+async fn deliver(app: &Arc<App>, jobs: &Jobs, id: &str) -> bool {
     let config = app.config().jobs.clone();
     let Some(key) = config.webhook_secret.as_deref().and_then(secret_key) else {
         tracing::warn!(job = %id, "job has a callback but jobs.webhook_secret is unset");
-        return;
+        return true;
     };
     let client = match reqwest::Client::builder()
         .no_proxy()
@@ -43,20 +56,24 @@ async fn deliver(app: Arc<App>, id: String) {
         Ok(client) => client,
         Err(err) => {
             tracing::warn!(error = %err, "webhook client");
-            return;
+            return false;
         }
     };
     loop {
-        let job = match jobs.store.load(&id) {
+        let job = match jobs.store.load(id).await {
             Ok(Some(job)) => job,
-            _ => return,
+            Ok(None) => return true,
+            Err(err) => {
+                tracing::warn!(job = %id, error = %err, "webhook delivery left for later");
+                return false;
+            }
         };
         let Some(callback) = &job.callback else {
-            return;
+            return true;
         };
         let done = callback.attempts.len() as u32;
         if callback.delivered || done >= config.webhook_max_attempts {
-            return;
+            return true;
         }
         if done > 0 {
             let wait = config
@@ -107,18 +124,22 @@ async fn deliver(app: Arc<App>, id: String) {
                 outcome: if delivered { "delivered" } else { "failed" },
             })
             .inc();
-        let recorded = jobs.update(&id, |job| {
-            if let Some(callback) = &mut job.callback {
-                callback.attempts.push(attempt);
+        let recorded = jobs
+            .update(id, &mut |job| {
+                let Some(callback) = &mut job.callback else {
+                    return false;
+                };
+                callback.attempts.push(attempt.clone());
                 callback.delivered = delivered;
-            }
-        });
+                true
+            })
+            .await;
         if let Err(err) = recorded {
             tracing::warn!(job = %id, error = %err, "webhook attempt not recorded");
-            return;
+            return false;
         }
         if delivered {
-            return;
+            return true;
         }
     }
 }

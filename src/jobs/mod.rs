@@ -1,23 +1,23 @@
 //! Work that can wait: `POST /v1/async/{chat/completions,responses,completions,embeddings}`
-//! queues the synchronous call as a job, kept in its own sled store, and answers `202`;
-//! `GET /v1/async/jobs/{id}` polls it, `DELETE` cancels it while it is queued.
+//! queues the synchronous call as a job, kept in its own sled store (or in Redis, shared by
+//! replicas, with `[redis]`), and answers `202`; `GET /v1/async/jobs/{id}` polls it,
+//! `DELETE` cancels it while it is queued.
 //!
 //! Workers replay a job's request through deja's own listener, so a job takes exactly the
 //! synchronous path (authentication, limits, cache lookup, coalescing, storing). Delivery is
-//! at least once: a job that was running when deja stopped runs again when it starts.
+//! at least once: a job that was running when deja stopped runs again when it starts (with
+//! Redis: when another replica takes it over).
 //!
-//! - `api`: the HTTP calls; `record`: one job as kept; `store`: the durable store (a trait,
-//!   so a Redis backend can take its place); `worker`: the workers and the queue's pause;
+//! - `api`: the HTTP calls; `record`: one job as kept; `store`: the seam to the backend
+//!   (`JobStore`), `local` (sled, one replica) and `redis_store` (a Redis stream and
+//!   consumer group, shared by replicas); `worker`: the workers and the queue's pause;
 //!   `webhook`: signing and the allow-list; `deliver`: webhook delivery with retries;
 //!   `metrics`: depth, wait, run time and outcomes.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -26,8 +26,10 @@ use crate::config::Config;
 
 pub mod api;
 mod deliver;
+mod local;
 pub mod metrics;
 mod record;
+mod redis_store;
 mod store;
 mod webhook;
 mod worker;
@@ -35,96 +37,120 @@ mod worker;
 pub use crate::config::JobsConfig;
 pub use metrics::JobMetrics;
 use record::{Job, Status};
-use store::{JobStore, SledJobs, StoreError};
+use store::{Change, JobStore, Retention, StoreError, Ticket};
 
-/// The queue: durable records plus the order in which queued jobs run.
+/// The queue: its store (sled, or Redis shared by replicas), and this replica's pause.
 pub struct Jobs {
     store: Box<dyn JobStore>,
-    /// Serialises read-modify-write of records (a cancel racing a worker's claim).
-    lock: Mutex<()>,
-    /// Ids of queued jobs, oldest first.
-    ready: Mutex<VecDeque<String>>,
+    /// Wakes an idle worker: a job was submitted or put back here.
     wake: Notify,
     /// No job starts before this (ms of `since`): the upstream asked the queue to wait.
     paused_until_ms: AtomicU64,
     /// A monotonic origin for pauses (the app clock may be a test's manual one).
     since: std::time::Instant,
+    /// Whether the last store call failed (logged once per outage, not per call).
+    store_down: AtomicBool,
 }
 
 impl Jobs {
-    /// Opens the store named by `[jobs]` (default `<cache.dir>/jobs`).
+    /// Opens the store: with `[redis]`, the queue shared by replicas; otherwise the sled
+    /// store named by `[jobs]` (default `<cache.dir>/jobs`).
     pub fn open(config: &Config) -> Result<Jobs, StoreError> {
+        if let Some(redis) = &config.redis {
+            let store = redis_store::RedisJobs::new(redis, &config.jobs)?;
+            return Ok(Jobs::with_store(Box::new(store)));
+        }
         let dir = config
             .jobs
             .dir
             .clone()
             .unwrap_or_else(|| config.cache.dir.join("jobs"));
-        Ok(Jobs::with_store(Box::new(SledJobs::open(&dir)?)))
+        Ok(Jobs::with_store(Box::new(local::SledJobs::open(&dir)?)))
     }
 
-    pub fn with_store(store: Box<dyn JobStore>) -> Jobs {
+    fn with_store(store: Box<dyn JobStore>) -> Jobs {
         Jobs {
             store,
-            lock: Mutex::new(()),
-            ready: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             paused_until_ms: AtomicU64::new(0),
             since: std::time::Instant::now(),
+            store_down: AtomicBool::new(false),
         }
     }
 
     /// Jobs waiting to run.
     pub fn depth(&self) -> usize {
-        self.ready.lock().len()
+        self.store.depth()
     }
 
-    fn push(&self, id: String, app: &App) {
-        let depth = {
-            let mut ready = self.ready.lock();
-            ready.push_back(id);
-            ready.len()
-        };
-        app.metrics.jobs.depth.set(depth as i64);
-        self.wake.notify_one();
+    fn note_depth(&self, app: &App) {
+        app.metrics.jobs.depth.set(self.store.depth() as i64);
     }
 
-    /// Applies `change` to the stored job `id`, under the lock; `None` if it is gone.
-    fn update(&self, id: &str, change: impl FnOnce(&mut Job)) -> Result<Option<Job>, StoreError> {
-        let _held = self.lock.lock();
-        let Some(mut job) = self.store.load(id)? else {
-            return Ok(None);
-        };
-        change(&mut job);
-        self.store.save(&job)?;
-        Ok(Some(job))
+    async fn update(
+        &self,
+        id: &str,
+        change: Change<'_>,
+    ) -> Result<Option<(Job, bool)>, StoreError> {
+        self.store.update(id, change).await
     }
 
-    /// The next queued job, now marked running.
-    fn claim(&self, app: &App) -> Option<Job> {
-        loop {
-            let id = {
-                let mut ready = self.ready.lock();
-                let id = ready.pop_front()?;
-                app.metrics.jobs.depth.set(ready.len() as i64);
-                id
-            };
-            let now = app.now_ms();
-            let mut claimed = false;
-            let updated = self.update(&id, |job| {
-                if job.status == Status::Queued {
+    /// Notes how a store call went; an outage is logged when it starts and when it ends.
+    fn store_health<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) => {
+                if self.store_down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("job store reachable again");
+                }
+            }
+            Err(err) => {
+                if !self.store_down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %err, "job store unavailable; jobs wait until it is back");
+                }
+            }
+        }
+    }
+
+    /// Marks the ticket's job running; `None` (the ticket settled) when it is not to run:
+    /// cancelled, finished, gone, or running under another ticket.
+    async fn claim(&self, app: &Arc<App>, ticket: Ticket) -> Option<(Job, Ticket)> {
+        let now = app.now_ms();
+        // A job a dead replica left running runs again (at least once).
+        let taken_over = ticket.taken_over;
+        let claimed = self
+            .update(&ticket.id, &mut |job| {
+                let runnable =
+                    job.status == Status::Queued || (taken_over && job.status == Status::Running);
+                if runnable {
                     job.status = Status::Running;
                     job.started_at = Some(now / 1000);
                     job.runs += 1;
-                    claimed = true;
                 }
-            });
-            match updated {
-                Ok(Some(job)) if claimed => return Some(job),
-                Ok(_) => continue, // cancelled or expired while queued
-                Err(err) => {
-                    tracing::warn!(error = %err, "job store; job left queued");
-                    continue;
+                runnable
+            })
+            .await;
+        self.store_health(&claimed);
+        match claimed {
+            Ok(Some((job, true))) => {
+                if taken_over {
+                    tracing::info!(job = %job.id, runs = job.runs, "job taken over from a replica that stopped");
                 }
+                Some((job, ticket))
+            }
+            Ok(Some((job, false))) if job.status.finished() && owes_webhook(&job) => {
+                // Finished by a replica that died before its webhook was delivered.
+                deliver::spawn(app.clone(), ticket);
+                None
+            }
+            Ok(_) => {
+                let done = self.store.done(ticket).await;
+                self.store_health(&done);
+                None
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "job store; job left for later");
+                self.store.abandon(ticket);
+                None
             }
         }
     }
@@ -139,64 +165,20 @@ impl Jobs {
         let until = self.mono_ms().saturating_add(wait_ms);
         self.paused_until_ms.fetch_max(until, Ordering::SeqCst);
     }
+}
 
-    /// Puts back what a stop left unfinished, resumes webhooks, and drops expired jobs.
-    fn recover(&self, app: &Arc<App>) -> Result<(), StoreError> {
-        let mut waiting: Vec<Job> = Vec::new();
-        for job in self.store.scan()? {
-            match job.status {
-                Status::Queued | Status::Running => waiting.push(job),
-                _ if self.expired(&job, app) => self.store.remove(&job.id)?,
-                _ => {
-                    if job.callback.as_ref().is_some_and(|c| !c.delivered) {
-                        deliver::spawn(app.clone(), job.id.clone());
-                    }
-                }
-            }
-        }
-        waiting.sort_by_key(|job| job.seq);
-        let rerun = waiting
-            .iter()
-            .filter(|job| job.status == Status::Running)
-            .count();
-        for job in &waiting {
-            if job.status == Status::Running {
-                self.update(&job.id, |job| job.status = Status::Queued)?;
-            }
-        }
-        if !waiting.is_empty() {
-            tracing::info!(
-                queued = waiting.len(),
-                rerun,
-                "jobs recovered from the store"
-            );
-        }
-        for job in waiting {
-            self.push(job.id, app);
-        }
-        Ok(())
-    }
+fn owes_webhook(job: &Job) -> bool {
+    job.callback.as_ref().is_some_and(|c| !c.delivered)
+}
 
-    fn expired(&self, job: &Job, app: &App) -> bool {
-        let retention = app.config().jobs.retention_secs;
-        job.finished_at
-            .is_some_and(|at| at.saturating_add(retention) <= app.now_ms() / 1000)
-    }
-
-    /// Removes finished jobs older than `jobs.retention_secs`.
-    fn sweep(&self, app: &App) -> Result<usize, StoreError> {
-        let mut removed = 0;
-        for job in self.store.scan()? {
-            if job.status.finished() && self.expired(&job, app) {
-                self.store.remove(&job.id)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+fn retention(app: &App) -> Retention {
+    Retention {
+        now_secs: app.now_ms() / 1000,
+        keep_secs: app.config().jobs.retention_secs,
     }
 }
 
-/// Starts the workers, the sweeper and unfinished deliveries once the listener at `addr`
+/// Starts the workers, housekeeping and unfinished deliveries once the listener at `addr`
 /// (which workers call) is up. They stop when `stopped` turns true; the caller awaits the
 /// returned tasks.
 pub fn start(
@@ -207,9 +189,15 @@ pub fn start(
     let Some(jobs) = app.jobs.clone() else {
         return Vec::new();
     };
-    if let Err(err) = jobs.recover(app) {
-        tracing::error!(error = %err, "jobs could not be recovered from the store");
+    match jobs.store.recover(retention(app)) {
+        Ok(owed) => {
+            for ticket in owed {
+                deliver::spawn(app.clone(), ticket);
+            }
+        }
+        Err(err) => tracing::error!(error = %err, "jobs could not be recovered from the store"),
     }
+    jobs.note_depth(app);
     let target = worker::loopback(addr);
     let mut tasks = Vec::new();
     for _ in 0..app.config().jobs.concurrency {
@@ -217,27 +205,30 @@ pub fn start(
         tasks.push(tokio::spawn(until_stopped(stopped.clone(), work)));
     }
     let app = app.clone();
-    tasks.push(tokio::spawn(until_stopped(stopped, async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            let swept = {
-                let (app, jobs) = (app.clone(), jobs.clone());
-                tokio::task::spawn_blocking(move || jobs.sweep(&app)).await
-            };
-            match swept {
-                Ok(Ok(0)) => {}
-                Ok(Ok(removed)) => tracing::debug!(removed, "expired jobs removed"),
-                Ok(Err(err)) => tracing::warn!(error = %err, "job sweep failed"),
-                Err(_) => {}
+    tasks.push(tokio::spawn(async move {
+        let every = jobs.store.housekeeping_every();
+        let housekeeping = async {
+            loop {
+                tokio::time::sleep(every).await;
+                match jobs.store.housekeeping(retention(&app)).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::debug!(removed, "expired jobs removed"),
+                    Err(err) => tracing::warn!(error = %err, "job housekeeping failed"),
+                }
+                jobs.note_depth(&app);
             }
+        };
+        until_stopped(stopped, housekeeping).await;
+        if let Err(err) = jobs.store.hand_back().await {
+            tracing::warn!(error = %err, "jobs held here stay until another replica takes them over");
         }
-    })));
+    }));
     tasks
 }
 
 /// Runs `work` until the server stops. A job cut short is still marked running in the store,
-/// so the next start runs it again (at least once), and nothing here keeps the app (and its
-/// store) alive after shutdown.
+/// so the next start (or, with Redis, another replica) runs it again (at least once), and
+/// nothing here keeps the app (and its store) alive after shutdown.
 async fn until_stopped(mut stopped: watch::Receiver<bool>, work: impl Future<Output = ()>) {
     tokio::select! {
         () = work => {}

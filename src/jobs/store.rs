@@ -1,8 +1,18 @@
-//! Where jobs are kept. `JobStore` is the durable part; `SledJobs` keeps them in their own
-//! sled database. A Redis backend (a stream with a consumer group, for replicas) would
-//! implement the same trait.
+//! Where jobs are kept and queued. `JobStore` is the seam between the queue's logic
+//! (`super::Jobs`, the workers, the API) and its backend:
+//!
+//! - `SledJobs` (`local.rs`): one replica; records in their own sled database, the queue in
+//!   memory, rebuilt from the records at start.
+//! - `RedisJobs` (`redis_store.rs`, with `[redis]`): records in Redis, the queue a Redis
+//!   stream read by a consumer group, so every replica's workers share it and a dead
+//!   replica's jobs are taken over by another.
+//!
+//! A worker takes a `Ticket` (`next`), marks the job running (`update`), and gives the ticket
+//! back with `done` (finished, and its webhook delivered) or `requeue` (to run later).
 
-use std::path::Path;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
 
 use super::record::Job;
 
@@ -12,70 +22,96 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("job record: {0}")]
     Record(#[from] serde_json::Error),
+    #[error("job store: redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("job store: redis did not answer within the timeout")]
+    Timeout,
+    #[error("job store: record {0} kept changing under this update")]
+    Contended(String),
+    #[error("job store: a blocking task failed")]
+    Blocking,
+}
+
+/// What a store call gives back, later.
+pub type Stored<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// A change to one job record. It may be called more than once (a replica changing the
+/// same record meanwhile makes the store read and apply it again), so it must look at the
+/// job it is given, not at what an earlier call saw. Returns whether it changed anything.
+pub type Change<'a> = &'a mut (dyn FnMut(&mut Job) -> bool + Send);
+
+/// A queued job handed to this replica: held by it until `done` or `requeue`.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub id: String,
+    /// Taken over from a replica that stopped holding it (it died, or stalled longer than
+    /// `jobs.claim_idle_ms`): a job it left running runs again.
+    pub taken_over: bool,
+    /// The stream entry that queued it (Redis).
+    pub entry: Option<String>,
+}
+
+impl Ticket {
+    /// A ticket with no stream entry (the local queue).
+    pub fn local(id: String) -> Ticket {
+        Ticket {
+            id,
+            taken_over: false,
+            entry: None,
+        }
+    }
+}
+
+/// Where a job goes back in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Ahead of the others (a pause must not reorder jobs; best effort across replicas).
+    Front,
+    Back,
+}
+
+/// How long finished jobs are kept, and the time now (the app's clock), in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub now_secs: u64,
+    pub keep_secs: u64,
+}
+
+impl Retention {
+    pub fn expired(&self, job: &Job) -> bool {
+        job.finished_at
+            .is_some_and(|at| at.saturating_add(self.keep_secs) <= self.now_secs)
+    }
 }
 
 pub trait JobStore: Send + Sync {
-    /// A number larger than any given before, across restarts.
-    fn next_seq(&self) -> Result<u64, StoreError>;
-    fn save(&self, job: &Job) -> Result<(), StoreError>;
-    fn load(&self, id: &str) -> Result<Option<Job>, StoreError>;
-    fn remove(&self, id: &str) -> Result<(), StoreError>;
-    /// Every job, in no particular order (recovery and expiry).
-    fn scan(&self) -> Result<Vec<Job>, StoreError>;
-    /// Makes everything saved so far survive a crash.
-    fn flush(&self) -> Result<(), StoreError>;
-}
-
-pub struct SledJobs {
-    db: sled::Db,
-    jobs: sled::Tree,
-}
-
-impl SledJobs {
-    pub fn open(dir: &Path) -> Result<SledJobs, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
-        let jobs = db.open_tree("jobs")?;
-        Ok(SledJobs { db, jobs })
-    }
-}
-
-impl JobStore for SledJobs {
-    fn next_seq(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
-    }
-
-    fn save(&self, job: &Job) -> Result<(), StoreError> {
-        self.jobs
-            .insert(job.id.as_bytes(), serde_json::to_vec(job)?)?;
-        Ok(())
-    }
-
-    fn load(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        match self.jobs.get(id.as_bytes())? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn remove(&self, id: &str) -> Result<(), StoreError> {
-        self.jobs.remove(id.as_bytes())?;
-        Ok(())
-    }
-
-    fn scan(&self) -> Result<Vec<Job>, StoreError> {
-        let mut all = Vec::new();
-        for item in self.jobs.iter() {
-            let (_, bytes) = item?;
-            match serde_json::from_slice(&bytes) {
-                Ok(job) => all.push(job),
-                Err(err) => tracing::warn!(error = %err, "unreadable job record skipped"),
-            }
-        }
-        Ok(all)
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+    /// Keeps a new job and queues it; kept (on disk, or acknowledged by Redis) on return.
+    fn submit(&self, job: Job) -> Stored<'_, Job>;
+    fn load<'a>(&'a self, id: &'a str) -> Stored<'a, Option<Job>>;
+    /// Applies `change` to job `id`, atomically against every other writer (other replicas
+    /// included). The job after the change and whether it changed; `None` if there is none.
+    fn update<'a>(&'a self, id: &'a str, change: Change<'a>) -> Stored<'a, Option<(Job, bool)>>;
+    /// The next queued job's ticket, without waiting; `None` when there is none.
+    fn next(&self) -> Stored<'_, Option<Ticket>>;
+    /// This replica is finished with the ticket (the job finished or is gone).
+    fn done(&self, ticket: Ticket) -> Stored<'_, ()>;
+    /// The job (already marked queued) goes back to the queue.
+    fn requeue(&self, ticket: Ticket, place: Place) -> Stored<'_, ()>;
+    /// Stops holding the ticket without settling it (the store failed mid-way): another
+    /// replica takes it over after `jobs.claim_idle_ms` (the local queue: the next start).
+    fn abandon(&self, ticket: Ticket);
+    /// Jobs waiting to run, as far as this replica knows.
+    fn depth(&self) -> usize;
+    /// At start: puts back what a stop left unfinished, drops finished jobs past their
+    /// retention, and returns the tickets of finished jobs whose webhook is still owed.
+    fn recover(&self, retention: Retention) -> Result<Vec<Ticket>, StoreError>;
+    /// Runs every `housekeeping_every`: drops expired jobs, renews held tickets. Returns the
+    /// number of jobs removed.
+    fn housekeeping(&self, retention: Retention) -> Stored<'_, usize>;
+    fn housekeeping_every(&self) -> Duration;
+    /// At a graceful stop: what this replica holds goes to others at once rather than after
+    /// `jobs.claim_idle_ms` (the local queue keeps it for the next start).
+    fn hand_back(&self) -> Stored<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }

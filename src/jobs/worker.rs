@@ -1,7 +1,7 @@
 //! The workers: each takes the oldest queued job, sends its request to deja's own listener
 //! (the synchronous path, unchanged), and keeps the answer. A 429 is not a failure: an
-//! upstream's pauses the whole queue until its reset; a key's own limit (managed mode) puts
-//! that job back to wait.
+//! upstream's pauses this replica's queue until its reset; a key's own limit (managed mode)
+//! puts that job back to wait.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -13,6 +13,7 @@ use http::HeaderMap;
 use serde_json::Value;
 
 use super::record::{Answer, Job, Status};
+use super::store::{Place, Ticket};
 use super::{Jobs, deliver};
 use crate::app::App;
 use crate::upstream::retry::retry_after;
@@ -38,6 +39,10 @@ async fn unpaused(jobs: &Jobs) {
     }
 }
 
+/// How long an idle worker waits before looking at the queue again (with Redis, jobs
+/// submitted to other replicas arrive without a wake-up here).
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
 pub async fn run(app: Arc<App>, jobs: Arc<Jobs>, target: SocketAddr) {
     let client = match reqwest::Client::builder().no_proxy().build() {
         Ok(client) => client,
@@ -48,8 +53,23 @@ pub async fn run(app: Arc<App>, jobs: Arc<Jobs>, target: SocketAddr) {
     };
     loop {
         unpaused(&jobs).await;
-        let Some(job) = jobs.claim(&app) else {
-            jobs.wake.notified().await;
+        let next = jobs.store.next().await;
+        jobs.store_health(&next);
+        let ticket = match next {
+            Ok(Some(ticket)) => ticket,
+            Ok(None) => {
+                let _ = tokio::time::timeout(IDLE_POLL, jobs.wake.notified()).await;
+                continue;
+            }
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        jobs.note_depth(&app);
+        // There may be more: another idle worker looks too.
+        jobs.wake.notify_one();
+        let Some((job, ticket)) = jobs.claim(&app, ticket).await else {
             continue;
         };
         if job.runs == 1 {
@@ -59,7 +79,7 @@ pub async fn run(app: Arc<App>, jobs: Arc<Jobs>, target: SocketAddr) {
                 .wait_seconds
                 .observe(waited as f64 / 1000.0);
         }
-        run_one(&app, &jobs, &client, target, job).await;
+        run_one(&app, &jobs, &client, target, job, ticket).await;
     }
 }
 
@@ -106,6 +126,7 @@ async fn run_one(
     client: &reqwest::Client,
     target: SocketAddr,
     job: Job,
+    ticket: Ticket,
 ) {
     let started = Instant::now();
     let reply = match send(client, target, &job).await {
@@ -113,7 +134,7 @@ async fn run_one(
         Err(err) => {
             // The listener is going away (shutdown) or overloaded: the job stays queued.
             tracing::warn!(job = %job.id, error = %err, "job could not reach the listener; requeued");
-            requeue(app, jobs, &job.id);
+            requeue(jobs, ticket, Place::Back).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             return;
         }
@@ -132,13 +153,14 @@ async fn run_one(
         if ours {
             // The caller's own deja key is over its limit: this job waits, the rest go on.
             tracing::debug!(job = %job.id, wait_ms = wait, "job waits for its key's limit");
-            requeue_after(app, jobs, job.id.clone(), wait);
+            requeue_after(jobs, ticket, wait);
         } else {
             tracing::info!(wait_ms = wait, "upstream rate limit; job queue paused");
             app.metrics.jobs.paused.inc();
             jobs.pause_for(wait);
-            requeue_front(app, jobs, &job.id);
+            requeue(jobs, ticket, Place::Front).await;
         }
+        jobs.note_depth(app);
         return;
     }
     if !app.config().managed()
@@ -153,7 +175,7 @@ async fn run_one(
         app.metrics.jobs.paused.inc();
         jobs.pause_for(reset);
     }
-    finish(app, jobs, &job.id, answer_of(reply));
+    finish(app, jobs, ticket, answer_of(reply)).await;
 }
 
 fn answer_of(reply: Reply) -> Answer {
@@ -178,20 +200,24 @@ fn answer_of(reply: Reply) -> Answer {
     }
 }
 
-fn finish(app: &Arc<App>, jobs: &Arc<Jobs>, id: &str, answer: Answer) {
+async fn finish(app: &Arc<App>, jobs: &Arc<Jobs>, ticket: Ticket, answer: Answer) {
     let status = if (200..300).contains(&answer.status_code) {
         Status::Succeeded
     } else {
         Status::Failed
     };
     let now = app.now_ms() / 1000;
-    let updated = jobs.update(id, |job| {
-        job.status = status;
-        job.finished_at = Some(now);
-        job.answer = Some(answer);
-        // The credentials are not needed any more.
-        job.request = None;
-    });
+    let updated = jobs
+        .update(&ticket.id, &mut |job| {
+            job.status = status;
+            job.finished_at = Some(now);
+            job.answer = Some(answer.clone());
+            // The credentials are not needed any more.
+            job.request = None;
+            true
+        })
+        .await;
+    jobs.store_health(&updated);
     app.metrics
         .jobs
         .finished
@@ -200,14 +226,28 @@ fn finish(app: &Arc<App>, jobs: &Arc<Jobs>, id: &str, answer: Answer) {
         })
         .inc();
     match updated {
-        Ok(Some(job)) if job.callback.is_some() => deliver::spawn(app.clone(), job.id),
-        Ok(_) => {}
-        Err(err) => tracing::warn!(job = %id, error = %err, "job answer could not be kept"),
+        Ok(Some((job, _))) if job.callback.is_some() => deliver::spawn(app.clone(), ticket),
+        Ok(_) => {
+            let done = jobs.store.done(ticket).await;
+            jobs.store_health(&done);
+        }
+        Err(err) => {
+            // Left running: it runs again after the restart, or on the replica taking it over.
+            tracing::warn!(job = %ticket.id, error = %err, "job answer could not be kept");
+            jobs.store.abandon(ticket);
+        }
     }
 }
 
-fn mark_queued(jobs: &Jobs, id: &str) -> bool {
-    match jobs.update(id, |job| job.status = Status::Queued) {
+/// Marks the job queued again (it was running here); false if it is gone.
+async fn mark_queued(jobs: &Jobs, id: &str) -> bool {
+    let marked = jobs
+        .update(id, &mut |job| {
+            job.status = Status::Queued;
+            true
+        })
+        .await;
+    match marked {
         Ok(Some(_)) => true,
         Ok(None) => false,
         Err(err) => {
@@ -217,33 +257,34 @@ fn mark_queued(jobs: &Jobs, id: &str) -> bool {
     }
 }
 
-fn requeue(app: &App, jobs: &Jobs, id: &str) {
-    if mark_queued(jobs, id) {
-        jobs.push(id.to_string(), app);
+async fn requeue(jobs: &Jobs, ticket: Ticket, place: Place) {
+    if mark_queued(jobs, &ticket.id).await {
+        put_back(jobs, ticket, place).await;
+    } else {
+        let _ = jobs.store.done(ticket).await;
     }
 }
 
-/// Back at the head of the queue, so a pause does not reorder jobs.
-fn requeue_front(app: &App, jobs: &Jobs, id: &str) {
-    if mark_queued(jobs, id) {
-        let depth = {
-            let mut ready = jobs.ready.lock();
-            ready.push_front(id.to_string());
-            ready.len()
-        };
-        app.metrics.jobs.depth.set(depth as i64);
-        jobs.wake.notify_one();
+async fn put_back(jobs: &Jobs, ticket: Ticket, place: Place) {
+    let id = ticket.id.clone();
+    if let Err(err) = jobs.store.requeue(ticket, place).await {
+        // Redis: the entry stays with this replica, unrenewed, so it is taken over later.
+        tracing::warn!(job = %id, error = %err, "job could not be queued again; left for later");
     }
+    jobs.wake.notify_one();
 }
 
-fn requeue_after(app: &Arc<App>, jobs: &Arc<Jobs>, id: String, wait_ms: u64) {
-    if !mark_queued(jobs, &id) {
-        return;
-    }
-    let (app, jobs) = (app.clone(), jobs.clone());
+/// Queued at once (so it can be cancelled), taken again after `wait_ms`; the ticket stays
+/// with this replica meanwhile (with Redis, renewed).
+fn requeue_after(jobs: &Arc<Jobs>, ticket: Ticket, wait_ms: u64) {
+    let jobs = jobs.clone();
     tokio::spawn(async move {
+        if !mark_queued(&jobs, &ticket.id).await {
+            let _ = jobs.store.done(ticket).await;
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-        jobs.push(id, &app);
+        put_back(&jobs, ticket, Place::Back).await;
     });
 }
 

@@ -103,15 +103,7 @@ impl Replica {
         cache: Arc<Cache>,
         config: RedisConfig,
     ) -> Result<Arc<Replica>, ReplicaError> {
-        let mut info = config.url.as_str().into_connection_info()?;
-        if let Some(password) = &config.password {
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_password(password.expose());
-            info = info.set_redis_settings(settings);
-        }
-        let client = Client::open(info)?;
+        let client = client(&config)?;
         let embedder = cache.meta("embedder").unwrap_or_default();
         let replica = Arc::new(Replica {
             id: format!("{:016x}", fastrand::u64(..)),
@@ -218,6 +210,20 @@ impl Replica {
         }
         result
     }
+}
+
+/// A client for `[redis]` (the password from its own setting, never the URL). It connects
+/// on first use. The job queue (`crate::jobs`) uses it too.
+pub fn client(config: &RedisConfig) -> Result<Client, redis::RedisError> {
+    let mut info = config.url.as_str().into_connection_info()?;
+    if let Some(password) = &config.password {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
+        info = info.set_redis_settings(settings);
+    }
+    Client::open(info)
 }
 
 fn hex(bytes: &[u8]) -> String {

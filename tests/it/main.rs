@@ -27,6 +27,7 @@ mod hostile;
 mod index_restart;
 mod isolation;
 mod jobs;
+mod jobs_redis;
 mod jobs_restart;
 mod local_embedding;
 mod managed;
