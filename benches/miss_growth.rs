@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -95,16 +96,23 @@ fn main() {
             let cache = deja.app.cache.clone().expect("cache");
             let started = Instant::now();
             let settled = cache.settle_index(Duration::from_secs(args.settle_secs as u64));
-            (started.elapsed(), settled, cache.index_deferred_total())
+            let indexed = cache.indexed();
+            // Every miss must have been embedded and indexed, or the "on" run measured
+            // something else (an embedding answer deja could not read skips the semantic tier).
+            assert_eq!(
+                indexed, args.entries,
+                "every stored entry has its vector in the index"
+            );
+            (started.elapsed(), settled, cache.index_deferred_total(), indexed)
         });
         servers.block_on(deja.shutdown());
         drop(dir);
         print_windows(&run);
-        if let Some((took, settled, deferred)) = settle {
+        if let Some((took, settled, deferred, indexed)) = settle {
             println!(
                 "After the last request the index worker took {:.1} s to put every vector \
                  into the graph (settled: {settled}); {deferred} vectors had waited in the \
-                 store only (deferred) during the run.\n",
+                 store only (deferred) during the run; {indexed} vectors indexed.\n",
                 took.as_secs_f64()
             );
         }
@@ -131,7 +139,9 @@ struct Fake {
     embeddings: Arc<AtomicU64>,
 }
 
-type EmbedJob = (String, oneshot::Sender<Bytes>);
+/// One `/v1/embeddings` request's body (its inputs and encoding are read on the embedding
+/// thread, so their cost counts as the fake's), and where its answer goes.
+type EmbedJob = (Bytes, oneshot::Sender<Bytes>);
 
 impl Fake {
     async fn start(dim: usize, latent: usize) -> Fake {
@@ -213,19 +223,16 @@ async fn answer(
         (true, "/v1/chat/completions") => json(StatusCode::OK, chat),
         (true, "/v1/embeddings") => {
             embeddings.fetch_add(1, Ordering::Relaxed);
-            let input = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["input"].as_str().map(str::to_string))
-                .unwrap_or_default();
             let (tx, rx) = oneshot::channel();
-            let _ = jobs.send((input, tx));
+            let _ = jobs.send((body, tx));
             json(StatusCode::OK, rx.await.unwrap_or_default())
         }
         _ => json(StatusCode::NOT_FOUND, Bytes::from_static(b"{}")),
     }
 }
 
-/// Builds embedding answers (the API's shape, `encoding_format: float`), one at a time.
+/// Builds embedding answers as the API does: one item per input (a string or an array of
+/// them, as deja batches prompts), `encoding_format` float or base64 (little-endian f32s).
 fn embed_thread(
     inbox: &mpsc::Receiver<EmbedJob>,
     dim: usize,
@@ -234,17 +241,36 @@ fn embed_thread(
 ) {
     let _ = tid.send(own_tid());
     let kind = VectorKind::new(dim, latent);
-    while let Ok((input, reply)) = inbox.recv() {
-        let seed = u64::from_le_bytes(
-            blake3::hash(input.as_bytes()).as_bytes()[..8]
-                .try_into()
-                .expect("8 bytes"),
-        );
-        let vector = kind.next(&mut fastrand::Rng::with_seed(seed));
-        let tokens = input.split_whitespace().count();
+    while let Ok((request, reply)) = inbox.recv() {
+        let request: serde_json::Value = serde_json::from_slice(&request).unwrap_or_default();
+        let inputs: Vec<&str> = match &request["input"] {
+            serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_str()).collect(),
+            one => vec![one.as_str().unwrap_or_default()],
+        };
+        let base64 = request["encoding_format"] == "base64";
+        let data: Vec<serde_json::Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(index, input)| {
+                let seed = u64::from_le_bytes(
+                    blake3::hash(input.as_bytes()).as_bytes()[..8]
+                        .try_into()
+                        .expect("8 bytes"),
+                );
+                let vector = kind.next(&mut fastrand::Rng::with_seed(seed));
+                let embedding = if base64 {
+                    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    json!(vector)
+                };
+                json!({"object": "embedding", "index": index, "embedding": embedding})
+            })
+            .collect();
+        let tokens: usize = inputs.iter().map(|i| i.split_whitespace().count()).sum();
         let body = json!({
             "object": "list",
-            "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+            "data": data,
             "model": "text-embedding-3-small",
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         });

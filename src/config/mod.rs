@@ -47,7 +47,7 @@ pub use access::{AdminConfig, BudgetPeriod, KeyConfig, Price, UsageConfig, hash_
 pub use cache::{
     CacheConfig, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_EF_SEARCH, DEFAULT_HNSW_M,
 };
-pub use embedding::{EmbeddingConfig, EmbeddingProvider};
+pub use embedding::{EmbeddingConfig, EmbeddingEncoding, EmbeddingProvider};
 pub use jobs::{JobsConfig, webhook_secret_key};
 pub use log::{LogConfig, LogFormat};
 pub use redis::RedisConfig;

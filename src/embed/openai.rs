@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use base64::Engine;
 use futures_util::future::join_all;
 use http::HeaderValue;
 use serde::Deserialize;
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 use super::EmbedError;
 use super::queue::{Batches, Job, Queue, queue};
 use crate::cache::index::normalize;
-use crate::config::{Config, Secret};
+use crate::config::{Config, EmbeddingEncoding, Secret};
 use crate::upstream::http_client;
 
 /// Most text in one call. The API takes at most 300,000 tokens per call, and a token is at
@@ -52,6 +53,7 @@ struct Api {
     model: String,
     /// The API's `dimensions`, when configured.
     dimensions: Option<usize>,
+    encoding_format: EmbeddingEncoding,
     timeout: Duration,
     /// Calls under way.
     in_flight: AtomicUsize,
@@ -93,6 +95,7 @@ impl OpenAiEmbedder {
             target: ArcSwap::from_pointee(Target::of(config)),
             model: settings.model.clone(),
             dimensions: settings.dimensions,
+            encoding_format: settings.encoding_format,
             timeout,
             in_flight: AtomicUsize::new(0),
         };
@@ -240,7 +243,7 @@ impl Api {
         let mut body = json!({
             "model": self.model,
             "input": texts,
-            "encoding_format": "float",
+            "encoding_format": self.encoding_format,
         });
         if let Some(dimensions) = self.dimensions {
             body["dimensions"] = json!(dimensions);
@@ -291,7 +294,35 @@ struct EmbeddingList {
 #[derive(Deserialize)]
 struct EmbeddingItem {
     index: usize,
-    embedding: Vec<f32>,
+    embedding: Embedding,
+}
+
+/// A vector as JSON numbers, or as base64 of little-endian f32s (`encoding_format: base64`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Embedding {
+    Floats(Vec<f32>),
+    Base64(String),
+}
+
+impl Embedding {
+    fn into_vector(self) -> Result<Vec<f32>, EmbedError> {
+        match self {
+            Embedding::Floats(vector) => Ok(vector),
+            Embedding::Base64(text) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|_| EmbedError::Malformed("an embedding that is not base64"))?;
+                if bytes.len() % 4 != 0 {
+                    return Err(EmbedError::Malformed("base64 embedding not of f32s"));
+                }
+                Ok(bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect())
+            }
+        }
+    }
 }
 
 /// The unit vector of each of `inputs` inputs, in input order, placed by each item's `index`.
@@ -309,7 +340,7 @@ fn vectors(
         let slot = vectors
             .get_mut(item.index)
             .ok_or(EmbedError::Malformed("an index past the inputs"))?;
-        let mut vector = item.embedding;
+        let mut vector = item.embedding.into_vector()?;
         if dimensions.is_some_and(|d| d != vector.len()) {
             return Err(EmbedError::Malformed(
                 "a vector whose length is not embedding.dimensions",

@@ -18,6 +18,7 @@ mod disk_trouble;
 mod edge;
 mod embedding_batch;
 mod embedding_dimensions;
+mod embedding_encoding;
 mod embedding_window;
 mod endpoints;
 mod fake_upstream_selftest;

@@ -555,6 +555,20 @@ async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
         Ok(dimensions) => dimensions,
         Err(message) => return openai_error(400, &message),
     };
+    // The API's `encoding_format`: "float" (the default) or "base64" (little-endian f32s).
+    let as_base64 = match &req["encoding_format"] {
+        Value::Null => false,
+        Value::String(format) if format == "float" => false,
+        Value::String(format) if format == "base64" => true,
+        other => {
+            return openai_error(
+                400,
+                &format!(
+                    "Invalid value for 'encoding_format': {other}. Supported values are: 'float' and 'base64'."
+                ),
+            );
+        }
+    };
     let data: Vec<Value> = {
         let cfg = state.config.lock();
         inputs
@@ -569,7 +583,13 @@ async fn embeddings(state: &State, body: &Bytes) -> Response<Body> {
                 if let Some(dimensions) = dimensions {
                     vector = shortened(vector, dimensions);
                 }
-                json!({"object": "embedding", "index": i, "embedding": vector})
+                let embedding = if as_base64 {
+                    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    json!(base64(&bytes))
+                } else {
+                    json!(vector)
+                };
+                json!({"object": "embedding", "index": i, "embedding": embedding})
             })
             .collect()
     };
