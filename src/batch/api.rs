@@ -16,10 +16,12 @@ use super::run::{self, Create, RunError};
 use super::upstream::{self, call_headers};
 use super::{BATCH_PREFIX, Batches, FILE_PREFIX};
 use crate::app::App;
+use crate::config::KeyConfig;
 use crate::edge::route::cached_endpoint;
 use crate::error::ApiError;
 use crate::flow::control::{self, Controls};
 use crate::managed::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
+use crate::managed::limits::insert_headers;
 use crate::wire::body::{ProxyBody, full};
 
 /// Whether deja answers `method path` (after `/v1`) itself.
@@ -58,60 +60,91 @@ pub async fn route(
     } else {
         None
     };
-    // Whose batch: the caller's credentials (also with `cache.shared`).
-    let tenant = control::partition_for(&parts.headers, false, "", key.as_deref()).tenant;
-    let headers = call_headers(&parts.headers);
+    let served = serve(&app, &store, parts, body, key.as_ref(), path, suffix).await;
+    let mut response = served.unwrap_or_else(ApiError::into_response);
+    if let Some(key) = &key {
+        let state = app.limits.state(key, app.now_ms());
+        insert_headers(response.headers_mut(), &state);
+    }
+    Ok(response)
+}
+
+async fn serve(
+    app: &Arc<App>,
+    store: &Arc<Batches>,
+    parts: http::request::Parts,
+    body: Incoming,
+    key: Option<&Arc<KeyConfig>>,
+    path: &str,
+    suffix: &str,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let config = app.config().clone();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let creating = parts.method == Method::POST && segments == ["batches"];
+    // Every call counts one request of the key's `rpm`, as any call does; a create deja
+    // handles counts the lines it sends instead (`charge`).
+    if let Some(key) = key
+        && !creating
+    {
+        admit_one(app, key).await?;
+    }
+    // Whose batch: the caller's credentials (also with `cache.shared`).
+    let tenant = control::partition_for(&parts.headers, false, "", key.map(|k| &**k)).tenant;
+    let headers = call_headers(&parts.headers);
     let method = parts.method.clone();
     let query = suffix.split_once('?').map(|(_, q)| q).unwrap_or_default();
     match (method, segments.as_slice()) {
-        (Method::GET, ["batches"]) => list(&store, &tenant, query).await,
+        (Method::GET, ["batches"]) => list(store, &tenant, query).await,
         (Method::POST, ["batches"]) => {
             let controls = Controls::from_headers(&parts.headers)?;
             let partition = control::partition_for(
                 &parts.headers,
                 config.cache.shared,
                 &controls.namespace,
-                key.as_deref(),
+                key.map(|k| &**k),
             );
             let (raw, _) = crate::flow::read_checked(body, &parts.headers, &config.server).await?;
-            let Some((create, endpoint)) = read_create(&app, &raw)? else {
+            let Some((create, endpoint)) = read_create(app, &raw)? else {
                 // A batch of an endpoint deja does not cache: the upstream's own.
+                if let Some(key) = key {
+                    admit_one(app, key).await?;
+                }
                 return Ok(
-                    upstream::forward(&app, &parts.headers, &Method::POST, suffix, raw).await,
+                    upstream::forward(app, &parts.headers, &Method::POST, suffix, raw).await,
                 );
             };
             let snapshot = app.snapshot();
             let asker = Asker {
-                app: &app,
+                app,
                 snapshot: &snapshot,
                 endpoint,
                 url: &create.endpoint.clone(),
                 partition: &partition,
                 controls: &controls,
                 headers: &headers,
+                key,
             };
-            match run::create(&store, &asker, tenant, create).await {
+            match run::create(store, &asker, tenant, create).await {
                 Err(RunError::TooLarge) => {
                     tracing::info!("batch input file larger than server.max_body_bytes; relayed");
-                    Ok(upstream::forward(&app, &parts.headers, &Method::POST, suffix, raw).await)
+                    Ok(upstream::forward(app, &parts.headers, &Method::POST, suffix, raw).await)
                 }
                 created => answer(created.map(|b| b.view())),
             }
         }
         (Method::GET, ["batches", id]) => {
-            let Some(batch) = mine(&store, &tenant, id).await? else {
+            let Some(batch) = mine(store, &tenant, id).await? else {
                 return Ok(no_such_batch(id));
             };
-            let refreshed = run::refresh(&app, &store, &headers, batch).await;
+            let refreshed = run::refresh(app, store, &headers, batch).await;
             answer(refreshed.map(|b| b.view()).map_err(RunError::Store))
         }
         (Method::POST, ["batches", id, "cancel"]) => {
-            let Some(batch) = mine(&store, &tenant, id).await? else {
+            let Some(batch) = mine(store, &tenant, id).await? else {
                 return Ok(no_such_batch(id));
             };
             let status = batch.status.as_str();
-            match run::cancel(&app, &store, &headers, batch).await {
+            match run::cancel(app, store, &headers, batch).await {
                 Ok(Some(batch)) => Ok(json_response(StatusCode::OK, &batch.view())),
                 Ok(None) => Ok(error(
                     StatusCode::CONFLICT,
@@ -155,6 +188,17 @@ pub async fn route(
         }
         _ => Err(ApiError::NotFound(format!("/v1{path}"))),
     }
+}
+
+/// One request of the key's requests per minute.
+async fn admit_one(app: &App, key: &KeyConfig) -> Result<(), ApiError> {
+    crate::replica::limits::admit(app, key)
+        .await
+        .map(|_| ())
+        .map_err(|refusal| {
+            tracing::info!(key = %key.id, limit = refusal.limit_name(), "rate limited");
+            ApiError::RateLimited(refusal)
+        })
 }
 
 /// The create call's body; `None` when its endpoint is not one deja caches.
@@ -276,6 +320,7 @@ fn answer(result: Result<Value, RunError>) -> Result<Response<ProxyBody>, ApiErr
         Ok(view) => Ok(json_response(StatusCode::OK, &view)),
         Err(RunError::Upstream(err)) => Ok(err.into_response()),
         Err(RunError::Store(err)) => Ok(unavailable(&err)),
+        Err(RunError::Refused(err)) => Err(err),
         // Only creating reads the input file; `route` relays that case.
         Err(RunError::TooLarge) => Err(ApiError::Internal),
     }

@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use super::record::{Fate, Line, ToStore, validation_error};
 use crate::app::{App, Snapshot};
 use crate::cache::{Cache, Hit, Partition};
+use crate::config::KeyConfig;
 use crate::error::ApiError;
+use crate::flow::Routed;
 use crate::flow::control::Controls;
 use crate::flow::{Ask, Decided, Decision, Endpoint, Planned, Planning, Vectors, decide};
 
@@ -44,6 +46,24 @@ pub struct Sorted {
     pub cached: usize,
     pub repeated: usize,
     pub sent: usize,
+    /// What each line sent may use, for the caller's managed key (`super::charge`).
+    pub spend: Vec<Spend>,
+}
+
+/// The model and the token estimate of one line sent, as the synchronous call reserves them.
+pub struct Spend {
+    pub model: Option<String>,
+    pub estimate: (u64, u64),
+}
+
+impl Spend {
+    fn of(routed: &Routed) -> Spend {
+        let model = routed.route.as_ref().map(|route| route.model().to_string());
+        Spend {
+            model: model.or_else(|| routed.model_asked.clone()),
+            estimate: routed.estimate,
+        }
+    }
 }
 
 /// Who asks, and how: the create call's partition, controls and credentials.
@@ -56,13 +76,15 @@ pub struct Asker<'a> {
     pub partition: &'a Partition,
     pub controls: &'a Controls,
     pub headers: &'a HeaderMap,
+    /// The caller's managed key (managed mode): the lines sent count against it.
+    pub key: Option<&'a Arc<KeyConfig>>,
 }
 
 /// A line after planning, before the cache is asked.
 enum Step {
     Refused(ApiError),
     /// Not cacheable (the synchronous call would bypass the cache): sent as it is.
-    Bypass(Bytes),
+    Bypass(Routed),
     Cache(Arc<Planned>),
 }
 
@@ -81,6 +103,7 @@ pub async fn sort(asker: &Asker<'_>, content: &[u8]) -> Result<Sorted, Vec<Value
         cached: 0,
         repeated: 0,
         sent: 0,
+        spend: Vec::new(),
     };
     // The first line sent with each exact key; later ones repeat it.
     let mut sent_first: HashMap<[u8; 32], usize> = HashMap::new();
@@ -93,7 +116,7 @@ pub async fn sort(asker: &Asker<'_>, content: &[u8]) -> Result<Sorted, Vec<Value
                     "body": error.body(),
                 }),
             },
-            Step::Bypass(body) => sorted.send(&custom_id, asker.url, &body, None),
+            Step::Bypass(routed) => sorted.send(&custom_id, asker.url, &routed, None),
             Step::Cache(planned) => {
                 let exact = planned.lookup.exact.0;
                 match decided.get(&exact) {
@@ -164,12 +187,20 @@ impl Sorted {
             prompt: lookup.semantic_text.clone(),
             vector,
         });
-        self.send(custom_id, asker.url, &planned.routed.body, store)
+        self.send(custom_id, asker.url, &planned.routed, store)
     }
 
     /// Adds a line to the upstream batch's input.
-    fn send(&mut self, custom_id: &str, url: &str, body: &[u8], store: Option<ToStore>) -> Fate {
+    fn send(
+        &mut self,
+        custom_id: &str,
+        url: &str,
+        routed: &Routed,
+        store: Option<ToStore>,
+    ) -> Fate {
+        self.spend.push(Spend::of(routed));
         // The body as the synchronous call would send it (alias resolved), on one line.
+        let body = &routed.body[..];
         let body = match serde_json::from_slice::<Value>(body) {
             Ok(value) if body.contains(&b'\n') => Bytes::from(value.to_string()),
             _ => Bytes::copy_from_slice(body),
@@ -261,9 +292,6 @@ fn parse(asker: &Asker<'_>, content: &[u8]) -> Result<(Vec<String>, Vec<Step>), 
 fn plan(asker: &Asker<'_>, body: Value) -> Step {
     // A body that is not an object gets the synchronous call's own 400.
     let raw = Bytes::from(body.to_string());
-    if asker.app.cache.is_none() {
-        return Step::Bypass(raw);
-    }
     let planning = crate::flow::plan_request(
         asker.app,
         asker.snapshot,
@@ -273,7 +301,7 @@ fn plan(asker: &Asker<'_>, body: Value) -> Step {
     );
     match planning {
         Ok(Planning::Cache(planned)) => Step::Cache(planned),
-        Ok(Planning::Bypass(routed, _)) => Step::Bypass(routed.body),
+        Ok(Planning::Bypass(routed, _)) => Step::Bypass(routed),
         Err(error) => Step::Refused(error),
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::charge::Used;
 use super::record::{Batch, Fate, ToStore};
 use crate::app::App;
 use crate::cache::key::Hash32;
@@ -24,6 +25,8 @@ pub struct Merged {
     /// Successful upstream answers handed to the cache (a full or read-only store may
     /// still refuse them, as it refuses a synchronous miss).
     pub to_cache: usize,
+    /// What the successful upstream lines used (settles the caller's managed key).
+    pub used: Used,
 }
 
 /// Why a sent line has no upstream result (the upstream batch expired or was cancelled).
@@ -65,6 +68,7 @@ pub async fn merge(
     unfinished: &Unfinished,
 ) -> Merged {
     let mut merged = Merged::default();
+    let config = app.config();
     // Each line's (response, error), kept for the repeats that point at it.
     let mut outcomes: Vec<(Value, Value)> = Vec::with_capacity(batch.lines.len());
     for line in &batch.lines {
@@ -73,6 +77,9 @@ pub async fn merge(
             Fate::Sent { store } => match results.get(&line.custom_id) {
                 Some(result) => {
                     let response = result["response"].clone();
+                    if response["status_code"] == 200 {
+                        merged.used.add(&config, &response["body"]);
+                    }
                     if let Some(store) = store
                         && response["status_code"] == 200
                         && store_line(app, batch, store, &response["body"]).await

@@ -8,7 +8,8 @@
 //! - `api`: which calls deja answers, and the HTTP surface; `run`: create, refresh, cancel;
 //!   `lines`: planning and looking up each input line; `merge`: the output files and the
 //!   cache writes; `upstream`: the Files/Batches calls deja makes; `record`: one batch as
-//!   kept; `metrics`: lines answered, repeated and sent.
+//!   kept; `charge`: the lines sent against the caller's managed key; `metrics`: lines
+//!   answered, repeated and sent.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 use crate::config::Config;
 
 pub mod api;
+mod charge;
 mod lines;
 mod merge;
 pub mod metrics;
@@ -61,6 +63,8 @@ pub struct Batches {
     contents: sled::Tree,
     /// One refresh at a time, so a finished upstream batch is merged (and stored) once.
     refreshing: tokio::sync::Mutex<()>,
+    /// Managed keys' reservations for batches not yet merged, by batch id.
+    charges: parking_lot::Mutex<std::collections::HashMap<String, charge::Charge>>,
 }
 
 impl Batches {
@@ -76,6 +80,7 @@ impl Batches {
             contents: db.open_tree("contents")?,
             db,
             refreshing: tokio::sync::Mutex::new(()),
+            charges: Default::default(),
         })
     }
 
