@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::lines::Asker;
 use super::run::{self, Create, RunError};
 use super::upstream::{self, call_headers};
-use super::{BATCH_PREFIX, Batches, FILE_PREFIX};
+use super::{BATCH_PREFIX, Batches, FILE_PREFIX, Kept};
 use crate::app::App;
 use crate::config::KeyConfig;
 use crate::edge::route::cached_endpoint;
@@ -80,6 +80,7 @@ async fn serve(
 ) -> Result<Response<ProxyBody>, ApiError> {
     let config = app.config().clone();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let kept = Kept::now(app);
     let creating = parts.method == Method::POST && segments == ["batches"];
     // Every call counts one request of the key's `rpm`, as any call does; a create deja
     // handles counts the lines it sends instead (`charge`).
@@ -94,7 +95,7 @@ async fn serve(
     let method = parts.method.clone();
     let query = suffix.split_once('?').map(|(_, q)| q).unwrap_or_default();
     match (method, segments.as_slice()) {
-        (Method::GET, ["batches"]) => list(store, &tenant, query).await,
+        (Method::GET, ["batches"]) => list(store, &tenant, query, kept).await,
         (Method::POST, ["batches"]) => {
             let controls = Controls::from_headers(&parts.headers)?;
             let partition = control::partition_for(
@@ -133,14 +134,14 @@ async fn serve(
             }
         }
         (Method::GET, ["batches", id]) => {
-            let Some(batch) = mine(store, &tenant, id).await? else {
+            let Some(batch) = mine(store, &tenant, id, kept).await? else {
                 return Ok(no_such_batch(id));
             };
             let refreshed = run::refresh(app, store, &headers, batch).await;
             answer(refreshed.map(|b| b.view()).map_err(RunError::Store))
         }
         (Method::POST, ["batches", id, "cancel"]) => {
-            let Some(batch) = mine(store, &tenant, id).await? else {
+            let Some(batch) = mine(store, &tenant, id, kept).await? else {
                 return Ok(no_such_batch(id));
             };
             let status = batch.status.as_str();
@@ -156,7 +157,7 @@ async fn serve(
         }
         (Method::GET, ["files", id]) => {
             let (tenant, id) = (tenant.clone(), id.to_string());
-            let found = store.blocking(move |s| s.file(&tenant, &id)).await;
+            let found = store.blocking(move |s| s.file(&tenant, &id, kept)).await;
             Ok(match found {
                 Ok(Some(file)) => json_response(StatusCode::OK, &file),
                 Ok(None) => no_such_file(segments[1]),
@@ -165,7 +166,7 @@ async fn serve(
         }
         (Method::GET, ["files", id, "content"]) => {
             let (tenant, id) = (tenant.clone(), id.to_string());
-            let found = store.blocking(move |s| s.content(&tenant, &id)).await;
+            let found = store.blocking(move |s| s.content(&tenant, &id, kept)).await;
             Ok(match found {
                 Ok(Some(content)) => content_response(content),
                 Ok(None) => no_such_file(segments[1]),
@@ -175,7 +176,7 @@ async fn serve(
         (Method::DELETE, ["files", id]) => {
             let (tenant, owned) = (tenant.clone(), id.to_string());
             let deleted = store
-                .blocking(move |s| s.delete_file(&tenant, &owned))
+                .blocking(move |s| s.delete_file(&tenant, &owned, kept))
                 .await;
             Ok(match deleted {
                 Ok(true) => json_response(
@@ -253,9 +254,10 @@ async fn mine(
     store: &Arc<Batches>,
     tenant: &str,
     id: &str,
+    kept: Kept,
 ) -> Result<Option<super::record::Batch>, ApiError> {
     let owned = id.to_string();
-    match store.blocking(move |s| s.load(&owned)).await {
+    match store.blocking(move |s| s.load(&owned, kept)).await {
         Ok(found) => Ok(found.filter(|batch| batch.tenant == tenant)),
         Err(err) => {
             tracing::warn!(error = %err, "batch store");
@@ -269,6 +271,7 @@ async fn list(
     store: &Arc<Batches>,
     tenant: &str,
     query: &str,
+    kept: Kept,
 ) -> Result<Response<ProxyBody>, ApiError> {
     let mut after = None;
     let mut limit = 20;
@@ -288,7 +291,7 @@ async fn list(
         }
     }
     let owned = tenant.to_string();
-    let all = match store.blocking(move |s| s.of_tenant(&owned)).await {
+    let all = match store.blocking(move |s| s.of_tenant(&owned, kept)).await {
         Ok(all) => all,
         Err(err) => return Ok(unavailable(&err)),
     };

@@ -13,7 +13,7 @@ use super::lines::{self, Asker, Sorted};
 use super::merge::{self, CANCELLED, EXPIRED, Unfinished};
 use super::record::{Batch, Status, UpstreamBatch, WINDOW_SECS};
 use super::upstream::{self, CallError};
-use super::{BATCH_PREFIX, Batches, StoreError};
+use super::{BATCH_PREFIX, Batches, Kept, StoreError};
 use crate::app::App;
 use crate::error::ApiError;
 
@@ -195,8 +195,8 @@ pub async fn refresh(
     }
     let _one_at_a_time = store.refreshing.lock().await;
     // Another poll may have merged it while this one waited.
-    let id = batch.id.clone();
-    if let Some(current) = store.blocking(move |s| s.load(&id)).await? {
+    let (id, kept) = (batch.id.clone(), Kept::now(app));
+    if let Some(current) = store.blocking(move |s| s.load(&id, kept)).await? {
         batch = current;
         if batch.status.finished() {
             return Ok(batch);
@@ -306,13 +306,13 @@ async fn finish(
     store.settle(app, &batch.id, merged.used);
     tracing::debug!(batch = %batch.id, to_cache = merged.to_cache, "batch merged");
     let now = app.now_ms() / 1000;
-    let tenant = batch.tenant.clone();
+    let (tenant, kept) = (batch.tenant.clone(), Kept::now(app));
     let (output, errors) = (merged.output, merged.errors);
     let (output_file, error_file) = store
         .blocking(move |s| {
             let keep = |name: &str, content: &[u8]| match content.is_empty() {
                 true => Ok(None),
-                false => s.put_file(&tenant, name, content, now).map(Some),
+                false => s.put_file(&tenant, name, content, kept).map(Some),
             };
             Ok((
                 keep("batch_output.jsonl", &output)?,

@@ -685,3 +685,96 @@ mod managed_keys {
         assert!((settled - used).abs() < 1e-6, "{settled} vs {used}");
     }
 }
+
+async fn delete(h: &Harness, key: &str, path: &str) -> (u16, Value) {
+    let response = h
+        .client
+        .delete(h.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("delete");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn a_deja_file_can_be_deleted_by_its_tenant_only() {
+    let h = harness().await;
+    h.chat(&ask(CACHED_A)).await;
+    let file = upload(&h, KEY_A, &jsonl(&[line("1", CACHED_A)])).await;
+    let (_, batch) = create(&h, KEY_A, &file).await;
+    let output = batch["output_file_id"].as_str().unwrap();
+    let path = format!("/v1/files/{output}");
+    let (status, _) = delete(&h, KEY_B, &path).await;
+    assert_eq!(status, 404);
+    let (status, body) = delete(&h, KEY_A, &path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"id": output, "object": "file", "deleted": true})
+    );
+    for path in [path.clone(), format!("{path}/content")] {
+        let (status, text) = get(&h, KEY_A, &path).await;
+        assert_eq!(status, 404, "{path}: {text}");
+    }
+    let (status, _) = delete(&h, KEY_A, &path).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn batches_and_their_files_expire_after_the_retention() {
+    const RETENTION: u64 = 3600;
+    let h = Harness::with(|c| {
+        with_admin(c);
+        c.cache.sweep_interval_secs = 1;
+        c.jobs.batch_retention_secs = RETENTION;
+    })
+    .await;
+    h.upstream.set_deterministic(true);
+    h.chat(&ask(CACHED_A)).await;
+    let file = upload(&h, KEY_A, &jsonl(&[line("1", CACHED_A)])).await;
+    let (_, batch) = create(&h, KEY_A, &file).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    let id = batch["id"].as_str().unwrap();
+    let output = batch["output_file_id"].as_str().unwrap();
+    let (_, text) = get(&h, KEY_A, &format!("/v1/files/{output}")).await;
+    let object: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        object["expires_at"].as_u64(),
+        Some(object["created_at"].as_u64().unwrap() + RETENTION)
+    );
+    let store = h.proxy.app.batches.clone().expect("batch store");
+    assert_eq!(store.held(), (1, 1));
+
+    // A minute short of the retention: all still there, through a sweep or two.
+    h.clock.advance(Duration::from_secs(RETENTION - 60));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.held(), (1, 1));
+    let paths = [
+        format!("/v1/batches/{id}"),
+        format!("/v1/files/{output}"),
+        format!("/v1/files/{output}/content"),
+    ];
+    for path in &paths {
+        assert_eq!(get(&h, KEY_A, path).await.0, 200, "{path}");
+    }
+
+    h.clock.advance(Duration::from_secs(60));
+    for path in &paths {
+        assert_eq!(get(&h, KEY_A, path).await.0, 404, "{path}");
+    }
+    let (_, list) = get(&h, KEY_A, "/v1/batches").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&list).unwrap()["data"],
+        json!([])
+    );
+    // And the sweep removes them from disk.
+    for _ in 0..100 {
+        if store.held() == (0, 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not swept: {:?}", store.held());
+}
