@@ -11,7 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::lines::Asker;
+use super::lines::{Asker, Target};
 use super::run::{self, Create, RunError};
 use super::upstream::{self, call_headers};
 use super::{BATCH_PREFIX, Batches, FILE_PREFIX, Kept};
@@ -105,7 +105,7 @@ async fn serve(
                 key.map(|k| &**k),
             );
             let (raw, _) = crate::flow::read_checked(body, &parts.headers, &config.server).await?;
-            let Some((create, endpoint)) = read_create(app, &raw)? else {
+            let Some((create, target)) = read_create(app, &raw)? else {
                 // A batch of an endpoint deja does not cache: the upstream's own.
                 if let Some(key) = key {
                     admit_one(app, key).await?;
@@ -118,7 +118,7 @@ async fn serve(
             let asker = Asker {
                 app,
                 snapshot: &snapshot,
-                endpoint,
+                target,
                 url: &create.endpoint.clone(),
                 partition: &partition,
                 controls: &controls,
@@ -203,10 +203,7 @@ async fn admit_one(app: &App, key: &KeyConfig) -> Result<(), ApiError> {
 }
 
 /// The create call's body; `None` when its endpoint is not one deja caches.
-fn read_create(
-    app: &App,
-    raw: &Bytes,
-) -> Result<Option<(Create, &'static dyn crate::flow::Endpoint)>, ApiError> {
+fn read_create(app: &App, raw: &Bytes) -> Result<Option<(Create, Target)>, ApiError> {
     let json: Value = serde_json::from_slice(raw)
         .ok()
         .filter(Value::is_object)
@@ -220,11 +217,13 @@ fn read_create(
     };
     let endpoint = text("endpoint")?;
     let config = app.config();
-    let Some(cached) = endpoint
-        .strip_prefix("/v1")
-        .and_then(|path| cached_endpoint(&config, path))
-    else {
-        return Ok(None);
+    let target = match endpoint.strip_prefix("/v1") {
+        Some("/embeddings") => Target::Embeddings,
+        Some(path) => match cached_endpoint(&config, path) {
+            Some(cached) => Target::Flow(cached),
+            None => return Ok(None),
+        },
+        None => return Ok(None),
     };
     let metadata = match &json["metadata"] {
         Value::Null | Value::Object(_) => json["metadata"].clone(),
@@ -247,7 +246,7 @@ fn read_create(
             Some("completion_window"),
         ));
     }
-    Ok(Some((create, cached)))
+    Ok(Some((create, target)))
 }
 
 async fn mine(

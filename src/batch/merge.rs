@@ -13,6 +13,7 @@ use super::charge::Used;
 use super::record::{Batch, Fate, ToStore};
 use crate::app::App;
 use crate::cache::key::Hash32;
+use crate::endpoints::embeddings::for_batches::InputKeys;
 use crate::flow::Lookup;
 
 /// The two files' contents and their line counts.
@@ -74,17 +75,18 @@ pub async fn merge(
     for line in &batch.lines {
         let (id, response, error) = match &line.fate {
             Fate::Answered { response } => (batch_request_id(), response.clone(), Value::Null),
-            Fate::Sent { store } => match results.get(&line.custom_id) {
+            Fate::Sent { store, inputs } => match results.get(&line.custom_id) {
                 Some(result) => {
                     let response = result["response"].clone();
                     if response["status_code"] == 200 {
-                        merged.used.add(&config, &response["body"]);
-                    }
-                    if let Some(store) = store
-                        && response["status_code"] == 200
-                        && store_line(app, batch, store, &response["body"]).await
-                    {
-                        merged.to_cache += 1;
+                        let body = &response["body"];
+                        merged.used.add(&config, body);
+                        let stored = match (store, inputs) {
+                            (Some(store), _) => store_line(app, batch, store, body).await,
+                            (None, Some(inputs)) => store_inputs(app, batch, inputs, body).await,
+                            (None, None) => false,
+                        };
+                        merged.to_cache += usize::from(stored);
                     }
                     let id = result["id"]
                         .as_str()
@@ -144,6 +146,15 @@ async fn store_line(app: &Arc<App>, batch: &Batch, store: &ToStore, body: &Value
     let vector = store.vector.clone();
     crate::flow::store_answer(cache, lookup, vector, owner, body.clone()).await;
     true
+}
+
+/// Stores an embeddings line's answer per input, as the synchronous call stores it.
+async fn store_inputs(app: &Arc<App>, batch: &Batch, inputs: &InputKeys, body: &Value) -> bool {
+    let Some(cache) = app.cache.clone() else {
+        return false;
+    };
+    let owner = batch.cache_owner.clone();
+    crate::endpoints::embeddings::for_batches::store_answer(&cache, inputs, owner, body).await
 }
 
 fn batch_request_id() -> String {
