@@ -61,8 +61,9 @@ pub struct Batches {
     batches: sled::Tree,
     files: sled::Tree,
     contents: sled::Tree,
-    /// One refresh at a time, so a finished upstream batch is merged (and stored) once.
-    refreshing: tokio::sync::Mutex<()>,
+    /// One refresh at a time per batch, so a finished upstream batch is merged (and stored)
+    /// once, while polls of different batches go on side by side.
+    refreshing: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Managed keys' reservations for batches not yet merged, by batch id.
     charges: parking_lot::Mutex<std::collections::HashMap<String, charge::Charge>>,
 }
@@ -79,7 +80,7 @@ impl Batches {
             files: db.open_tree("files")?,
             contents: db.open_tree("contents")?,
             db,
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: Default::default(),
             charges: Default::default(),
         })
     }
@@ -93,6 +94,24 @@ impl Batches {
         tokio::task::spawn_blocking(move || work(&store))
             .await
             .map_err(|_| StoreError::Task)?
+    }
+
+    /// Waits for the batch's own refresh lock; the lock is forgotten once no one holds or
+    /// waits for it.
+    async fn refreshing(self: &Arc<Self>, id: &str) -> Refreshing {
+        let lock = self
+            .refreshing
+            .lock()
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        let guard = lock.clone().lock_owned().await;
+        Refreshing {
+            store: self.clone(),
+            id: id.to_string(),
+            lock,
+            guard: Some(guard),
+        }
     }
 
     fn next_seq(&self) -> Result<u64, StoreError> {
@@ -236,6 +255,25 @@ impl Batches {
     }
 }
 
+/// A batch's refresh lock, held.
+struct Refreshing {
+    store: Arc<Batches>,
+    id: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut locks = self.store.refreshing.lock();
+        // Clones are only made under `locks`: the map's and this one means no one waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            locks.remove(&self.id);
+        }
+    }
+}
+
 /// Retention (`jobs.batch_retention_secs`) as of now: a batch is kept that long after it
 /// ended (or, never seen to end, after its 24 h window), a merged file that long after it
 /// was made. Reads treat what has outlived it as gone before the sweep removes it.
@@ -275,5 +313,29 @@ impl Kept {
         object["created_at"]
             .as_u64()
             .is_some_and(|made| self.outlived(made))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refresh_lock_is_per_batch_and_forgotten_when_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Batches::open_at(dir.path()).unwrap());
+        let a = store.refreshing("batch_a").await;
+        // Another batch's lock is free while `a` is held.
+        let b = store.refreshing("batch_b").await;
+        assert_eq!(store.refreshing.lock().len(), 2);
+        // The same batch's lock is not.
+        let again = store.clone();
+        let waiting = tokio::spawn(async move { again.refreshing("batch_a").await.id.clone() });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(b);
+        drop(a);
+        assert_eq!(waiting.await.unwrap(), "batch_a");
+        assert!(store.refreshing.lock().is_empty());
     }
 }

@@ -193,7 +193,7 @@ pub async fn refresh(
     if batch.status.finished() {
         return Ok(batch);
     }
-    let _one_at_a_time = store.refreshing.lock().await;
+    let _one_at_a_time = store.refreshing(&batch.id).await;
     // Another poll may have merged it while this one waited.
     let (id, kept) = (batch.id.clone(), Kept::now(app));
     if let Some(current) = store.blocking(move |s| s.load(&id, kept)).await? {
@@ -345,6 +345,12 @@ pub async fn cancel(
     let Some(up) = batch.upstream.clone() else {
         return Ok(None);
     };
+    // Cancelling may merge too: not beside a refresh of the same batch.
+    let _one_at_a_time = store.refreshing(&batch.id).await;
+    let (id, kept) = (batch.id.clone(), Kept::now(app));
+    if let Some(current) = store.blocking(move |s| s.load(&id, kept)).await? {
+        batch = current;
+    }
     if batch.status.finished() {
         return Ok(None);
     }

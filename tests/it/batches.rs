@@ -877,3 +877,62 @@ mod embeddings {
         assert_eq!(metric(&text, series), 2.0);
     }
 }
+
+/// How many `GET` requests the fake upstream has seen on paths starting with `prefix` and
+/// ending with `suffix`.
+fn upstream_gets(h: &Harness, prefix: &str, suffix: &str) -> usize {
+    h.upstream
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with(prefix) && r.path.ends_with(suffix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_of_two_batches_go_side_by_side_and_one_batch_is_merged_once() {
+    let h = harness().await;
+    h.upstream.set_batch_polls(2);
+    let mut ids = Vec::new();
+    for question in [NEW_C, NEW_D] {
+        let file = upload(&h, KEY_A, &jsonl(&[line("1", question)])).await;
+        let (_, batch) = create(&h, KEY_A, &file).await;
+        ids.push(batch["id"].as_str().unwrap().to_string());
+    }
+    let poll = |id: &str| {
+        let request = h
+            .client
+            .get(h.url(&format!("/v1/batches/{id}")))
+            .bearer_auth(KEY_A);
+        tokio::spawn(async move {
+            let response = request.send().await.expect("poll");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json"))
+        })
+    };
+
+    // A poll of the first batch waits on a slow upstream...
+    h.upstream.stall_next_batch_retrieve(Duration::from_secs(3));
+    let slow = poll(&ids[0]);
+    while upstream_gets(&h, "/v1/batches/", "") == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...and a poll of the second is answered meanwhile.
+    let (status, text) = get(&h, KEY_A, &format!("/v1/batches/{}", ids[1])).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        !slow.is_finished(),
+        "the second batch's poll waited for the first's"
+    );
+    assert_eq!(slow.await.unwrap().0, 200);
+
+    // Two polls of the batch as it ends: one merges, the other gets its result.
+    h.upstream
+        .stall_next_batch_retrieve(Duration::from_millis(500));
+    let (first, second) = (poll(&ids[0]), poll(&ids[0]));
+    let (first, second) = (first.await.unwrap().1, second.await.unwrap().1);
+    assert_eq!(first["status"], "completed", "{first}");
+    assert_eq!(second["status"], "completed", "{second}");
+    assert_eq!(first["output_file_id"], second["output_file_id"]);
+    // The two creates read their inputs; the merge read the output once.
+    assert_eq!(upstream_gets(&h, "/v1/files/", "/content"), 3);
+}

@@ -31,6 +31,8 @@ struct Inner {
     /// Every line of every batch input, as received.
     lines: Vec<Value>,
     runs: usize,
+    /// How long the next batch retrieve waits before it answers.
+    stall_next_retrieve: Option<std::time::Duration>,
 }
 
 struct FakeBatch {
@@ -46,6 +48,10 @@ impl Store {
 
     pub(super) fn lines(&self) -> Vec<Value> {
         self.inner.lock().lines.clone()
+    }
+
+    pub(super) fn stall_next_retrieve(&self, stall: std::time::Duration) {
+        self.inner.lock().stall_next_retrieve = Some(stall);
     }
 
     pub(super) fn batches_created(&self) -> usize {
@@ -98,7 +104,13 @@ pub(super) async fn handle(state: &State, req: &RecordedRequest) -> Option<Respo
                 "last_id": data.last().map(|b| b["id"].clone()), "has_more": false});
             json_response(200, body.to_string())
         }
-        ("GET", ["batches", id]) => retrieve(state, id).await,
+        ("GET", ["batches", id]) => {
+            let stall = store.inner.lock().stall_next_retrieve.take();
+            if let Some(stall) = stall {
+                tokio::time::sleep(stall).await;
+            }
+            retrieve(state, id).await
+        }
         ("POST", ["batches", id, "cancel"]) => {
             let mut inner = store.inner.lock();
             match inner.batches.get_mut(*id) {
