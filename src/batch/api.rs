@@ -1,7 +1,8 @@
 //! The calls deja answers itself: `POST /v1/batches` (for an endpoint deja caches),
 //! `GET /v1/batches` (the caller's batches made through deja), `GET /v1/batches/{id}` and
-//! `POST /v1/batches/{id}/cancel` for deja's batch ids, and `GET`/`DELETE /v1/files/{id}`
-//! and `GET /v1/files/{id}/content` for deja's file ids. Everything else is relayed.
+//! `POST /v1/batches/{id}/cancel` for deja's batch ids, `GET`/`DELETE /v1/files/{id}` and
+//! `GET /v1/files/{id}/content` for deja's file ids, and `GET /v1/files` (with deja's files
+//! in it). Everything else is relayed.
 
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ use crate::wire::body::{ProxyBody, full};
 pub fn owns(method: &Method, path: &str) -> bool {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
-        (&Method::POST | &Method::GET, ["batches"]) => true,
+        (&Method::POST | &Method::GET, ["batches"]) | (&Method::GET, ["files"]) => true,
         (&Method::GET, ["batches", id]) | (&Method::POST, ["batches", id, "cancel"]) => {
             id.starts_with(BATCH_PREFIX)
         }
@@ -96,6 +97,10 @@ async fn serve(
     let query = suffix.split_once('?').map(|(_, q)| q).unwrap_or_default();
     match (method, segments.as_slice()) {
         (Method::GET, ["batches"]) => list(store, &tenant, query, kept).await,
+        (Method::GET, ["files"]) => {
+            let caller = &parts.headers;
+            Ok(super::files::list(app, store, caller, &headers, &tenant, suffix, kept).await)
+        }
         (Method::POST, ["batches"]) => {
             let controls = Controls::from_headers(&parts.headers)?;
             let partition = control::partition_for(
@@ -328,7 +333,7 @@ fn answer(result: Result<Value, RunError>) -> Result<Response<ProxyBody>, ApiErr
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -8,8 +8,8 @@
 //! - `api`: which calls deja answers, and the HTTP surface; `run`: create, refresh, cancel;
 //!   `lines`: planning and looking up each input line; `merge`: the output files and the
 //!   cache writes; `upstream`: the Files/Batches calls deja makes; `record`: one batch as
-//!   kept; `charge`: the lines sent against the caller's managed key; `metrics`: lines
-//!   answered, repeated and sent.
+//!   kept; `charge`: the lines sent against the caller's managed key; `files`: the files
+//!   list with deja's files in it; `metrics`: lines answered, repeated and sent.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use crate::config::Config;
 
 pub mod api;
 mod charge;
+mod files;
 mod lines;
 mod merge;
 pub mod metrics;
@@ -192,6 +193,21 @@ impl Batches {
         let record: FileRecord = serde_json::from_slice(&bytes)?;
         let mine = record.tenant == tenant && !kept.file_gone(&record.object);
         Ok(mine.then_some(record.object))
+    }
+
+    /// The tenant's files that have not expired.
+    fn files_of(&self, tenant: &str, kept: Kept) -> Result<Vec<Value>, StoreError> {
+        let mut found = Vec::new();
+        for item in self.files.iter() {
+            let (_, bytes) = item?;
+            if let Ok(record) = serde_json::from_slice::<FileRecord>(&bytes)
+                && record.tenant == tenant
+                && !kept.file_gone(&record.object)
+            {
+                found.push(record.object);
+            }
+        }
+        Ok(found)
     }
 
     fn content(&self, tenant: &str, id: &str, kept: Kept) -> Result<Option<Bytes>, StoreError> {

@@ -936,3 +936,52 @@ async fn polls_of_two_batches_go_side_by_side_and_one_batch_is_merged_once() {
     // The two creates read their inputs; the merge read the output once.
     assert_eq!(upstream_gets(&h, "/v1/files/", "/content"), 3);
 }
+
+#[tokio::test]
+async fn the_files_list_holds_the_callers_deja_files_beside_the_upstreams() {
+    let h = harness().await;
+    h.chat(&ask(CACHED_A)).await;
+    let input = upload(&h, KEY_A, &jsonl(&[line("1", CACHED_A)])).await;
+    let (_, batch) = create(&h, KEY_A, &input).await;
+    let output = batch["output_file_id"].as_str().unwrap().to_string();
+    let list = |key: &'static str, query: &'static str| {
+        let h = &h;
+        async move {
+            let (status, text) = get(h, key, &format!("/v1/files{query}")).await;
+            assert_eq!(status, 200, "{text}");
+            let list: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(list["object"], "list");
+            let ids: Vec<String> = list["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["id"].as_str().unwrap().to_string())
+                .collect();
+            (ids, list)
+        }
+    };
+    let (ids, all) = list(KEY_A, "").await;
+    assert_eq!(ids.len(), 2, "{all}");
+    assert!(ids.contains(&input) && ids.contains(&output), "{all}");
+    assert_eq!(all["has_more"], false);
+    assert_eq!(all["first_id"], ids[0].as_str());
+    // Another tenant's list has the upstream's files only.
+    let (ids, _) = list(KEY_B, "").await;
+    assert_eq!(ids, std::slice::from_ref(&input));
+    // The purpose filter applies to both.
+    assert_eq!(
+        list(KEY_A, "?purpose=batch").await.0,
+        std::slice::from_ref(&input)
+    );
+    let outputs = list(KEY_A, "?purpose=batch_output").await.0;
+    assert_eq!(outputs, std::slice::from_ref(&output));
+    // Pages over the merged list.
+    let (first, page) = list(KEY_A, "?limit=1").await;
+    assert_eq!(page["has_more"], true);
+    let (_, rest) = get(&h, KEY_A, &format!("/v1/files?limit=1&after={}", first[0])).await;
+    let rest: Value = serde_json::from_str(&rest).unwrap();
+    assert_eq!(rest["has_more"], false);
+    let second = rest["data"][0]["id"].as_str().unwrap();
+    assert_ne!(second, first[0]);
+    assert!([&input, &output].contains(&&second.to_string()));
+}
