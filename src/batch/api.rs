@@ -131,6 +131,15 @@ async fn serve(
                 key,
             };
             match run::create(store, &asker, tenant, create).await {
+                // Relayed, its lines could not count against a key's limits: refused instead.
+                Err(RunError::TooLarge) if key.is_some_and(|k| super::charge::has_limits(k)) => {
+                    Err(ApiError::invalid(
+                        "The batch input file is larger than this proxy reads \
+                         (server.max_body_bytes), so its requests cannot be counted against \
+                         your key's limits. Split it into smaller files.",
+                        Some("input_file_id"),
+                    ))
+                }
                 Err(RunError::TooLarge) => {
                     tracing::info!("batch input file larger than server.max_body_bytes; relayed");
                     Ok(upstream::forward(app, &parts.headers, &Method::POST, suffix, raw).await)

@@ -27,6 +27,11 @@ pub struct Charge {
     reservation: Reservation,
 }
 
+/// Whether the key has any limit a batch must count against.
+pub fn has_limits(key: &KeyConfig) -> bool {
+    key.rpm > 0 || key.tpm > 0 || key.budget_usd.is_some()
+}
+
 /// Counts the lines sent against `key`; `Ok(None)` when nothing needs settling later.
 pub async fn reserve(
     app: &App,

@@ -606,6 +606,28 @@ mod managed_keys {
     }
 
     #[tokio::test]
+    async fn a_limited_keys_batch_too_large_to_read_is_refused_not_relayed() {
+        let mut alice = key("alice", ALICE);
+        alice.rpm = 100;
+        let h = managed(vec![alice, key("bob", BOB)], |_| {}).await;
+        let lines: Vec<Value> = (0..20)
+            .map(|i| line(&format!("l{i}"), &format!("question number {i}")))
+            .collect();
+        let file = upload(&h, ALICE, &jsonl(&lines)).await;
+        let mut config = (**h.proxy.app.config()).clone();
+        config.server.max_body_bytes = 1024;
+        h.proxy.app.replace_config(config);
+        let (status, body) = create(&h, ALICE, &file).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["param"], "input_file_id");
+        assert_eq!(h.upstream.batches_created(), 0);
+        // A key without limits has nothing to count: its batch is relayed, as without keys.
+        let (status, body) = create(&h, BOB, &file).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(h.upstream.batches_created(), 1);
+    }
+
+    #[tokio::test]
     async fn a_budget_key_cannot_batch_an_unpriced_model() {
         let mut bob = key("bob", BOB);
         bob.budget_usd = Some(30.0);
