@@ -2,7 +2,9 @@
 //! batch's endpoint would be (`flow::plan_request`: same tenant, namespace, alias routing and
 //! validation) and looked up with the flow's own decision (`flow::decide`). A hit is answered
 //! from the cache; a line with the exact key of an earlier line is a repeat of it; the rest
-//! is written into the JSONL of the upstream batch.
+//! is written into the JSONL of the upstream batch. An embeddings line is looked up in the
+//! synchronous call's per-input cache (`endpoints::embeddings::for_batches`) instead: it is
+//! answered when every input is cached, else sent whole.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,8 +19,12 @@ use serde_json::{Value, json};
 
 use super::record::{Fate, Line, ToStore, validation_error};
 use crate::app::{App, Snapshot};
+use crate::cache::key::KeyBuilder;
 use crate::cache::{Cache, Hit, Partition};
+use crate::config::KeyConfig;
+use crate::endpoints::embeddings::for_batches::{self as embeddings, InputKeys, Looked};
 use crate::error::ApiError;
+use crate::flow::Routed;
 use crate::flow::control::Controls;
 use crate::flow::{Ask, Decided, Decision, Endpoint, Planned, Planning, Vectors, decide};
 
@@ -44,26 +50,66 @@ pub struct Sorted {
     pub cached: usize,
     pub repeated: usize,
     pub sent: usize,
+    /// What each line sent may use, for the caller's managed key (`super::charge`).
+    pub spend: Vec<Spend>,
+    /// The first line sent with each key (a flow line's exact key, an embeddings line's
+    /// body); later lines with it repeat it.
+    sent_first: HashMap<[u8; 32], usize>,
+}
+
+/// The model and the token estimate of one line sent, as the synchronous call reserves them.
+pub struct Spend {
+    pub model: Option<String>,
+    pub estimate: (u64, u64),
+}
+
+impl Spend {
+    fn of(routed: &Routed) -> Spend {
+        let model = routed.route.as_ref().map(|route| route.model().to_string());
+        Spend {
+            model: model.or_else(|| routed.model_asked.clone()),
+            estimate: routed.estimate,
+        }
+    }
+}
+
+/// Which cache a batch's lines go through: a cached flow endpoint's, or the per-input
+/// embeddings cache (`endpoints::embeddings`).
+#[derive(Clone, Copy)]
+pub enum Target {
+    Flow(&'static dyn Endpoint),
+    Embeddings,
 }
 
 /// Who asks, and how: the create call's partition, controls and credentials.
 pub struct Asker<'a> {
     pub app: &'a Arc<App>,
     pub snapshot: &'a Snapshot,
-    pub endpoint: &'static dyn Endpoint,
+    pub target: Target,
     /// The batch's endpoint, e.g. `/v1/chat/completions`.
     pub url: &'a str,
     pub partition: &'a Partition,
     pub controls: &'a Controls,
     pub headers: &'a HeaderMap,
+    /// The caller's managed key (managed mode): the lines sent count against it.
+    pub key: Option<&'a Arc<KeyConfig>>,
 }
 
 /// A line after planning, before the cache is asked.
 enum Step {
     Refused(ApiError),
     /// Not cacheable (the synchronous call would bypass the cache): sent as it is.
-    Bypass(Bytes),
+    Bypass(Routed),
     Cache(Arc<Planned>),
+    /// An embeddings request, with its JSON and the key that makes lines repeats.
+    Embed(Routed, Value, [u8; 32]),
+}
+
+/// The `response` of a line deja answers itself.
+fn answered(status: u16, body: Value) -> Fate {
+    Fate::Answered {
+        response: json!({"status_code": status, "request_id": request_id(), "body": body}),
+    }
 }
 
 /// Reads and sorts the input file. `Err` holds OpenAI's validation errors: the batch fails.
@@ -71,9 +117,11 @@ pub async fn sort(asker: &Asker<'_>, content: &[u8]) -> Result<Sorted, Vec<Value
     let (ids, steps) = parse(asker, content)?;
     let model = steps.iter().find_map(|step| match step {
         Step::Cache(planned) => Some(planned.lookup.model.clone()),
+        Step::Embed(_, json, _) => json["model"].as_str().map(String::from),
         _ => None,
     });
     let decided = decide_distinct(asker, &steps).await;
+    let embedded = look_up_embeddings(asker, &steps).await;
     let mut sorted = Sorted {
         lines: Vec::with_capacity(steps.len()),
         jsonl: Vec::new(),
@@ -81,95 +129,109 @@ pub async fn sort(asker: &Asker<'_>, content: &[u8]) -> Result<Sorted, Vec<Value
         cached: 0,
         repeated: 0,
         sent: 0,
+        spend: Vec::new(),
+        sent_first: HashMap::new(),
     };
-    // The first line sent with each exact key; later ones repeat it.
-    let mut sent_first: HashMap<[u8; 32], usize> = HashMap::new();
     for (index, (custom_id, step)) in ids.into_iter().zip(steps).enumerate() {
+        let line = Sending {
+            index,
+            custom_id: &custom_id,
+            url: asker.url,
+        };
         let fate = match step {
-            Step::Refused(error) => Fate::Answered {
-                response: json!({
-                    "status_code": error.status().as_u16(),
-                    "request_id": request_id(),
-                    "body": error.body(),
-                }),
-            },
-            Step::Bypass(body) => sorted.send(&custom_id, asker.url, &body, None),
+            Step::Refused(error) => answered(error.status().as_u16(), error.body()),
+            Step::Bypass(routed) => sorted.send(&line, &routed, Keep::default()),
             Step::Cache(planned) => {
-                let exact = planned.lookup.exact.0;
-                match decided.get(&exact) {
-                    Some(Outcome::Hit(hit)) => match render(asker.endpoint, hit) {
-                        Some(body) => {
-                            sorted.cached += 1;
-                            Fate::Answered {
-                                response: json!({
-                                    "status_code": 200,
-                                    "request_id": request_id(),
-                                    "body": body,
-                                }),
-                            }
-                        }
-                        // An entry that cannot be rendered is sent, as the proxy would.
-                        None => sorted.send_once(
-                            &mut sent_first,
-                            index,
-                            &custom_id,
-                            asker,
-                            &planned,
-                            None,
-                        ),
-                    },
-                    Some(Outcome::Miss(vector)) => {
-                        let vector = vector.clone();
-                        sorted.send_once(
-                            &mut sent_first,
-                            index,
-                            &custom_id,
-                            asker,
-                            &planned,
-                            vector,
-                        )
+                let outcome = decided.get(&planned.lookup.exact.0);
+                let rendered = match (outcome, asker.target) {
+                    (Some(Outcome::Hit(hit)), Target::Flow(endpoint)) => render(endpoint, hit),
+                    _ => None,
+                };
+                match (rendered, outcome) {
+                    (Some(body), _) => {
+                        sorted.cached += 1;
+                        answered(200, body)
                     }
-                    None => {
-                        sorted.send_once(&mut sent_first, index, &custom_id, asker, &planned, None)
+                    // A miss, or an entry that cannot be rendered (sent, as the proxy would).
+                    (None, outcome) => {
+                        let vector = match outcome {
+                            Some(Outcome::Miss(vector)) => vector.clone(),
+                            _ => None,
+                        };
+                        let lookup = &planned.lookup;
+                        let keep = Keep {
+                            store: (!asker.controls.no_store).then(|| ToStore {
+                                scope: lookup.scope.0,
+                                exact: lookup.exact.0,
+                                model: lookup.model.clone(),
+                                prompt: lookup.semantic_text.clone(),
+                                vector,
+                            }),
+                            inputs: None,
+                        };
+                        sorted.send_once(lookup.exact.0, &line, &planned.routed, keep)
                     }
                 }
             }
+            Step::Embed(routed, _, key) => match embedded.get(&key) {
+                Some(Looked::Answered(body)) => {
+                    sorted.cached += 1;
+                    answered(200, body.clone())
+                }
+                Some(Looked::Missing(inputs)) => {
+                    let keep = Keep {
+                        store: None,
+                        inputs: inputs.clone(),
+                    };
+                    sorted.send_once(key, &line, &routed, keep)
+                }
+                Some(Looked::Bypass) | None => {
+                    sorted.send_once(key, &line, &routed, Keep::default())
+                }
+            },
         };
         sorted.lines.push(Line { custom_id, fate });
     }
     Ok(sorted)
 }
 
+/// A line on its way into the upstream batch.
+struct Sending<'a> {
+    index: usize,
+    custom_id: &'a str,
+    url: &'a str,
+}
+
+/// What the merge needs to store a sent line's answer.
+#[derive(Default)]
+struct Keep {
+    store: Option<ToStore>,
+    inputs: Option<InputKeys>,
+}
+
 impl Sorted {
-    /// A cacheable line that goes upstream, unless a line with its exact key already does.
+    /// A cacheable line that goes upstream, unless a line with its key already does.
     fn send_once(
         &mut self,
-        sent_first: &mut HashMap<[u8; 32], usize>,
-        index: usize,
-        custom_id: &str,
-        asker: &Asker<'_>,
-        planned: &Planned,
-        vector: Option<Vec<f32>>,
+        key: [u8; 32],
+        line: &Sending<'_>,
+        routed: &Routed,
+        keep: Keep,
     ) -> Fate {
-        let lookup = &planned.lookup;
-        if let Some(&of) = sent_first.get(&lookup.exact.0) {
+        if let Some(&of) = self.sent_first.get(&key) {
             self.repeated += 1;
             return Fate::Repeat { of };
         }
-        sent_first.insert(lookup.exact.0, index);
-        let store = (!asker.controls.no_store).then(|| ToStore {
-            scope: lookup.scope.0,
-            exact: lookup.exact.0,
-            model: lookup.model.clone(),
-            prompt: lookup.semantic_text.clone(),
-            vector,
-        });
-        self.send(custom_id, asker.url, &planned.routed.body, store)
+        self.sent_first.insert(key, line.index);
+        self.send(line, routed, keep)
     }
 
     /// Adds a line to the upstream batch's input.
-    fn send(&mut self, custom_id: &str, url: &str, body: &[u8], store: Option<ToStore>) -> Fate {
+    fn send(&mut self, line: &Sending<'_>, routed: &Routed, keep: Keep) -> Fate {
+        let (custom_id, url) = (line.custom_id, line.url);
+        self.spend.push(Spend::of(routed));
         // The body as the synchronous call would send it (alias resolved), on one line.
+        let body = &routed.body[..];
         let body = match serde_json::from_slice::<Value>(body) {
             Ok(value) if body.contains(&b'\n') => Bytes::from(value.to_string()),
             _ => Bytes::copy_from_slice(body),
@@ -182,7 +244,10 @@ impl Sorted {
         self.jsonl.extend_from_slice(&body);
         self.jsonl.extend_from_slice(b"}\n");
         self.sent += 1;
-        Fate::Sent { store }
+        Fate::Sent {
+            store: keep.store,
+            inputs: keep.inputs,
+        }
     }
 }
 
@@ -261,21 +326,44 @@ fn parse(asker: &Asker<'_>, content: &[u8]) -> Result<(Vec<String>, Vec<Step>), 
 fn plan(asker: &Asker<'_>, body: Value) -> Step {
     // A body that is not an object gets the synchronous call's own 400.
     let raw = Bytes::from(body.to_string());
-    if asker.app.cache.is_none() {
-        return Step::Bypass(raw);
-    }
-    let planning = crate::flow::plan_request(
-        asker.app,
-        asker.snapshot,
-        asker.endpoint,
-        asker.partition,
-        raw,
-    );
+    let endpoint = match asker.target {
+        Target::Flow(endpoint) => endpoint,
+        Target::Embeddings => {
+            return match embeddings::route(&asker.snapshot.config, &raw) {
+                Ok((routed, json)) => {
+                    let key = KeyBuilder::new("batch-embeddings-line")
+                        .bytes(&routed.body)
+                        .finish();
+                    Step::Embed(routed, json, key.0)
+                }
+                Err(error) => Step::Refused(error),
+            };
+        }
+    };
+    let planning =
+        crate::flow::plan_request(asker.app, asker.snapshot, endpoint, asker.partition, raw);
     match planning {
         Ok(Planning::Cache(planned)) => Step::Cache(planned),
-        Ok(Planning::Bypass(routed, _)) => Step::Bypass(routed.body),
+        Ok(Planning::Bypass(routed, _)) => Step::Bypass(routed),
         Err(error) => Step::Refused(error),
     }
+}
+
+/// Each distinct embeddings line looked up in the synchronous call's per-input cache.
+async fn look_up_embeddings(asker: &Asker<'_>, steps: &[Step]) -> HashMap<[u8; 32], Looked> {
+    let mut looked = HashMap::new();
+    let Some(cache) = asker.app.cache.clone() else {
+        return looked;
+    };
+    for step in steps {
+        if let Step::Embed(_, json, key) = step
+            && !looked.contains_key(key)
+        {
+            let found = embeddings::lookup(&cache, json, asker.partition, asker.controls).await;
+            looked.insert(*key, found);
+        }
+    }
+    looked
 }
 
 enum Outcome {

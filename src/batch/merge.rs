@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::charge::Used;
 use super::record::{Batch, Fate, ToStore};
 use crate::app::App;
 use crate::cache::key::Hash32;
+use crate::endpoints::embeddings::for_batches::InputKeys;
 use crate::flow::Lookup;
 
 /// The two files' contents and their line counts.
@@ -24,6 +26,8 @@ pub struct Merged {
     /// Successful upstream answers handed to the cache (a full or read-only store may
     /// still refuse them, as it refuses a synchronous miss).
     pub to_cache: usize,
+    /// What the successful upstream lines used (settles the caller's managed key).
+    pub used: Used,
 }
 
 /// Why a sent line has no upstream result (the upstream batch expired or was cancelled).
@@ -65,19 +69,24 @@ pub async fn merge(
     unfinished: &Unfinished,
 ) -> Merged {
     let mut merged = Merged::default();
+    let config = app.config();
     // Each line's (response, error), kept for the repeats that point at it.
     let mut outcomes: Vec<(Value, Value)> = Vec::with_capacity(batch.lines.len());
     for line in &batch.lines {
         let (id, response, error) = match &line.fate {
             Fate::Answered { response } => (batch_request_id(), response.clone(), Value::Null),
-            Fate::Sent { store } => match results.get(&line.custom_id) {
+            Fate::Sent { store, inputs } => match results.get(&line.custom_id) {
                 Some(result) => {
                     let response = result["response"].clone();
-                    if let Some(store) = store
-                        && response["status_code"] == 200
-                        && store_line(app, batch, store, &response["body"]).await
-                    {
-                        merged.to_cache += 1;
+                    if response["status_code"] == 200 {
+                        let body = &response["body"];
+                        merged.used.add(&config, body);
+                        let stored = match (store, inputs) {
+                            (Some(store), _) => store_line(app, batch, store, body).await,
+                            (None, Some(inputs)) => store_inputs(app, batch, inputs, body).await,
+                            (None, None) => false,
+                        };
+                        merged.to_cache += usize::from(stored);
                     }
                     let id = result["id"]
                         .as_str()
@@ -137,6 +146,15 @@ async fn store_line(app: &Arc<App>, batch: &Batch, store: &ToStore, body: &Value
     let vector = store.vector.clone();
     crate::flow::store_answer(cache, lookup, vector, owner, body.clone()).await;
     true
+}
+
+/// Stores an embeddings line's answer per input, as the synchronous call stores it.
+async fn store_inputs(app: &Arc<App>, batch: &Batch, inputs: &InputKeys, body: &Value) -> bool {
+    let Some(cache) = app.cache.clone() else {
+        return false;
+    };
+    let owner = batch.cache_owner.clone();
+    crate::endpoints::embeddings::for_batches::store_answer(&cache, inputs, owner, body).await
 }
 
 fn batch_request_id() -> String {

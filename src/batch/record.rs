@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::cache::Partition;
+use crate::endpoints::embeddings::for_batches::InputKeys;
 
 /// A batch lives for a day at most (OpenAI's only `completion_window`, `24h`).
 pub const WINDOW_SECS: u64 = 24 * 3600;
@@ -67,8 +68,13 @@ pub enum Fate {
     /// Answered by deja itself: a cache hit (status 200) or deja's own refusal of the body
     /// (the 400 the synchronous call gets). `response` is the output line's `response`.
     Answered { response: Value },
-    /// In the upstream batch; its answer is stored in the cache when `store` is set.
-    Sent { store: Option<ToStore> },
+    /// In the upstream batch; its answer is stored in the cache when `store` (a flow
+    /// endpoint's line) or `inputs` (an embeddings line, per input) is set.
+    Sent {
+        store: Option<ToStore>,
+        #[serde(default)]
+        inputs: Option<InputKeys>,
+    },
     /// The same request as line `of` (same exact key): it gets that line's answer.
     Repeat { of: usize },
 }

@@ -8,12 +8,14 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::{Value, json};
 
+use super::charge::{self, Used};
 use super::lines::{self, Asker, Sorted};
 use super::merge::{self, CANCELLED, EXPIRED, Unfinished};
 use super::record::{Batch, Status, UpstreamBatch, WINDOW_SECS};
 use super::upstream::{self, CallError};
-use super::{BATCH_PREFIX, Batches, StoreError};
+use super::{BATCH_PREFIX, Batches, Kept, StoreError};
 use crate::app::App;
+use crate::error::ApiError;
 
 /// The create call's fields, read and checked.
 pub struct Create {
@@ -30,6 +32,8 @@ pub enum RunError {
     /// The input file is larger than deja reads into memory (`server.max_body_bytes`): the
     /// create call is relayed, and the batch is the upstream's own.
     TooLarge,
+    /// The caller's managed key cannot cover the lines to send (429, or 403 unpriced).
+    Refused(ApiError),
 }
 
 impl From<CallError> for RunError {
@@ -95,6 +99,15 @@ pub async fn create(
     match lines::sort(asker, &content).await {
         Err(errors) => batch.fail(now, errors),
         Ok(sorted) => {
+            let charge = match asker.key {
+                Some(key) => {
+                    let config = &asker.snapshot.config;
+                    charge::reserve(app, config, key, &sorted.spend)
+                        .await
+                        .map_err(RunError::Refused)?
+                }
+                None => None,
+            };
             count(app, &sorted);
             let Sorted {
                 lines,
@@ -115,21 +128,19 @@ pub async fn create(
                 )
                 .await?;
             } else {
-                let file = upstream::upload(app, asker.headers, Bytes::from(jsonl)).await?;
-                let mut body = json!({
-                    "input_file_id": file,
-                    "endpoint": batch.endpoint,
-                    "completion_window": batch.completion_window,
-                });
-                if batch.metadata.is_object() {
-                    body["metadata"] = batch.metadata.clone();
-                }
-                let made = upstream::create_batch(app, asker.headers, &body).await?;
+                let (file, made) = match send(app, asker.headers, &batch, jsonl).await {
+                    Ok(sent) => sent,
+                    Err(err) => {
+                        charge::release(app, charge);
+                        return Err(err);
+                    }
+                };
                 let id = made["id"].as_str().unwrap_or_default().to_string();
                 batch.upstream = Some(UpstreamBatch {
                     id,
                     input_file_id: file,
                 });
+                store.hold(&batch.id, charge);
                 follow(app, store, asker.headers, &mut batch, &made).await?;
             }
         }
@@ -138,6 +149,26 @@ pub async fn create(
     let saved = batch.clone();
     store.blocking(move |s| s.save(&saved)).await?;
     Ok(batch)
+}
+
+/// Uploads the lines to send and makes the upstream batch: its input file id and Batch object.
+async fn send(
+    app: &App,
+    headers: &HeaderMap,
+    batch: &Batch,
+    jsonl: Vec<u8>,
+) -> Result<(String, Value), RunError> {
+    let file = upstream::upload(app, headers, Bytes::from(jsonl)).await?;
+    let mut body = json!({
+        "input_file_id": file,
+        "endpoint": batch.endpoint,
+        "completion_window": batch.completion_window,
+    });
+    if batch.metadata.is_object() {
+        body["metadata"] = batch.metadata.clone();
+    }
+    let made = upstream::create_batch(app, headers, &body).await?;
+    Ok((file, made))
 }
 
 fn count(app: &App, sorted: &Sorted) {
@@ -162,10 +193,10 @@ pub async fn refresh(
     if batch.status.finished() {
         return Ok(batch);
     }
-    let _one_at_a_time = store.refreshing.lock().await;
+    let _one_at_a_time = store.refreshing(&batch.id).await;
     // Another poll may have merged it while this one waited.
-    let id = batch.id.clone();
-    if let Some(current) = store.blocking(move |s| s.load(&id)).await? {
+    let (id, kept) = (batch.id.clone(), Kept::now(app));
+    if let Some(current) = store.blocking(move |s| s.load(&id, kept)).await? {
         batch = current;
         if batch.status.finished() {
             return Ok(batch);
@@ -176,7 +207,7 @@ pub async fn refresh(
         Ok(seen) => match follow(app, store, headers, &mut batch, &seen).await {
             Ok(()) => {}
             Err(RunError::Store(err)) => return Err(err),
-            Err(RunError::TooLarge) => {}
+            Err(RunError::TooLarge | RunError::Refused(_)) => {}
             Err(RunError::Upstream(err)) => {
                 tracing::warn!(batch = %batch.id, error = ?err, "upstream batch files unreadable; polled again later");
             }
@@ -220,6 +251,7 @@ async fn follow(
                 .cloned()
                 .unwrap_or_default();
             batch.fail(now, errors);
+            store.settle(app, &batch.id, Used::default());
             return Ok(());
         }
         Some(Status::Completed) => (Status::Completed, &EXPIRED),
@@ -271,15 +303,16 @@ async fn finish(
     status: Status,
 ) -> Result<(), RunError> {
     let merged = merge::merge(app, batch, &finished.results, finished.unfinished).await;
+    store.settle(app, &batch.id, merged.used);
     tracing::debug!(batch = %batch.id, to_cache = merged.to_cache, "batch merged");
     let now = app.now_ms() / 1000;
-    let tenant = batch.tenant.clone();
+    let (tenant, kept) = (batch.tenant.clone(), Kept::now(app));
     let (output, errors) = (merged.output, merged.errors);
     let (output_file, error_file) = store
         .blocking(move |s| {
             let keep = |name: &str, content: &[u8]| match content.is_empty() {
                 true => Ok(None),
-                false => s.put_file(&tenant, name, content, now).map(Some),
+                false => s.put_file(&tenant, name, content, kept).map(Some),
             };
             Ok((
                 keep("batch_output.jsonl", &output)?,
@@ -312,6 +345,12 @@ pub async fn cancel(
     let Some(up) = batch.upstream.clone() else {
         return Ok(None);
     };
+    // Cancelling may merge too: not beside a refresh of the same batch.
+    let _one_at_a_time = store.refreshing(&batch.id).await;
+    let (id, kept) = (batch.id.clone(), Kept::now(app));
+    if let Some(current) = store.blocking(move |s| s.load(&id, kept)).await? {
+        batch = current;
+    }
     if batch.status.finished() {
         return Ok(None);
     }

@@ -115,6 +115,11 @@ async fn call_json(
         })
 }
 
+/// `GET {suffix}`, a JSON object (a list).
+pub async fn get_json(app: &App, headers: &HeaderMap, suffix: &str) -> Result<Value, CallError> {
+    call_json(app, headers, Method::GET, suffix, None).await
+}
+
 /// `GET /files/{id}/content`.
 pub async fn file_content(app: &App, headers: &HeaderMap, id: &str) -> Result<Bytes, CallError> {
     let suffix = format!("/files/{}/content", path_segment(id)?);

@@ -17,6 +17,9 @@ pub struct JobsConfig {
     pub dir: Option<PathBuf>,
     /// Seconds a finished job (and its answer) stays readable.
     pub retention_secs: u64,
+    /// Seconds deja keeps a batch made through it after it ended, and its merged files after
+    /// they were made (OpenAI keeps batch output files 30 days).
+    pub batch_retention_secs: u64,
     /// URL prefixes a job's `x-deja-callback-url` must start with; empty refuses every callback.
     pub callback_allow: Vec<String>,
     /// Standard Webhooks signing secret, `whsec_<base64>`; needed for callbacks.
@@ -43,6 +46,7 @@ impl Default for JobsConfig {
             concurrency: 4,
             dir: None,
             retention_secs: 86_400,
+            batch_retention_secs: 30 * 86_400,
             callback_allow: Vec::new(),
             webhook_secret: None,
             webhook_max_attempts: 8,
@@ -72,6 +76,12 @@ impl JobsConfig {
         }
         if !(300..=3_600_000).contains(&self.claim_idle_ms) {
             return Some(("jobs.claim_idle_ms", "must be in 300..=3600000".into()));
+        }
+        if !(1..=365 * 86_400).contains(&self.batch_retention_secs) {
+            return Some((
+                "jobs.batch_retention_secs",
+                "must be in 1..=31536000 (a year)".into(),
+            ));
         }
         if !(1..=3_600).contains(&self.webhook_timeout_secs) {
             return Some(("jobs.webhook_timeout_secs", "must be in 1..=3600".into()));

@@ -174,6 +174,9 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
                 let app = app.clone();
                 let sweep = move || {
                     let swept = cache.sweep_expired();
+                    if let Some(batches) = &app.batches {
+                        batches.sweep_expired(&app);
+                    }
                     cache.dump_index(false);
                     save_dashboard(&app);
                     swept

@@ -20,10 +20,11 @@ use crate::cache::Partition;
 use crate::cache::key::{Hash32, KeyBuilder};
 use crate::cache::store::StoreError;
 use crate::cache::{NewEntry, Requirements};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::flow::control::{self, Controls};
 use crate::flow::models;
-use crate::flow::{blocking, read_routed};
+use crate::flow::{Routed, blocking, read_routed};
 use crate::managed::metering::metered;
 use crate::observe::track::{Tracker, estimate_tokens};
 use crate::observe::usage::Outcome;
@@ -165,24 +166,7 @@ async fn respond(
         ));
     };
 
-    let needs = Requirements {
-        max_age_ms: controls.max_age_secs.map(|s| s.saturating_mul(1000)),
-        needs_usage: false,
-    };
-    let mut cached: Vec<Option<Value>> = vec![None; batch.texts.len()];
-    if !controls.no_cache {
-        let keys = batch.keys.clone();
-        let found = blocking(&cache, move |c| {
-            keys.iter()
-                .map(|key| c.lookup_exact(key, needs))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (slot, hit) in cached.iter_mut().zip(found) {
-            *slot = hit.and_then(|hit| serde_json::from_str(&hit.entry.response).ok());
-        }
-    }
+    let mut cached = cached_items(&cache, &batch, &controls).await;
     let missing: Vec<usize> = (0..cached.len()).filter(|&i| cached[i].is_none()).collect();
     let hits = cached.len() - missing.len();
     tracker.outcome(if missing.is_empty() {
@@ -192,12 +176,7 @@ async fn respond(
     });
     tracing::info!(endpoint = "embeddings", model = %batch.model, inputs = cached.len(), cached = hits, "request");
     if missing.is_empty() {
-        let data = cached.into_iter().flatten().collect();
-        let body = list(
-            data,
-            &batch.model,
-            json!({"prompt_tokens": 0, "total_tokens": 0}),
-        );
+        let body = all_cached(cached, &batch.model);
         return Ok(answer(
             StatusCode::OK,
             http::HeaderMap::new(),
@@ -247,6 +226,123 @@ async fn respond(
     let usage = parsed.get("usage").cloned().unwrap_or(Value::Null);
     let merged = list(cached.into_iter().flatten().collect(), model, usage);
     Ok(answer(status, headers, merged, "miss", hits, &batch))
+}
+
+/// Each input's cached item (`None`: not cached, or `Cache-Control: no-cache`). A failed
+/// lookup is a miss.
+async fn cached_items(
+    cache: &Arc<crate::cache::Cache>,
+    batch: &Batch,
+    controls: &Controls,
+) -> Vec<Option<Value>> {
+    let mut cached: Vec<Option<Value>> = vec![None; batch.texts.len()];
+    if controls.no_cache {
+        return cached;
+    }
+    let needs = Requirements {
+        max_age_ms: controls.max_age_secs.map(|s| s.saturating_mul(1000)),
+        needs_usage: false,
+    };
+    let keys = batch.keys.clone();
+    let found = blocking(cache, move |c| {
+        keys.iter()
+            .map(|key| c.lookup_exact(key, needs))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .unwrap_or_default();
+    for (slot, hit) in cached.iter_mut().zip(found) {
+        *slot = hit.and_then(|hit| serde_json::from_str(&hit.entry.response).ok());
+    }
+    cached
+}
+
+/// The answer to a request whose every input was cached (nothing was sent, so no usage).
+fn all_cached(cached: Vec<Option<Value>>, model: &str) -> Value {
+    let data = cached.into_iter().flatten().collect();
+    list(data, model, json!({"prompt_tokens": 0, "total_tokens": 0}))
+}
+
+/// The Batch API's use of this cache (`crate::batch`): a batch line is looked up and stored
+/// with the same keys and entries as the synchronous call.
+pub(crate) mod for_batches {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    /// What a line sent upstream needs for its answer to be stored per input.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct InputKeys {
+        scope: [u8; 32],
+        keys: Vec<[u8; 32]>,
+        model: String,
+    }
+
+    pub enum Looked {
+        /// Every input is cached: the synchronous call's answer to the line.
+        Answered(Value),
+        /// Some input is not: send the line; `Some` to store its answer.
+        Missing(Option<InputKeys>),
+        /// Not cacheable (token inputs, no model): sent as it is.
+        Bypass,
+    }
+
+    /// The routed body (aliases resolved, no fallbacks: as the synchronous call) and its JSON.
+    pub fn route(config: &Config, raw: &Bytes) -> Result<(Routed, Value), ApiError> {
+        let json = crate::flow::parse_object(raw, config.server.max_json_values)?;
+        let model_asked = json.get("model").and_then(Value::as_str).map(String::from);
+        let (body, json, route) = models::apply(&config.routing, raw.clone(), json, false);
+        let routed = Routed {
+            estimate: estimate_tokens(&body, None),
+            body,
+            route,
+            model_asked,
+        };
+        Ok((routed, json))
+    }
+
+    /// Looks the line's request up as the synchronous call would.
+    pub async fn lookup(
+        cache: &Arc<crate::cache::Cache>,
+        json: &Value,
+        partition: &Partition,
+        controls: &Controls,
+    ) -> Looked {
+        let Some(batch) = batch(json, partition) else {
+            return Looked::Bypass;
+        };
+        let cached = cached_items(cache, &batch, controls).await;
+        if cached.iter().all(Option::is_some) {
+            return Looked::Answered(all_cached(cached, &batch.model));
+        }
+        let keys = (!controls.no_store).then(|| InputKeys {
+            scope: batch.scope.0,
+            keys: batch.keys.iter().map(|key| key.0).collect(),
+            model: batch.model.clone(),
+        });
+        Looked::Missing(keys)
+    }
+
+    /// Stores a line's successful answer per input; false when it is not one item per input.
+    pub async fn store_answer(
+        cache: &Arc<crate::cache::Cache>,
+        keys: &InputKeys,
+        owner: Partition,
+        answer: &Value,
+    ) -> bool {
+        let Some(fresh) = fresh_items(answer.to_string().as_bytes(), keys.keys.len()) else {
+            return false;
+        };
+        let batch = Batch {
+            single: false,
+            texts: Vec::new(),
+            scope: Hash32(keys.scope),
+            keys: keys.keys.iter().copied().map(Hash32).collect(),
+            model: keys.model.clone(),
+        };
+        let all: Vec<usize> = (0..fresh.len()).collect();
+        store(cache, &batch, &all, &fresh, owner).await;
+        true
+    }
 }
 
 /// The `data` items of an upstream answer, ordered by `index`, without it; `None` unless

@@ -48,7 +48,7 @@ pub use memo::{PlanMemo, Planned, Routed};
 pub(crate) use decide::{Ask, Decided, Decision, Vectors, blocking, decide};
 pub(crate) use miss::store_answer;
 pub(crate) use plan::{Planning, plan_request};
-pub(crate) use read::{read_checked, read_request, read_routed};
+pub(crate) use read::{parse_object, read_checked, read_request, read_routed};
 
 use context::{Context, Edge};
 use decide::Near;

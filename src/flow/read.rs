@@ -76,7 +76,7 @@ pub(crate) async fn read_checked(
 
 /// The body as a JSON object, if it holds no more than `max_values` items (a tree costs about
 /// 60 bytes per item: see `json_budget`).
-pub(super) fn parse_object(body: &[u8], max_values: usize) -> Result<Value, ApiError> {
+pub(crate) fn parse_object(body: &[u8], max_values: usize) -> Result<Value, ApiError> {
     if !crate::wire::json_budget::within(body, max_values) {
         return Err(ApiError::invalid(
             format!(

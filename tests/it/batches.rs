@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::admin::{metric, with_admin};
 use crate::support::fake_upstream::{CHAT_PATH, deterministic_answer};
-use crate::support::proxy::{Harness, KEY_A, KEY_B, ask};
+use crate::support::proxy::{Harness, KEY_A, KEY_B, Reply, ask};
 use serde_json::{Value, json};
 
 async fn harness() -> Harness {
@@ -486,4 +486,524 @@ async fn a_reworded_line_is_a_semantic_hit_as_the_synchronous_call_would_be() {
     assert_eq!(h.upstream.batches_created(), 0);
     let output = file_lines(&h, &batch["output_file_id"]).await;
     assert_eq!(content(&output[0]), deterministic_answer(asked));
+}
+
+mod managed_keys {
+    //! Managed mode: batch calls need a deja key, and the lines a batch sends upstream count
+    //! against it as their synchronous calls would.
+
+    use super::*;
+    use crate::support::admin::{key, managed};
+    use deja::config::Price;
+
+    const ALICE: &str = "sk-deja-alice-secret";
+    const BOB: &str = "sk-deja-bob-secret";
+
+    fn error_of(body: &Value) -> (&str, &str) {
+        let error = &body["error"];
+        (
+            error["type"].as_str().unwrap_or_default(),
+            error["code"].as_str().unwrap_or_default(),
+        )
+    }
+
+    /// A dollar a token for the lines' model; relayed calls (uploads) cost nothing.
+    fn priced(c: &mut deja::config::Config) {
+        let price = |usd: f64| Price {
+            input_per_mtok: usd * 1_000_000.0,
+            output_per_mtok: usd * 1_000_000.0,
+        };
+        c.pricing.insert("gpt-4o-mini".into(), price(1.0));
+        c.pricing.insert("*".into(), price(0.0));
+    }
+
+    async fn spent(h: &Harness, id: &str) -> f64 {
+        let stats = h.admin("GET", "/admin/stats", None).await.json();
+        let keys = stats["keys"].as_array().expect("keys");
+        let key = keys.iter().find(|k| k["id"] == id).expect("the key");
+        key["spent_usd"].as_f64().expect("spent")
+    }
+
+    #[tokio::test]
+    async fn batch_calls_without_a_known_key_get_401() {
+        let h = managed(vec![key("alice", ALICE)], |_| {}).await;
+        let file = upload(&h, ALICE, &jsonl(&[line("1", NEW_C)])).await;
+        for secret in ["", "sk-deja-mallory"] {
+            let (status, body) = create(&h, secret, &file).await;
+            assert_eq!(status, 401, "{body}");
+            assert_eq!(
+                error_of(&body),
+                ("invalid_request_error", "invalid_api_key")
+            );
+            for path in [
+                "/v1/batches",
+                "/v1/batches/batch_deja_0123",
+                "/v1/files/file-deja-0123",
+                "/v1/files/file-deja-0123/content",
+            ] {
+                let (status, text) = get(&h, secret, path).await;
+                assert_eq!(status, 401, "{path}: {text}");
+            }
+        }
+        assert_eq!(h.upstream.batches_created(), 0);
+        let (status, body) = create(&h, ALICE, &file).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    #[tokio::test]
+    async fn each_line_sent_is_a_request_of_the_keys_rpm() {
+        let mut alice = key("alice", ALICE);
+        alice.rpm = 4;
+        let h = managed(vec![alice], |_| {}).await;
+        let four: Vec<Value> = (0..4)
+            .map(|i| line(&format!("l{i}"), &format!("question number {i}")))
+            .collect();
+        // The upload is request 1: three are left, and the batch would send four.
+        let file = upload(&h, ALICE, &jsonl(&four)).await;
+        let (status, body) = create(&h, ALICE, &file).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(error_of(&body), ("requests", "rate_limit_exceeded"));
+        assert_eq!(h.upstream.batches_created(), 0);
+        // Nothing was taken by the refusal: an upload and a batch of two still fit.
+        let file = upload(&h, ALICE, &jsonl(&four[..2])).await;
+        let (status, body) = create(&h, ALICE, &file).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(h.upstream.batches_created(), 1);
+        // And that was the minute's last request.
+        let (status, _) = get(&h, ALICE, "/v1/batches").await;
+        assert_eq!(status, 429);
+    }
+
+    #[tokio::test]
+    async fn a_batch_over_the_keys_tokens_or_budget_is_refused() {
+        let mut alice = key("alice", ALICE);
+        alice.tpm = 1000;
+        let mut bob = key("bob", BOB);
+        bob.budget_usd = Some(30.0);
+        let h = managed(vec![alice, bob], priced).await;
+        // Four lines of ~300 tokens each: more than a minute of alice's 1,000.
+        let lines: Vec<Value> = (0..4)
+            .map(|i| {
+                let mut line = line(&format!("l{i}"), &format!("question number {i}"));
+                line["body"]["max_tokens"] = json!(300);
+                line
+            })
+            .collect();
+        let file = upload(&h, ALICE, &jsonl(&lines)).await;
+        let (status, body) = create(&h, ALICE, &file).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(error_of(&body), ("tokens", "rate_limit_exceeded"));
+        // Two lines of ~40 prompt tokens at a dollar a token: more than bob's $30.
+        let file = upload(&h, BOB, &jsonl(&[line("c", NEW_C), line("d", NEW_D)])).await;
+        let (status, body) = create(&h, BOB, &file).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(
+            error_of(&body),
+            ("insufficient_quota", "insufficient_quota")
+        );
+        assert_eq!(h.upstream.batches_created(), 0);
+        assert_eq!(h.upstream.calls("/v1/chat/completions"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_limited_keys_batch_too_large_to_read_is_refused_not_relayed() {
+        let mut alice = key("alice", ALICE);
+        alice.rpm = 100;
+        let h = managed(vec![alice, key("bob", BOB)], |_| {}).await;
+        let lines: Vec<Value> = (0..20)
+            .map(|i| line(&format!("l{i}"), &format!("question number {i}")))
+            .collect();
+        let file = upload(&h, ALICE, &jsonl(&lines)).await;
+        let mut config = (**h.proxy.app.config()).clone();
+        config.server.max_body_bytes = 1024;
+        h.proxy.app.replace_config(config);
+        let (status, body) = create(&h, ALICE, &file).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["param"], "input_file_id");
+        assert_eq!(h.upstream.batches_created(), 0);
+        // A key without limits has nothing to count: its batch is relayed, as without keys.
+        let (status, body) = create(&h, BOB, &file).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(h.upstream.batches_created(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_budget_key_cannot_batch_an_unpriced_model() {
+        let mut bob = key("bob", BOB);
+        bob.budget_usd = Some(30.0);
+        let h = managed(vec![key("alice", ALICE), bob], |_| {}).await;
+        // Uploaded by a key without a budget (bob's own relayed upload has no price either).
+        let file = upload(&h, ALICE, &jsonl(&[line("c", NEW_C)])).await;
+        let (status, body) = create(&h, BOB, &file).await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(
+            error_of(&body),
+            ("invalid_request_error", "model_not_priced")
+        );
+        assert_eq!(h.upstream.batches_created(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_settled_from_the_lines_real_usage_and_hits_are_free() {
+        let mut alice = key("alice", ALICE);
+        alice.budget_usd = Some(1_000_000.0);
+        let h = managed(vec![alice], priced).await;
+        h.upstream.set_deterministic(true);
+        h.upstream.set_batch_polls(2);
+        let hit = Reply::read(h.chat_with(ALICE, &[], &ask(CACHED_A)).await).await;
+        assert_eq!(hit.status, 200);
+        let before = spent(&h, "alice").await;
+        let input = jsonl(&[
+            line("a", CACHED_A),
+            line("c", NEW_C),
+            line("d", NEW_D),
+            line("c-again", NEW_C),
+        ]);
+        let file = upload(&h, ALICE, &input).await;
+        let (status, batch) = create(&h, ALICE, &file).await;
+        assert_eq!(status, 200, "{batch}");
+        assert_eq!(batch["status"], "in_progress");
+        // Reserved: the estimate of the two distinct lines sent (prompt ~ body / 4).
+        let estimate: usize = [NEW_C, NEW_D]
+            .iter()
+            .map(|q| serde_json::to_vec(&ask(q)).unwrap().len().div_ceil(4))
+            .sum();
+        let reserved = spent(&h, "alice").await - before;
+        assert!(
+            (reserved - estimate as f64).abs() < 1e-6,
+            "{reserved} vs {estimate}"
+        );
+
+        let id = batch["id"].as_str().unwrap();
+        let done = loop {
+            let (_, text) = get(&h, ALICE, &format!("/v1/batches/{id}")).await;
+            let batch: Value = serde_json::from_str(&text).unwrap();
+            if batch["status"] == "completed" {
+                break batch;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let (_, text) = get(
+            &h,
+            ALICE,
+            &format!(
+                "/v1/files/{}/content",
+                done["output_file_id"].as_str().unwrap()
+            ),
+        )
+        .await;
+        let used: f64 = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["custom_id"] == "c" || l["custom_id"] == "d")
+            .map(|l| {
+                let usage = &l["response"]["body"]["usage"];
+                usage["prompt_tokens"].as_f64().unwrap()
+                    + usage["completion_tokens"].as_f64().unwrap()
+            })
+            .sum();
+        assert!((used - estimate as f64).abs() > 1.0, "a test that can tell");
+        let settled = spent(&h, "alice").await - before;
+        assert!((settled - used).abs() < 1e-6, "{settled} vs {used}");
+    }
+}
+
+async fn delete(h: &Harness, key: &str, path: &str) -> (u16, Value) {
+    let response = h
+        .client
+        .delete(h.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("delete");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn a_deja_file_can_be_deleted_by_its_tenant_only() {
+    let h = harness().await;
+    h.chat(&ask(CACHED_A)).await;
+    let file = upload(&h, KEY_A, &jsonl(&[line("1", CACHED_A)])).await;
+    let (_, batch) = create(&h, KEY_A, &file).await;
+    let output = batch["output_file_id"].as_str().unwrap();
+    let path = format!("/v1/files/{output}");
+    let (status, _) = delete(&h, KEY_B, &path).await;
+    assert_eq!(status, 404);
+    let (status, body) = delete(&h, KEY_A, &path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"id": output, "object": "file", "deleted": true})
+    );
+    for path in [path.clone(), format!("{path}/content")] {
+        let (status, text) = get(&h, KEY_A, &path).await;
+        assert_eq!(status, 404, "{path}: {text}");
+    }
+    let (status, _) = delete(&h, KEY_A, &path).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn batches_and_their_files_expire_after_the_retention() {
+    const RETENTION: u64 = 3600;
+    let h = Harness::with(|c| {
+        with_admin(c);
+        c.cache.sweep_interval_secs = 1;
+        c.jobs.batch_retention_secs = RETENTION;
+    })
+    .await;
+    h.upstream.set_deterministic(true);
+    h.chat(&ask(CACHED_A)).await;
+    let file = upload(&h, KEY_A, &jsonl(&[line("1", CACHED_A)])).await;
+    let (_, batch) = create(&h, KEY_A, &file).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    let id = batch["id"].as_str().unwrap();
+    let output = batch["output_file_id"].as_str().unwrap();
+    let (_, text) = get(&h, KEY_A, &format!("/v1/files/{output}")).await;
+    let object: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        object["expires_at"].as_u64(),
+        Some(object["created_at"].as_u64().unwrap() + RETENTION)
+    );
+    let store = h.proxy.app.batches.clone().expect("batch store");
+    assert_eq!(store.held(), (1, 1));
+
+    // A minute short of the retention: all still there, through a sweep or two.
+    h.clock.advance(Duration::from_secs(RETENTION - 60));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.held(), (1, 1));
+    let paths = [
+        format!("/v1/batches/{id}"),
+        format!("/v1/files/{output}"),
+        format!("/v1/files/{output}/content"),
+    ];
+    for path in &paths {
+        assert_eq!(get(&h, KEY_A, path).await.0, 200, "{path}");
+    }
+
+    h.clock.advance(Duration::from_secs(60));
+    for path in &paths {
+        assert_eq!(get(&h, KEY_A, path).await.0, 404, "{path}");
+    }
+    let (_, list) = get(&h, KEY_A, "/v1/batches").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&list).unwrap()["data"],
+        json!([])
+    );
+    // And the sweep removes them from disk.
+    for _ in 0..100 {
+        if store.held() == (0, 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not swept: {:?}", store.held());
+}
+
+mod embeddings {
+    //! Batches for `/v1/embeddings` go through the synchronous call's per-input cache.
+
+    use super::*;
+    use crate::support::fake_upstream::EMBEDDINGS_PATH;
+
+    const MODEL: &str = "text-embedding-3-small";
+
+    fn embed_line(custom_id: &str, input: Value) -> Value {
+        json!({"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings",
+            "body": {"model": MODEL, "input": input}})
+    }
+
+    async fn embed(h: &Harness, input: Value) -> (Value, Option<String>) {
+        let response = h
+            .client
+            .post(h.url("/v1/embeddings"))
+            .bearer_auth(KEY_A)
+            .json(&json!({"model": MODEL, "input": input}))
+            .send()
+            .await
+            .expect("embeddings");
+        assert_eq!(response.status(), 200);
+        let cached = response
+            .headers()
+            .get("x-deja-cached-inputs")
+            .map(|v| v.to_str().unwrap().to_string());
+        (response.json().await.expect("json"), cached)
+    }
+
+    fn vectors(body: &Value) -> Vec<Value> {
+        body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|item| item["embedding"].clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn cached_lines_are_answered_and_answers_stored_per_input() {
+        let h = harness().await;
+        h.upstream.set_batch_polls(1);
+        let (synchronous, _) = embed(&h, json!(["alpha", "beta"])).await;
+        let (alpha, beta) = (
+            vectors(&synchronous)[0].clone(),
+            vectors(&synchronous)[1].clone(),
+        );
+        assert_eq!(h.upstream.calls(EMBEDDINGS_PATH), 1);
+        let input = jsonl(&[
+            embed_line("both", json!(["beta", "alpha"])),
+            embed_line("one", json!("alpha")),
+            embed_line("partly", json!(["gamma", "alpha"])),
+            embed_line("partly-again", json!(["gamma", "alpha"])),
+        ]);
+        let file = upload(&h, KEY_A, &input).await;
+        let response = h
+            .client
+            .post(h.url("/v1/batches"))
+            .bearer_auth(KEY_A)
+            .json(&json!({"input_file_id": file, "endpoint": "/v1/embeddings",
+                "completion_window": "24h"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let batch: Value = response.json().await.unwrap();
+        let id = batch["id"].as_str().unwrap();
+        assert!(id.starts_with("batch_deja_"), "{batch}");
+        assert_eq!(batch["endpoint"], "/v1/embeddings");
+        // Only the line with an uncached input goes upstream, once.
+        assert_eq!(custom_ids(&h.upstream.batch_lines()), ["partly"]);
+
+        let done = ended(&h, id).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let output = file_lines(&h, &done["output_file_id"]).await;
+        assert_eq!(
+            custom_ids(&output),
+            ["both", "one", "partly", "partly-again"]
+        );
+        let body = |i: usize| &output[i]["response"]["body"];
+        assert_eq!(vectors(body(0)), [beta.clone(), alpha.clone()]);
+        assert_eq!(body(0)["object"], "list");
+        assert_eq!(body(0)["usage"]["total_tokens"], 0);
+        assert_eq!(vectors(body(1)), std::slice::from_ref(&alpha));
+        assert_eq!(vectors(body(2))[1], alpha);
+        assert_eq!(vectors(body(3)), vectors(body(2)));
+
+        // The batch's answer is now in the synchronous call's cache, per input.
+        let (again, cached) = embed(&h, json!(["gamma"])).await;
+        assert_eq!(cached.as_deref(), Some("1/1"));
+        assert_eq!(vectors(&again)[0], vectors(body(2))[0]);
+        assert_eq!(h.upstream.calls(EMBEDDINGS_PATH), 1);
+        let text = h.metrics().await;
+        let series = "deja_batch_lines_total{outcome=\"cached\"}";
+        assert_eq!(metric(&text, series), 2.0);
+    }
+}
+
+/// How many `GET` requests the fake upstream has seen on paths starting with `prefix` and
+/// ending with `suffix`.
+fn upstream_gets(h: &Harness, prefix: &str, suffix: &str) -> usize {
+    h.upstream
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with(prefix) && r.path.ends_with(suffix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_of_two_batches_go_side_by_side_and_one_batch_is_merged_once() {
+    let h = harness().await;
+    h.upstream.set_batch_polls(2);
+    let mut ids = Vec::new();
+    for question in [NEW_C, NEW_D] {
+        let file = upload(&h, KEY_A, &jsonl(&[line("1", question)])).await;
+        let (_, batch) = create(&h, KEY_A, &file).await;
+        ids.push(batch["id"].as_str().unwrap().to_string());
+    }
+    let poll = |id: &str| {
+        let request = h
+            .client
+            .get(h.url(&format!("/v1/batches/{id}")))
+            .bearer_auth(KEY_A);
+        tokio::spawn(async move {
+            let response = request.send().await.expect("poll");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json"))
+        })
+    };
+
+    // A poll of the first batch waits on a slow upstream...
+    h.upstream.stall_next_batch_retrieve(Duration::from_secs(3));
+    let slow = poll(&ids[0]);
+    while upstream_gets(&h, "/v1/batches/", "") == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...and a poll of the second is answered meanwhile.
+    let (status, text) = get(&h, KEY_A, &format!("/v1/batches/{}", ids[1])).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        !slow.is_finished(),
+        "the second batch's poll waited for the first's"
+    );
+    assert_eq!(slow.await.unwrap().0, 200);
+
+    // Two polls of the batch as it ends: one merges, the other gets its result.
+    h.upstream
+        .stall_next_batch_retrieve(Duration::from_millis(500));
+    let (first, second) = (poll(&ids[0]), poll(&ids[0]));
+    let (first, second) = (first.await.unwrap().1, second.await.unwrap().1);
+    assert_eq!(first["status"], "completed", "{first}");
+    assert_eq!(second["status"], "completed", "{second}");
+    assert_eq!(first["output_file_id"], second["output_file_id"]);
+    // The two creates read their inputs; the merge read the output once.
+    assert_eq!(upstream_gets(&h, "/v1/files/", "/content"), 3);
+}
+
+#[tokio::test]
+async fn the_files_list_holds_the_callers_deja_files_beside_the_upstreams() {
+    let h = harness().await;
+    h.chat(&ask(CACHED_A)).await;
+    let input = upload(&h, KEY_A, &jsonl(&[line("1", CACHED_A)])).await;
+    let (_, batch) = create(&h, KEY_A, &input).await;
+    let output = batch["output_file_id"].as_str().unwrap().to_string();
+    let list = |key: &'static str, query: &'static str| {
+        let h = &h;
+        async move {
+            let (status, text) = get(h, key, &format!("/v1/files{query}")).await;
+            assert_eq!(status, 200, "{text}");
+            let list: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(list["object"], "list");
+            let ids: Vec<String> = list["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["id"].as_str().unwrap().to_string())
+                .collect();
+            (ids, list)
+        }
+    };
+    let (ids, all) = list(KEY_A, "").await;
+    assert_eq!(ids.len(), 2, "{all}");
+    assert!(ids.contains(&input) && ids.contains(&output), "{all}");
+    assert_eq!(all["has_more"], false);
+    assert_eq!(all["first_id"], ids[0].as_str());
+    // Another tenant's list has the upstream's files only.
+    let (ids, _) = list(KEY_B, "").await;
+    assert_eq!(ids, std::slice::from_ref(&input));
+    // The purpose filter applies to both.
+    assert_eq!(
+        list(KEY_A, "?purpose=batch").await.0,
+        std::slice::from_ref(&input)
+    );
+    let outputs = list(KEY_A, "?purpose=batch_output").await.0;
+    assert_eq!(outputs, std::slice::from_ref(&output));
+    // Pages over the merged list.
+    let (first, page) = list(KEY_A, "?limit=1").await;
+    assert_eq!(page["has_more"], true);
+    let (_, rest) = get(&h, KEY_A, &format!("/v1/files?limit=1&after={}", first[0])).await;
+    let rest: Value = serde_json::from_str(&rest).unwrap();
+    assert_eq!(rest["has_more"], false);
+    let second = rest["data"][0]["id"].as_str().unwrap();
+    assert_ne!(second, first[0]);
+    assert!([&input, &output].contains(&&second.to_string()));
 }

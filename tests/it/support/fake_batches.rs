@@ -1,5 +1,5 @@
 //! The fake upstream's Files and Batches API. Declared as a private child module of
-//! `fake_upstream.rs`. Files: multipart upload (`purpose`, `file`), retrieve, content.
+//! `fake_upstream.rs`. Files: multipart upload (`purpose`, `file`), list, retrieve, content.
 //! Batches: create, retrieve, cancel, list. A batch runs each input line through the fake's
 //! own chat, completions, responses and embeddings handlers, once it has been polled
 //! `polls_before_done` times (0: at creation), and writes OpenAI's output and error files.
@@ -24,6 +24,8 @@ pub(super) struct Store {
 #[derive(Default)]
 struct Inner {
     files: HashMap<String, (Value, Bytes)>,
+    /// File ids in upload order (the list is newest first unless `order=asc`).
+    file_order: Vec<String>,
     batches: HashMap<String, FakeBatch>,
     /// Ids in creation order (the list is newest first).
     order: Vec<String>,
@@ -31,6 +33,8 @@ struct Inner {
     /// Every line of every batch input, as received.
     lines: Vec<Value>,
     runs: usize,
+    /// How long the next batch retrieve waits before it answers.
+    stall_next_retrieve: Option<std::time::Duration>,
 }
 
 struct FakeBatch {
@@ -46,6 +50,10 @@ impl Store {
 
     pub(super) fn lines(&self) -> Vec<Value> {
         self.inner.lock().lines.clone()
+    }
+
+    pub(super) fn stall_next_retrieve(&self, stall: std::time::Duration) {
+        self.inner.lock().stall_next_retrieve = Some(stall);
     }
 
     pub(super) fn batches_created(&self) -> usize {
@@ -70,6 +78,7 @@ pub(super) async fn handle(state: &State, req: &RecordedRequest) -> Option<Respo
     let store = &state.batches;
     Some(match (req.method.as_str(), segments.as_slice()) {
         ("POST", ["files"]) => upload(store, req),
+        ("GET", ["files"]) => list_files(store, req.query.as_deref().unwrap_or_default()),
         ("GET", ["files", id]) => match store.inner.lock().files.get(*id) {
             Some((object, _)) => json_response(200, object.to_string()),
             None => no_such_file(id),
@@ -98,7 +107,13 @@ pub(super) async fn handle(state: &State, req: &RecordedRequest) -> Option<Respo
                 "last_id": data.last().map(|b| b["id"].clone()), "has_more": false});
             json_response(200, body.to_string())
         }
-        ("GET", ["batches", id]) => retrieve(state, id).await,
+        ("GET", ["batches", id]) => {
+            let stall = store.inner.lock().stall_next_retrieve.take();
+            if let Some(stall) = stall {
+                tokio::time::sleep(stall).await;
+            }
+            retrieve(state, id).await
+        }
         ("POST", ["batches", id, "cancel"]) => {
             let mut inner = store.inner.lock();
             match inner.batches.get_mut(*id) {
@@ -166,12 +181,48 @@ fn upload(store: &Store, req: &RecordedRequest) -> Response<Body> {
         "filename": filename, "purpose": purpose, "status": "processed",
         "status_details": null, "expires_at": null,
     });
-    store
-        .inner
-        .lock()
-        .files
-        .insert(id, (object.clone(), content));
+    let mut inner = store.inner.lock();
+    inner.file_order.push(id.clone());
+    inner.files.insert(id, (object.clone(), content));
     json_response(200, object.to_string())
+}
+
+/// `GET /v1/files?purpose=&limit=&order=&after=`: newest first by default, `has_more` when
+/// `limit` cut the list.
+fn list_files(store: &Store, query: &str) -> Response<Body> {
+    let (mut purpose, mut limit, mut ascending, mut after) = (None, 10_000, false, None);
+    for (name, value) in query.split('&').filter_map(|p| p.split_once('=')) {
+        match name {
+            "purpose" => purpose = Some(value.to_string()),
+            "limit" => limit = value.parse().unwrap_or(10_000),
+            "order" => ascending = value == "asc",
+            "after" => after = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    let inner = store.inner.lock();
+    let mut files: Vec<&Value> = inner
+        .file_order
+        .iter()
+        .filter_map(|id| inner.files.get(id).map(|(object, _)| object))
+        .filter(|object| {
+            purpose
+                .as_ref()
+                .is_none_or(|p| object["purpose"] == p.as_str())
+        })
+        .collect();
+    if !ascending {
+        files.reverse();
+    }
+    let start = after
+        .and_then(|after| files.iter().position(|f| f["id"] == after.as_str()))
+        .map_or(0, |i| i + 1);
+    let data: Vec<&Value> = files.iter().skip(start).take(limit).copied().collect();
+    let body = json!({"object": "list", "data": data,
+        "first_id": data.first().map(|f| f["id"].clone()),
+        "last_id": data.last().map(|f| f["id"].clone()),
+        "has_more": files.len() > start + data.len()});
+    json_response(200, body.to_string())
 }
 
 /// The parts of a multipart body: each one's `Content-Disposition` line and content.
@@ -349,6 +400,7 @@ async fn run(state: &State, id: &str) {
         let object = json!({"id": id, "object": "file", "bytes": content.len(), "created_at": done,
             "filename": name, "purpose": "batch_output", "status": "processed",
             "status_details": null, "expires_at": null});
+        inner.file_order.push(id.clone());
         inner
             .files
             .insert(id.clone(), (object, Bytes::from(content)));

@@ -241,6 +241,11 @@ impl FakeUpstream {
         self.state.batches.lines()
     }
 
+    /// The next `GET /v1/batches/{id}` answers only after `stall`.
+    pub fn stall_next_batch_retrieve(&self, stall: Duration) {
+        self.state.batches.stall_next_retrieve(stall);
+    }
+
     pub fn batches_created(&self) -> usize {
         self.state.batches.batches_created()
     }
