@@ -103,7 +103,12 @@ fn main() {
                 indexed, args.entries,
                 "every stored entry has its vector in the index"
             );
-            (started.elapsed(), settled, cache.index_deferred_total(), indexed)
+            (
+                started.elapsed(),
+                settled,
+                cache.index_deferred_total(),
+                indexed,
+            )
         });
         servers.block_on(deja.shutdown());
         drop(dir);

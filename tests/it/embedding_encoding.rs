@@ -15,13 +15,19 @@ async fn asked_and_read(encoding: Option<EmbeddingEncoding>, expected: &str) {
         }
     })
     .await;
-    h.upstream.set_embedding("What is the capital of France?", axis());
+    h.upstream
+        .set_embedding("What is the capital of France?", axis());
     h.upstream
         .set_embedding("Tell me France's capital city", at_cosine(0.9625));
     h.upstream
         .set_embedding("What is the capital of Spain?", at_cosine(0.8125));
 
-    assert_eq!(h.chat(&ask("What is the capital of France?")).await.cache_status(), "miss");
+    assert_eq!(
+        h.chat(&ask("What is the capital of France?"))
+            .await
+            .cache_status(),
+        "miss"
+    );
     let request = h.upstream.last_request(EMBEDDINGS_PATH).expect("embedded");
     let body: Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["encoding_format"], expected);
