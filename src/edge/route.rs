@@ -58,7 +58,7 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     if let Some(async_rest) = rest.strip_prefix("/async")
         && (async_rest.is_empty() || async_rest.starts_with('/'))
     {
-        return crate::jobs::api::route(app.clone(), request, async_rest)
+        return Box::pin(crate::jobs::api::route(app.clone(), request, async_rest))
             .await
             .unwrap_or_else(ApiError::into_response);
     }
@@ -70,9 +70,15 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     if let Some(batches) = app.batches.clone()
         && crate::batch::api::owns(request.method(), rest)
     {
-        return crate::batch::api::route(app.clone(), batches, request, rest, &suffix)
-            .await
-            .unwrap_or_else(ApiError::into_response);
+        return Box::pin(crate::batch::api::route(
+            app.clone(),
+            batches,
+            request,
+            rest,
+            &suffix,
+        ))
+        .await
+        .unwrap_or_else(ApiError::into_response);
     }
     // The configuration this request runs under, from here to its last byte.
     let snapshot = app.snapshot();
@@ -105,21 +111,23 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     let tracker = Tracker::new(app.clone(), config, name, key.clone());
     if let Some(key) = &key
         // `[redis]`: rpm counted across replicas, then locally as before.
-        && let Err(refusal) = crate::replica::limits::admit(&app, key).await
+        && let Err(refusal) = Box::pin(crate::replica::limits::admit(&app, key)).await
     {
         let refused = tracker.refused(refusal).into_response();
         return finish(&app, tracker, Some(key), refused);
     }
 
+    // Only the cached endpoints' future is kept inline: the others are boxed so the task
+    // spawned per request (and copied into its cell) stays the size the hit path needs.
     let handled = match (cached, embeddings) {
         (Some(endpoint), _) => {
             flow::handle(app.clone(), snapshot, endpoint, request, suffix, &tracker).await
         }
-        (None, true) => embeddings::handle(app.clone(), request, suffix, &tracker).await,
+        (None, true) => Box::pin(embeddings::handle(app.clone(), request, suffix, &tracker)).await,
         _ if tunnel::is_websocket(&request) => {
-            tunnel::tunnel(&app, request, &suffix, &tracker).await
+            Box::pin(tunnel::tunnel(&app, request, &suffix, &tracker)).await
         }
-        _ => relay(&app, request, &suffix, &tracker).await,
+        _ => Box::pin(relay(&app, request, &suffix, &tracker)).await,
     };
     // The one place where a handler's error becomes its OpenAI-shaped answer.
     let response = handled.unwrap_or_else(ApiError::into_response);

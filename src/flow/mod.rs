@@ -213,10 +213,11 @@ pub async fn handle(
     };
     report::timings(&ctx, &decided);
 
-    // Act, and report from the same value: every outcome is here.
+    // Act, and report from the same value: every outcome is here. Misses are boxed: their
+    // futures are large, and a hit should not carry (and copy) them.
     let route = ctx.route.clone();
     let response = match (decided.decision, cached) {
-        (Decision::Bypass(reason), _) => miss::bypass(ctx, reason).await,
+        (Decision::Bypass(reason), _) => Box::pin(miss::bypass(ctx, reason)).await,
         (Decision::Hit { hit, leader, best }, Some((cache, planned))) => {
             match hit::render_hit(&ctx, &planned.lookup, &hit, best) {
                 Some(response) => {
@@ -238,7 +239,7 @@ pub async fn handle(
                 // An entry that cannot be rendered is served as a miss.
                 None => {
                     let store = Store::new(&ctx, cache, &planned.lookup, None, leader);
-                    miss::forward(ctx, &planned.lookup, store, Near::default()).await
+                    Box::pin(miss::forward(ctx, &planned.lookup, store, Near::default())).await
                 }
             }
         }
@@ -247,16 +248,16 @@ pub async fn handle(
                 Some(response) => response,
                 None => {
                     let store = Store::new(&ctx, cache, &planned.lookup, None, None);
-                    miss::forward(ctx, &planned.lookup, store, Near::default()).await
+                    Box::pin(miss::forward(ctx, &planned.lookup, store, Near::default())).await
                 }
             }
         }
         (Decision::Miss { near, leader }, Some((cache, planned))) => {
             let store = Store::new(&ctx, cache, &planned.lookup, decided.vector, leader);
-            miss::forward(ctx, &planned.lookup, store, near).await
+            Box::pin(miss::forward(ctx, &planned.lookup, store, near)).await
         }
         // Only a planned request with a cache is decided; anything else was a bypass.
-        (_, None) => miss::bypass(ctx, "cache_off").await,
+        (_, None) => Box::pin(miss::bypass(ctx, "cache_off")).await,
     };
     Ok(models::label(response, route.as_ref()))
 }

@@ -212,7 +212,7 @@ impl Drop for Inner {
         self.app.metrics.observe(&record);
         self.app.usage.write(&record);
         // The dashboard's totals, recent lookups and threshold replay (src/ops/dashboard/).
-        self.app.dashboard.record(&record, &self.config);
+        self.app.dashboard.record(record, &self.config);
     }
 }
 

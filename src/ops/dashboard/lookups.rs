@@ -2,8 +2,6 @@
 //! semantic candidates the threshold replay needs. Bounded memory; no prompt text unless
 //! `admin.show_prompts` (and then only its first `PROMPT_CHARS` characters).
 
-use std::collections::VecDeque;
-
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -79,46 +77,91 @@ pub struct Lookup {
 }
 
 impl Lookup {
-    pub fn of(record: &Record) -> Lookup {
-        let trace = record.semantic.as_deref();
-        let verdict = match (record.cache, trace) {
+    /// The lookup of a finished request; takes the record, so nothing is copied on the
+    /// request path (it is the tracker's last use of it).
+    pub fn of(record: Record) -> Lookup {
+        let Record {
+            ts_ms,
+            endpoint,
+            model_used,
+            model_asked,
+            key_id,
+            cache,
+            status,
+            similarity,
+            best_similarity,
+            latency_ms,
+            retries,
+            semantic,
+            ..
+        } = record;
+        let verdict = match (cache, semantic.as_deref()) {
             (Outcome::HitSemantic, _) => Some("accepted"),
             (_, Some(trace)) if trace.rejected > 0 => Some("rejected"),
             _ => None,
         };
+        let trace = semantic.map(|trace| *trace);
+        let is_semantic = trace.is_some();
+        let (namespace, candidates, prompt) = match trace {
+            Some(trace) => (Some(trace.namespace), trace.candidates, trace.prompt),
+            None => (None, Vec::new(), None),
+        };
         Lookup {
-            ts_ms: record.ts_ms,
-            endpoint: record.endpoint,
-            model: record.model_used.clone().or(record.model_asked.clone()),
-            key_id: record.key_id.clone(),
-            namespace: trace.map(|t| t.namespace.clone()),
-            outcome: record.cache,
-            status: record.status,
-            similarity: record.similarity,
-            best_similarity: record.best_similarity.or(record.similarity),
+            ts_ms,
+            endpoint,
+            model: model_used.or(model_asked),
+            key_id,
+            namespace,
+            outcome: cache,
+            status,
+            similarity,
+            best_similarity: best_similarity.or(similarity),
             verdict,
-            latency_ms: (record.latency_ms * 10.0).round() / 10.0,
-            retries: record.retries,
-            candidates: trace.map(|t| t.candidates.clone()).unwrap_or_default(),
-            semantic: trace.is_some(),
-            prompt: trace.and_then(|t| t.prompt.clone()),
+            latency_ms: (latency_ms * 10.0).round() / 10.0,
+            retries,
+            candidates,
+            semantic: is_semantic,
+            prompt,
         }
     }
 }
 
-/// The ring itself.
+/// The ring itself: a fixed number of slots written in turn, so a push moves one lookup in
+/// and the one it replaces is dropped after the lock is released.
 #[derive(Default)]
 pub struct LookupLog {
-    ring: Mutex<VecDeque<Lookup>>,
+    ring: Mutex<Ring>,
+}
+
+#[derive(Default)]
+struct Ring {
+    slots: Vec<Lookup>,
+    /// The slot the next push writes once `slots` is full (the oldest lookup).
+    next: usize,
+}
+
+impl Ring {
+    /// Oldest first.
+    fn iter(&self) -> impl DoubleEndedIterator<Item = &Lookup> {
+        let (newer, older) = self.slots.split_at(self.next);
+        older.iter().chain(newer)
+    }
 }
 
 impl LookupLog {
     pub fn push(&self, lookup: Lookup) {
-        let mut ring = self.ring.lock();
-        if ring.len() == CAPACITY {
-            ring.pop_front();
-        }
-        ring.push_back(lookup);
+        let evicted = {
+            let mut ring = self.ring.lock();
+            if ring.slots.len() < CAPACITY {
+                ring.slots.push(lookup);
+                None
+            } else {
+                let next = ring.next;
+                ring.next = (next + 1) % CAPACITY;
+                Some(std::mem::replace(&mut ring.slots[next], lookup))
+            }
+        };
+        drop(evicted);
     }
 
     /// The newest `limit` lookups, newest first.
@@ -142,7 +185,7 @@ mod tests {
         for i in 0..CAPACITY as u64 + 10 {
             let mut record = Record::new(crate::wire::endpoint::EndpointName::ChatCompletions, i);
             record.cache = Outcome::Miss;
-            log.push(Lookup::of(&record));
+            log.push(Lookup::of(record));
         }
         let all = log.all();
         assert_eq!(all.len(), CAPACITY);

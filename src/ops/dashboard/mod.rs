@@ -90,8 +90,8 @@ impl WrongHitReport {
 
 impl Board {
     /// Takes one finished request (from the tracker, after the metrics and the usage log).
-    pub fn record(&self, record: &Record, config: &Config) {
-        let share = totals::Totals::of(record, embedding_cost(record, config));
+    pub fn record(&self, record: Record, config: &Config) {
+        let share = totals::Totals::of(&record, embedding_cost(&record, config));
         self.minutes.add(record.ts_ms, &share);
         self.lookups.push(lookups::Lookup::of(record));
     }

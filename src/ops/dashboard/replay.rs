@@ -173,7 +173,7 @@ mod tests {
         let mut record = Record::new(crate::wire::endpoint::EndpointName::ChatCompletions, 0);
         record.cache = outcome;
         record.model_asked = Some(model.into());
-        let mut lookup = Lookup::of(&record);
+        let mut lookup = Lookup::of(record);
         lookup.semantic = true;
         lookup.candidates = candidates
             .iter()
