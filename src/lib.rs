@@ -1,13 +1,14 @@
 //! deja: a drop-in caching reverse proxy for OpenAI-compatible APIs.
 //!
 //! The architecture, one folder per layer, from where a request enters to what every layer shares:
-//! - `edge`: the listener, connections, which handler a path goes to
+//! - `edge`: the listener, connections, accepted path spellings, which handler a path goes to,
+//!   WebSocket tunnels
 //! - `flow`: the flow of a cached endpoint (plan, decide, act, report), request controls and
 //!   tenants, model aliases and fallbacks (`models`), coalescing of identical requests
 //! - `endpoints`: what each cached endpoint keys on and how it replays a stored answer (chat,
-//!   responses, legacy completions, the embeddings cache)
+//!   responses, legacy completions, the embeddings cache), and the plain relay of the rest
 //! - `replay`: what replays share: id splicing, lazily rendered streamed hits, chunk streams
-//! - `upstream`: the outgoing client and its retries, the plain relay, WebSocket tunnels
+//! - `upstream`: the outgoing client and its retries, an upstream response streamed on as ours
 //! - `cache`: the storage tier (keys, entries, sled store, per-scope vector index, TTL,
 //!   verification of semantic candidates); knows nothing of HTTP or of the flow
 //! - `embed`: prompt → unit vector (OpenAI-compatible embeddings API or a local model)
@@ -19,8 +20,9 @@
 //! - `observe`: one record per request (`track`), the usage log, metrics, log lines
 //! - `config`: `proxy.toml` + `DEJA_*` env vars, validation; `bench`: `deja bench ...`
 //! - `wire`: what every layer reads and writes: the response body type, SSE, the `x-deja-*`
-//!   header names, accepted path spellings, JSON body cost
-//! - `app`, `clock`, `error`: shared state, time, OpenAI-shaped errors
+//!   header names, JSON body cost
+//! - `app`, `clock`, `error`: shared state, time, OpenAI-shaped errors (with why a managed key
+//!   was refused)
 
 // Production code answers errors, it never panics on them (tests may unwrap freely).
 #![cfg_attr(

@@ -19,7 +19,8 @@ use super::lines::Spend;
 use crate::app::App;
 use crate::config::{Config, DEFAULT_PRICE, KeyConfig};
 use crate::error::ApiError;
-use crate::managed::limits::{Refusal, Reservation};
+use crate::error::refusal::Refusal;
+use crate::managed::limits::Reservation;
 
 /// A create's reservation, settled when its batch is merged.
 pub struct Charge {

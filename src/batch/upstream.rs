@@ -224,7 +224,7 @@ pub async fn forward(
         .send_retrying(&config.upstream, &out, body)
         .await
     {
-        Ok(sent) => crate::upstream::relay::stream_response(sent.response, None),
+        Ok(sent) => crate::upstream::stream_response(sent.response, None),
         Err(failed) => failed.error.into_response(),
     }
 }

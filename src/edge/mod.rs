@@ -1,7 +1,10 @@
 //! The HTTP edge, where a request enters: the listener and its connections (with their
-//! deadlines), and which handler a path goes to.
+//! deadlines), which path spellings are accepted (`request_path`), which handler a path goes
+//! to, and WebSocket upgrades tunnelled to the upstream (`tunnel`).
 
 pub mod connection;
+pub mod request_path;
 pub mod route;
 pub mod server;
+pub mod tunnel;
 mod write_deadline;

@@ -8,9 +8,12 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::config::{Config, KeyConfig};
+use crate::edge::request_path;
+use crate::edge::tunnel;
 use crate::endpoints::chat::ChatCompletions;
 use crate::endpoints::completions::Completions;
 use crate::endpoints::embeddings;
+use crate::endpoints::relay::relay;
 use crate::endpoints::responses::{RESPONSES, RESPONSES_CACHING_STORED};
 use crate::error::ApiError;
 use crate::flow::{self, Endpoint};
@@ -18,11 +21,8 @@ use crate::managed::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
 use crate::managed::limits::insert_headers;
 use crate::observe::track::Tracker;
 use crate::observe::usage::Outcome;
-use crate::upstream::relay::relay;
-use crate::upstream::tunnel;
 use crate::wire::body::{ProxyBody, full};
 use crate::wire::endpoint::EndpointName;
-use crate::wire::request_path;
 
 /// The cached endpoint for a `POST` path (after `/v1`), if any.
 pub(crate) fn cached_endpoint(config: &Config, path: &str) -> Option<&'static dyn Endpoint> {

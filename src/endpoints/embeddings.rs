@@ -28,8 +28,7 @@ use crate::flow::{Routed, blocking, read_routed};
 use crate::managed::metering::metered;
 use crate::observe::track::{Tracker, estimate_tokens};
 use crate::observe::usage::Outcome;
-use crate::upstream::relay::{response_headers, stream_response};
-use crate::upstream::{Failed, Outgoing, cacheable_status};
+use crate::upstream::{Failed, Outgoing, cacheable_status, response_headers, stream_response};
 use crate::wire::body::{ProxyBody, full};
 
 /// Most inputs in one request, as the OpenAI API allows.

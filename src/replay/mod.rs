@@ -5,6 +5,4 @@
 pub mod chunks;
 pub mod json_splice;
 pub mod lazy_replay;
-#[cfg(test)]
-mod replay_reference;
 pub mod text;

@@ -18,7 +18,8 @@ use std::sync::atomic::Ordering;
 use super::{Replica, ReplicaError};
 use crate::app::App;
 use crate::config::KeyConfig;
-use crate::managed::limits::{RateState, Refusal, Reservation, period_end_ms, period_start_ms};
+use crate::error::refusal::Refusal;
+use crate::managed::limits::{RateState, Reservation, period_end_ms, period_start_ms};
 
 /// How long an idle minute bucket is kept (a full refill takes a minute).
 const BUCKET_TTL_MS: u64 = 120_000;

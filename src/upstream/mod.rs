@@ -1,22 +1,23 @@
 //! The upstream client: builds the outgoing request (URL, end-to-end headers, credentials),
 //! retries what is safe to retry (`retry`), and maps transport failures to 502/504. Callers
-//! decide what to do with the response. `relay` streams any uncached request through it, `tunnel`
-//! carries WebSocket upgrades.
+//! decide what to do with the response; `stream_response` hands one on to the client as it
+//! arrives. The relay of uncached requests (`crate::endpoints::relay`) and WebSocket tunnels
+//! (`crate::edge::tunnel`) are built on it.
 
-pub mod relay;
 pub mod retry;
-pub mod tunnel;
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode};
+use http::{Method, Response, StatusCode};
 
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 use crate::upstream::retry::{RetryCause, retry_after, retryable_status};
+use crate::wire::body::{BoxError, ProxyBody, streaming};
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 9] = [
@@ -37,7 +38,7 @@ const HOP_BY_HOP: [&str; 9] = [
 #[derive(Clone)]
 pub struct Upstream {
     client: reqwest::Client,
-    /// HTTP/1.1 only, without a read timeout: WebSocket upgrades (`tunnel`).
+    /// HTTP/1.1 only, without a read timeout: WebSocket upgrades (`crate::edge::tunnel`).
     upgrades: reqwest::Client,
 }
 
@@ -355,6 +356,35 @@ pub fn strip_hop_by_hop(headers: &HeaderMap) -> HeaderMap {
         out.append(name.clone(), value.clone());
     }
     out
+}
+
+/// The upstream's response as ours, body streamed chunk by chunk.
+pub fn stream_response(
+    upstream: reqwest::Response,
+    cache_status: Option<&'static str>,
+) -> Response<ProxyBody> {
+    let mut response = Response::builder().status(upstream.status());
+    if let Some(headers) = response.headers_mut() {
+        *headers = response_headers(upstream.headers(), cache_status);
+    }
+    let body = upstream
+        .bytes_stream()
+        .map_err(|err| Box::new(err) as BoxError);
+    response
+        .body(streaming(body))
+        .unwrap_or_else(|_| ApiError::UpstreamUnreachable("bad response".into()).into_response())
+}
+
+/// Upstream response headers minus hop-by-hop ones, plus `x-deja-cache` when given.
+pub fn response_headers(upstream: &HeaderMap, cache_status: Option<&'static str>) -> HeaderMap {
+    let mut headers = strip_hop_by_hop(upstream);
+    if let Some(status) = cache_status {
+        headers.insert(
+            crate::wire::headers::CACHE,
+            HeaderValue::from_static(status),
+        );
+    }
+    headers
 }
 
 /// Whether a response status may be stored.

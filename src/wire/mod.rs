@@ -6,5 +6,4 @@ pub mod body;
 pub mod endpoint;
 pub mod headers;
 pub mod json_budget;
-pub mod request_path;
 pub mod sse;

@@ -1,5 +1,6 @@
 //! The eager replays that rendered every event of a streamed hit up front (before
-//! `lazy_replay`), kept verbatim as the reference the lazy replays must match byte for byte.
+//! `crate::replay::lazy_replay`), kept verbatim as the reference the lazy replays of the
+//! endpoints must match byte for byte.
 
 #![allow(dead_code)]
 

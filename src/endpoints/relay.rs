@@ -1,5 +1,6 @@
-//! Faithful relay of any `/v1/*` request that deja does not cache: the request body streams
-//! up, the response (status, end-to-end headers, body) streams back as it arrives.
+//! The handler of every `/v1/*` request that deja does not cache: a faithful relay. The
+//! request body streams up, the response (status, end-to-end headers, body) streams back as it
+//! arrives (`crate::upstream::stream_response`), metered when the key has limits.
 //! A streamed body cannot be sent twice, so only GET, HEAD and DELETE without a body are
 //! retried here (`[upstream.retry]`).
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response};
 use http_body_util::BodyStream;
 use hyper::body::{Body as _, Incoming};
@@ -18,8 +19,8 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::managed::metering::metered;
 use crate::observe::track::Tracker;
-use crate::upstream::{Outgoing, strip_hop_by_hop};
-use crate::wire::body::{BoxError, ProxyBody, streaming};
+use crate::upstream::{Outgoing, stream_response};
+use crate::wire::body::{BoxError, ProxyBody};
 
 /// Relays a request whose body is streamed (not buffered) to the upstream.
 pub async fn relay(
@@ -129,35 +130,6 @@ pub async fn relay(
             Err(err)
         }
     }
-}
-
-/// The upstream's response as ours, body streamed chunk by chunk.
-pub fn stream_response(
-    upstream: reqwest::Response,
-    cache_status: Option<&'static str>,
-) -> Response<ProxyBody> {
-    let mut response = Response::builder().status(upstream.status());
-    if let Some(headers) = response.headers_mut() {
-        *headers = response_headers(upstream.headers(), cache_status);
-    }
-    let body = upstream
-        .bytes_stream()
-        .map_err(|err| Box::new(err) as BoxError);
-    response
-        .body(streaming(body))
-        .unwrap_or_else(|_| ApiError::UpstreamUnreachable("bad response".into()).into_response())
-}
-
-/// Upstream response headers minus hop-by-hop ones, plus `x-deja-cache` when given.
-pub fn response_headers(upstream: &HeaderMap, cache_status: Option<&'static str>) -> HeaderMap {
-    let mut headers = strip_hop_by_hop(upstream);
-    if let Some(status) = cache_status {
-        headers.insert(
-            crate::wire::headers::CACHE,
-            HeaderValue::from_static(status),
-        );
-    }
-    headers
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<usize> {

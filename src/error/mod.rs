@@ -1,11 +1,14 @@
 //! The one place where deja's own failures become HTTP responses, in OpenAI's error shape
 //! `{"error":{"message","type","param","code"}}` so SDKs raise their usual exceptions.
+//! `refusal`: why a managed key was refused (the 429s), as the limits report it.
+
+pub mod refusal;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
-use crate::managed::limits::Refusal;
+use crate::error::refusal::{Refusal, duration_text};
 use crate::wire::body::{ProxyBody, full};
 
 /// Errors that deja answers itself (upstream errors are relayed verbatim instead).
@@ -47,7 +50,7 @@ pub enum ApiError {
 }
 
 fn refusal_message(refusal: &Refusal) -> String {
-    let wait = crate::managed::limits::duration_text(refusal.retry_ms());
+    let wait = duration_text(refusal.retry_ms());
     match refusal {
         Refusal::Requests { limit, .. } => format!(
             "Rate limit reached for requests per minute (RPM): limit {limit}. Please try again in {wait}."

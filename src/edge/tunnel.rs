@@ -14,7 +14,7 @@ use crate::app::App;
 use crate::edge::connection::Slot;
 use crate::error::ApiError;
 use crate::observe::track::Tracker;
-use crate::upstream::relay::{response_headers, stream_response};
+use crate::upstream::{response_headers, stream_response};
 use crate::wire::body::{ProxyBody, full};
 
 /// Whether `request` asks to become a WebSocket.
