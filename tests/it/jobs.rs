@@ -59,7 +59,9 @@ async fn poll(h: &Harness, key: &str, id: &str) -> (u16, Value) {
 
 /// Polls until the job has finished (panics after 20 s).
 async fn finished(h: &Harness, id: &str) -> Value {
-    for _ in 0..1000 {
+    // Long enough for a queue paused by a 30 s upstream rate limit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
         let (status, job) = poll(h, KEY_A, id).await;
         assert_eq!(status, 200, "{job}");
         if !matches!(job["status"].as_str(), Some("queued" | "running")) {
@@ -325,7 +327,8 @@ async fn another_tenants_job_id_is_a_404() {
 #[tokio::test]
 async fn an_upstream_429_pauses_the_queue_and_loses_no_job() {
     let h = harness(None, 4).await;
-    h.upstream.rate_limit_for(Duration::from_millis(1500));
+    // As long as the case: the organization's limit is met for 30 s.
+    h.upstream.rate_limit_for(Duration::from_secs(30));
     let mut ids = Vec::new();
     for i in 0..20 {
         ids.push(

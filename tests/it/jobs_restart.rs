@@ -1,4 +1,4 @@
-//! A restart loses no accepted job: the real binary is killed (SIGKILL) with hundreds of jobs
+//! A restart loses no accepted job: the real binary is killed (SIGKILL) with 1,000 jobs
 //! queued and some running, started again on the same directory, and every job finishes with
 //! the answer the synchronous call gives. Delivery is at least once: a job running at the
 //! crash runs again.
@@ -10,7 +10,7 @@ use crate::support::process::{DejaProcess, write_config};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-const JOBS: usize = 400;
+const JOBS: usize = 1000;
 
 fn question(i: usize) -> String {
     format!("restart question number {i}")
