@@ -31,7 +31,14 @@ pub struct App {
     /// Managed keys by hash; swapped with the configuration on reload.
     keys: ArcSwap<KeyRing>,
     pub limits: Limits,
+    /// Prometheus series served at `/metrics`; the three below are registered in it.
     pub metrics: Metrics,
+    /// The job queue's series (`crate::jobs::metrics`).
+    pub job_metrics: crate::jobs::JobMetrics,
+    /// The Batch API's series (`crate::batch::metrics`).
+    pub batch_metrics: crate::batch::BatchMetrics,
+    /// `[redis]` replication series (`crate::replica::metrics`).
+    pub replica_metrics: crate::replica::metrics::ReplicaMetrics,
     pub usage: UsageLog,
     /// Shadow verification, wrong-hit estimates, error budget, feedback (`crate::trust`).
     pub trust: crate::trust::Trust,
@@ -160,12 +167,23 @@ impl App {
         if cache.is_some() {
             dashboard.load(&config.cache.dir);
         }
+        let job_metrics = crate::jobs::JobMetrics::default();
+        let batch_metrics = crate::batch::BatchMetrics::default();
+        let replica_metrics = crate::replica::metrics::ReplicaMetrics::default();
+        let metrics = Metrics::with_series(|r| {
+            replica_metrics.register(r);
+            job_metrics.register(r);
+            batch_metrics.register(r);
+        });
         Ok(App {
             jobs,
             batches,
             keys: ArcSwap::from_pointee(KeyRing::from_config(&config)),
             limits: Limits::default(),
-            metrics: Metrics::default(),
+            metrics,
+            job_metrics,
+            batch_metrics,
+            replica_metrics,
             usage,
             trust: crate::trust::Trust::new(&config.cache.trust),
             dashboard,

@@ -12,12 +12,13 @@
 //! - `cache`: the storage tier (keys, entries, sled store, per-scope vector index, TTL,
 //!   verification of semantic candidates); knows nothing of HTTP or of the flow
 //! - `embed`: prompt → unit vector (OpenAI-compatible embeddings API or a local model)
-//! - `managed`: deja keys, per-key limits and budgets, metering of real usage
+//! - `managed`: deja keys, per-key limits and budgets, metering of real usage, and the
+//!   tracker that follows each request to its end and settles it (`track`)
 //! - `trust`: shadow verification, the wrong-hit estimate, the error budget, feedback
 //! - `replica`: several replicas sharing one cache through Redis
 //! - `jobs`: the persistent job queue (`/v1/async/...`)
 //! - `ops`: the admin listener and the dashboard
-//! - `observe`: one record per request (`track`), the usage log, metrics, log lines
+//! - `observe`: one record per request (`usage::Record`), the usage log, metrics, log lines
 //! - `config`: `proxy.toml` + `DEJA_*` env vars, validation; `bench`: `deja bench ...`
 //! - `wire`: what every layer reads and writes: the response body type, SSE, the `x-deja-*`
 //!   header names, JSON body cost

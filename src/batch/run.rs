@@ -145,7 +145,7 @@ pub async fn create(
             }
         }
     }
-    app.metrics.batches.created.inc();
+    app.batch_metrics.created.inc();
     let saved = batch.clone();
     store.blocking(move |s| s.save(&saved)).await?;
     Ok(batch)
@@ -172,7 +172,7 @@ async fn send(
 }
 
 fn count(app: &App, sorted: &Sorted) {
-    let metrics = &app.metrics.batches;
+    let metrics = &app.batch_metrics;
     metrics.lines("cached", sorted.cached);
     metrics.lines("deduplicated", sorted.repeated);
     metrics.lines("upstream", sorted.sent);

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::flow::{self, Endpoint};
 use crate::managed::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
 use crate::managed::limits::insert_headers;
-use crate::observe::track::Tracker;
+use crate::managed::track::Tracker;
 use crate::observe::usage::Outcome;
 use crate::wire::body::{ProxyBody, full};
 use crate::wire::endpoint::EndpointName;

@@ -26,7 +26,7 @@ use crate::flow::control::{self, Controls};
 use crate::flow::models;
 use crate::flow::{Routed, blocking, read_routed};
 use crate::managed::metering::metered;
-use crate::observe::track::{Tracker, estimate_tokens};
+use crate::managed::track::{Tracker, estimate_tokens};
 use crate::observe::usage::Outcome;
 use crate::upstream::{Failed, Outgoing, cacheable_status, response_headers, stream_response};
 use crate::wire::body::{ProxyBody, full};

@@ -18,7 +18,7 @@ use crate::cache::{Cache, Partition};
 use crate::config::Config;
 use crate::flow::control::Controls;
 use crate::flow::models::{self, Route};
-use crate::observe::track::Tracker;
+use crate::managed::track::Tracker;
 use crate::upstream::{Failed, Outgoing, Sent};
 
 pub(crate) struct Context {

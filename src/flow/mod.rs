@@ -23,8 +23,8 @@ use crate::app::{App, Snapshot};
 use crate::cache::key::Hash32;
 use crate::cache::{Partition, Requirements};
 use crate::error::ApiError;
-use crate::observe::track::Tracker;
-use crate::observe::usage::Outcome;
+use crate::managed::track::Tracker;
+use crate::observe::usage::{Outcome, SemanticTrace};
 use crate::wire::body::ProxyBody;
 
 mod client_feed;
@@ -202,8 +202,9 @@ pub async fn handle(
             if let Some(outcome) = &decided.semantic {
                 // Feeds the dashboard's threshold replay (src/ops/dashboard/).
                 let text = planned.lookup.semantic_text.as_deref();
+                let show_prompts = ctx.app.config().admin.show_prompts;
                 let trace =
-                    crate::ops::dashboard::trace(&ctx.app, &ctx.partition.namespace, text, outcome);
+                    SemanticTrace::of(&ctx.partition.namespace, text, outcome, show_prompts);
                 ctx.tracker.update(|r| r.semantic = trace);
             }
             (decided, Some((cache, planned)))

@@ -14,7 +14,7 @@ use crate::app::{App, Snapshot};
 use crate::cache::Partition;
 use crate::error::ApiError;
 use crate::flow::models;
-use crate::observe::track::estimate_tokens;
+use crate::managed::track::estimate_tokens;
 
 /// What planning made of a request.
 pub(crate) enum Planning {

@@ -144,7 +144,7 @@ async fn submit(
             return Ok(unavailable());
         }
     };
-    app.metrics.jobs.submitted.inc();
+    app.job_metrics.submitted.inc();
     jobs.note_depth(app);
     jobs.wake.notify_one();
     let mut response = json_response(StatusCode::ACCEPTED, &job.view());
@@ -181,8 +181,7 @@ async fn cancel(app: &App, jobs: &Jobs, tenant: &str, id: &str) -> Response<Prox
     match updated {
         Ok(Some((job, _))) if job.tenant != tenant => no_such_job(id),
         Ok(Some((job, true))) => {
-            app.metrics
-                .jobs
+            app.job_metrics
                 .finished
                 .get_or_create(&super::metrics::StatusLabel {
                     status: "cancelled",

@@ -117,8 +117,7 @@ async fn deliver(app: &Arc<App>, jobs: &Jobs, id: &str) -> bool {
         let delivered = attempt
             .status_code
             .is_some_and(|code| (200..300).contains(&code));
-        app.metrics
-            .jobs
+        app.job_metrics
             .webhook_attempts
             .get_or_create(&OutcomeLabel {
                 outcome: if delivered { "delivered" } else { "failed" },

@@ -84,7 +84,7 @@ impl Jobs {
     }
 
     fn note_depth(&self, app: &App) {
-        app.metrics.jobs.depth.set(self.store.depth() as i64);
+        app.job_metrics.depth.set(self.store.depth() as i64);
     }
 
     async fn update(

@@ -74,10 +74,7 @@ pub async fn run(app: Arc<App>, jobs: Arc<Jobs>, target: SocketAddr) {
         };
         if job.runs == 1 {
             let waited = app.now_ms().saturating_sub(job.created_ms);
-            app.metrics
-                .jobs
-                .wait_seconds
-                .observe(waited as f64 / 1000.0);
+            app.job_metrics.wait_seconds.observe(waited as f64 / 1000.0);
         }
         run_one(&app, &jobs, &client, target, job, ticket).await;
     }
@@ -139,8 +136,7 @@ async fn run_one(
             return;
         }
     };
-    app.metrics
-        .jobs
+    app.job_metrics
         .run_seconds
         .observe(started.elapsed().as_secs_f64());
     if reply.status == 429 {
@@ -156,7 +152,7 @@ async fn run_one(
             requeue_after(jobs, ticket, wait);
         } else {
             tracing::info!(wait_ms = wait, "upstream rate limit; job queue paused");
-            app.metrics.jobs.paused.inc();
+            app.job_metrics.paused.inc();
             jobs.pause_for(wait);
             requeue(jobs, ticket, Place::Front).await;
         }
@@ -172,7 +168,7 @@ async fn run_one(
             wait_ms = reset,
             "upstream rate limit exhausted; job queue paused"
         );
-        app.metrics.jobs.paused.inc();
+        app.job_metrics.paused.inc();
         jobs.pause_for(reset);
     }
     finish(app, jobs, ticket, answer_of(reply)).await;
@@ -218,8 +214,7 @@ async fn finish(app: &Arc<App>, jobs: &Arc<Jobs>, ticket: Ticket, answer: Answer
         })
         .await;
     jobs.store_health(&updated);
-    app.metrics
-        .jobs
+    app.job_metrics
         .finished
         .get_or_create(&super::metrics::StatusLabel {
             status: status.as_str(),

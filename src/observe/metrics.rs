@@ -66,10 +66,6 @@ struct Resolved {
 
 pub struct Metrics {
     registry: Registry,
-    /// The job queue's metrics (`crate::jobs::metrics`).
-    pub jobs: crate::jobs::JobMetrics,
-    /// The Batch API's metrics (`crate::batch::metrics`).
-    pub batches: crate::batch::BatchMetrics,
     resolved: Resolved,
     requests: Family<Labels2, Counter>,
     hits: Family<Labels, Counter>,
@@ -101,8 +97,6 @@ pub struct Metrics {
     index_pending: Gauge,
     index_deferred: Gauge,
     index_deferred_total: Counter,
-    /// `[redis]` replication series.
-    pub replica: crate::replica::metrics::ReplicaMetrics,
 }
 
 fn latency() -> Histogram {
@@ -118,6 +112,15 @@ fn similarity() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::with_series(|_| {})
+    }
+}
+
+impl Metrics {
+    /// The request and cache series, then those `more` registers: the layers above keep
+    /// their own series (the job queue's, the Batch API's, `[redis]` replication's) and
+    /// add them here when the app is built, so one scrape of `/metrics` shows them all.
+    pub fn with_series(more: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::default();
         let m = Metrics {
             requests: Family::default(),
@@ -150,10 +153,7 @@ impl Default for Metrics {
             index_pending: Gauge::default(),
             index_deferred: Gauge::default(),
             index_deferred_total: Counter::default(),
-            replica: Default::default(),
             registry: Registry::default(),
-            jobs: Default::default(),
-            batches: Default::default(),
             resolved: Resolved {
                 requests: Vec::new(),
                 hits: Default::default(),
@@ -339,9 +339,7 @@ impl Default for Metrics {
             "Vectors that had to wait in the store only (the index worker was behind)",
             m.index_deferred_total.clone(),
         );
-        m.replica.register(r);
-        m.jobs.register(r);
-        m.batches.register(r);
+        more(r);
         Metrics { registry, ..m }
     }
 }

@@ -1,7 +1,7 @@
-//! What deja records of itself: one record per request (`track`), and what is made of it (the
-//! usage log, Prometheus metrics), and the log lines.
+//! What deja records of itself: one record per request (`usage::Record`, filled in and
+//! settled by `crate::managed::track`), and what is made of it (the usage log, Prometheus
+//! metrics), and the log lines. It imports none of the layers above it.
 
 pub mod metrics;
 pub mod telemetry;
-pub mod track;
 pub mod usage;

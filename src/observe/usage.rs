@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::cache::{Candidate, SemanticOutcome};
 use crate::wire::endpoint::EndpointName;
 
 /// Lines waiting for the writer; past this, records are dropped (and counted).
@@ -98,9 +99,47 @@ pub struct Record {
     pub started: Instant,
     /// The semantic lookup's candidates, for the dashboard (src/ops/dashboard/); never logged.
     #[serde(skip)]
-    pub semantic: Option<Box<crate::ops::dashboard::SemanticTrace>>,
+    pub semantic: Option<Box<SemanticTrace>>,
 }
 
+/// Longest prompt excerpt kept when `admin.show_prompts` is on.
+const PROMPT_CHARS: usize = 300;
+
+/// What the flow notes after a semantic lookup (`Record::semantic`).
+#[derive(Debug, Clone, Default)]
+pub struct SemanticTrace {
+    pub namespace: String,
+    /// Usable candidates from the most similar down, with verification's verdict.
+    pub candidates: Vec<Candidate>,
+    /// Candidates above the threshold that verification turned down.
+    pub rejected: usize,
+    /// Bytes of text embedded (prices the embedding call of the `openai` provider).
+    pub embedded_bytes: usize,
+    /// The last user message, only with `admin.show_prompts`.
+    pub prompt: Option<String>,
+}
+
+impl SemanticTrace {
+    /// The trace of one lookup; `show_prompts` keeps an excerpt of the embedded text.
+    pub fn of(
+        namespace: &str,
+        text: Option<&str>,
+        outcome: &SemanticOutcome,
+        show_prompts: bool,
+    ) -> Option<Box<SemanticTrace>> {
+        Some(Box::new(SemanticTrace {
+            namespace: namespace.to_string(),
+            candidates: outcome.candidates.clone(),
+            rejected: outcome.rejected,
+            embedded_bytes: text.map_or(0, str::len),
+            prompt: text
+                .filter(|_| show_prompts)
+                .map(|t| t.chars().take(PROMPT_CHARS).collect()),
+        }))
+    }
+}
+
+/// One request in the ring.
 impl Record {
     pub fn new(endpoint: EndpointName, ts_ms: u64) -> Record {
         Record {
@@ -257,5 +296,15 @@ mod tests {
         assert_eq!(value["cache"], "hit_semantic");
         assert_eq!(value["ts_ms"], 5);
         assert!(value.get("started").is_none() && value.get("retry_causes").is_none());
+    }
+
+    #[test]
+    fn prompts_only_when_allowed() {
+        let outcome = SemanticOutcome::default();
+        let hidden = SemanticTrace::of("", Some("secret question"), &outcome, false).unwrap();
+        assert_eq!(hidden.prompt, None);
+        assert_eq!(hidden.embedded_bytes, 15);
+        let shown = SemanticTrace::of("", Some("secret question"), &outcome, true).unwrap();
+        assert_eq!(shown.prompt.as_deref(), Some("secret question"));
     }
 }

@@ -39,7 +39,7 @@ pub fn metrics(app: &App) -> Response<ProxyBody> {
                 index_deferred_total: cache.index_deferred_total(),
             }
         });
-    app.metrics.replica.update(app.replica.get().map(|r| &**r)); // `[redis]` series
+    app.replica_metrics.update(app.replica.get().map(|r| &**r)); // `[redis]` series
     let mut response = Response::new(crate::wire::body::full(
         app.trust
             .metrics(app, app.metrics.render(gauges, app.usage.dropped())),

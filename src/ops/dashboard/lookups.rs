@@ -1,52 +1,16 @@
 //! The recent-lookups ring: the last `CAPACITY` requests as the dashboard lists them, with the
 //! semantic candidates the threshold replay needs. Bounded memory; no prompt text unless
-//! `admin.show_prompts` (and then only its first `PROMPT_CHARS` characters).
+//! `admin.show_prompts` (and then only an excerpt, `SemanticTrace`).
 
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::cache::{Candidate, SemanticOutcome};
+use crate::cache::Candidate;
 use crate::observe::usage::{Outcome, Record};
 use crate::wire::endpoint::EndpointName;
 
 /// Requests kept for the recent-lookups table, the histograms and the replay.
 pub const CAPACITY: usize = 4096;
-/// Longest prompt excerpt kept when `admin.show_prompts` is on.
-const PROMPT_CHARS: usize = 300;
-
-/// What the flow notes after a semantic lookup (`Record::semantic`).
-#[derive(Debug, Clone, Default)]
-pub struct SemanticTrace {
-    pub namespace: String,
-    /// Usable candidates from the most similar down, with verification's verdict.
-    pub candidates: Vec<Candidate>,
-    /// Candidates above the threshold that verification turned down.
-    pub rejected: usize,
-    /// Bytes of text embedded (prices the embedding call of the `openai` provider).
-    pub embedded_bytes: usize,
-    /// The last user message, only with `admin.show_prompts`.
-    pub prompt: Option<String>,
-}
-
-impl SemanticTrace {
-    /// The trace of one lookup; `show_prompts` keeps an excerpt of the embedded text.
-    pub fn of(
-        namespace: &str,
-        text: Option<&str>,
-        outcome: &SemanticOutcome,
-        show_prompts: bool,
-    ) -> Option<Box<SemanticTrace>> {
-        Some(Box::new(SemanticTrace {
-            namespace: namespace.to_string(),
-            candidates: outcome.candidates.clone(),
-            rejected: outcome.rejected,
-            embedded_bytes: text.map_or(0, str::len),
-            prompt: text
-                .filter(|_| show_prompts)
-                .map(|t| t.chars().take(PROMPT_CHARS).collect()),
-        }))
-    }
-}
 
 /// One request in the ring.
 #[derive(Debug, Clone, Serialize)]
@@ -191,15 +155,5 @@ mod tests {
         assert_eq!(all.len(), CAPACITY);
         assert_eq!(all[0].ts_ms, 10);
         assert_eq!(log.recent(2)[0].ts_ms, CAPACITY as u64 + 9);
-    }
-
-    #[test]
-    fn prompts_only_when_allowed() {
-        let outcome = SemanticOutcome::default();
-        let hidden = SemanticTrace::of("", Some("secret question"), &outcome, false).unwrap();
-        assert_eq!(hidden.prompt, None);
-        assert_eq!(hidden.embedded_bytes, 15);
-        let shown = SemanticTrace::of("", Some("secret question"), &outcome, true).unwrap();
-        assert_eq!(shown.prompt.as_deref(), Some("secret question"));
     }
 }

@@ -30,8 +30,6 @@ pub mod session;
 pub mod signin;
 mod totals;
 
-pub use lookups::SemanticTrace;
-
 /// The dashboard's state, one per process (`App::dashboard`).
 #[derive(Default)]
 pub struct Board {
@@ -120,16 +118,6 @@ impl Board {
 
 /// The file under `cache.dir` that keeps the dashboard's per-minute totals.
 const TOTALS_FILE: &str = "dashboard-totals.json";
-
-/// What the flow notes after a semantic lookup (its one hook into the request path).
-pub fn trace(
-    app: &crate::app::App,
-    namespace: &str,
-    text: Option<&str>,
-    outcome: &crate::cache::SemanticOutcome,
-) -> Option<Box<SemanticTrace>> {
-    SemanticTrace::of(namespace, text, outcome, app.config().admin.show_prompts)
-}
 
 /// What embedding the prompt cost: the `openai` provider's model priced in `[pricing]` (that
 /// model's own entry only: the `*` default is a chat price), at ~4 bytes a token.
