@@ -26,7 +26,29 @@ use tokio::sync::{Notify, oneshot};
 use super::{Replica, ReplicaError};
 use crate::cache::Requirements;
 use crate::cache::key::Hash32;
-use crate::flow::coalesce::{Claim, Remote, RemoteLease};
+
+/// Identical misses in other processes: which one goes upstream for an exact key.
+pub trait Remote: Send + Sync {
+    /// Called by a local leader about to go upstream: it leads, or it waits until another
+    /// process's answer is in the local store (usable under `needs`).
+    fn claim(&self, key: Hash32, needs: Requirements) -> BoxFuture<'_, Claim>;
+}
+
+pub enum Claim {
+    /// Go upstream, holding the lease until the answer is stored (or given up).
+    Lead(Box<dyn RemoteLease>),
+    /// Another process answered: the entry is in the local store.
+    Answered,
+    /// No coordination (Redis away, or the wait gave up): go upstream alone.
+    Alone,
+}
+
+/// A leader's claim on an exact key in other processes. Dropped without `stored`, it is
+/// released at once, so the processes waiting on it go upstream themselves.
+pub trait RemoteLease: Send + Sync {
+    /// The answer is stored: the lease ends as the entry is published.
+    fn stored(self: Box<Self>);
+}
 
 /// How often a waiting replica looks at the lease (a released or expired one is noticed
 /// this late at most; an arriving answer wakes it at once).
@@ -129,7 +151,7 @@ impl Drop for Waiting {
     }
 }
 
-/// `crate::flow::coalesce::Remote` through Redis.
+/// `Remote` through Redis.
 pub(super) struct Leases(pub(super) Arc<Replica>);
 
 impl Remote for Leases {

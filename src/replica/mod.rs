@@ -19,6 +19,9 @@ pub mod limits;
 pub mod metrics;
 mod publish;
 
+/// What the flow's coalescing (`crate::flow::coalesce`) asks of other processes.
+pub use leases::{Claim, Remote, RemoteLease};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
