@@ -207,7 +207,7 @@ async fn serve(
 
 /// One request of the key's requests per minute.
 async fn admit_one(app: &App, key: &KeyConfig) -> Result<(), ApiError> {
-    crate::replica::limits::admit(app, key)
+    crate::managed::enforce::admit(app, key)
         .await
         .map(|_| ())
         .map_err(|refusal| {

@@ -62,7 +62,7 @@ pub async fn reserve(
             None => {}
         }
     }
-    match crate::replica::limits::reserve(app, key, tokens, cost).await {
+    match crate::managed::enforce::reserve(app, key, tokens, cost).await {
         Ok(reservation) => Ok(Some(Charge {
             key: key.clone(),
             reservation,
@@ -95,7 +95,7 @@ async fn admit_requests(app: &App, key: &KeyConfig, lines: usize) -> Result<(), 
         ));
     }
     for _ in 0..lines {
-        crate::replica::limits::admit(app, key)
+        crate::managed::enforce::admit(app, key)
             .await
             .map_err(|refusal| refused(key, refusal))?;
     }
@@ -145,7 +145,7 @@ impl Batches {
             return;
         };
         let Charge { key, reservation } = charge;
-        crate::replica::limits::settle(
+        crate::managed::enforce::settle(
             app,
             &key,
             reservation,
@@ -158,7 +158,7 @@ impl Batches {
 /// Settles a reservation whose batch was never made (nothing was spent).
 pub fn release(app: &App, charge: Option<Charge>) {
     if let Some(Charge { key, reservation }) = charge {
-        crate::replica::limits::settle(app, &key, reservation, Some(0), Some(0.0));
+        crate::managed::enforce::settle(app, &key, reservation, Some(0), Some(0.0));
     }
 }
 

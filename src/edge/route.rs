@@ -111,7 +111,7 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     let tracker = Tracker::new(app.clone(), config, name, key.clone());
     if let Some(key) = &key
         // `[redis]`: rpm counted across replicas, then locally as before.
-        && let Err(refusal) = Box::pin(crate::replica::limits::admit(&app, key)).await
+        && let Err(refusal) = Box::pin(crate::managed::enforce::admit(&app, key)).await
     {
         let refused = tracker.refused(refusal).into_response();
         return finish(&app, tracker, Some(key), refused);

@@ -102,7 +102,7 @@ impl Tracker {
     /// (`estimate_tokens`). Only managed keys have limits; a refusal marks the record. A key
     /// with a budget may not call a model deja has no price for (nor, without a default
     /// price, a relayed path, whose model deja does not read).
-    /// With `[redis]`, the limits are the cluster's (`crate::replica::limits`).
+    /// With `[redis]`, the limits are the cluster's (`crate::managed::enforce`).
     pub async fn reserve(&self, estimate: (u64, u64)) -> Result<(), ApiError> {
         let Some(key) = &self.0.key else {
             return Ok(());
@@ -132,7 +132,8 @@ impl Tracker {
             return Err(ApiError::Unpriced(what));
         }
         let cost = price.map_or(0.0, |price| price.cost(prompt, completion));
-        let reserved = crate::replica::limits::reserve(&self.0.app, key, prompt + completion, cost);
+        let reserved =
+            crate::managed::enforce::reserve(&self.0.app, key, prompt + completion, cost);
         match reserved.await {
             Ok(reservation) => {
                 *self.0.reservation.lock() = Some(reservation);
@@ -208,7 +209,7 @@ impl Drop for Inner {
             } else {
                 tokens
             };
-            crate::replica::limits::settle(&self.app, key, reservation, tokens, cost);
+            crate::managed::enforce::settle(&self.app, key, reservation, tokens, cost);
         }
         self.app.metrics.observe(&record);
         self.app.usage.write(&record);

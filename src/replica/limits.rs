@@ -5,21 +5,20 @@
 //! from this replica's clock). Tokens and dollars are reserved from the estimate before the
 //! upstream call and settled from the real usage afterwards, as locally.
 //!
-//! The local limiter still counts too (for the `x-ratelimit-*` headers, and as the
+//! The callers are in `crate::managed::enforce`, which puts these and the local limiter
+//! together. The local limiter still counts too (for the `x-ratelimit-*` headers, and as the
 //! fallback): it never refuses what the shared one admits, since this replica's requests
 //! are a part of the key's requests.
 //!
 //! Redis down or slow: the local limits alone apply (each replica then allows the whole
 //! limit), counted in `deja_limits_local_fallback_total`.
 
-use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 
 use super::{Replica, ReplicaError};
-use crate::app::App;
 use crate::config::KeyConfig;
 use crate::error::refusal::Refusal;
-use crate::managed::limits::{RateState, Reservation, period_end_ms, period_start_ms};
 
 /// How long an idle minute bucket is kept (a full refill takes a minute).
 const BUCKET_TTL_MS: u64 = 120_000;
@@ -124,84 +123,64 @@ return 1
     ))
 });
 
-/// Counts one request against the key's rpm: across replicas when `[redis]` is set and Redis
-/// answers, and always locally (as before).
-pub async fn admit(app: &App, key: &KeyConfig) -> Result<RateState, Refusal> {
-    if key.rpm > 0
-        && let Some(replica) = app.replica.get()
-    {
-        match shared(replica, take(replica, key)).await {
-            Ok(None) => {}
-            Ok(Some(retry_ms)) => {
-                return Err(Refusal::Requests {
-                    limit: key.rpm,
-                    retry_ms,
-                });
-            }
-            Err(_) => {
-                replica.stats.local_limits.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    app.limits.admit(key, app.now_ms())
+/// Takes one request from the key's shared rpm bucket: `Ok(None)` when admitted,
+/// `Ok(Some(retry_ms))` when refused. `Err` when Redis is away or failed (counted in
+/// `deja_limits_local_fallback_total`): the local limits alone apply.
+pub async fn take(replica: &Replica, key: &KeyConfig) -> Result<Option<u64>, ReplicaError> {
+    fell_back(replica, shared(replica, take_shared(replica, key)).await)
 }
 
-/// Sets aside a call's tokens and dollars (`Tracker::reserve`): across replicas when Redis
-/// answers, and always locally.
+/// Sets aside a call's tokens and dollars in Redis, against the budget period
+/// `window_start_ms..period_end_ms`. `Err` as for `take`.
 pub async fn reserve(
-    app: &App,
+    replica: &Replica,
     key: &KeyConfig,
     tokens: u64,
     cost_usd: f64,
-) -> Result<Reservation, Refusal> {
-    if (key.tpm > 0 || key.budget_usd.is_some())
-        && let Some(replica) = app.replica.get()
-    {
-        let now_ms = app.now_ms();
-        match shared(
-            replica,
-            reserve_shared(replica, key, tokens, cost_usd, now_ms),
-        )
-        .await
-        {
-            Ok(Ok(())) => return Ok(app.limits.count(key, tokens, cost_usd, now_ms).shared()),
-            Ok(Err(refusal)) => return Err(refusal),
-            Err(_) => {
-                replica.stats.local_limits.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    app.limits.reserve(key, tokens, cost_usd, app.now_ms())
+    now_ms: u64,
+    window_start_ms: u64,
+    period_end_ms: u64,
+) -> Result<Result<(), Refusal>, ReplicaError> {
+    let reserved = reserve_shared(
+        replica,
+        key,
+        tokens,
+        cost_usd,
+        now_ms,
+        window_start_ms,
+        period_end_ms,
+    );
+    fell_back(replica, shared(replica, reserved).await)
 }
 
-/// Replaces a reservation's estimate with what the call used (when known): locally at once,
-/// in Redis off the caller's path (called when a response ends). A settlement Redis misses
+/// Corrects a shared reservation by what the call really used, off the caller's path (on
+/// the current Tokio runtime; without one, nothing is sent). A settlement Redis misses
 /// leaves the estimate counted there until the bucket refills or the period ends.
 pub fn settle(
-    app: &App,
+    replica: &Arc<Replica>,
     key: &KeyConfig,
-    reservation: Reservation,
-    tokens: Option<u64>,
-    cost_usd: Option<f64>,
+    window_start_ms: u64,
+    token_delta: i64,
+    cost_delta: f64,
 ) {
-    if reservation.is_shared()
-        && let Some(replica) = app.replica.get()
-        && let Ok(runtime) = tokio::runtime::Handle::try_current()
-    {
-        let token_delta = tokens.map_or(0, |t| t as i64 - reservation.tokens() as i64);
-        let cost_delta = cost_usd.map_or(0.0, |c| c - reservation.cost_usd());
-        if token_delta != 0 || cost_delta != 0.0 {
-            let (replica, key) = (replica.clone(), key.clone());
-            let window = reservation.window_start_ms();
-            runtime.spawn(async move {
-                let settled = settle_shared(&replica, &key, window, token_delta, cost_delta);
-                if let Err(err) = settled.await {
-                    tracing::debug!(error = %err, key = %key.id, "settling in redis failed; its estimate stays counted there");
-                }
-            });
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (replica, key) = (replica.clone(), key.clone());
+    runtime.spawn(async move {
+        let settled = settle_shared(&replica, &key, window_start_ms, token_delta, cost_delta);
+        if let Err(err) = settled.await {
+            tracing::debug!(error = %err, key = %key.id, "settling in redis failed; its estimate stays counted there");
         }
+    });
+}
+
+/// Counts a shared check that failed: the local limits alone decide this request.
+fn fell_back<T>(replica: &Replica, result: Result<T, ReplicaError>) -> Result<T, ReplicaError> {
+    if result.is_err() {
+        replica.stats.local_limits.fetch_add(1, Ordering::Relaxed);
     }
-    app.limits.settle(reservation, tokens, cost_usd);
+    result
 }
 
 /// Runs a shared check unless Redis is known to be away (then no request waits for it: the
@@ -218,7 +197,7 @@ async fn shared<T>(
 }
 
 /// `None` when admitted, else the milliseconds until a request would be.
-async fn take(replica: &Replica, key: &KeyConfig) -> Result<Option<u64>, ReplicaError> {
+async fn take_shared(replica: &Replica, key: &KeyConfig) -> Result<Option<u64>, ReplicaError> {
     // The key id names the bucket: the same [[keys]] on every replica share it.
     let bucket = replica.key(&format!("rpm:{}", key.id));
     let (admitted, retry_ms): (i64, i64) = replica
@@ -249,10 +228,10 @@ async fn reserve_shared(
     tokens: u64,
     cost_usd: f64,
     now_ms: u64,
+    window_start_ms: u64,
+    period_end: u64,
 ) -> Result<Result<(), Refusal>, ReplicaError> {
-    let period = key.budget_period;
-    let [bucket, spend] = limit_keys(replica, key, period_start_ms(period, now_ms));
-    let period_end = period_end_ms(period, now_ms);
+    let [bucket, spend] = limit_keys(replica, key, window_start_ms);
     let budget = key.budget_usd.map_or(String::new(), |b| b.to_string());
     let (code, retry_ms): (i64, i64) = replica
         .call(replica.timeout(), async {
