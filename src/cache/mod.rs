@@ -69,6 +69,30 @@ pub struct Requirements {
     pub needs_usage: bool,
 }
 
+/// A cacheable request, reduced to what the cache needs (planned by `crate::flow`).
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub scope: Hash32,
+    pub exact: Hash32,
+    /// The last user message's text, for the semantic tier; `None` means exact tier only.
+    pub semantic_text: Option<String>,
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl Lookup {
+    /// What the request accepts from the cache: entries younger than `max_age_secs`, and
+    /// with usage when it expects usage (a non-streaming answer always carries it; a stream
+    /// only with `include_usage`).
+    pub fn needs(&self, max_age_secs: Option<u64>) -> Requirements {
+        Requirements {
+            max_age_ms: max_age_secs.map(|s| s.saturating_mul(1000)),
+            needs_usage: !self.stream || self.include_usage,
+        }
+    }
+}
+
 /// A usable entry and how it was found.
 #[derive(Debug, Clone)]
 pub struct Hit {

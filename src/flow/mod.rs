@@ -20,8 +20,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::app::{App, Snapshot};
-use crate::cache::key::Hash32;
-use crate::cache::{Partition, Requirements};
+use crate::cache::Partition;
 use crate::error::ApiError;
 use crate::managed::track::Tracker;
 use crate::observe::usage::{Outcome, SemanticTrace};
@@ -58,29 +57,8 @@ use miss::Store;
 /// model's window (`x-deja-semantic-skipped`, `deja_semantic_skipped_total{reason}`).
 pub const SKIPPED_TOO_LONG: &str = "too-long";
 
-/// A cacheable request, reduced to what the cache needs.
-#[derive(Debug, Clone)]
-pub struct Lookup {
-    pub scope: Hash32,
-    pub exact: Hash32,
-    /// The last user message's text, for the semantic tier; `None` means exact tier only.
-    pub semantic_text: Option<String>,
-    pub model: String,
-    pub stream: bool,
-    pub include_usage: bool,
-}
-
-impl Lookup {
-    /// What the request accepts from the cache: entries younger than `max_age_secs`, and
-    /// with usage when it expects usage (a non-streaming answer always carries it; a stream
-    /// only with `include_usage`).
-    pub(crate) fn needs(&self, max_age_secs: Option<u64>) -> Requirements {
-        Requirements {
-            max_age_ms: max_age_secs.map(|s| s.saturating_mul(1000)),
-            needs_usage: !self.stream || self.include_usage,
-        }
-    }
-}
+/// A cacheable request as the flow plans it (kept in `cache`, which trust also reads).
+pub use crate::cache::Lookup;
 
 pub enum Plan {
     Cache(Lookup),

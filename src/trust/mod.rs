@@ -27,9 +27,9 @@ use parking_lot::Mutex;
 
 use crate::app::App;
 use crate::cache::Hit;
+use crate::cache::Lookup;
 use crate::cache::Partition;
 pub use crate::config::TrustConfig;
-use crate::flow::Lookup;
 use budget::Learned;
 use estimate::{Sample, Window};
 use feedback::{Kind, Recent, Served};

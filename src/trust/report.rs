@@ -5,13 +5,12 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::{Response, StatusCode};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::Trust;
 use super::feedback::Kind;
 use crate::app::App;
-use crate::wire::body::ProxyBody;
 
 impl Trust {
     /// The `trust` section of `/admin/stats`: per model and namespace, the estimate at the
@@ -203,19 +202,26 @@ fn escape(value: &str) -> String {
 }
 
 /// `POST /admin/entries/{id}/wrong`: the entry answered wrongly. It is evicted, counted and
-/// fed to its model's and namespace's estimate.
-pub async fn mark_wrong(app: &Arc<App>, id: u64) -> Response<ProxyBody> {
+/// fed to its model's and namespace's estimate. The answer's JSON body, or the status and
+/// message of the error (the admin listener, `crate::ops::admin`, makes the response).
+pub async fn mark_wrong(app: &Arc<App>, id: u64) -> Result<Value, (StatusCode, String)> {
     let Some(cache) = app.cache.clone() else {
-        return crate::ops::admin::error(StatusCode::SERVICE_UNAVAILABLE, "caching is off");
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "caching is off".to_string(),
+        ));
     };
     let found = tokio::task::spawn_blocking(move || cache.get(id)).await;
     let entry = match found {
         Ok(Ok(Some(entry))) => entry,
         Ok(Ok(None)) => {
-            return crate::ops::admin::error(StatusCode::NOT_FOUND, &format!("no entry {id}"));
+            return Err((StatusCode::NOT_FOUND, format!("no entry {id}")));
         }
         _ => {
-            return crate::ops::admin::error(StatusCode::SERVICE_UNAVAILABLE, "cache read failed");
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cache read failed".to_string(),
+            ));
         }
     };
     let trust = &app.trust;
@@ -229,8 +235,5 @@ pub async fn mark_wrong(app: &Arc<App>, id: u64) -> Response<ProxyBody> {
         }
     };
     trust.wrong(app, Kind::Admin, id, similarity, group.clone());
-    crate::ops::admin::json_response(
-        StatusCode::OK,
-        json!({"marked_wrong": id, "evicted": true, "model": group.0, "namespace": group.1}),
-    )
+    Ok(json!({"marked_wrong": id, "evicted": true, "model": group.0, "namespace": group.1}))
 }

@@ -104,7 +104,10 @@ async fn route(app: Arc<App>, request: Request<Incoming>) -> Response<ProxyBody>
             if path.starts_with("/admin/entries/") && path.ends_with("/wrong") =>
         {
             match path["/admin/entries/".len()..path.len() - "/wrong".len()].parse::<u64>() {
-                Ok(id) => crate::trust::mark_wrong(&app, id).await,
+                Ok(id) => match crate::trust::mark_wrong(&app, id).await {
+                    Ok(marked) => json_response(StatusCode::OK, marked),
+                    Err((status, message)) => error(status, &message),
+                },
                 Err(_) => error(StatusCode::BAD_REQUEST, "entry ids are numbers"),
             }
         }
