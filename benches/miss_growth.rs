@@ -47,9 +47,9 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
+use deja::app::server::RunningServer;
 use deja::clock::SystemClock;
 use deja::config::Config;
-use deja::edge::server::RunningServer;
 use vectors::{VectorKind, pct};
 
 const WINDOW: Duration = Duration::from_secs(1);
@@ -319,7 +319,7 @@ async fn start_deja(
     config.cache.dir = dir.join("cache");
     config.cache.semantic = semantic;
     config.validate().expect("valid config");
-    let deja = deja::edge::server::start(config, Arc::new(SystemClock))
+    let deja = deja::app::server::start(config, Arc::new(SystemClock))
         .await
         .expect("deja starts");
     assert!(deja.app.cache.is_some(), "deja opened its cache");

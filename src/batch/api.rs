@@ -18,7 +18,7 @@ use super::upstream::{self, call_headers};
 use super::{BATCH_PREFIX, Batches, FILE_PREFIX, Kept};
 use crate::app::App;
 use crate::config::KeyConfig;
-use crate::edge::route::cached_endpoint;
+use crate::endpoints::cached_endpoint;
 use crate::error::ApiError;
 use crate::flow::control::{self, Controls};
 use crate::managed::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};

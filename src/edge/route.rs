@@ -7,36 +7,19 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::config::{Config, KeyConfig};
+use crate::config::KeyConfig;
 use crate::edge::request_path;
 use crate::edge::tunnel;
-use crate::endpoints::chat::ChatCompletions;
-use crate::endpoints::completions::Completions;
-use crate::endpoints::embeddings;
 use crate::endpoints::relay::relay;
-use crate::endpoints::responses::{RESPONSES, RESPONSES_CACHING_STORED};
+use crate::endpoints::{cached_endpoint, embeddings};
 use crate::error::ApiError;
-use crate::flow::{self, Endpoint};
+use crate::flow;
 use crate::managed::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
 use crate::managed::limits::insert_headers;
 use crate::managed::track::Tracker;
 use crate::observe::usage::Outcome;
 use crate::wire::body::{ProxyBody, full};
 use crate::wire::endpoint::EndpointName;
-
-/// The cached endpoint for a `POST` path (after `/v1`), if any.
-pub(crate) fn cached_endpoint(config: &Config, path: &str) -> Option<&'static dyn Endpoint> {
-    match path {
-        "/chat/completions" => Some(&ChatCompletions),
-        "/completions" => Some(&Completions),
-        // Stored responses keep their upstream ids, which only the same organization can use.
-        "/responses" if !config.cache.shared || config.cache.cache_stored_responses => {
-            Some(&RESPONSES_CACHING_STORED)
-        }
-        "/responses" => Some(&RESPONSES),
-        _ => None,
-    }
-}
 
 pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let path = request.uri().path().to_string();

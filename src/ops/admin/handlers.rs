@@ -11,7 +11,7 @@ use super::{error, json_response};
 use crate::app::App;
 use crate::cache::Cache;
 use crate::cache::admin::{Neighbour, Selector};
-use crate::edge::route::cached_endpoint;
+use crate::endpoints::cached_endpoint;
 use crate::flow::control::partition_for;
 use crate::flow::{Ask, Decision, Planning, Vectors, decide, plan_request};
 use crate::observe::metrics::CacheGauges;

@@ -1,4 +1,7 @@
-//! The shared state every request handler sees.
+//! The shared state every request handler sees, and (`server`) the process's start-up: the
+//! listeners, the admin listener, the job workers and graceful shutdown.
+
+pub mod server;
 
 use std::sync::Arc;
 
