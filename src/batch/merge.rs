@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use super::charge::Used;
 use super::record::{Batch, Fate, ToStore};
 use crate::app::App;
+use crate::cache::Lookup;
 use crate::cache::key::Hash32;
 use crate::endpoints::embeddings::for_batches::InputKeys;
-use crate::flow::Lookup;
 
 /// The two files' contents and their line counts.
 #[derive(Default)]

@@ -16,6 +16,7 @@ use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 
 use super::metrics::{Found, Judge, Judged, Pair, Verdict};
+use crate::cache::Lookup;
 use crate::cache::Partition;
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, Hit, NewEntry, Requirements};
@@ -23,7 +24,7 @@ use crate::clock::SystemClock;
 use crate::config::CacheConfig;
 use crate::embed::{EmbedError, Embedder};
 use crate::endpoints::chat::ChatCompletions;
-use crate::flow::{Ask, Decision, Endpoint, Lookup, Plan, Vectors, decide};
+use crate::flow::{Ask, Decision, Endpoint, Plan, Vectors, decide};
 
 /// The request every prompt is wrapped in (one scope for the whole file).
 pub(super) const MODEL: &str = "gpt-4o-mini";

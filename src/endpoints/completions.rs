@@ -9,9 +9,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::cache::Lookup;
 use crate::cache::Partition;
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::flow::{Assembler, Endpoint, Lookup, Plan, plan_as, stream_flags};
+use crate::flow::{Assembler, Endpoint, Plan, plan_as, stream_flags};
 use crate::replay::chunks::{ChunkGate, ChunkWriter, copy_fields, stored_choices};
 use crate::replay::lazy_replay::{Replay, Steps, cloned_at};
 use crate::replay::text::fresh_id;

@@ -57,8 +57,8 @@ use miss::Store;
 /// model's window (`x-deja-semantic-skipped`, `deja_semantic_skipped_total{reason}`).
 pub const SKIPPED_TOO_LONG: &str = "too-long";
 
-/// A cacheable request as the flow plans it (kept in `cache`, which trust also reads).
-pub use crate::cache::Lookup;
+// A cacheable request as the flow plans it (kept in `cache`, which trust also reads).
+use crate::cache::Lookup;
 
 pub enum Plan {
     Cache(Lookup),

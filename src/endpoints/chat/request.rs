@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cache::Lookup;
 use crate::cache::Partition;
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::flow::{Lookup, Plan, beyond_text, stream_flags};
+use crate::flow::{Plan, beyond_text, stream_flags};
 
 /// Every field of `POST /v1/chat/completions` that deja knows. Unknown fields land in
 /// `other` and are put in the scope (unknown means "may shape the answer").

@@ -23,9 +23,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cache::Lookup;
 use crate::cache::Partition;
 use crate::cache::key::{KeyBuilder, scope_and_exact};
-use crate::flow::{Assembler, Endpoint, Lookup, Plan, beyond_text, plan_as};
+use crate::flow::{Assembler, Endpoint, Plan, beyond_text, plan_as};
 use crate::replay::lazy_replay::Replay;
 
 /// Every field of a Responses request that deja knows; unknown ones land in `other` (scope).
