@@ -122,22 +122,7 @@ impl Flat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::index::VectorSource;
-    use crate::cache::index::normalize;
-
-    struct Rows(Vec<Vec<f32>>);
-
-    impl VectorSource for Rows {
-        fn vector(&self, id: u64) -> Option<Vec<f32>> {
-            self.0.get(id as usize).cloned()
-        }
-    }
-
-    fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
-        normalize(&mut v);
-        v
-    }
+    use crate::cache::index::tests::{Rows, random_unit as unit};
 
     #[test]
     fn search_is_exact_and_matches_brute_force() {

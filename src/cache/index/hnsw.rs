@@ -423,23 +423,7 @@ impl Visited {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::index::normalize;
-
-    fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
-        normalize(&mut v);
-        v
-    }
-
-    fn near(rng: &mut fastrand::Rng, source: &[f32]) -> Vec<f32> {
-        let noise = 0.6 / (source.len() as f32).sqrt();
-        let mut v: Vec<f32> = source
-            .iter()
-            .map(|x| x + (rng.f32() - 0.5) * noise)
-            .collect();
-        normalize(&mut v);
-        v
-    }
+    use crate::cache::index::tests::{random_unit as unit, reworded as near};
 
     fn exact_best(rows: &[Vec<f32>], query: &[f32]) -> u64 {
         let score = |r: &Vec<f32>| r.iter().zip(query).map(|(a, b)| a * b).sum::<f32>();

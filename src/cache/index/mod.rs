@@ -376,10 +376,34 @@ mod tests {
     pub(super) const SETTLE: Duration = Duration::from_secs(60);
 
     pub(super) fn unit(seed: u64, dim: usize) -> Vec<f32> {
-        let mut rng = fastrand::Rng::with_seed(seed);
+        random_unit(&mut fastrand::Rng::with_seed(seed), dim)
+    }
+
+    /// A random unit vector.
+    pub(super) fn random_unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
         let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
         normalize(&mut v);
         v
+    }
+
+    /// `source` plus noise, about cosine 0.95 to it: a rewording.
+    pub(super) fn reworded(rng: &mut fastrand::Rng, source: &[f32]) -> Vec<f32> {
+        let noise = 0.6 / (source.len() as f32).sqrt();
+        let mut v: Vec<f32> = source
+            .iter()
+            .map(|x| x + (rng.f32() - 0.5) * noise)
+            .collect();
+        normalize(&mut v);
+        v
+    }
+
+    /// Vectors kept in memory, by id (the index of the row).
+    pub(super) struct Rows(pub Vec<Vec<f32>>);
+
+    impl VectorSource for Rows {
+        fn vector(&self, id: u64) -> Option<Vec<f32>> {
+            self.0.get(id as usize).cloned()
+        }
     }
 
     pub(super) fn scope(n: u8) -> Hash32 {

@@ -105,27 +105,10 @@ pub fn rescore(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::index::normalize;
-
-    fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
-        normalize(&mut v);
-        v
-    }
+    use crate::cache::index::tests::{Rows, random_unit as unit, reworded as near};
 
     fn exact(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
-
-    /// `source` plus noise, about cosine 0.95 to it: a rewording.
-    fn near(rng: &mut fastrand::Rng, source: &[f32]) -> Vec<f32> {
-        let noise = 0.6 / (source.len() as f32).sqrt();
-        let mut v: Vec<f32> = source
-            .iter()
-            .map(|x| x + (rng.f32() - 0.5) * noise)
-            .collect();
-        normalize(&mut v);
-        v
     }
 
     #[test]
@@ -170,14 +153,6 @@ mod tests {
         assert_eq!(codes, vec![0; 16]);
         let q = Query::new(&[0.5; 8]);
         assert_eq!(cosine(&q.codes, q.inv_norm, &codes[..8], 0.0), 0.0);
-    }
-
-    struct Rows(Vec<Vec<f32>>);
-
-    impl VectorSource for Rows {
-        fn vector(&self, id: u64) -> Option<Vec<f32>> {
-            self.0.get(id as usize).cloned()
-        }
     }
 
     #[test]
