@@ -180,10 +180,10 @@ pub async fn handle(
             if let Some(outcome) = &decided.semantic {
                 // Feeds the dashboard's threshold replay (src/ops/dashboard/).
                 let text = planned.lookup.semantic_text.as_deref();
-                let show_prompts = ctx.app.config().admin.show_prompts;
+                let show_prompts = ctx.config.admin.show_prompts;
                 let trace =
                     SemanticTrace::of(&ctx.partition.namespace, text, outcome, show_prompts);
-                ctx.tracker.update(|r| r.semantic = trace);
+                ctx.tracker.update(|r| r.semantic = Some(trace));
             }
             (decided, Some((cache, planned)))
         }

@@ -126,8 +126,8 @@ impl SemanticTrace {
         text: Option<&str>,
         outcome: &SemanticOutcome,
         show_prompts: bool,
-    ) -> Option<Box<SemanticTrace>> {
-        Some(Box::new(SemanticTrace {
+    ) -> Box<SemanticTrace> {
+        Box::new(SemanticTrace {
             namespace: namespace.to_string(),
             candidates: outcome.candidates.clone(),
             rejected: outcome.rejected,
@@ -135,11 +135,10 @@ impl SemanticTrace {
             prompt: text
                 .filter(|_| show_prompts)
                 .map(|t| t.chars().take(PROMPT_CHARS).collect()),
-        }))
+        })
     }
 }
 
-/// One request in the ring.
 impl Record {
     pub fn new(endpoint: EndpointName, ts_ms: u64) -> Record {
         Record {
@@ -301,10 +300,10 @@ mod tests {
     #[test]
     fn prompts_only_when_allowed() {
         let outcome = SemanticOutcome::default();
-        let hidden = SemanticTrace::of("", Some("secret question"), &outcome, false).unwrap();
+        let hidden = SemanticTrace::of("", Some("secret question"), &outcome, false);
         assert_eq!(hidden.prompt, None);
         assert_eq!(hidden.embedded_bytes, 15);
-        let shown = SemanticTrace::of("", Some("secret question"), &outcome, true).unwrap();
+        let shown = SemanticTrace::of("", Some("secret question"), &outcome, true);
         assert_eq!(shown.prompt.as_deref(), Some("secret question"));
     }
 }
