@@ -329,7 +329,8 @@ fn plan(asker: &Asker<'_>, body: Value) -> Step {
     let endpoint = match asker.target {
         Target::Flow(endpoint) => endpoint,
         Target::Embeddings => {
-            return match embeddings::route(&asker.snapshot.config, &raw) {
+            // Aliases resolved without fallbacks, as the synchronous embeddings call does.
+            return match crate::flow::route_fresh(&asker.snapshot.config, &raw, false) {
                 Ok((routed, json)) => {
                     let key = KeyBuilder::new("batch-embeddings-line")
                         .bytes(&routed.body)

@@ -20,11 +20,10 @@ use crate::cache::Partition;
 use crate::cache::key::{Hash32, KeyBuilder};
 use crate::cache::store::StoreError;
 use crate::cache::{NewEntry, Requirements};
-use crate::config::Config;
 use crate::error::ApiError;
 use crate::flow::control::{self, Controls};
 use crate::flow::models;
-use crate::flow::{Routed, blocking, read_routed};
+use crate::flow::{blocking, read_routed};
 use crate::managed::metering::metered;
 use crate::managed::track::{Tracker, estimate_tokens};
 use crate::observe::usage::Outcome;
@@ -283,20 +282,6 @@ pub(crate) mod for_batches {
         Missing(Option<InputKeys>),
         /// Not cacheable (token inputs, no model): sent as it is.
         Bypass,
-    }
-
-    /// The routed body (aliases resolved, no fallbacks: as the synchronous call) and its JSON.
-    pub fn route(config: &Config, raw: &Bytes) -> Result<(Routed, Value), ApiError> {
-        let json = crate::flow::parse_object(raw, config.server.max_json_values)?;
-        let model_asked = json.get("model").and_then(Value::as_str).map(String::from);
-        let (body, json, route) = models::apply(&config.routing, raw.clone(), json, false);
-        let routed = Routed {
-            estimate: estimate_tokens(&body, None),
-            body,
-            route,
-            model_asked,
-        };
-        Ok((routed, json))
     }
 
     /// Looks the line's request up as the synchronous call would.

@@ -46,8 +46,8 @@ pub use memo::{PlanMemo, Planned, Routed};
 
 pub(crate) use decide::{Ask, Decided, Decision, Vectors, blocking, decide};
 pub(crate) use miss::store_answer;
-pub(crate) use plan::{Planning, plan_request};
-pub(crate) use read::{parse_object, read_checked, read_request, read_routed};
+pub(crate) use plan::{Planning, plan_request, route_fresh};
+pub(crate) use read::{read_checked, read_request, read_routed};
 
 use context::{Context, Edge};
 use decide::Near;
@@ -150,7 +150,7 @@ pub async fn handle(
     let cache = app.cache.clone();
     let planning = match &cache {
         Some(_) => plan_request(&app, &snapshot, endpoint, &partition, raw),
-        None => plan::route_fresh(&snapshot, &raw)
+        None => plan::route_fresh(&snapshot.config, &raw, true)
             .map(|(routed, _)| Planning::Bypass(routed, "cache_off")),
     };
     let planning = match planning {

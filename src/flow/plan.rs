@@ -12,6 +12,7 @@ use super::read::parse_object;
 use super::{Endpoint, Plan};
 use crate::app::{App, Snapshot};
 use crate::cache::Partition;
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::flow::models;
 use crate::managed::track::estimate_tokens;
@@ -51,7 +52,7 @@ pub(crate) fn plan_request(
     } else {
         raw
     };
-    let (routed, json) = route_fresh(snapshot, &raw)?;
+    let (routed, json) = route_fresh(&snapshot.config, &raw, true)?;
     match endpoint.plan(json, partition) {
         Plan::Cache(mut lookup) => {
             // Embedding and verifying a long text costs seconds and hundreds of MB.
@@ -67,15 +68,19 @@ pub(crate) fn plan_request(
 }
 
 /// Parses the body and resolves its model's alias: before the cache key is computed, so an
-/// alias shares its model's entries.
-pub(crate) fn route_fresh(snapshot: &Snapshot, raw: &Bytes) -> Result<(Routed, Value), ApiError> {
-    let config = &snapshot.config;
+/// alias shares its model's entries. `fallbacks`: whether the route keeps the alias's
+/// fallback models (a batch line goes out once, to one model).
+pub(crate) fn route_fresh(
+    config: &Config,
+    raw: &Bytes,
+    fallbacks: bool,
+) -> Result<(Routed, Value), ApiError> {
     let json = parse_object(raw, config.server.max_json_values)?;
     let model_asked = json
         .get("model")
         .and_then(Value::as_str)
         .map(str::to_string);
-    let (body, json, route) = models::apply(&config.routing, raw.clone(), json, true);
+    let (body, json, route) = models::apply(&config.routing, raw.clone(), json, fallbacks);
     let estimate = estimate_tokens(&body, Some(&json));
     let routed = Routed {
         body,
