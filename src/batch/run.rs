@@ -195,12 +195,9 @@ pub async fn refresh(
     }
     let _one_at_a_time = store.refreshing(&batch.id).await;
     // Another poll may have merged it while this one waited.
-    let (id, kept) = (batch.id.clone(), Kept::now(app));
-    if let Some(current) = store.blocking(move |s| s.load(&id, kept)).await? {
-        batch = current;
-        if batch.status.finished() {
-            return Ok(batch);
-        }
+    batch = latest(app, store, batch).await?;
+    if batch.status.finished() {
+        return Ok(batch);
     }
     let before = batch.status;
     match upstream::get_batch(app, headers, &up.id).await {
@@ -347,10 +344,7 @@ pub async fn cancel(
     };
     // Cancelling may merge too: not beside a refresh of the same batch.
     let _one_at_a_time = store.refreshing(&batch.id).await;
-    let (id, kept) = (batch.id.clone(), Kept::now(app));
-    if let Some(current) = store.blocking(move |s| s.load(&id, kept)).await? {
-        batch = current;
-    }
+    batch = latest(app, store, batch).await?;
     if batch.status.finished() {
         return Ok(None);
     }
@@ -362,4 +356,14 @@ pub async fn cancel(
     let saved = batch.clone();
     store.blocking(move |s| s.save(&saved)).await?;
     Ok(Some(batch))
+}
+
+/// The batch as stored now (another poll may have changed it while the caller waited for
+/// its refresh lock); `batch` itself if it is gone.
+async fn latest(app: &Arc<App>, store: &Arc<Batches>, batch: Batch) -> Result<Batch, StoreError> {
+    let (id, kept) = (batch.id.clone(), Kept::now(app));
+    Ok(store
+        .blocking(move |s| s.load(&id, kept))
+        .await?
+        .unwrap_or(batch))
 }
