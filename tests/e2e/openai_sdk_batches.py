@@ -1,4 +1,4 @@
-"""deja's Batch API with the official `openai` Python SDK (run by tests/it/batches.rs).
+"""deja's Batch API with the official `openai` Python SDK (run by tests/it/batches/mod.rs).
 
 Warms the cache with one synchronous call, then uploads a batch input file of three lines
 (that call's question, a new one, and the new one again), creates the batch, polls it with
