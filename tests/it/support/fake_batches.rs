@@ -360,7 +360,7 @@ async fn run(state: &State, id: &str) {
             (None, Some("/v1/chat/completions")) => super::chat::chat(state, n, &body).await,
             (None, Some("/v1/completions")) => super::endpoints::completions(state, n, &body).await,
             (None, Some("/v1/responses")) => super::endpoints::responses(state, n, &body).await,
-            (None, Some("/v1/embeddings")) => super::embeddings(state, &body).await,
+            (None, Some("/v1/embeddings")) => super::embedding::embeddings(state, &body).await,
             _ => openai_error(400, "fake upstream: unsupported batch url"),
         };
         let status = response.status().as_u16();
