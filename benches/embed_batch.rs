@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use deja::app::server::RunningServer;
+use deja::server::RunningServer;
 use deja::clock::SystemClock;
 use deja::config::{Config, Secret};
 
@@ -292,7 +292,7 @@ impl Side {
         config.embedding.max_batch = max_batch;
         config.embedding.batch_wait_ms = batch_wait_ms;
         config.validate().expect("valid config");
-        let deja = deja::app::server::start(config, Arc::new(SystemClock))
+        let deja = deja::server::start(config, Arc::new(SystemClock))
             .await
             .expect("deja starts");
         let uri = format!("http://{}/v1/chat/completions", deja.addr)

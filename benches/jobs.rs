@@ -160,7 +160,7 @@ async fn start_proxy(
     dir: &std::path::Path,
     c: usize,
     redis: Option<String>,
-) -> (deja::app::server::RunningServer, Bench) {
+) -> (deja::server::RunningServer, Bench) {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
     config.upstream.base_url = format!("http://{upstream}/v1");
@@ -171,7 +171,7 @@ async fn start_proxy(
         url,
         ..Default::default()
     });
-    let proxy = deja::app::server::start(config, std::sync::Arc::new(SystemClock))
+    let proxy = deja::server::start(config, std::sync::Arc::new(SystemClock))
         .await
         .expect("deja starts");
     let bench = Bench {

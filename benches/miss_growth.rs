@@ -47,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
-use deja::app::server::RunningServer;
+use deja::server::RunningServer;
 use deja::clock::SystemClock;
 use deja::config::Config;
 use vectors::{VectorKind, pct};
@@ -319,7 +319,7 @@ async fn start_deja(
     config.cache.dir = dir.join("cache");
     config.cache.semantic = semantic;
     config.validate().expect("valid config");
-    let deja = deja::app::server::start(config, Arc::new(SystemClock))
+    let deja = deja::server::start(config, Arc::new(SystemClock))
         .await
         .expect("deja starts");
     assert!(deja.app.cache.is_some(), "deja opened its cache");

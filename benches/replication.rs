@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deja::app::server::{RunningServer, start};
+use deja::server::{RunningServer, start};
 use deja::clock::SystemClock;
 use deja::config::{Config, RedisConfig};
 use fake_upstream::{FakeUpstream, http_client};

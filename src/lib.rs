@@ -53,6 +53,8 @@ pub mod observe;
 pub mod ops;
 pub mod replay;
 pub mod replica;
+pub mod server;
+pub mod track;
 pub mod trust;
 pub mod upstream;
 pub mod wire;

@@ -97,7 +97,7 @@ async fn main() -> ExitCode {
             "ignoring DEJA_* environment variables that name no config key"
         );
     }
-    let server = match deja::app::server::start(config, Arc::new(SystemClock)).await {
+    let server = match deja::server::start(config, Arc::new(SystemClock)).await {
         Ok(server) => server,
         Err(err) => {
             tracing::error!(error = %err, "could not start");

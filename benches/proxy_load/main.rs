@@ -39,7 +39,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use deja::app::server::RunningServer;
+use deja::server::RunningServer;
 use deja::clock::SystemClock;
 use deja::config::Config;
 

@@ -44,7 +44,7 @@ pub async fn semantic_section(servers: &Servers, plan: Plan) {
     config.embedding.provider = EmbeddingProvider::Local;
     config.embedding.model_dir = dir;
     config.validate().expect("valid config");
-    let deja = deja::app::server::start(config, Arc::new(SystemClock))
+    let deja = deja::server::start(config, Arc::new(SystemClock))
         .await
         .expect("deja with the local embedder starts");
 

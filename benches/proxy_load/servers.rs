@@ -189,7 +189,7 @@ impl Servers {
         config.cache.dir = dir.path().join("cache");
         config.cache.semantic = false;
         config.validate().expect("valid config");
-        let deja = deja::app::server::start(config, Arc::new(SystemClock))
+        let deja = deja::server::start(config, Arc::new(SystemClock))
             .await
             .expect("deja starts");
         assert!(deja.app.cache.is_some(), "deja opened its cache");

@@ -1,7 +1,4 @@
-//! The shared state every request handler sees, and (`server`) the process's start-up: the
-//! listeners, the admin listener, the job workers and graceful shutdown.
-
-pub mod server;
+//! The shared state every request handler sees (start-up is `crate::server`).
 
 use std::sync::Arc;
 

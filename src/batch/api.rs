@@ -207,7 +207,7 @@ async fn serve(
 
 /// One request of the key's requests per minute.
 async fn admit_one(app: &App, key: &KeyConfig) -> Result<(), ApiError> {
-    crate::managed::enforce::admit(app, key)
+    crate::track::admit::admit(app, key)
         .await
         .map(|_| ())
         .map_err(|refusal| {

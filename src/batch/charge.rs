@@ -62,7 +62,7 @@ pub async fn reserve(
             None => {}
         }
     }
-    match crate::managed::enforce::reserve(app, key, tokens, cost).await {
+    match crate::track::admit::reserve(app, key, tokens, cost).await {
         Ok(reservation) => Ok(Some(Charge {
             key: key.clone(),
             reservation,
@@ -95,7 +95,7 @@ async fn admit_requests(app: &App, key: &KeyConfig, lines: usize) -> Result<(), 
         ));
     }
     for _ in 0..lines {
-        crate::managed::enforce::admit(app, key)
+        crate::track::admit::admit(app, key)
             .await
             .map_err(|refusal| refused(key, refusal))?;
     }
@@ -145,7 +145,7 @@ impl Batches {
             return;
         };
         let Charge { key, reservation } = charge;
-        crate::managed::enforce::settle(
+        crate::track::admit::settle(
             app,
             &key,
             reservation,
@@ -158,7 +158,7 @@ impl Batches {
 /// Settles a reservation whose batch was never made (nothing was spent).
 pub fn release(app: &App, charge: Option<Charge>) {
     if let Some(Charge { key, reservation }) = charge {
-        crate::managed::enforce::settle(app, &key, reservation, Some(0), Some(0.0));
+        crate::track::admit::settle(app, &key, reservation, Some(0), Some(0.0));
     }
 }
 

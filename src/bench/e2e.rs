@@ -72,7 +72,7 @@ pub async fn run(name: &str, pairs: &[Pair], config: &Config) -> Result<E2eRepor
     config.cache.ttl_secs = 10 * 365 * 24 * 3600;
     let threshold = config.cache.similarity_threshold;
     let verify = config.cache.verify.clone();
-    let server = crate::app::server::start(config, Arc::new(SystemClock))
+    let server = crate::server::start(config, Arc::new(SystemClock))
         .await
         .map_err(|e| format!("starting deja: {e}"))?;
     let url = format!("http://{}/v1/chat/completions", server.addr);

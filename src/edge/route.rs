@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::flow;
 use crate::managed::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
 use crate::managed::limits::insert_headers;
-use crate::managed::track::Tracker;
+use crate::track::Tracker;
 use crate::observe::usage::Outcome;
 use crate::wire::body::{ProxyBody, full};
 use crate::wire::endpoint::EndpointName;
@@ -94,7 +94,7 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     let tracker = Tracker::new(app.clone(), config, name, key.clone());
     if let Some(key) = &key
         // `[redis]`: rpm counted across replicas, then locally as before.
-        && let Err(refusal) = Box::pin(crate::managed::enforce::admit(&app, key)).await
+        && let Err(refusal) = Box::pin(crate::track::admit::admit(&app, key)).await
     {
         let refused = tracker.refused(refusal).into_response();
         return finish(&app, tracker, Some(key), refused);

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use crate::app::App;
 use crate::edge::connection::Slot;
 use crate::error::ApiError;
-use crate::managed::track::Tracker;
+use crate::track::Tracker;
 use crate::upstream::{response_headers, stream_response};
 use crate::wire::body::{ProxyBody, full};
 

@@ -18,7 +18,7 @@ use crate::cache::{Cache, Partition};
 use crate::config::Config;
 use crate::flow::control::Controls;
 use crate::flow::models::{self, Route};
-use crate::managed::track::Tracker;
+use crate::track::Tracker;
 use crate::upstream::{Failed, Outgoing, Sent};
 
 pub(crate) struct Context {
@@ -72,7 +72,7 @@ impl Context {
         } = edge;
         routed.note(&tracker);
         let (body, strip_usage) =
-            crate::managed::metering::ask_for_usage(endpoint.name(), &tracker, routed.body.clone());
+            crate::track::metering::ask_for_usage(endpoint.name(), &tracker, routed.body.clone());
         Context {
             app,
             config: tracker.config().clone(),

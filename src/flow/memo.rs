@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 
 use super::{Endpoint, Lookup, Partition};
 use crate::flow::models::Route;
-use crate::managed::track::Tracker;
+use crate::track::Tracker;
 use crate::wire::endpoint::EndpointName;
 
 /// Bodies larger than this are planned every time: they are rarely repeated verbatim, and

@@ -19,7 +19,7 @@ use crate::cache::{Cache, NewEntry, Partition};
 use crate::error::ApiError;
 use crate::flow::coalesce::{Leader, Matched, Shared};
 use crate::flow::models;
-use crate::managed::metering::{UsageStripper, metered};
+use crate::track::metering::{UsageStripper, metered};
 use crate::upstream::{Failed, cacheable_status, response_headers, stream_response};
 use crate::wire::body::{ProxyBody, full, streaming};
 use crate::wire::sse::SseParser;

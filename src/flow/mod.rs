@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::app::{App, Snapshot};
 use crate::cache::Partition;
 use crate::error::ApiError;
-use crate::managed::track::Tracker;
+use crate::track::Tracker;
 use crate::observe::usage::{Outcome, SemanticTrace};
 use crate::wire::body::ProxyBody;
 

@@ -15,7 +15,7 @@ use crate::cache::Partition;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::flow::models;
-use crate::managed::track::estimate_tokens;
+use crate::track::estimate_tokens;
 
 /// What planning made of a request.
 pub(crate) enum Planning {

@@ -12,7 +12,7 @@ use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::flow::control::Controls;
 use crate::flow::models::{self, Route};
-use crate::managed::track::Tracker;
+use crate::track::Tracker;
 use crate::observe::usage::Outcome;
 
 /// Reads a request (`read_request`), resolves its model's alias (`models::apply`; fallbacks

@@ -1,5 +1,5 @@
 //! What deja records of itself: one record per request (`usage::Record`, filled in and
-//! settled by `crate::managed::track`), and what is made of it (the usage log, Prometheus
+//! settled by `crate::track`), and what is made of it (the usage log, Prometheus
 //! metrics), and the log lines. It imports none of the layers above it.
 
 pub mod metrics;

@@ -5,7 +5,7 @@
 //! from this replica's clock). Tokens and dollars are reserved from the estimate before the
 //! upstream call and settled from the real usage afterwards, as locally.
 //!
-//! The callers are in `crate::managed::enforce`, which puts these and the local limiter
+//! The callers are in `crate::track::admit`, which puts these and the local limiter
 //! together. The local limiter still counts too (for the `x-ratelimit-*` headers, and as the
 //! fallback): it never refuses what the shared one admits, since this replica's requests
 //! are a part of the key's requests.

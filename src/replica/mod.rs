@@ -82,23 +82,12 @@ pub enum ReplicaError {
     Store(#[from] crate::cache::store::StoreError),
 }
 
-/// Joins the cluster when `[redis]` is configured and the cache is open; a replica that
-/// cannot even parse its Redis URL logs why and runs alone.
-pub async fn attach(app: &crate::app::App) {
-    let (Some(config), Some(cache)) = (app.config().redis.clone(), app.cache.clone()) else {
-        return;
-    };
-    match Replica::start(cache, config).await {
-        Ok(replica) => {
-            app.inflight
-                .set_remote(Arc::new(leases::Leases(replica.clone())));
-            let _ = app.replica.set(replica);
-        }
-        Err(err) => tracing::error!(error = %err, "[redis] unusable; this replica runs alone"),
-    }
-}
-
 impl Replica {
+    /// This replica as coalescing's seam to the others (`Coalescer::set_remote`).
+    pub fn leases(self: &Arc<Self>) -> Arc<dyn Remote> {
+        Arc::new(leases::Leases(self.clone()))
+    }
+
     /// Connects (or keeps trying in the background), loads what other replicas stored, then
     /// starts publishing and following. Returns once this replica has caught up, Redis turned
     /// out unreachable, or `join_timeout_secs` passed: it then serves what it holds.

@@ -135,7 +135,7 @@ async fn a_handler_panic_is_an_internal_error() {
     config.cache.enabled = false;
     config.cache.semantic = false;
     let clock = Arc::new(PanickingClock(AtomicBool::new(false)));
-    let proxy = deja::app::server::start(config, clock.clone())
+    let proxy = deja::server::start(config, clock.clone())
         .await
         .unwrap();
     clock.0.store(true, Ordering::SeqCst);

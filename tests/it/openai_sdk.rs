@@ -53,7 +53,7 @@ async fn official_python_sdk_gets_cache_hits_it_can_parse() {
     config.upstream.base_url = fake.base_url();
     config.cache.dir = dir.path().join("cache");
     config.cache.similarity_threshold = 0.9;
-    let server = deja::app::server::start(config, Arc::new(SystemClock))
+    let server = deja::server::start(config, Arc::new(SystemClock))
         .await
         .expect("start deja");
 

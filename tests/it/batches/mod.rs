@@ -435,7 +435,7 @@ async fn a_batch_survives_a_restart_and_finishes_after_it() {
     config.cache.dir = dir.path().join("cache");
     config.cache.similarity_threshold = 0.9;
     let clock = deja::clock::ManualClock::starting_now();
-    let proxy = deja::app::server::start(config, clock.clone())
+    let proxy = deja::server::start(config, clock.clone())
         .await
         .expect("restarts");
     let h = Harness {

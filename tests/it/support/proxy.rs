@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use deja::app::server::{RunningServer, start};
+use deja::server::{RunningServer, start};
 use deja::clock::ManualClock;
 use deja::config::Config;
 use serde_json::{Value, json};

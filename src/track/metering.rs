@@ -17,7 +17,7 @@ use http::header;
 use http_body_util::BodyStream;
 use serde_json::Value;
 
-use crate::managed::track::Tracker;
+use crate::track::Tracker;
 use crate::replay::json_splice::top_level_value;
 use crate::wire::body::{ProxyBody, streaming};
 use crate::wire::endpoint::EndpointName;

@@ -20,6 +20,7 @@ use crate::edge::connection;
 use crate::edge::route::route;
 use crate::edge::write_deadline::WriteDeadline;
 use crate::error::ApiError;
+use crate::replica::Replica;
 
 /// How long shutdown waits for in-flight requests and streams.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -105,7 +106,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         })??;
     let app = Arc::new(app);
     // `[redis]`: load what other replicas stored before serving (nothing without it).
-    crate::replica::attach(&app).await;
+    attach_replica(&app).await;
     tracing::info!(
         %addr,
         upstream = %app.config().upstream.base_url,
@@ -263,5 +264,21 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
 fn save_dashboard(app: &App) {
     if let Err(err) = app.dashboard.save(&app.config().cache.dir) {
         tracing::warn!(error = %err, "dashboard totals not saved");
+    }
+}
+
+/// Joins the cluster when `[redis]` is configured and the cache is open; a replica that
+/// cannot even parse its Redis URL logs why and runs alone.
+async fn attach_replica(app: &App) {
+    let (Some(config), Some(cache)) = (app.config().redis.clone(), app.cache.clone()) else {
+        return;
+    };
+    match Replica::start(cache, config).await {
+        Ok(replica) => {
+            app.inflight
+                .set_remote(replica.leases());
+            let _ = app.replica.set(replica);
+        }
+        Err(err) => tracing::error!(error = %err, "[redis] unusable; this replica runs alone"),
     }
 }

@@ -3,6 +3,13 @@
 //! usage log. The handle is shared (a stream's pump task fills in the tokens after the
 //! handler has returned); the record is finished when the last holder lets go, which for a
 //! response is when its body has been sent or dropped.
+//!
+//! Every request goes through this folder whatever its endpoint (cached, relayed, tunnelled,
+//! batched): `admit` checks a managed key's limits before it goes on, `metering` reads the
+//! real usage from the answer, and the `Tracker` settles both.
+
+pub mod admit;
+pub mod metering;
 
 use std::sync::Arc;
 
@@ -102,7 +109,7 @@ impl Tracker {
     /// (`estimate_tokens`). Only managed keys have limits; a refusal marks the record. A key
     /// with a budget may not call a model deja has no price for (nor, without a default
     /// price, a relayed path, whose model deja does not read).
-    /// With `[redis]`, the limits are the cluster's (`crate::managed::enforce`).
+    /// With `[redis]`, the limits are the cluster's (`crate::track::admit`).
     pub async fn reserve(&self, estimate: (u64, u64)) -> Result<(), ApiError> {
         let Some(key) = &self.0.key else {
             return Ok(());
@@ -133,7 +140,7 @@ impl Tracker {
         }
         let cost = price.map_or(0.0, |price| price.cost(prompt, completion));
         let reserved =
-            crate::managed::enforce::reserve(&self.0.app, key, prompt + completion, cost);
+            crate::track::admit::reserve(&self.0.app, key, prompt + completion, cost);
         match reserved.await {
             Ok(reservation) => {
                 *self.0.reservation.lock() = Some(reservation);
@@ -209,7 +216,7 @@ impl Drop for Inner {
             } else {
                 tokens
             };
-            crate::managed::enforce::settle(&self.app, key, reservation, tokens, cost);
+            crate::track::admit::settle(&self.app, key, reservation, tokens, cost);
         }
         self.app.metrics.observe(&record);
         self.app.usage.write(&record);
