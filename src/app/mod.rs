@@ -9,7 +9,7 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::embed::Embedder;
 use crate::flow::PlanMemo;
-use crate::flow::coalesce::Coalescer;
+use crate::cache::inflight::Coalescer;
 use crate::managed::keys::KeyRing;
 use crate::managed::limits::Limits;
 use crate::observe::metrics::Metrics;

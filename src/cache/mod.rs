@@ -11,8 +11,10 @@
 //! - `health`: write failures (full or read-only disk) turn writes off, then probe and recover
 //! - `events`: what a store or an admin delete tells observers (replication), and applying
 //!   what other replicas stored
+//! - `inflight`: identical requests in flight wait for one answer (coalescing), with the
+//!   seam through which other processes take part
 //!
-//! Every method here blocks; run it with `spawn_blocking`.
+//! Every method of `Cache` blocks; run it with `spawn_blocking`.
 
 pub mod admin;
 pub mod entry;
@@ -20,6 +22,7 @@ pub mod events;
 pub mod health;
 mod hits;
 pub mod index;
+pub mod inflight;
 pub mod key;
 mod lookup;
 mod partition;

@@ -11,7 +11,7 @@ use super::Lookup;
 use super::context::Context;
 use super::report::Report;
 use crate::cache::Hit;
-use crate::flow::coalesce::{Leader, Matched, Shared};
+use crate::cache::inflight::{Leader, Matched, Shared};
 use crate::replay::json_splice;
 use crate::wire::body::{BoxError, ProxyBody, full, streaming};
 

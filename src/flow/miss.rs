@@ -17,7 +17,7 @@ use super::report::Report;
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, NewEntry, Partition};
 use crate::error::ApiError;
-use crate::flow::coalesce::{Leader, Matched, Shared};
+use crate::cache::inflight::{Leader, Matched, Shared};
 use crate::flow::models;
 use crate::track::metering::{UsageStripper, metered};
 use crate::upstream::{Failed, cacheable_status, response_headers, stream_response};

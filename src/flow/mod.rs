@@ -27,7 +27,6 @@ use crate::observe::usage::{Outcome, SemanticTrace};
 use crate::wire::body::ProxyBody;
 
 mod client_feed;
-pub mod coalesce;
 mod context;
 pub mod control;
 mod decide;

@@ -6,7 +6,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 
 use super::context::Context;
 use super::decide::{Decided, Near};
-use crate::flow::coalesce::Matched;
+use crate::cache::inflight::Matched;
 use crate::observe::usage::Outcome;
 use crate::wire::headers;
 

@@ -1,7 +1,7 @@
 //! Coalescing across replicas: identical misses on different replicas make one upstream call.
 //!
 //! A replica about to send a miss upstream (already the leader of its own identical requests,
-//! `crate::flow::coalesce`) claims the exact key in Redis (`{prefix}lease:{key}`, SET NX PX
+//! `crate::cache::inflight`) claims the exact key in Redis (`{prefix}lease:{key}`, SET NX PX
 //! `lease_ms`), and renews the claim while its call runs. A replica that finds the key claimed
 //! waits for the answer to reach its own store through the log (woken when the follower
 //! applies that key), and serves it as coalesced.
@@ -25,30 +25,8 @@ use tokio::sync::{Notify, oneshot};
 
 use super::{Replica, ReplicaError};
 use crate::cache::Requirements;
+use crate::cache::inflight::{Claim, Remote, RemoteLease};
 use crate::cache::key::Hash32;
-
-/// Identical misses in other processes: which one goes upstream for an exact key.
-pub trait Remote: Send + Sync {
-    /// Called by a local leader about to go upstream: it leads, or it waits until another
-    /// process's answer is in the local store (usable under `needs`).
-    fn claim(&self, key: Hash32, needs: Requirements) -> BoxFuture<'_, Claim>;
-}
-
-pub enum Claim {
-    /// Go upstream, holding the lease until the answer is stored (or given up).
-    Lead(Box<dyn RemoteLease>),
-    /// Another process answered: the entry is in the local store.
-    Answered,
-    /// No coordination (Redis away, or the wait gave up): go upstream alone.
-    Alone,
-}
-
-/// A leader's claim on an exact key in other processes. Dropped without `stored`, it is
-/// released at once, so the processes waiting on it go upstream themselves.
-pub trait RemoteLease: Send + Sync {
-    /// The answer is stored: the lease ends as the entry is published.
-    fn stored(self: Box<Self>);
-}
 
 /// How often a waiting replica looks at the lease (a released or expired one is noticed
 /// this late at most; an arriving answer wakes it at once).

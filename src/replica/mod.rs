@@ -19,8 +19,6 @@ pub mod limits;
 pub mod metrics;
 mod publish;
 
-/// What the flow's coalescing (`crate::flow::coalesce`) asks of other processes.
-pub use leases::{Claim, Remote, RemoteLease};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,7 +82,7 @@ pub enum ReplicaError {
 
 impl Replica {
     /// This replica as coalescing's seam to the others (`Coalescer::set_remote`).
-    pub fn leases(self: &Arc<Self>) -> Arc<dyn Remote> {
+    pub fn leases(self: &Arc<Self>) -> Arc<dyn crate::cache::inflight::Remote> {
         Arc::new(leases::Leases(self.clone()))
     }
 

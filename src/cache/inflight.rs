@@ -1,19 +1,42 @@
 //! Request coalescing: while one request for an exact key is upstream, identical requests wait
 //! for its answer instead of each paying for their own (the thundering-herd fix).
 //!
-//! Across processes (`[redis]`, `crate::replica`), the local leader of a miss also claims the
-//! key through `Remote` (`crate::replica`) before it goes upstream: one process leads,
-//! the others wait for its stored answer.
+//! Across processes (`[redis]`), the local leader of a miss also claims the key through
+//! `Remote` before it goes upstream: one process leads, the others wait for its stored
+//! answer. `crate::replica` implements `Remote` over Redis; the cache knows only this seam.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 use crate::cache::Requirements;
 use crate::cache::key::Hash32;
-use crate::replica::{Remote, RemoteLease};
+
+/// Identical misses in other processes: which one goes upstream for an exact key.
+pub trait Remote: Send + Sync {
+    /// Called by a local leader about to go upstream: it leads, or it waits until another
+    /// process's answer is in the local store (usable under `needs`).
+    fn claim(&self, key: Hash32, needs: Requirements) -> BoxFuture<'_, Claim>;
+}
+
+pub enum Claim {
+    /// Go upstream, holding the lease until the answer is stored (or given up).
+    Lead(Box<dyn RemoteLease>),
+    /// Another process answered: the entry is in the local store.
+    Answered,
+    /// No coordination (Redis away, or the wait gave up): go upstream alone.
+    Alone,
+}
+
+/// A leader's claim on an exact key in other processes. Dropped without `stored`, it is
+/// released at once, so the processes waiting on it go upstream themselves.
+pub trait RemoteLease: Send + Sync {
+    /// The answer is stored: the lease ends as the entry is published.
+    fn stored(self: Box<Self>);
+}
 
 /// The answer a leader shares with its followers.
 #[derive(Debug)]
