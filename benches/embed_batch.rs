@@ -30,9 +30,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use deja::server::RunningServer;
 use deja::clock::SystemClock;
 use deja::config::{Config, Secret};
+use deja::server::RunningServer;
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// The fake's embedding latency per call: at once, and closer to a real API.

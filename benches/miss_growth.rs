@@ -47,9 +47,9 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
-use deja::server::RunningServer;
 use deja::clock::SystemClock;
 use deja::config::Config;
+use deja::server::RunningServer;
 use vectors::{VectorKind, pct};
 
 const WINDOW: Duration = Duration::from_secs(1);

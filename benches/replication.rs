@@ -23,9 +23,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deja::server::{RunningServer, start};
 use deja::clock::SystemClock;
 use deja::config::{Config, RedisConfig};
+use deja::server::{RunningServer, start};
 use fake_upstream::{FakeUpstream, http_client};
 use serde_json::json;
 

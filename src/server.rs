@@ -275,8 +275,7 @@ async fn attach_replica(app: &App) {
     };
     match Replica::start(cache, config).await {
         Ok(replica) => {
-            app.inflight
-                .set_remote(replica.leases());
+            app.inflight.set_remote(replica.leases());
             let _ = app.replica.set(replica);
         }
         Err(err) => tracing::error!(error = %err, "[redis] unusable; this replica runs alone"),

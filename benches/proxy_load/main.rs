@@ -39,9 +39,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use deja::server::RunningServer;
 use deja::clock::SystemClock;
 use deja::config::Config;
+use deja::server::RunningServer;
 
 mod closed_loop;
 mod cpu;

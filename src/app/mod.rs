@@ -5,11 +5,11 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 
 use crate::cache::Cache;
+use crate::cache::inflight::Coalescer;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::embed::Embedder;
 use crate::flow::PlanMemo;
-use crate::cache::inflight::Coalescer;
 use crate::managed::keys::KeyRing;
 use crate::managed::limits::Limits;
 use crate::observe::metrics::Metrics;
@@ -43,7 +43,7 @@ pub struct App {
     /// Shadow verification, wrong-hit estimates, error budget, feedback (`crate::trust`).
     pub trust: crate::trust::Trust,
     /// The dashboard's bounded records (recent lookups, per-minute totals) and sessions.
-    pub dashboard: crate::ops::dashboard::Board,
+    pub dashboard: crate::observe::board::Board,
     pub clock: SharedClock,
     /// Set once shutdown begins: readiness fails so load balancers stop sending.
     pub draining: std::sync::atomic::AtomicBool,
@@ -163,7 +163,7 @@ impl App {
             })
             .map(Arc::new);
         // The dashboard's hour and day totals, kept by the previous run (beside the cache).
-        let dashboard = crate::ops::dashboard::Board::default();
+        let dashboard = crate::observe::board::Board::default();
         if cache.is_some() {
             dashboard.load(&config.cache.dir);
         }

@@ -16,8 +16,8 @@ use crate::error::ApiError;
 use crate::flow;
 use crate::managed::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
 use crate::managed::limits::insert_headers;
-use crate::track::Tracker;
 use crate::observe::usage::Outcome;
+use crate::track::Tracker;
 use crate::wire::body::{ProxyBody, full};
 use crate::wire::endpoint::EndpointName;
 

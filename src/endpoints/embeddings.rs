@@ -24,9 +24,9 @@ use crate::error::ApiError;
 use crate::flow::control::{self, Controls};
 use crate::flow::models;
 use crate::flow::{blocking, read_routed};
+use crate::observe::usage::Outcome;
 use crate::track::metering::metered;
 use crate::track::{Tracker, estimate_tokens};
-use crate::observe::usage::Outcome;
 use crate::upstream::{Failed, Outgoing, cacheable_status, response_headers, stream_response};
 use crate::wire::body::{ProxyBody, full};
 

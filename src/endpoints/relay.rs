@@ -17,8 +17,8 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::track::metering::metered;
 use crate::track::Tracker;
+use crate::track::metering::metered;
 use crate::upstream::{Outgoing, stream_response};
 use crate::wire::body::{BoxError, ProxyBody};
 

@@ -13,11 +13,11 @@ use std::time::Instant;
 use http::HeaderValue;
 
 use super::{Lookup, SKIPPED_TOO_LONG};
+use crate::cache::inflight::Claim;
+use crate::cache::inflight::{Coalescer, Leader, Matched, Role, Shared};
 use crate::cache::store::StoreError;
 use crate::cache::{Cache, Hit, Requirements};
 use crate::embed::{EmbedError, Embedder};
-use crate::cache::inflight::{Coalescer, Leader, Matched, Role, Shared};
-use crate::cache::inflight::Claim;
 
 /// What one request gets from the cache.
 pub(crate) enum Decision {

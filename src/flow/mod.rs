@@ -22,8 +22,8 @@ use serde_json::Value;
 use crate::app::{App, Snapshot};
 use crate::cache::Partition;
 use crate::error::ApiError;
-use crate::track::Tracker;
 use crate::observe::usage::{Outcome, SemanticTrace};
+use crate::track::Tracker;
 use crate::wire::body::ProxyBody;
 
 mod client_feed;

@@ -12,8 +12,8 @@ use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::flow::control::Controls;
 use crate::flow::models::{self, Route};
-use crate::track::Tracker;
 use crate::observe::usage::Outcome;
+use crate::track::Tracker;
 
 /// Reads a request (`read_request`), resolves its model's alias (`models::apply`; fallbacks
 /// only when `fallbacks`) and notes the model asked and the model routed to in the record.

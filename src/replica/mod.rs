@@ -19,7 +19,6 @@ pub mod limits;
 pub mod metrics;
 mod publish;
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;

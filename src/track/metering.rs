@@ -17,8 +17,8 @@ use http::header;
 use http_body_util::BodyStream;
 use serde_json::Value;
 
-use crate::track::Tracker;
 use crate::replay::json_splice::top_level_value;
+use crate::track::Tracker;
 use crate::wire::body::{ProxyBody, streaming};
 use crate::wire::endpoint::EndpointName;
 use crate::wire::sse::SseParser;

@@ -139,8 +139,7 @@ impl Tracker {
             return Err(ApiError::Unpriced(what));
         }
         let cost = price.map_or(0.0, |price| price.cost(prompt, completion));
-        let reserved =
-            crate::track::admit::reserve(&self.0.app, key, prompt + completion, cost);
+        let reserved = crate::track::admit::reserve(&self.0.app, key, prompt + completion, cost);
         match reserved.await {
             Ok(reservation) => {
                 *self.0.reservation.lock() = Some(reservation);

@@ -135,9 +135,7 @@ async fn a_handler_panic_is_an_internal_error() {
     config.cache.enabled = false;
     config.cache.semantic = false;
     let clock = Arc::new(PanickingClock(AtomicBool::new(false)));
-    let proxy = deja::server::start(config, clock.clone())
-        .await
-        .unwrap();
+    let proxy = deja::server::start(config, clock.clone()).await.unwrap();
     clock.0.store(true, Ordering::SeqCst);
     let response = http_client()
         .post(format!("http://{}/v1/chat/completions", proxy.addr))

@@ -27,8 +27,8 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::edge::connection;
+use crate::observe::board::session::{self, CSRF_HEADER};
 use crate::ops::dashboard::api as dashboard;
-use crate::ops::dashboard::session::{self, CSRF_HEADER};
 use crate::wire::body::{ProxyBody, full};
 
 mod handlers;

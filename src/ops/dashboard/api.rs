@@ -93,7 +93,7 @@ pub fn replay(app: &App, query: Option<&str>) -> Response<ProxyBody> {
         StatusCode::OK,
         json!({
             "by": by_name(by),
-            "window": super::lookups::CAPACITY,
+            "window": crate::observe::board::lookups::CAPACITY,
             "estimate": "wrong hits = lookups whose most similar candidate clears the threshold \
                          but fails verification (what cosine alone would serve wrongly)",
             "curves": curves,

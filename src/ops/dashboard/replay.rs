@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::lookups::Lookup;
+use crate::observe::board::lookups::Lookup;
 use crate::observe::usage::Outcome;
 
 /// Thresholds replayed: 0.70, 0.71, ... 0.99.

@@ -8,8 +8,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::page;
-use super::session::{self, CSRF_HEADER};
 use crate::app::App;
+use crate::observe::board::session::{self, CSRF_HEADER};
 use crate::ops::admin::constant_time_eq;
 use crate::wire::body::ProxyBody;
 

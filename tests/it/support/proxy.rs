@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use deja::server::{RunningServer, start};
 use deja::clock::ManualClock;
 use deja::config::Config;
+use deja::server::{RunningServer, start};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
