@@ -23,7 +23,7 @@ pub struct App {
     /// `None` when caching is off or the store could not be opened (then deja only relays).
     pub cache: Option<Arc<Cache>>,
     /// `None` when the semantic tier is off.
-    pub embedder: Option<Embedder>,
+    pub embedder: Option<Arc<Embedder>>,
     /// Requests currently upstream, by exact key, for coalescing.
     pub inflight: Arc<Coalescer>,
     /// Plans of recently seen bodies; cleared when the configuration changes.
@@ -41,7 +41,7 @@ pub struct App {
     pub replica_metrics: crate::replica::metrics::ReplicaMetrics,
     pub usage: UsageLog,
     /// Shadow verification, wrong-hit estimates, error budget, feedback (`crate::trust`).
-    pub trust: crate::trust::Trust,
+    pub trust: Arc<crate::trust::Trust>,
     /// The dashboard's bounded records (recent lookups, per-minute totals) and sessions.
     pub dashboard: crate::observe::board::Board,
     pub clock: SharedClock,
@@ -120,13 +120,13 @@ impl App {
     pub fn build(config: Config, clock: SharedClock) -> Result<App, StartError> {
         let upstream = Upstream::new(&config.upstream)?;
         let embedder = if config.cache.semantic {
-            Some(Embedder::from_config(&config)?)
+            Some(Arc::new(Embedder::from_config(&config)?))
         } else {
             None
         };
         let embedder_id = embedder
             .as_ref()
-            .map_or_else(|| "none".into(), Embedder::id);
+            .map_or_else(|| "none".into(), |embedder| embedder.id());
         let cache = if config.cache.enabled {
             match Cache::open(&config.cache, &embedder_id, clock.clone()) {
                 Ok(cache) => Some(Arc::new(cache)),
@@ -175,7 +175,17 @@ impl App {
             job_metrics.register(r);
             batch_metrics.register(r);
         });
+        let trust = crate::trust::Trust::new(
+            &config.cache.trust,
+            crate::trust::Reach {
+                clock: clock.clone(),
+                cache: cache.clone(),
+                upstream: upstream.clone(),
+                embedder: embedder.clone(),
+            },
+        );
         Ok(App {
+            trust: Arc::new(trust),
             jobs,
             batches,
             keys: ArcSwap::from_pointee(KeyRing::from_config(&config)),
@@ -185,7 +195,6 @@ impl App {
             batch_metrics,
             replica_metrics,
             usage,
-            trust: crate::trust::Trust::new(&config.cache.trust),
             dashboard,
             clock,
             draining: Default::default(),

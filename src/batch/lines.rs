@@ -415,7 +415,7 @@ async fn ask(
     let namespace = &asker.partition.namespace;
     let in_force = app
         .trust
-        .threshold(app, configured, &lookup.model, namespace);
+        .threshold(config, configured, &lookup.model, namespace);
     let vectors = match &app.embedder {
         Some(embedder) => Vectors::Embedder(embedder, asker.headers.get(header::AUTHORIZATION)),
         None => Vectors::None,

@@ -118,7 +118,7 @@ impl Context {
     fn threshold_in_force(&self, lookup: &Lookup) -> f32 {
         let configured = self.config.cache.threshold_for(&lookup.model);
         let namespace = &self.partition.namespace;
-        (self.app.trust).threshold(&self.app, configured, &lookup.model, namespace)
+        (self.app.trust).threshold(&self.config, configured, &lookup.model, namespace)
     }
 
     /// Sends the request upstream: with retries, and with fallback models when the route has

@@ -173,7 +173,7 @@ pub async fn handle(
         (Some(cache), Planning::Cache(planned)) => {
             if ctx.controls.no_cache {
                 // Feedback: a no-cache re-ask soon after a hit says it was wrong (crate::trust).
-                ctx.app.trust.no_cache(&ctx.app, &planned.lookup);
+                ctx.app.trust.no_cache(&ctx.config, &planned.lookup);
             }
             let decided = decide(ctx.ask(&cache, &planned.lookup)).await;
             if let Some(outcome) = &decided.semantic {
@@ -203,7 +203,7 @@ pub async fn handle(
                     if hit.semantic {
                         // Shadow verification and feedback, off the response path (crate::trust).
                         (ctx.app.trust).semantic_hit(
-                            &ctx.app,
+                            &ctx.config,
                             &ctx.parts.headers,
                             &ctx.body,
                             &ctx.suffix,

@@ -25,11 +25,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::app::App;
-use crate::cache::Hit;
-use crate::cache::Lookup;
-use crate::cache::Partition;
+use crate::cache::{Cache, Hit, Lookup, Partition};
+use crate::clock::SharedClock;
+use crate::config::Config;
 pub use crate::config::TrustConfig;
+use crate::embed::Embedder;
+use crate::upstream::Upstream;
 use budget::Learned;
 use estimate::{Sample, Window};
 use feedback::{Kind, Recent, Served};
@@ -83,10 +84,23 @@ pub struct Trust {
     /// Shadow calls upstream at once.
     upstream_slots: Arc<tokio::sync::Semaphore>,
     counters: Counters,
+    /// What judging and evicting need: shadow calls go upstream, answers are compared by
+    /// embedding when no judge model is set, wrong entries are evicted from the cache.
+    reach: Reach,
+}
+
+/// The parts of the process trust works with, handed over at start-up.
+pub struct Reach {
+    pub clock: SharedClock,
+    pub cache: Option<Arc<Cache>>,
+    pub upstream: Upstream,
+    pub embedder: Option<Arc<Embedder>>,
 }
 
 /// A sampled hit, owned, for the background task.
 struct Job {
+    /// The configuration of the request whose hit was sampled.
+    config: Arc<Config>,
     headers: http::HeaderMap,
     body: Bytes,
     suffix: String,
@@ -97,7 +111,7 @@ struct Job {
 }
 
 impl Trust {
-    pub fn new(config: &TrustConfig) -> Trust {
+    pub fn new(config: &TrustConfig, reach: Reach) -> Trust {
         Trust {
             groups: Mutex::default(),
             recent: Mutex::default(),
@@ -105,13 +119,14 @@ impl Trust {
             queued: AtomicUsize::new(0),
             upstream_slots: Arc::new(tokio::sync::Semaphore::new(config.shadow_concurrency)),
             counters: Counters::default(),
+            reach,
         }
     }
 
     /// The similarity threshold in force for `model` in `namespace`: `configured`, raised by
     /// the error budget where the estimate asked for it. Never below `configured`.
-    pub fn threshold(&self, app: &App, configured: f32, model: &str, namespace: &str) -> f32 {
-        if app.config().cache.max_wrong_rate <= 0.0 {
+    pub fn threshold(&self, config: &Config, configured: f32, model: &str, namespace: &str) -> f32 {
+        if config.cache.max_wrong_rate <= 0.0 {
             return configured;
         }
         let groups = self.groups.lock();
@@ -125,8 +140,8 @@ impl Trust {
     /// waits: the client's answer is not delayed.
     #[allow(clippy::too_many_arguments)] // the one-line hook passes what the flow holds
     pub fn semantic_hit(
-        &self,
-        app: &Arc<App>,
+        self: &Arc<Self>,
+        config: &Arc<Config>,
         headers: &http::HeaderMap,
         body: &Bytes,
         suffix: &str,
@@ -134,9 +149,8 @@ impl Trust {
         hit: &Hit,
         partition: &Partition,
     ) {
-        let config = app.config();
         let trust = &config.cache.trust;
-        let now = app.now_ms();
+        let now = self.reach.clock.now_ms();
         let group = self.group_key(&lookup.model, &partition.namespace);
         let keep_ms = trust.no_cache_window_secs.max(trust.reask_window_secs) * 1000;
         if keep_ms > 0 {
@@ -156,7 +170,7 @@ impl Trust {
                 && before.entry == hit.id
                 && now.saturating_sub(before.at_ms) < reask_ms
             {
-                self.wrong(app, Kind::Reask, hit.id, hit.similarity, group.clone());
+                self.wrong(config, Kind::Reask, hit.id, hit.similarity, group.clone());
             }
         }
         let rate = trust.shadow_sample_rate;
@@ -173,6 +187,7 @@ impl Trust {
             return;
         }
         let job = Job {
+            config: config.clone(),
             headers: headers.clone(),
             body: body.clone(),
             suffix: suffix.to_string(),
@@ -181,29 +196,36 @@ impl Trust {
             similarity: hit.similarity,
             group,
         };
-        tokio::spawn(shadow::run(app.clone(), job));
+        tokio::spawn(shadow::run(self.clone(), job));
     }
 
     /// Called on a `Cache-Control: no-cache` request: the same question soon after a hit
     /// says the hit did not answer it. The entry is evicted and the estimate fed.
-    pub fn no_cache(&self, app: &Arc<App>, lookup: &Lookup) {
-        let window_ms = app.config().cache.trust.no_cache_window_secs * 1000;
+    pub fn no_cache(&self, config: &Config, lookup: &Lookup) {
+        let window_ms = config.cache.trust.no_cache_window_secs * 1000;
         if window_ms == 0 {
             return;
         }
-        let taken = self
-            .recent
-            .lock()
-            .take(&(lookup.scope, lookup.exact), app.now_ms(), window_ms);
+        let taken = self.recent.lock().take(
+            &(lookup.scope, lookup.exact),
+            self.reach.clock.now_ms(),
+            window_ms,
+        );
         if let Some(served) = taken {
             let group = (served.model, served.namespace);
-            self.wrong(app, Kind::NoCache, served.entry, served.similarity, group);
+            self.wrong(
+                config,
+                Kind::NoCache,
+                served.entry,
+                served.similarity,
+                group,
+            );
         }
     }
 
     /// Evidence that `entry` answered wrongly: counted, fed to the estimate, and the entry
     /// evicted (in the background; a store error only leaves it to expire).
-    fn wrong(&self, app: &Arc<App>, kind: Kind, entry: u64, similarity: f32, group: GroupKey) {
+    fn wrong(&self, config: &Config, kind: Kind, entry: u64, similarity: f32, group: GroupKey) {
         self.counters.feedback[kind as usize].fetch_add(1, Ordering::Relaxed);
         self.recent.lock().forget_entry(entry);
         tracing::info!(
@@ -214,8 +236,8 @@ impl Trust {
             namespace = %group.1,
             "hit reported wrong; entry evicted"
         );
-        self.record(app, group, similarity, true, true);
-        if let Some(cache) = app.cache.clone() {
+        self.record(config, group, similarity, true, true);
+        if let Some(cache) = self.reach.cache.clone() {
             tokio::task::spawn_blocking(move || {
                 if let Err(err) = cache.remove(entry) {
                     tracing::warn!(error = %err, entry, "could not evict a wrong entry");
@@ -225,8 +247,14 @@ impl Trust {
     }
 
     /// Feeds one judged hit to its group's estimate and lets the budget act on it.
-    fn record(&self, app: &App, group: GroupKey, similarity: f32, wrong: bool, feedback: bool) {
-        let config = app.config();
+    fn record(
+        &self,
+        config: &Config,
+        group: GroupKey,
+        similarity: f32,
+        wrong: bool,
+        feedback: bool,
+    ) {
         let cache = &config.cache;
         let configured = cache.threshold_for(&group.0);
         let mut groups = self.groups.lock();
@@ -244,7 +272,7 @@ impl Trust {
             configured,
             cache.max_wrong_rate,
             &cache.trust,
-            app.now_ms(),
+            self.reach.clock.now_ms(),
         );
         drop(groups);
         if let Some(change) = change {
@@ -264,7 +292,7 @@ impl Trust {
         }
     }
 
-    fn verdict(&self, app: &App, job: &Job, verdict: Verdict) {
+    fn verdict(&self, job: &Job, verdict: Verdict) {
         let counter = match verdict {
             Verdict::Agree => &self.counters.agree,
             Verdict::Disagree => &self.counters.disagree,
@@ -273,7 +301,7 @@ impl Trust {
         counter.fetch_add(1, Ordering::Relaxed);
         if verdict != Verdict::Unsure {
             let wrong = verdict == Verdict::Disagree;
-            self.record(app, job.group.clone(), job.similarity, wrong, false);
+            self.record(&job.config, job.group.clone(), job.similarity, wrong, false);
         }
     }
 

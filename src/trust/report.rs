@@ -2,7 +2,6 @@
 //! `/metrics`, and `POST /admin/entries/{id}/wrong`.
 
 use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::StatusCode;
@@ -10,13 +9,12 @@ use serde_json::{Value, json};
 
 use super::Trust;
 use super::feedback::Kind;
-use crate::app::App;
+use crate::config::Config;
 
 impl Trust {
     /// The `trust` section of `/admin/stats`: per model and namespace, the estimate at the
     /// threshold in force, the threshold, and the last change with its evidence.
-    pub fn stats(&self, app: &App) -> Value {
-        let config = app.config();
+    pub fn stats(&self, config: &Config) -> Value {
         let cache = &config.cache;
         let groups = self.groups.lock();
         let mut rows: Vec<Value> = groups
@@ -74,7 +72,7 @@ impl Trust {
     }
 
     /// Appends the trust series to an OpenMetrics exposition (before its `# EOF`).
-    pub fn metrics(&self, app: &App, exposition: String) -> String {
+    pub fn metrics(&self, config: &Config, exposition: String) -> String {
         let mut out = exposition
             .strip_suffix("# EOF\n")
             .map(str::to_string)
@@ -139,7 +137,6 @@ impl Trust {
             "Hits reported wrong (no_cache re-ask, reask, admin mark); each evicts its entry.",
             &feedback,
         );
-        let config = app.config();
         let cache = &config.cache;
         let (mut rates, mut thresholds, mut samples) = (Vec::new(), Vec::new(), Vec::new());
         for ((model, namespace), group) in self.groups.lock().iter() {
@@ -204,8 +201,12 @@ fn escape(value: &str) -> String {
 /// `POST /admin/entries/{id}/wrong`: the entry answered wrongly. It is evicted, counted and
 /// fed to its model's and namespace's estimate. The answer's JSON body, or the status and
 /// message of the error (the admin listener, `crate::ops::admin`, makes the response).
-pub async fn mark_wrong(app: &Arc<App>, id: u64) -> Result<Value, (StatusCode, String)> {
-    let Some(cache) = app.cache.clone() else {
+pub async fn mark_wrong(
+    trust: &Trust,
+    config: &Config,
+    id: u64,
+) -> Result<Value, (StatusCode, String)> {
+    let Some(cache) = trust.reach.cache.clone() else {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "caching is off".to_string(),
@@ -224,16 +225,18 @@ pub async fn mark_wrong(app: &Arc<App>, id: u64) -> Result<Value, (StatusCode, S
             ));
         }
     };
-    let trust = &app.trust;
     let served = trust.recent.lock().of_entry(id);
     let (similarity, group) = match served {
         Some(served) => (served.similarity, (served.model, served.namespace)),
         None => {
             let group = trust.group_key(&entry.model, &entry.owner.namespace);
-            let configured = app.config().cache.threshold_for(&entry.model);
-            (trust.threshold(app, configured, &group.0, &group.1), group)
+            let configured = config.cache.threshold_for(&entry.model);
+            (
+                trust.threshold(config, configured, &group.0, &group.1),
+                group,
+            )
         }
     };
-    trust.wrong(app, Kind::Admin, id, similarity, group.clone());
+    trust.wrong(config, Kind::Admin, id, similarity, group.clone());
     Ok(json!({"marked_wrong": id, "evicted": true, "model": group.0, "namespace": group.1}))
 }

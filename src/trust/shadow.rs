@@ -11,24 +11,22 @@ use http::Method;
 use http::header::AUTHORIZATION;
 use serde_json::Value;
 
-use super::Job;
 use super::judge::{self, Verdict};
-use crate::app::App;
+use super::{Job, Trust};
 use crate::config::Config;
 use crate::upstream::Outgoing;
 
 /// Largest answer read back (a chat answer is kilobytes; this only bounds a broken upstream).
 const MAX_ANSWER_BYTES: usize = 8 << 20;
 
-pub(super) async fn run(app: Arc<App>, job: Job) {
-    let trust = &app.trust;
+pub(super) async fn run(trust: Arc<Trust>, job: Job) {
     let verdict = match trust.upstream_slots.clone().acquire_owned().await {
-        Ok(_slot) => shadow(&app, &job).await,
+        Ok(_slot) => shadow(&trust, &job).await,
         Err(_) => None,
     };
     trust.queued.fetch_sub(1, Ordering::AcqRel);
     match verdict {
-        Some(verdict) => trust.verdict(&app, &job, verdict),
+        Some(verdict) => trust.verdict(&job, verdict),
         None => {
             trust.counters.failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -36,10 +34,10 @@ pub(super) async fn run(app: Arc<App>, job: Job) {
 }
 
 /// The verdict on the hit, or `None` if the fresh answer could not be had.
-async fn shadow(app: &Arc<App>, job: &Job) -> Option<Verdict> {
-    let config = arc_swap::Guard::into_inner(app.config());
+async fn shadow(trust: &Trust, job: &Job) -> Option<Verdict> {
+    let config = &job.config;
     let body = unstreamed(&job.body)?;
-    let fresh = call(app, &config, job, &job.suffix, body, false).await?;
+    let fresh = call(trust, config, job, &job.suffix, body, false).await?;
     let cached: Value = serde_json::from_str(&job.cached).ok()?;
     let (Some(cached), Some(fresh)) = (judge::answer_text(&cached), judge::answer_text(&fresh))
     else {
@@ -51,10 +49,10 @@ async fn shadow(app: &Arc<App>, job: &Job) -> Option<Verdict> {
     if let Some(model) = &config.cache.trust.judge_model {
         let ask = judge::judge_request(model, &job.question, &cached, &fresh);
         let ask = Bytes::from(serde_json::to_vec(&ask).ok()?);
-        let answer = call(app, &config, job, "/chat/completions", ask, true).await;
+        let answer = call(trust, config, job, "/chat/completions", ask, true).await;
         return Some(answer.map_or(Verdict::Unsure, |a| judge::read_judgement(&a)));
     }
-    let embedder = app.embedder.as_ref()?;
+    let embedder = trust.reach.embedder.as_ref()?;
     let auth = job.headers.get(AUTHORIZATION);
     let a = embedder.embed(judge::opening(&cached), auth).await;
     let b = embedder.embed(judge::opening(&fresh), auth).await;
@@ -79,14 +77,14 @@ fn unstreamed(body: &Bytes) -> Option<Bytes> {
 /// One upstream call with the caller's headers (deja's key replaces theirs in managed mode),
 /// counted and priced; the answer if it is a 200 with a JSON body.
 async fn call(
-    app: &App,
+    trust: &Trust,
     config: &Config,
     job: &Job,
     suffix: &str,
     body: Bytes,
     judging: bool,
 ) -> Option<Value> {
-    let counters = &app.trust.counters;
+    let counters = &trust.counters;
     let calls = if judging {
         &counters.judge_calls
     } else {
@@ -99,7 +97,8 @@ async fn call(
         headers: &job.headers,
         parse_body: true,
     };
-    let sent = app
+    let sent = trust
+        .reach
         .upstream
         .send_retrying(&config.upstream, &out, body)
         .await
@@ -115,7 +114,7 @@ async fn call(
         answer.extend_from_slice(&chunk);
     }
     let answer: Value = serde_json::from_slice(&answer).ok()?;
-    charge(app, config, &answer);
+    charge(trust, config, &answer);
     if status != http::StatusCode::OK {
         tracing::debug!(status = status.as_u16(), "shadow call answered an error");
         return None;
@@ -124,12 +123,12 @@ async fn call(
 }
 
 /// Adds the call's tokens and price (by `[pricing]`) to the sampling's cost.
-fn charge(app: &App, config: &Config, answer: &Value) {
+fn charge(trust: &Trust, config: &Config, answer: &Value) {
     let usage = &answer["usage"];
     let tokens = |a: &str, b: &str| usage[a].as_u64().or(usage[b].as_u64()).unwrap_or(0);
     let prompt = tokens("prompt_tokens", "input_tokens");
     let completion = tokens("completion_tokens", "output_tokens");
-    let counters = &app.trust.counters;
+    let counters = &trust.counters;
     counters.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
     counters
         .completion_tokens

@@ -40,10 +40,10 @@ pub fn metrics(app: &App) -> Response<ProxyBody> {
             }
         });
     app.replica_metrics.update(app.replica.get().map(|r| &**r)); // `[redis]` series
-    let mut response = Response::new(crate::wire::body::full(
-        app.trust
-            .metrics(app, app.metrics.render(gauges, app.usage.dropped())),
-    ));
+    let mut response = Response::new(crate::wire::body::full(app.trust.metrics(
+        &app.config(),
+        app.metrics.render(gauges, app.usage.dropped()),
+    )));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -86,7 +86,7 @@ pub fn stats(app: &App) -> Response<ProxyBody> {
             "managed": config.managed(),
             "keys": keys,
             "usage_log_dropped": app.usage.dropped(),
-            "trust": app.trust.stats(app),
+            "trust": app.trust.stats(&config),
         }),
     )
 }

@@ -104,7 +104,7 @@ async fn route(app: Arc<App>, request: Request<Incoming>) -> Response<ProxyBody>
             if path.starts_with("/admin/entries/") && path.ends_with("/wrong") =>
         {
             match path["/admin/entries/".len()..path.len() - "/wrong".len()].parse::<u64>() {
-                Ok(id) => match crate::trust::mark_wrong(&app, id).await {
+                Ok(id) => match crate::trust::mark_wrong(&app.trust, &app.config(), id).await {
                     Ok(marked) => json_response(StatusCode::OK, marked),
                     Err((status, message)) => error(status, &message),
                 },

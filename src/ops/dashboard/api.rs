@@ -32,7 +32,7 @@ pub fn overview(app: &App) -> Response<ProxyBody> {
             "hour": board.minutes.window(now, 60),
             "day": board.minutes.window(now, 24 * 60),
             "last_hour": board.minutes.series(now, 60),
-            "wrong_hits": super::WrongHitReport::from_trust(&app.trust.stats(app)),
+            "wrong_hits": super::WrongHitReport::from_trust(&app.trust.stats(&config)),
             "similarity_threshold": config.cache.similarity_threshold,
             "model_thresholds": config.cache.model_thresholds,
             "show_prompts": config.admin.show_prompts,
