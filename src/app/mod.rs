@@ -1,4 +1,7 @@
-//! The shared state every request handler sees (start-up is `crate::server`).
+//! The shared state every request handler sees (start-up is `crate::server`), and the
+//! memo of recent plans it holds (`plans`).
+
+pub mod plans;
 
 use std::sync::Arc;
 
@@ -9,12 +12,12 @@ use crate::cache::inflight::Coalescer;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::embed::Embedder;
-use crate::flow::PlanMemo;
 use crate::managed::keys::KeyRing;
 use crate::managed::limits::Limits;
 use crate::observe::metrics::Metrics;
 use crate::observe::usage::UsageLog;
 use crate::upstream::Upstream;
+use plans::PlanMemo;
 
 pub struct App {
     /// Swapped whole on reload; read it per request with `config()`.

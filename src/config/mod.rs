@@ -51,7 +51,7 @@ pub use embedding::{EmbeddingConfig, EmbeddingEncoding, EmbeddingProvider};
 pub use jobs::{JobsConfig, webhook_secret_key};
 pub use log::{LogConfig, LogFormat};
 pub use redis::RedisConfig;
-pub use routing::RoutingConfig;
+pub use routing::{Route, RoutingConfig};
 pub use server::ServerConfig;
 pub use trust::TrustConfig;
 pub use upstream::{RetryConfig, UpstreamConfig};

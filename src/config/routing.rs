@@ -1,5 +1,5 @@
-//! `[routing]`: model aliases and fallbacks (`crate::flow::models` routes by them). Read per
-//! request, so a reload applies.
+//! `[routing]`: model aliases and fallbacks, and the `Route` they give a request
+//! (`crate::flow::models` applies it). Read per request, so a reload applies.
 
 use std::collections::BTreeMap;
 
@@ -69,5 +69,44 @@ impl RoutingConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Where one request goes: the model it asked for and the models to try, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub requested: String,
+    /// The resolved model first, then its fallbacks; never empty.
+    pub models: Vec<String>,
+}
+
+impl Route {
+    /// The model the request is sent and cached as.
+    pub fn model(&self) -> &str {
+        &self.models[0]
+    }
+
+    /// Whether routing changed or may change the model (then responses name it).
+    pub fn routed(&self) -> bool {
+        self.requested != self.models[0] || self.models.len() > 1
+    }
+}
+
+impl RoutingConfig {
+    /// The route of a request for `requested`; `fallbacks: false` keeps only its own model.
+    pub fn route(&self, requested: &str, fallbacks: bool) -> Route {
+        let mut models = vec![self.resolve(requested).to_string()];
+        if fallbacks && let Some(list) = self.fallbacks.get(&models[0]) {
+            for next in list {
+                let next = self.resolve(next);
+                if !models.iter().any(|m| m == next) {
+                    models.push(next.to_string());
+                }
+            }
+        }
+        Route {
+            requested: requested.to_string(),
+            models,
+        }
     }
 }

@@ -12,12 +12,13 @@ use http::header;
 use super::Endpoint;
 use super::Lookup;
 use super::decide::{Ask, Vectors};
-use super::memo::Routed;
 use crate::app::App;
+use crate::app::plans::Routed;
 use crate::cache::{Cache, Partition};
 use crate::config::Config;
+use crate::config::Route;
 use crate::flow::control::Controls;
-use crate::flow::models::{self, Route};
+use crate::flow::models;
 use crate::track::Tracker;
 use crate::upstream::{Failed, Outgoing, Sent};
 
@@ -70,7 +71,11 @@ impl Context {
             partition,
             controls,
         } = edge;
-        routed.note(&tracker);
+        // The model asked for and the model routed to, in the request's record.
+        tracker.update(|r| {
+            r.model_used = routed.route.as_ref().map(|route| route.model().to_string());
+            r.model_asked = routed.model_asked.clone();
+        });
         let (body, strip_usage) =
             crate::track::metering::ask_for_usage(endpoint.name(), &tracker, routed.body.clone());
         Context {

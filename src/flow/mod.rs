@@ -32,7 +32,6 @@ pub mod control;
 mod decide;
 mod hit;
 mod last_message;
-mod memo;
 mod miss;
 pub mod models;
 mod plan;
@@ -41,7 +40,7 @@ mod report;
 
 pub use last_message::beyond_text;
 
-pub use memo::{PlanMemo, Planned, Routed};
+pub use crate::app::plans::{Planned, Routed};
 
 pub(crate) use decide::{Ask, Decided, Decision, Vectors, blocking, decide};
 pub(crate) use miss::store_answer;

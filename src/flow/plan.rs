@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::memo::{self, Planned, Routed};
 use super::read::parse_object;
 use super::{Endpoint, Plan};
+use crate::app::plans::{self, Planned, Routed};
 use crate::app::{App, Snapshot};
 use crate::cache::Partition;
 use crate::config::Config;
@@ -42,12 +42,12 @@ pub(crate) fn plan_request(
     raw: Bytes,
 ) -> Result<Planning, ApiError> {
     let epoch = snapshot.plans_epoch;
-    if let Some(planned) = app.plans.get(epoch, endpoint, partition, &raw) {
+    if let Some(planned) = app.plans.get(epoch, endpoint.name(), partition, &raw) {
         return Ok(Planning::Cache(planned));
     }
     // Its own allocation: a body read from the socket may share a larger buffer, which the
     // memo would otherwise keep alive.
-    let raw = if raw.len() <= memo::MAX_BODY {
+    let raw = if raw.len() <= plans::MAX_BODY {
         Bytes::copy_from_slice(&raw)
     } else {
         raw
@@ -60,7 +60,7 @@ pub(crate) fn plan_request(
             lookup.semantic_text.take_if(|text| text.len() > longest);
             let planned = Arc::new(Planned { routed, lookup });
             app.plans
-                .remember(epoch, endpoint, partition, raw, planned.clone());
+                .remember(epoch, endpoint.name(), partition, raw, planned.clone());
             Ok(Planning::Cache(planned))
         }
         Plan::Bypass { reason, .. } => Ok(Planning::Bypass(routed, reason)),

@@ -8,10 +8,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use crate::config::Route;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::flow::control::Controls;
-use crate::flow::models::{self, Route};
+use crate::flow::models;
 use crate::observe::usage::Outcome;
 use crate::track::Tracker;
 

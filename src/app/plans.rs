@@ -15,15 +15,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{Endpoint, Lookup, Partition};
-use crate::flow::models::Route;
-use crate::track::Tracker;
+use crate::cache::{Lookup, Partition};
+use crate::config::Route;
 use crate::wire::endpoint::EndpointName;
 
 /// Bodies larger than this are planned every time: they are rarely repeated verbatim, and
 /// the memo's memory stays bounded: 2 × GENERATION entries of at most the body, the routed
 /// body and the prompt text, so about 24 MiB at worst.
-pub(super) const MAX_BODY: usize = 8 * 1024;
+pub const MAX_BODY: usize = 8 * 1024;
 /// Entries per generation.
 const GENERATION: usize = 512;
 
@@ -37,16 +36,6 @@ pub struct Routed {
     pub estimate: (u64, u64),
     /// The `model` the client asked for.
     pub model_asked: Option<String>,
-}
-
-impl Routed {
-    /// Notes the model asked for and the model routed to in the request's record.
-    pub fn note(&self, tracker: &Tracker) {
-        tracker.update(|r| {
-            r.model_used = self.route.as_ref().map(|route| route.model().to_string());
-            r.model_asked = self.model_asked.clone();
-        });
-    }
 }
 
 /// Everything planning a cacheable request produced.
@@ -98,14 +87,16 @@ impl PlanMemo {
     pub fn get(
         &self,
         epoch: u64,
-        endpoint: &'static dyn Endpoint,
+        endpoint: EndpointName,
         partition: &Partition,
         raw: &[u8],
     ) -> Option<Arc<Planned>> {
         if raw.len() > MAX_BODY {
             return None;
         }
-        let id = endpoint_id(endpoint);
+        // Endpoints are told apart by name. The two `responses` variants share one, but which
+        // of them serves is configuration, and a reload clears the memo.
+        let id = endpoint;
         let slot = self.slot(id, partition, raw);
         let mut generations = self.generations.lock();
         if generations.epoch != epoch {
@@ -132,7 +123,7 @@ impl PlanMemo {
     pub fn remember(
         &self,
         epoch: u64,
-        endpoint: &'static dyn Endpoint,
+        endpoint: EndpointName,
         partition: &Partition,
         raw: Bytes,
         planned: Arc<Planned>,
@@ -140,7 +131,7 @@ impl PlanMemo {
         if raw.len() > MAX_BODY {
             return;
         }
-        let id = endpoint_id(endpoint);
+        let id = endpoint;
         let slot = self.slot(id, partition, &raw);
         let remembered = Remembered {
             endpoint: id,
@@ -193,18 +184,10 @@ impl Generations {
     }
 }
 
-/// Endpoints are told apart by name. The two `responses` variants share one, but which of
-/// them serves is configuration, and a reload clears the memo.
-fn endpoint_id(endpoint: &'static dyn Endpoint) -> EndpointName {
-    endpoint.name()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cache::key::Hash32;
-    use crate::endpoints::chat::ChatCompletions;
-    use crate::endpoints::completions::Completions;
 
     fn partition(tenant: &str) -> Partition {
         Partition::of_tenant(tenant)
@@ -235,74 +218,114 @@ mod tests {
         let raw = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
         memo.remember(
             0,
-            &ChatCompletions,
+            EndpointName::ChatCompletions,
             &partition("a"),
             raw.clone(),
             planned("m"),
         );
         let found = memo
-            .get(memo.epoch(), &ChatCompletions, &partition("a"), &raw)
+            .get(
+                memo.epoch(),
+                EndpointName::ChatCompletions,
+                &partition("a"),
+                &raw,
+            )
             .expect("remembered");
         assert_eq!(found.lookup.model, "m");
         assert!(
-            memo.get(memo.epoch(), &ChatCompletions, &partition("b"), &raw)
-                .is_none(),
+            memo.get(
+                memo.epoch(),
+                EndpointName::ChatCompletions,
+                &partition("b"),
+                &raw
+            )
+            .is_none(),
             "tenant"
         );
         assert!(
-            memo.get(memo.epoch(), &Completions, &partition("a"), &raw)
-                .is_none()
+            memo.get(
+                memo.epoch(),
+                EndpointName::Completions,
+                &partition("a"),
+                &raw
+            )
+            .is_none()
         );
         let spaced = br#"{"model":"m", "messages":[]}"#;
         assert!(
-            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), spaced)
-                .is_none()
+            memo.get(
+                memo.epoch(),
+                EndpointName::ChatCompletions,
+                &partition("a"),
+                spaced
+            )
+            .is_none()
         );
         let namespaced = Partition {
             tenant: "a".into(),
             namespace: "n".into(),
         };
         assert!(
-            memo.get(memo.epoch(), &ChatCompletions, &namespaced, &raw)
-                .is_none(),
+            memo.get(
+                memo.epoch(),
+                EndpointName::ChatCompletions,
+                &namespaced,
+                &raw
+            )
+            .is_none(),
             "namespace"
         );
         let epoch = memo.epoch();
         memo.clear();
         assert!(
-            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), &raw)
-                .is_none(),
+            memo.get(
+                memo.epoch(),
+                EndpointName::ChatCompletions,
+                &partition("a"),
+                &raw
+            )
+            .is_none(),
             "cleared"
         );
         // A plan made before the clear (under the old configuration) is not kept.
         memo.remember(
             epoch,
-            &ChatCompletions,
+            EndpointName::ChatCompletions,
             &partition("a"),
             raw.clone(),
             planned("m"),
         );
         assert!(
-            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), &raw)
-                .is_none(),
+            memo.get(
+                memo.epoch(),
+                EndpointName::ChatCompletions,
+                &partition("a"),
+                &raw
+            )
+            .is_none(),
             "stale"
         );
         // A request still running under the old configuration does not get a new plan.
         memo.remember(
             memo.epoch(),
-            &ChatCompletions,
+            EndpointName::ChatCompletions,
             &partition("a"),
             raw.clone(),
             planned("m"),
         );
         assert!(
-            memo.get(epoch, &ChatCompletions, &partition("a"), &raw)
+            memo.get(epoch, EndpointName::ChatCompletions, &partition("a"), &raw)
                 .is_none(),
             "old configuration"
         );
         assert!(
-            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), &raw)
-                .is_some(),
+            memo.get(
+                memo.epoch(),
+                EndpointName::ChatCompletions,
+                &partition("a"),
+                &raw
+            )
+            .is_some(),
             "new configuration"
         );
     }
@@ -313,38 +336,59 @@ mod tests {
         let hot = Bytes::from_static(b"hot");
         memo.remember(
             0,
-            &ChatCompletions,
+            EndpointName::ChatCompletions,
             &partition("a"),
             hot.clone(),
             planned("hot"),
         );
         for i in 0..GENERATION * 5 {
             let raw = Bytes::from(format!("body {i}"));
-            memo.remember(0, &ChatCompletions, &partition("a"), raw, planned("m"));
+            memo.remember(
+                0,
+                EndpointName::ChatCompletions,
+                &partition("a"),
+                raw,
+                planned("m"),
+            );
             if i % (GENERATION / 2) == 0 {
                 assert!(
-                    memo.get(memo.epoch(), &ChatCompletions, &partition("a"), &hot)
-                        .is_some(),
+                    memo.get(
+                        memo.epoch(),
+                        EndpointName::ChatCompletions,
+                        &partition("a"),
+                        &hot
+                    )
+                    .is_some(),
                     "at {i}"
                 );
             }
         }
         assert!(memo.len() <= 2 * GENERATION, "{}", memo.len());
         assert!(
-            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), b"body 0")
-                .is_none()
+            memo.get(
+                memo.epoch(),
+                EndpointName::ChatCompletions,
+                &partition("a"),
+                b"body 0"
+            )
+            .is_none()
         );
         let large = Bytes::from(vec![b' '; MAX_BODY + 1]);
         memo.remember(
             0,
-            &ChatCompletions,
+            EndpointName::ChatCompletions,
             &partition("a"),
             large.clone(),
             planned("m"),
         );
         assert!(
-            memo.get(memo.epoch(), &ChatCompletions, &partition("a"), &large)
-                .is_none()
+            memo.get(
+                memo.epoch(),
+                EndpointName::ChatCompletions,
+                &partition("a"),
+                &large
+            )
+            .is_none()
         );
     }
 }
