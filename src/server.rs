@@ -14,12 +14,14 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::{App, StartError};
+use crate::batch::{BatchMetrics, Batches};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::edge::connection;
-use crate::edge::route::route;
+use crate::edge::route::{Proxy, route};
 use crate::edge::write_deadline::WriteDeadline;
 use crate::error::ApiError;
+use crate::jobs::{JobMetrics, Jobs};
 use crate::replica::Replica;
 
 /// How long shutdown waits for in-flight requests and streams.
@@ -31,6 +33,8 @@ pub struct RunningServer {
     /// The admin listener's address, when `admin.listen` is set.
     pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
+    /// The Batch API's store, when batches are answered here.
+    pub batches: Option<Arc<Batches>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
@@ -98,13 +102,15 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
     let admin_addr = admin_listener
         .as_ref()
         .and_then(|listener| listener.local_addr().ok());
-    let app = tokio::task::spawn_blocking(move || App::build(config, clock))
+    let proxy = tokio::task::spawn_blocking(move || build(config, clock))
         .await
         .map_err(|e| StartError::Bind {
             addr,
             source: std::io::Error::other(e),
         })??;
-    let app = Arc::new(app);
+    let proxy = Arc::new(proxy);
+    let app = proxy.app.clone();
+    let batches = proxy.batches.clone();
     // `[redis]`: load what other replicas stored before serving (nothing without it).
     attach_replica(&app).await;
     tracing::info!(
@@ -136,12 +142,16 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
         ))
     });
     // Job workers send to this listener, so they start once it is bound; they stop with it.
-    let background = crate::jobs::start(&app, addr, stopped.clone());
-    let task = tokio::spawn(serve_or_fail(listener, app.clone(), stopped));
+    let background = match &proxy.jobs {
+        Some(jobs) => crate::jobs::start(&app, jobs, addr, stopped.clone()),
+        None => Vec::new(),
+    };
+    let task = tokio::spawn(serve_or_fail(listener, proxy, stopped));
     Ok(RunningServer {
         addr,
         admin_addr,
         app,
+        batches,
         stop,
         task,
         admin_stop,
@@ -152,8 +162,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<RunningServer, 
 
 /// `serve`, and if it panics, `/readyz` fails from then on: a proxy whose accept loop is
 /// gone must not stay in a load balancer.
-async fn serve_or_fail(listener: TcpListener, app: Arc<App>, stopped: watch::Receiver<bool>) {
-    let served = AssertUnwindSafe(serve(listener, app.clone(), stopped))
+async fn serve_or_fail(listener: TcpListener, proxy: Arc<Proxy>, stopped: watch::Receiver<bool>) {
+    let app = proxy.app.clone();
+    let served = AssertUnwindSafe(serve(listener, proxy, stopped))
         .catch_unwind()
         .await;
     if served.is_err() {
@@ -162,10 +173,12 @@ async fn serve_or_fail(listener: TcpListener, app: Arc<App>, stopped: watch::Rec
     }
 }
 
-async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stopped: watch::Receiver<bool>) {
+    let app = proxy.app.clone();
     let sweeper = app.cache.clone().map(|cache| {
         let every = Duration::from_secs(app.config().cache.sweep_interval_secs);
         let app = app.clone();
+        let batches = proxy.batches.clone();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.tick().await;
@@ -173,9 +186,10 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
                 ticks.tick().await;
                 let cache = cache.clone();
                 let app = app.clone();
+                let batches = batches.clone();
                 let sweep = move || {
                     let swept = cache.sweep_expired();
-                    if let Some(batches) = &app.batches {
+                    if let Some(batches) = &batches {
                         batches.sweep_expired(&app);
                     }
                     cache.dump_index(false);
@@ -220,11 +234,11 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receive
                 };
                 let _ = stream.set_nodelay(true);
                 let deadlines = connection::deadlines(&app.config().server);
-                let app = app.clone();
+                let proxy = proxy.clone();
                 let handler = move |request| {
-                    let app = app.clone();
+                    let proxy = proxy.clone();
                     async move {
-                        match tokio::spawn(route(app, request)).await {
+                        match tokio::spawn(route(proxy, request)).await {
                             Ok(response) => response,
                             Err(err) => {
                                 tracing::error!(error = %err, "handler panicked");
@@ -280,4 +294,43 @@ async fn attach_replica(app: &App) {
         }
         Err(err) => tracing::error!(error = %err, "[redis] unusable; this replica runs alone"),
     }
+}
+
+/// The state, then the services above it that own their stores: the job queue and the
+/// Batch API. Either failing to open leaves only its own calls off (logged), never the proxy.
+/// Blocking (it opens sled databases); run it off the async workers.
+fn build(config: Config, clock: SharedClock) -> Result<Proxy, StartError> {
+    let job_metrics = JobMetrics::default();
+    let batch_metrics = BatchMetrics::default();
+    let app = App::build(config, clock, |registry| {
+        job_metrics.register(registry);
+        batch_metrics.register(registry);
+    })?;
+    let config = app.config();
+    let jobs = config
+        .jobs
+        .enabled
+        .then(|| Jobs::open(&config, job_metrics))
+        .and_then(|opened| {
+            opened
+                .inspect_err(|err| tracing::error!(error = %err, "job queue unavailable"))
+                .ok()
+        })
+        .map(Arc::new);
+    // Beside the cache's store: without a cache there is nothing to answer batches from.
+    let batches = app
+        .cache
+        .as_ref()
+        .and_then(|_| {
+            Batches::open(&config, batch_metrics)
+                .inspect_err(|err| tracing::error!(error = %err, "batch store unavailable; batches are relayed"))
+                .ok()
+        })
+        .map(Arc::new);
+    drop(config);
+    Ok(Proxy {
+        app: Arc::new(app),
+        jobs,
+        batches,
+    })
 }

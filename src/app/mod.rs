@@ -36,10 +36,6 @@ pub struct App {
     pub limits: Limits,
     /// Prometheus series served at `/metrics`; the three below are registered in it.
     pub metrics: Metrics,
-    /// The job queue's series (`crate::jobs::metrics`).
-    pub job_metrics: crate::jobs::JobMetrics,
-    /// The Batch API's series (`crate::batch::metrics`).
-    pub batch_metrics: crate::batch::BatchMetrics,
     /// `[redis]` replication series (`crate::replica::metrics`).
     pub replica_metrics: crate::replica::metrics::ReplicaMetrics,
     pub usage: UsageLog,
@@ -52,12 +48,6 @@ pub struct App {
     pub draining: std::sync::atomic::AtomicBool,
     /// `[redis]` replication, set by `replica::attach` at start-up.
     pub replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
-    /// The job queue (`/v1/async/...`); `None` when `jobs.enabled` is off or its store
-    /// could not be opened.
-    pub jobs: Option<Arc<crate::jobs::Jobs>>,
-    /// Batches answered from the cache first (`/v1/batches`); `None` without a cache, or
-    /// when their store could not be opened (then batch calls are relayed).
-    pub batches: Option<Arc<crate::batch::Batches>>,
 }
 
 /// One request's configuration (see `App::snapshot`).
@@ -120,7 +110,14 @@ impl App {
     /// Builds the state; opening the cache may take a while (it rebuilds the vector index),
     /// so call this off the async workers. A cache that cannot be opened is logged and left
     /// out: deja then relays without caching rather than refusing to serve.
-    pub fn build(config: Config, clock: SharedClock) -> Result<App, StartError> {
+    ///
+    /// `more_series` registers the series of the layers above (the job queue's, the Batch
+    /// API's) in the same `/metrics`.
+    pub fn build(
+        config: Config,
+        clock: SharedClock,
+        more_series: impl FnOnce(&mut prometheus_client::registry::Registry),
+    ) -> Result<App, StartError> {
         let upstream = Upstream::new(&config.upstream)?;
         let embedder = if config.cache.semantic {
             Some(Arc::new(Embedder::from_config(&config)?))
@@ -145,38 +142,15 @@ impl App {
             path: config.usage.log.clone(),
             source,
         })?;
-        // Jobs (`crate::jobs`): their own store; one that cannot open leaves only `/v1/async` off.
-        let jobs = config
-            .jobs
-            .enabled
-            .then(|| crate::jobs::Jobs::open(&config))
-            .and_then(|opened| {
-                opened
-                    .inspect_err(|err| tracing::error!(error = %err, "job queue unavailable"))
-                    .ok()
-            })
-            .map(Arc::new);
-        // Batches (`crate::batch`): their own store beside the cache's.
-        let batches = cache
-            .as_ref()
-            .and_then(|_| {
-                crate::batch::Batches::open(&config)
-                    .inspect_err(|err| tracing::error!(error = %err, "batch store unavailable; batches are relayed"))
-                    .ok()
-            })
-            .map(Arc::new);
         // The dashboard's hour and day totals, kept by the previous run (beside the cache).
         let dashboard = crate::observe::board::Board::default();
         if cache.is_some() {
             dashboard.load(&config.cache.dir);
         }
-        let job_metrics = crate::jobs::JobMetrics::default();
-        let batch_metrics = crate::batch::BatchMetrics::default();
         let replica_metrics = crate::replica::metrics::ReplicaMetrics::default();
         let metrics = Metrics::with_series(|r| {
             replica_metrics.register(r);
-            job_metrics.register(r);
-            batch_metrics.register(r);
+            more_series(r);
         });
         let trust = crate::trust::Trust::new(
             &config.cache.trust,
@@ -189,13 +163,9 @@ impl App {
         );
         Ok(App {
             trust: Arc::new(trust),
-            jobs,
-            batches,
             keys: ArcSwap::from_pointee(KeyRing::from_config(&config)),
             limits: Limits::default(),
             metrics,
-            job_metrics,
-            batch_metrics,
             replica_metrics,
             usage,
             dashboard,

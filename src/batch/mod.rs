@@ -67,14 +67,16 @@ pub struct Batches {
     refreshing: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Managed keys' reservations for batches not yet merged, by batch id.
     charges: parking_lot::Mutex<std::collections::HashMap<String, charge::Charge>>,
+    /// The Batch API's series, registered in `/metrics` at start-up.
+    pub metrics: BatchMetrics,
 }
 
 impl Batches {
-    pub fn open(config: &Config) -> Result<Batches, StoreError> {
-        Batches::open_at(&config.cache.dir.join("batches"))
+    pub fn open(config: &Config, metrics: BatchMetrics) -> Result<Batches, StoreError> {
+        Batches::open_at(&config.cache.dir.join("batches"), metrics)
     }
 
-    fn open_at(dir: &Path) -> Result<Batches, StoreError> {
+    fn open_at(dir: &Path, metrics: BatchMetrics) -> Result<Batches, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
         Ok(Batches {
             batches: db.open_tree("batches")?,
@@ -83,6 +85,7 @@ impl Batches {
             db,
             refreshing: Default::default(),
             charges: Default::default(),
+            metrics,
         })
     }
 
@@ -339,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn a_refresh_lock_is_per_batch_and_forgotten_when_free() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Batches::open_at(dir.path()).unwrap());
+        let store = Arc::new(Batches::open_at(dir.path(), BatchMetrics::default()).unwrap());
         let a = store.refreshing("batch_a").await;
         // Another batch's lock is free while `a` is held.
         let b = store.refreshing("batch_b").await;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::{Value, json};
 
+use super::BatchMetrics;
 use super::charge::{self, Used};
 use super::lines::{self, Asker, Sorted};
 use super::merge::{self, CANCELLED, EXPIRED, Unfinished};
@@ -108,7 +109,7 @@ pub async fn create(
                 }
                 None => None,
             };
-            count(app, &sorted);
+            count(&store.metrics, &sorted);
             let Sorted {
                 lines,
                 jsonl,
@@ -145,7 +146,7 @@ pub async fn create(
             }
         }
     }
-    app.batch_metrics.created.inc();
+    store.metrics.created.inc();
     let saved = batch.clone();
     store.blocking(move |s| s.save(&saved)).await?;
     Ok(batch)
@@ -171,8 +172,7 @@ async fn send(
     Ok((file, made))
 }
 
-fn count(app: &App, sorted: &Sorted) {
-    let metrics = &app.batch_metrics;
+fn count(metrics: &BatchMetrics, sorted: &Sorted) {
     metrics.lines("cached", sorted.cached);
     metrics.lines("deduplicated", sorted.repeated);
     metrics.lines("upstream", sorted.sent);

@@ -7,6 +7,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::app::App;
+use crate::batch::Batches;
 use crate::config::KeyConfig;
 use crate::edge::request_path;
 use crate::edge::tunnel;
@@ -14,6 +15,7 @@ use crate::endpoints::relay::relay;
 use crate::endpoints::{cached_endpoint, embeddings};
 use crate::error::ApiError;
 use crate::flow;
+use crate::jobs::Jobs;
 use crate::managed::keys::{BILLING_HEADERS, CREDENTIAL_HEADERS};
 use crate::managed::limits::insert_headers;
 use crate::observe::usage::Outcome;
@@ -21,7 +23,20 @@ use crate::track::Tracker;
 use crate::wire::body::{ProxyBody, full};
 use crate::wire::endpoint::EndpointName;
 
-pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<ProxyBody> {
+/// What every request is routed with, made once at start-up: the state every handler shares,
+/// and the services above it that own their stores.
+pub struct Proxy {
+    pub app: Arc<App>,
+    /// The job queue (`/v1/async/...`); `None` when `jobs.enabled` is off or its store could
+    /// not be opened.
+    pub jobs: Option<Arc<Jobs>>,
+    /// Batches answered from the cache first (`/v1/batches`); `None` without a cache, or
+    /// when their store could not be opened (then batch calls are relayed).
+    pub batches: Option<Arc<Batches>>,
+}
+
+pub async fn route(proxy: Arc<Proxy>, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    let app = &proxy.app;
     let path = request.uri().path().to_string();
     if path == "/healthz" {
         let mut response = Response::new(full("ok"));
@@ -41,16 +56,21 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     if let Some(async_rest) = rest.strip_prefix("/async")
         && (async_rest.is_empty() || async_rest.starts_with('/'))
     {
-        return Box::pin(crate::jobs::api::route(app.clone(), request, async_rest))
-            .await
-            .unwrap_or_else(ApiError::into_response);
+        return Box::pin(crate::jobs::api::route(
+            app.clone(),
+            proxy.jobs.clone(),
+            request,
+            async_rest,
+        ))
+        .await
+        .unwrap_or_else(ApiError::into_response);
     }
     let suffix = match request.uri().query() {
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_string(),
     };
     // Batches answered from the cache first (`crate::batch`); other batch calls are relayed.
-    if let Some(batches) = app.batches.clone()
+    if let Some(batches) = proxy.batches.clone()
         && crate::batch::api::owns(request.method(), rest)
     {
         return Box::pin(crate::batch::api::route(
@@ -94,10 +114,10 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
     let tracker = Tracker::new(app.clone(), config, name, key.clone());
     if let Some(key) = &key
         // `[redis]`: rpm counted across replicas, then locally as before.
-        && let Err(refusal) = Box::pin(crate::track::admit::admit(&app, key)).await
+        && let Err(refusal) = Box::pin(crate::track::admit::admit(app, key)).await
     {
         let refused = tracker.refused(refusal).into_response();
-        return finish(&app, tracker, Some(key), refused);
+        return finish(app, tracker, Some(key), refused);
     }
 
     // Only the cached endpoints' future is kept inline: the others are boxed so the task
@@ -108,13 +128,13 @@ pub async fn route(app: Arc<App>, mut request: Request<Incoming>) -> Response<Pr
         }
         (None, true) => Box::pin(embeddings::handle(app.clone(), request, suffix, &tracker)).await,
         _ if tunnel::is_websocket(&request) => {
-            Box::pin(tunnel::tunnel(&app, request, &suffix, &tracker)).await
+            Box::pin(tunnel::tunnel(app, request, &suffix, &tracker)).await
         }
-        _ => Box::pin(relay(&app, request, &suffix, &tracker)).await,
+        _ => Box::pin(relay(app, request, &suffix, &tracker)).await,
     };
     // The one place where a handler's error becomes its OpenAI-shaped answer.
     let response = handled.unwrap_or_else(ApiError::into_response);
-    finish(&app, tracker, key.as_deref(), response)
+    finish(app, tracker, key.as_deref(), response)
 }
 
 /// Adds the key's rate-limit headers and hands the response to the tracker.

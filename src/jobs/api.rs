@@ -45,10 +45,11 @@ const NOT_KEPT: [&str; 8] = [
 /// Serves `/v1/async{rest}`.
 pub async fn route(
     app: Arc<App>,
+    jobs: Option<Arc<Jobs>>,
     request: Request<Incoming>,
     rest: &str,
 ) -> Result<Response<ProxyBody>, ApiError> {
-    let Some(jobs) = app.jobs.clone() else {
+    let Some(jobs) = jobs else {
         return Err(ApiError::NotFound(format!("/v1/async{rest}")));
     };
     let key = if app.config().managed() {
@@ -144,8 +145,8 @@ async fn submit(
             return Ok(unavailable());
         }
     };
-    app.job_metrics.submitted.inc();
-    jobs.note_depth(app);
+    jobs.metrics.submitted.inc();
+    jobs.note_depth();
     jobs.wake.notify_one();
     let mut response = json_response(StatusCode::ACCEPTED, &job.view());
     if let Ok(location) = HeaderValue::from_str(&job.poll_url()) {
@@ -181,7 +182,7 @@ async fn cancel(app: &App, jobs: &Jobs, tenant: &str, id: &str) -> Response<Prox
     match updated {
         Ok(Some((job, _))) if job.tenant != tenant => no_such_job(id),
         Ok(Some((job, true))) => {
-            app.job_metrics
+            jobs.metrics
                 .finished
                 .get_or_create(&super::metrics::StatusLabel {
                     status: "cancelled",

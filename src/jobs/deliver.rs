@@ -15,9 +15,8 @@ use crate::app::App;
 
 /// Delivers the ticket's job, then settles the ticket (with Redis, a replica dying before
 /// the webhook is delivered leaves it to the replica that takes the job over).
-pub fn spawn(app: Arc<App>, ticket: Ticket) {
+pub fn spawn(app: Arc<App>, jobs: Arc<Jobs>, ticket: Ticket) {
     tokio::spawn(async move {
-        let Some(jobs) = app.jobs.clone() else { return };
         if deliver(&app, &jobs, &ticket.id).await {
             let done = jobs.store.done(ticket).await;
             jobs.store_health(&done);
@@ -117,7 +116,7 @@ async fn deliver(app: &Arc<App>, jobs: &Jobs, id: &str) -> bool {
         let delivered = attempt
             .status_code
             .is_some_and(|code| (200..300).contains(&code));
-        app.job_metrics
+        jobs.metrics
             .webhook_attempts
             .get_or_create(&OutcomeLabel {
                 outcome: if delivered { "delivered" } else { "failed" },

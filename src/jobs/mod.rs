@@ -50,31 +50,37 @@ pub struct Jobs {
     since: std::time::Instant,
     /// Whether the last store call failed (logged once per outage, not per call).
     store_down: AtomicBool,
+    /// The queue's series, registered in `/metrics` at start-up.
+    pub metrics: JobMetrics,
 }
 
 impl Jobs {
     /// Opens the store: with `[redis]`, the queue shared by replicas; otherwise the sled
     /// store named by `[jobs]` (default `<cache.dir>/jobs`).
-    pub fn open(config: &Config) -> Result<Jobs, StoreError> {
+    pub fn open(config: &Config, metrics: JobMetrics) -> Result<Jobs, StoreError> {
         if let Some(redis) = &config.redis {
             let store = redis_store::RedisJobs::new(redis, &config.jobs)?;
-            return Ok(Jobs::with_store(Box::new(store)));
+            return Ok(Jobs::with_store(Box::new(store), metrics));
         }
         let dir = config
             .jobs
             .dir
             .clone()
             .unwrap_or_else(|| config.cache.dir.join("jobs"));
-        Ok(Jobs::with_store(Box::new(local::SledJobs::open(&dir)?)))
+        Ok(Jobs::with_store(
+            Box::new(local::SledJobs::open(&dir)?),
+            metrics,
+        ))
     }
 
-    fn with_store(store: Box<dyn JobStore>) -> Jobs {
+    fn with_store(store: Box<dyn JobStore>, metrics: JobMetrics) -> Jobs {
         Jobs {
             store,
             wake: Notify::new(),
             paused_until_ms: AtomicU64::new(0),
             since: std::time::Instant::now(),
             store_down: AtomicBool::new(false),
+            metrics,
         }
     }
 
@@ -83,8 +89,8 @@ impl Jobs {
         self.store.depth()
     }
 
-    fn note_depth(&self, app: &App) {
-        app.job_metrics.depth.set(self.store.depth() as i64);
+    fn note_depth(&self) {
+        self.metrics.depth.set(self.store.depth() as i64);
     }
 
     async fn update(
@@ -113,7 +119,7 @@ impl Jobs {
 
     /// Marks the ticket's job running; `None` (the ticket settled) when it is not to run:
     /// cancelled, finished, gone, or running under another ticket.
-    async fn claim(&self, app: &Arc<App>, ticket: Ticket) -> Option<(Job, Ticket)> {
+    async fn claim(self: &Arc<Self>, app: &Arc<App>, ticket: Ticket) -> Option<(Job, Ticket)> {
         let now = app.now_ms();
         // A job a dead replica left running runs again (at least once).
         let taken_over = ticket.taken_over;
@@ -139,7 +145,7 @@ impl Jobs {
             }
             Ok(Some((job, false))) if job.status.finished() && owes_webhook(&job) => {
                 // Finished by a replica that died before its webhook was delivered.
-                deliver::spawn(app.clone(), ticket);
+                deliver::spawn(app.clone(), self.clone(), ticket);
                 None
             }
             Ok(_) => {
@@ -183,21 +189,20 @@ fn retention(app: &App) -> Retention {
 /// returned tasks.
 pub fn start(
     app: &Arc<App>,
+    jobs: &Arc<Jobs>,
     addr: SocketAddr,
     stopped: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    let Some(jobs) = app.jobs.clone() else {
-        return Vec::new();
-    };
+    let jobs = jobs.clone();
     match jobs.store.recover(retention(app)) {
         Ok(owed) => {
             for ticket in owed {
-                deliver::spawn(app.clone(), ticket);
+                deliver::spawn(app.clone(), jobs.clone(), ticket);
             }
         }
         Err(err) => tracing::error!(error = %err, "jobs could not be recovered from the store"),
     }
-    jobs.note_depth(app);
+    jobs.note_depth();
     let target = worker::loopback(addr);
     let mut tasks = Vec::new();
     for _ in 0..app.config().jobs.concurrency {
@@ -215,7 +220,7 @@ pub fn start(
                     Ok(removed) => tracing::debug!(removed, "expired jobs removed"),
                     Err(err) => tracing::warn!(error = %err, "job housekeeping failed"),
                 }
-                jobs.note_depth(&app);
+                jobs.note_depth();
             }
         };
         until_stopped(stopped, housekeeping).await;

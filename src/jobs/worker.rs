@@ -66,7 +66,7 @@ pub async fn run(app: Arc<App>, jobs: Arc<Jobs>, target: SocketAddr) {
                 continue;
             }
         };
-        jobs.note_depth(&app);
+        jobs.note_depth();
         // There may be more: another idle worker looks too.
         jobs.wake.notify_one();
         let Some((job, ticket)) = jobs.claim(&app, ticket).await else {
@@ -74,7 +74,7 @@ pub async fn run(app: Arc<App>, jobs: Arc<Jobs>, target: SocketAddr) {
         };
         if job.runs == 1 {
             let waited = app.now_ms().saturating_sub(job.created_ms);
-            app.job_metrics.wait_seconds.observe(waited as f64 / 1000.0);
+            jobs.metrics.wait_seconds.observe(waited as f64 / 1000.0);
         }
         run_one(&app, &jobs, &client, target, job, ticket).await;
     }
@@ -136,7 +136,7 @@ async fn run_one(
             return;
         }
     };
-    app.job_metrics
+    jobs.metrics
         .run_seconds
         .observe(started.elapsed().as_secs_f64());
     if reply.status == 429 {
@@ -152,11 +152,11 @@ async fn run_one(
             requeue_after(jobs, ticket, wait);
         } else {
             tracing::info!(wait_ms = wait, "upstream rate limit; job queue paused");
-            app.job_metrics.paused.inc();
+            jobs.metrics.paused.inc();
             jobs.pause_for(wait);
             requeue(jobs, ticket, Place::Front).await;
         }
-        jobs.note_depth(app);
+        jobs.note_depth();
         return;
     }
     if !app.config().managed()
@@ -168,7 +168,7 @@ async fn run_one(
             wait_ms = reset,
             "upstream rate limit exhausted; job queue paused"
         );
-        app.job_metrics.paused.inc();
+        jobs.metrics.paused.inc();
         jobs.pause_for(reset);
     }
     finish(app, jobs, ticket, answer_of(reply)).await;
@@ -214,14 +214,16 @@ async fn finish(app: &Arc<App>, jobs: &Arc<Jobs>, ticket: Ticket, answer: Answer
         })
         .await;
     jobs.store_health(&updated);
-    app.job_metrics
+    jobs.metrics
         .finished
         .get_or_create(&super::metrics::StatusLabel {
             status: status.as_str(),
         })
         .inc();
     match updated {
-        Ok(Some((job, _))) if job.callback.is_some() => deliver::spawn(app.clone(), ticket),
+        Ok(Some((job, _))) if job.callback.is_some() => {
+            deliver::spawn(app.clone(), jobs.clone(), ticket)
+        }
         Ok(_) => {
             let done = jobs.store.done(ticket).await;
             jobs.store_health(&done);

@@ -30,6 +30,7 @@ mod isolation;
 mod jobs;
 mod jobs_redis;
 mod jobs_restart;
+mod layers;
 mod local_embedding;
 mod managed;
 mod openai_sdk;

@@ -61,7 +61,7 @@ async fn batches_and_their_files_expire_after_the_retention() {
         object["expires_at"].as_u64(),
         Some(object["created_at"].as_u64().unwrap() + RETENTION)
     );
-    let store = h.proxy.app.batches.clone().expect("batch store");
+    let store = h.proxy.batches.clone().expect("batch store");
     assert_eq!(store.held(), (1, 1));
 
     // A minute short of the retention: all still there, through a sweep or two.
