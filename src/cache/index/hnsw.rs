@@ -114,7 +114,7 @@ impl Hnsw {
             node: self.ids.len() as u32,
             id,
             level,
-            query: Query { codes, inv_norm },
+            query: Query::from_codes(codes, inv_norm),
             links: Vec::new(),
             backlinks: Vec::new(),
         };

@@ -215,7 +215,7 @@ impl Partition {
             let found = state
                 .flat
                 .as_ref()
-                .map(|flat| flat.approximate(&coded))
+                .map(|flat| flat.approximate(&coded, k))
                 .unwrap_or_default();
             (state.graph.clone(), found)
         };

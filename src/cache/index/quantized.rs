@@ -34,17 +34,28 @@ pub fn quantize_into(vector: &[f32], codes: &mut Vec<i8>) -> f32 {
     inverse_norm(&codes[start..])
 }
 
-/// A query's codes, made once per search.
+/// A query's codes and their sign bits (`super::signs`), made once per search.
 pub struct Query {
     pub codes: Vec<i8>,
     pub inv_norm: f32,
+    pub signs: Vec<u8>,
 }
 
 impl Query {
     pub fn new(vector: &[f32]) -> Query {
         let mut codes = Vec::with_capacity(vector.len());
         let inv_norm = quantize_into(vector, &mut codes);
-        Query { codes, inv_norm }
+        Query::from_codes(codes, inv_norm)
+    }
+
+    pub fn from_codes(codes: Vec<i8>, inv_norm: f32) -> Query {
+        let mut signs = Vec::with_capacity(super::signs::bytes_for(codes.len()));
+        super::signs::signs_into(&codes, &mut signs);
+        Query {
+            codes,
+            inv_norm,
+            signs,
+        }
     }
 }
 
