@@ -12,7 +12,7 @@ bash scripts/setup-python.sh
 # tests/it/dashboard_browser.rs drives Debian's headless chromium (installed here when missing).
 bash scripts/setup-chromium.sh
 
-# tests/it/replicas.rs starts real redis-server processes (Debian's redis-server, Redis 7).
+# tests/it/replicas/ starts real redis-server processes (Debian's redis-server, Redis 7).
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
