@@ -254,11 +254,8 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stopped: watch::Rec
         }
     }
     drop(listener);
-    drop(draining);
-    let _ = drain.send(true);
-    tokio::select! {
-        _ = drain.closed() => {}
-        _ = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; closing"),
+    if !connection::drain(drain, draining, DRAIN_DEADLINE).await {
+        tracing::warn!("drain deadline passed; closing");
     }
     if let Some(sweeper) = sweeper {
         sweeper.abort();

@@ -63,6 +63,21 @@ pub fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Tells every connection served with `draining` (see `serve`) to finish, then waits until
+/// they are all gone or `deadline` passes: false if some were still open then.
+pub async fn drain(
+    drain: watch::Sender<bool>,
+    draining: watch::Receiver<bool>,
+    deadline: Duration,
+) -> bool {
+    drop(draining);
+    let _ = drain.send(true);
+    tokio::select! {
+        _ = drain.closed() => true,
+        _ = tokio::time::sleep(deadline) => false,
+    }
+}
+
 /// Serves `stream` with `handler` until the client closes, a deadline passes, or `drain`
 /// turns true (then in-flight requests finish first). The returned future holds a clone of
 /// `drain` until the connection is gone, so the server can wait for all of them.

@@ -58,12 +58,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Rec
         }
     }
     drop(listener);
-    drop(draining);
-    let _ = drain.send(true);
-    tokio::select! {
-        _ = drain.closed() => {}
-        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-    }
+    connection::drain(drain, draining, Duration::from_secs(5)).await;
 }
 
 async fn route(app: Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
