@@ -6,7 +6,8 @@
 //! printed.
 //!
 //! `cargo bench --bench index_scale -- SIZES DIMS [--queries 200] [--m 16[,32]]
-//! [--efc 100[,200]] [--ef 64,128] [--inserts 200] [--latent 32] [--baseline] [--sled]`, e.g.
+//! [--efc 100[,200]] [--ef 64,128] [--inserts 200] [--latent 32] [--baseline] [--sled]
+//! [--min-entries 4096]`, e.g.
 //! `-- 100000 1536 --latent 32 --baseline --sled`. Each `--ef` value (search breadth) is
 //! measured on the same build, one row each; each `--m` and `--efc` value gets its own build. Queries are stored vectors plus noise
 //! (cosine ≈ 0.96 to their source), which is what a cache hit looks like. `--latent N` makes
@@ -57,6 +58,8 @@ struct Args {
     latent: usize,
     baseline: bool,
     sled: bool,
+    /// `cache.hnsw_min_entries`: below it a scope is scanned (flat), from it a graph.
+    min_entries: usize,
 }
 
 /// The store's stand-in in memory: every vector, row-major, id = row.
@@ -176,6 +179,7 @@ fn run(args: &Args, n: usize, dim: usize, params: HnswParams) {
     let index = VectorIndex::new(
         IndexSettings {
             params,
+            hnsw_min_entries: args.min_entries,
             ..IndexSettings::default()
         },
         source.clone(),
@@ -338,6 +342,7 @@ fn parse() -> Args {
         latent: 0,
         baseline: false,
         sled: false,
+        min_entries: IndexSettings::default().hnsw_min_entries,
     };
     let list = |v: &str| -> Vec<usize> { v.split(',').filter_map(|x| x.parse().ok()).collect() };
     let mut positional = 0;
@@ -353,6 +358,7 @@ fn parse() -> Args {
             "--ef" => args.ef = list(&it.next().expect("a list")),
             "--baseline" => args.baseline = true,
             "--sled" => args.sled = true,
+            "--min-entries" => args.min_entries = value(),
             "--bench" => {}
             other if positional == 0 => {
                 args.sizes = list(other);

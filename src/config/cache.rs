@@ -45,7 +45,8 @@ pub struct CacheConfig {
     pub sweep_interval_secs: u64,
     /// A scope's index is rebuilt once this fraction of its points are dead.
     pub compact_dead_ratio: f32,
-    /// Scopes with fewer entries are searched exactly; larger ones get an HNSW graph.
+    /// Scopes with fewer entries are scanned (ranked by sign bits, the closest scored by
+    /// codes); larger ones get an HNSW graph.
     pub hnsw_min_entries: usize,
     /// HNSW links per point (M) for graphs built from now on.
     pub hnsw_m: usize,

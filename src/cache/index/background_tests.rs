@@ -103,8 +103,8 @@ fn removals_during_a_first_build_stay_removed() {
         partition.insert(id, &unit(id, DIM), &limits, &deferred);
     }
     let rows = partition.start_build();
-    let snapshot: HashSet<u64> = rows.iter().map(|(id, _)| *id).collect();
-    let graph = Graph::from_f32(DIM, rows, HnswParams::default());
+    let snapshot: HashSet<u64> = rows.ids.iter().copied().collect();
+    let graph = Graph::from_flat(&rows, HnswParams::default());
     // While the graph is built: one snapshot entry removed, two stored, one of those removed.
     partition.remove(5, &limits);
     partition.insert(500, &unit(500, DIM), &limits, &deferred);

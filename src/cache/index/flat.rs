@@ -16,6 +16,7 @@ const PREFILTER_ABOVE: usize = 512;
 const PREFILTER_PER_K: usize = 32;
 const PREFILTER_MIN: usize = 256;
 
+#[derive(Clone)]
 pub struct Flat {
     pub dim: usize,
     pub ids: Vec<u64>,
@@ -51,15 +52,13 @@ impl Flat {
         flat
     }
 
-    /// Every row as a unit vector decoded from its codes (which encode back to the same
-    /// codes, so a graph built from these holds what this partition held).
-    pub fn rows(&self) -> Vec<(u64, Vec<f32>)> {
+    /// Every row as (id, codes, inverse norm), in row order.
+    pub fn codes(&self) -> impl Iterator<Item = (u64, &[i8], f32)> {
         self.ids
             .iter()
             .zip(self.codes.chunks_exact(self.dim))
             .zip(&self.inv_norms)
-            .map(|((&id, codes), &inv_norm)| (id, quantized::dequantize(codes, inv_norm)))
-            .collect()
+            .map(|((&id, codes), &inv_norm)| (id, codes, inv_norm))
     }
 
     pub fn insert(&mut self, id: u64, vector: &[f32]) {
@@ -303,6 +302,13 @@ mod tests {
             assert_eq!(found[0].id, id as u64);
             assert!((found[0].similarity - 1.0).abs() < 1e-5);
         }
-        assert_eq!(Flat::from_rows(16, flat.rows()).rows(), flat.rows());
+        // Decoded rows encode back to the same codes (a graph shrunk back to a flat part).
+        let decoded: Vec<(u64, Vec<f32>)> = flat
+            .codes()
+            .map(|(id, codes, inv)| (id, quantized::dequantize(codes, inv)))
+            .collect();
+        let again = Flat::from_rows(16, decoded);
+        assert!(again.codes().eq(flat.codes()));
+        assert_eq!(again.signs, flat.signs);
     }
 }

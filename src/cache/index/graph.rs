@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard};
 
+use super::flat::Flat;
 use super::hnsw::Hnsw;
 use super::quantized::{self, RESCORE_EXTRA};
 use super::{Candidate, HnswParams, VectorSource};
@@ -61,6 +62,18 @@ impl Graph {
             }
         }
         Graph::new(dim, hnsw, live, 0, params)
+    }
+
+    /// A graph of a flat part's rows, built from their codes (what the rows hold).
+    pub fn from_flat(flat: &Flat, params: HnswParams) -> Self {
+        let mut hnsw = Hnsw::new(flat.dim, params.m, params.ef_construction, flat.ids.len());
+        let mut live = HashSet::with_capacity(flat.ids.len());
+        for (id, codes, inv_norm) in flat.codes() {
+            if live.insert(id) {
+                hnsw.insert_code(id, codes, inv_norm);
+            }
+        }
+        Graph::new(flat.dim, hnsw, live, 0, params)
     }
 
     /// A graph reloaded from a dump, whose live ids are `live`: nodes not in `live` are

@@ -246,16 +246,17 @@ impl Partition {
     /// against the flat part meanwhile.
     fn build(&self, params: HnswParams) {
         let rows = self.start_build();
-        let snapshot: HashSet<u64> = rows.iter().map(|(id, _)| *id).collect();
-        let graph = Graph::from_f32(self.dim, rows, params);
+        let snapshot: HashSet<u64> = rows.ids.iter().copied().collect();
+        let graph = Graph::from_flat(&rows, params);
         self.finish_build(graph, &snapshot);
     }
 
-    /// Marks the build and copies the flat part it starts from.
-    pub(super) fn start_build(&self) -> Vec<(u64, Vec<f32>)> {
-        let mut state = self.state.write();
-        state.building = true;
-        state.flat.as_ref().map(Flat::rows).unwrap_or_default()
+    /// Marks the build and copies the flat part it starts from: its codes as they are (a
+    /// memcpy, under the read lock, so searches go on; inserts wait for the copy).
+    pub(super) fn start_build(&self) -> Flat {
+        self.state.write().building = true;
+        let state = self.state.read();
+        state.flat.clone().unwrap_or_else(|| Flat::new(self.dim))
     }
 
     /// Swaps the new graph in: snapshot entries removed during the build are dead in it,
