@@ -2,49 +2,6 @@
 
 use super::*;
 
-/// One answer to a plain chat request (stored when a miss).
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// `x-deja-cache` and `x-deja-match`.
-    cache: String,
-    matched: String,
-    text: String,
-}
-
-async fn chat(replica: &Replica, text: &str) -> Answer {
-    let response = http_client()
-        .post(format!(
-            "http://{}/v1/chat/completions",
-            replica.process.addr
-        ))
-        .header("authorization", AUTH)
-        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}))
-        .send()
-        .await
-        .expect("request answered");
-    let header = |name: &str| {
-        let value = response.headers().get(name).and_then(|v| v.to_str().ok());
-        value.unwrap_or("").to_string()
-    };
-    let (status, cache, matched) = (
-        response.status().as_u16(),
-        header("x-deja-cache"),
-        header("x-deja-match"),
-    );
-    let body: Value = response.json().await.expect("JSON answer");
-    let text = body["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    Answer {
-        status,
-        cache,
-        matched,
-        text,
-    }
-}
-
 /// Ten identical requests, spread over three replicas while the first is upstream, make one
 /// upstream call: the replica that claimed the miss answers, the others wait for its answer
 /// (through the log) and serve it as coalesced.

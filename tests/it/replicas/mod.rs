@@ -120,8 +120,17 @@ async fn ask(replica: &Replica, text: &str) -> (u16, String, String) {
     (status, cache, matched)
 }
 
-/// Stores `text` on `replica` (a plain request: a miss, stored).
-async fn store(replica: &Replica, text: &str) {
+/// One answer to a plain chat request (stored when a miss).
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// `x-deja-cache` and `x-deja-match`.
+    cache: String,
+    matched: String,
+    text: String,
+}
+
+async fn chat(replica: &Replica, text: &str) -> Answer {
     let response = http_client()
         .post(format!(
             "http://{}/v1/chat/completions",
@@ -131,10 +140,33 @@ async fn store(replica: &Replica, text: &str) {
         .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}))
         .send()
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-deja-cache"], "miss");
-    response.bytes().await.unwrap();
+        .expect("request answered");
+    let header = |name: &str| {
+        let value = response.headers().get(name).and_then(|v| v.to_str().ok());
+        value.unwrap_or("").to_string()
+    };
+    let (status, cache, matched) = (
+        response.status().as_u16(),
+        header("x-deja-cache"),
+        header("x-deja-match"),
+    );
+    let body: Value = response.json().await.expect("JSON answer");
+    let text = body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    Answer {
+        status,
+        cache,
+        matched,
+        text,
+    }
+}
+
+/// Stores `text` on `replica` (a plain request: a miss, stored).
+async fn store(replica: &Replica, text: &str) {
+    let answer = chat(replica, text).await;
+    assert_eq!((answer.status, answer.cache.as_str()), (200, "miss"));
 }
 
 /// Asks until the answer is `want` ("hit" or "miss") or `PROPAGATION` has passed.
