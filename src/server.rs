@@ -1,4 +1,6 @@
-//! The listener: accepts connections (HTTP/1.1 and HTTP/2), runs each request in its own task
+//! Start-up and the listener. `start` builds the state every handler shares (`App`) and the
+//! services above it that own their stores (the job queue, the batch store), joins the other
+//! replicas, then accepts connections (HTTP/1.1 and HTTP/2), runs each request in its own task
 //! (so a client that disconnects cannot cancel the caching side effects of its request),
 //! sweeps expired entries in the background, and drains connections on shutdown.
 
