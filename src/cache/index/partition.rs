@@ -251,11 +251,13 @@ impl Partition {
         self.finish_build(graph, &snapshot);
     }
 
-    /// Marks the build and copies the flat part it starts from: its codes as they are (a
-    /// memcpy, under the read lock, so searches go on; inserts wait for the copy).
+    /// Marks the build and copies the flat part it starts from: its codes as they are, a
+    /// memcpy (it used to decode every row to f32 here). Both under one write lock: a vector
+    /// stored between the two would be in the snapshot and also waiting (`pending`) for a
+    /// graph that already has it, and the worker would never see its queue empty.
     pub(super) fn start_build(&self) -> Flat {
-        self.state.write().building = true;
-        let state = self.state.read();
+        let mut state = self.state.write();
+        state.building = true;
         state.flat.clone().unwrap_or_else(|| Flat::new(self.dim))
     }
 
