@@ -17,7 +17,7 @@ use parking_lot::{RwLock, RwLockReadGuard};
 
 use super::flat::Flat;
 use super::hnsw::Hnsw;
-use super::quantized::{self, RESCORE_EXTRA};
+use super::quantized::{self, Query, RESCORE_EXTRA};
 use super::{Candidate, HnswParams, VectorSource};
 
 /// Candidates fetched beyond those re-scored, so dead ids can be skipped without filtering
@@ -223,12 +223,12 @@ impl Graph {
 
     /// Live candidates by the similarity of their codes, enough of them for `k` to be
     /// re-scored exactly (`quantized::rescore`).
-    pub fn approximate(&self, query: &[f32], k: usize, ef_search: usize) -> Vec<Candidate> {
+    pub fn approximate(&self, query: &Query, k: usize, ef_search: usize) -> Vec<Candidate> {
         let dead = self.dead.load(Ordering::Relaxed);
         let fetch = k + RESCORE_EXTRA + OVERFETCH + dead.min(OVERFETCH * 4);
         let found: Vec<Candidate> = {
             let hnsw = self.hnsw.read();
-            hnsw.search(query, fetch, ef_search.max(fetch))
+            hnsw.search_coded(query, fetch, ef_search.max(fetch))
                 .into_iter()
                 .map(|(node, similarity)| Candidate {
                     id: hnsw.ids()[node as usize],

@@ -191,12 +191,17 @@ impl Hnsw {
     /// The `limit` most similar nodes to `vector` by their codes, most similar first, as
     /// (node, similarity of codes); `ef` is the search breadth.
     pub fn search(&self, vector: &[f32], limit: usize, ef: usize) -> Vec<(u32, f32)> {
+        self.search_coded(&Query::new(vector), limit, ef)
+    }
+
+    /// `search` with the query already coded (a partition codes it once for its flat part
+    /// and its graph).
+    pub fn search_coded(&self, query: &Query, limit: usize, ef: usize) -> Vec<(u32, f32)> {
         let Some(entry) = self.entry else {
             return Vec::new();
         };
-        let query = Query::new(vector);
-        let nearest = self.descend(&query, entry, self.levels[entry as usize], 0);
-        let mut found = self.search_layer(&query, nearest, ef.max(limit), 0);
+        let nearest = self.descend(query, entry, self.levels[entry as usize], 0);
+        let mut found = self.search_layer(query, nearest, ef.max(limit), 0);
         found.truncate(limit);
         found.into_iter().map(|Scored(s, node)| (node, s)).collect()
     }

@@ -220,7 +220,7 @@ impl Partition {
             (state.graph.clone(), found)
         };
         if let Some(graph) = graph {
-            found.extend(graph.approximate(query, k, ef_search));
+            found.extend(graph.approximate(&coded, k, ef_search));
         }
         // A vector that moved into the graph since the flat part was read is found twice;
         // `rescore` keeps one.
