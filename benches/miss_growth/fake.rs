@@ -158,11 +158,27 @@ pub(crate) fn chat_answer() -> String {
         "model": "gpt-4o-mini-2024-07-18",
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": "An answer of a few words.", "refusal": null},
+            "message": {
+                "role": "assistant",
+                "content": "An answer of a few words.",
+                "refusal": null,
+                "annotations": []
+            },
             "logprobs": null,
             "finish_reason": "stop"
         }],
-        "usage": {"prompt_tokens": 24, "completion_tokens": 7, "total_tokens": 31},
+        "usage": {
+            "prompt_tokens": 24,
+            "completion_tokens": 7,
+            "total_tokens": 31,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0
+            }
+        },
         "service_tier": "default",
         "system_fingerprint": "fp_bench0000"
     })
