@@ -565,3 +565,36 @@ impl Cache {
         self.store()?.flush()
     }
 }
+
+impl Drop for Cache {
+    /// Closes the store here and now. The index worker may hold the slot for one last
+    /// vector read; without this, the store (and sled's file lock) would close on that
+    /// thread a moment later, and a cache reopened on the same directory at once (a test,
+    /// an embedding library) would find the lock still held.
+    fn drop(&mut self) {
+        self.store.write().take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index worker may hold the store's slot past the cache's end (one last vector
+    /// read); the store still closes with the cache, so the directory reopens at once.
+    #[test]
+    fn a_dropped_cache_releases_its_directory_even_while_the_worker_holds_the_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CacheConfig {
+            dir: dir.path().to_path_buf(),
+            ..CacheConfig::default()
+        };
+        let clock = crate::clock::ManualClock::starting_now();
+        let cache = Cache::open(&config, "e", clock.clone()).unwrap();
+        let held_by_worker = SlotVectors(cache.store.clone());
+        drop(cache);
+        let reopened = Cache::open(&config, "e", clock);
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+        assert_eq!(index::VectorSource::vector(&held_by_worker, 1), None);
+    }
+}
