@@ -105,9 +105,14 @@ where
         let response = handler(request);
         async move {
             let response = response.await;
-            Ok::<_, Infallible>(
-                response.map(|body| InFlightBody { body, in_flight }.boxed_unsync()),
-            )
+            Ok::<_, Infallible>(response.map(|body| {
+                InFlightBody {
+                    body,
+                    failed: None,
+                    in_flight,
+                }
+                .boxed_unsync()
+            }))
         }
     });
     let connection = builder
@@ -218,8 +223,15 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request counted as in flight until it is sent or dropped.
+///
+/// Its error is handed on one poll late. hyper drops a connection whose body fails without
+/// writing out what it had buffered, so a relayed stream cut right after its first events
+/// (all read in one go on a busy machine) reached the client as nothing at all, not even the
+/// status line: an `IncompleteMessage` on a reused connection. Returning `Pending` once lets
+/// hyper flush the head and the events first; the client then sees them, then the cut.
 struct InFlightBody {
     body: ProxyBody,
+    failed: Option<BoxError>,
     #[allow(dead_code)]
     in_flight: InFlight,
 }
@@ -232,14 +244,81 @@ impl Body for InFlightBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        if let Some(err) = self.failed.take() {
+            return Poll::Ready(Some(Err(err)));
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Err(err))) => {
+                self.failed = Some(err);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.failed.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A body whose events and failure are all ready at once (a relayed stream cut right
+    /// after its first events, read in one go): the client still gets the status line and
+    /// the events before the connection closes.
+    #[tokio::test]
+    async fn what_a_failing_body_yielded_reaches_the_client_before_the_cut() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_drain, draining) = watch::channel(false);
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let deadlines = Deadlines {
+                first_request: Duration::from_secs(5),
+                idle: Duration::from_secs(5),
+            };
+            let handler = |_request: Request<Incoming>| async {
+                let chunks: Vec<Result<Bytes, BoxError>> = vec![
+                    Ok(Bytes::from_static(b"data: first event\n\n")),
+                    Err("the upstream cut the stream".into()),
+                ];
+                Response::new(crate::wire::body::streaming(futures_util::stream::iter(
+                    chunks,
+                )))
+            };
+            serve(
+                &builder(Duration::from_secs(5)),
+                stream,
+                None,
+                deadlines,
+                draining,
+                handler,
+            )
+            .await;
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /v1/x HTTP/1.1\r\nhost: deja\r\n\r\n")
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut seen));
+        let _ = read.await.expect("the connection closes");
+        let seen = String::from_utf8_lossy(&seen);
+        assert!(seen.starts_with("HTTP/1.1 200 OK\r\n"), "{seen:?}");
+        assert!(seen.contains("data: first event"), "{seen:?}");
+        assert!(
+            !seen.ends_with("0\r\n\r\n"),
+            "must not look complete: {seen:?}"
+        );
     }
 }
