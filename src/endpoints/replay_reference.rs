@@ -83,6 +83,8 @@ pub mod chat {
         let mut rest: Vec<(&String, &Value)> = message
             .iter()
             .filter(|(k, v)| !v.is_null() && !matches!(k.as_str(), "role" | "tool_calls"))
+            // An empty list (the API's `annotations: []`) is never sent as a delta.
+            .filter(|(_, v)| !matches!(v, Value::Array(items) if items.is_empty()))
             .collect();
         // Reasoning before content before refusal, as models produce them.
         rest.sort_by_key(|(key, _)| match key.as_str() {

@@ -108,6 +108,11 @@ impl ChatStreamAssembler {
                 .or_insert_with(|| Value::String("assistant".into()));
             message.entry("content").or_insert(Value::Null);
             message.entry("refusal").or_insert(Value::Null);
+            // The API's JSON message always lists its annotations; its stream sends none
+            // when there are none.
+            message
+                .entry("annotations")
+                .or_insert_with(|| Value::Array(Vec::new()));
             if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
                 for call in calls.iter_mut().filter_map(Value::as_object_mut) {
                     call.remove("index");

@@ -86,6 +86,8 @@ fn message_steps(
     let mut rest: Vec<(&String, &Value)> = message
         .iter()
         .filter(|(k, v)| !v.is_null() && !matches!(k.as_str(), "role" | "tool_calls"))
+        // An empty list (the API's `annotations: []`) is never sent as a delta.
+        .filter(|(_, v)| !matches!(v, Value::Array(items) if items.is_empty()))
         .collect();
     // Reasoning before content before refusal, as models produce them.
     rest.sort_by_key(|(key, _)| match key.as_str() {
@@ -164,6 +166,7 @@ mod tests {
                 "role": "assistant",
                 "content": "A fairly long answer that needs several pieces to replay — ünïcode too.",
                 "refusal": null,
+                "annotations": [],
                 "reasoning_content": "first think, then answer",
                 "tool_calls": [{"id": "call_1", "type": "function",
                                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}}]
@@ -202,6 +205,10 @@ mod tests {
                 .iter()
                 .all(|c| c["object"] == "chat.completion.chunk")
         );
+        // As the API streams: no delta for the empty annotations the JSON answer lists.
+        let deltas = chunks.iter().filter_map(|c| c.pointer("/choices/0/delta"));
+        assert!(deltas.clone().count() > 0);
+        assert!(deltas.into_iter().all(|d| d.get("annotations").is_none()));
         let last = chunks.last().unwrap();
         assert_eq!(last["choices"], json!([]));
         assert_eq!(last["usage"]["total_tokens"], 8);

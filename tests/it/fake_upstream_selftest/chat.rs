@@ -19,7 +19,9 @@ async fn chat_non_stream_answers_and_records() {
     assert_eq!(v["created"], 1_700_000_001);
     assert_eq!(v["model"], "gpt-4o-mini");
     assert_eq!(v["system_fingerprint"], "fp_fake");
+    assert_eq!(v["service_tier"], "default");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["annotations"], json!([]));
     assert_eq!(
         v["choices"][0]["message"]["content"],
         "answer 1: Hello there"
@@ -28,7 +30,10 @@ async fn chat_non_stream_answers_and_records() {
     // "You are terse." (3) + "Hello there" (2); "answer 1: Hello there" (4).
     assert_eq!(
         v["usage"],
-        json!({"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9})
+        json!({"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}})
     );
 
     // Second call: n increments; content parts are concatenated.

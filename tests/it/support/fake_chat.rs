@@ -54,11 +54,19 @@ pub(super) async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     });
     let base = json!({
         "id": format!("chatcmpl-fake{n}"),
         "created": 1_700_000_000 + n as u64,
         "model": req["model"],
+        "service_tier": "default",
         "system_fingerprint": "fp_fake",
     });
     let wants_audio = req["modalities"]
@@ -84,21 +92,21 @@ pub(super) async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body
     } else {
         let (message, finish) = match &answer {
             ChatAnswer::ToolCall((id, name, args)) => (
-                json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                json!({"role": "assistant", "content": null, "refusal": null, "annotations": [], "tool_calls": [
                     {"id": id, "type": "function", "function": {"name": name, "arguments": args}}
                 ]}),
                 "tool_calls",
             ),
             ChatAnswer::Refusal(refusal) => (
-                json!({"role": "assistant", "content": null, "refusal": refusal}),
+                json!({"role": "assistant", "content": null, "refusal": refusal, "annotations": []}),
                 "stop",
             ),
             ChatAnswer::Content(content) => (
-                json!({"role": "assistant", "content": content, "refusal": null}),
+                json!({"role": "assistant", "content": content, "refusal": null, "annotations": []}),
                 "stop",
             ),
             ChatAnswer::Audio(transcript) => (
-                json!({"role": "assistant", "content": null, "refusal": null, "audio": {
+                json!({"role": "assistant", "content": null, "refusal": null, "annotations": [], "audio": {
                     "id": format!("audio_fake{n}"), "expires_at": AUDIO_EXPIRES_AT,
                     "data": base64(&fake_audio(transcript)), "transcript": transcript}}),
                 "stop",
