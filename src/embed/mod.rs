@@ -91,8 +91,10 @@ impl Embedder {
     /// Follows a reloaded configuration: the upstream's address and key, which an `openai`
     /// embedder without its own uses.
     pub fn retarget(&self, config: &Config) {
-        if let Embedder::OpenAi(e) = self {
-            e.retarget(config);
+        match self {
+            Embedder::OpenAi(e) => e.retarget(config),
+            #[cfg(feature = "local-embeddings")]
+            Embedder::Local(_) => {}
         }
     }
 

@@ -80,6 +80,7 @@ impl<T> Queue<T> {
 impl<T> Batches<T> {
     /// For an embedder on a thread of its own: blocks for the next job, then takes whatever
     /// else is already waiting. `None` once every caller's end is gone.
+    #[cfg_attr(not(feature = "local-embeddings"), allow(dead_code))]
     pub(super) fn next_blocking(&mut self) -> Option<Vec<Job<T>>> {
         loop {
             let mut batch = vec![self.jobs.blocking_recv()?];
