@@ -18,7 +18,7 @@
 //! The int8 index is built as deja builds it: `VectorIndex::insert` returns at once (the
 //! response path's cost: "insert call", µs) and the index worker adds the vectors to the graph
 //! in the background; the build rate is entries over the time until the index settles. The
-//! worker runs at nice +10, so on a busy machine that rate falls. hnsw_rs's figures are its
+//! worker runs at nice +19, so on a busy machine that rate falls. hnsw_rs's figures are its
 //! own parallel insert on the calling thread.
 //!
 //! Memory is the growth of VmRSS over each build, with the data set (and sled) already
