@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
@@ -31,6 +31,8 @@ pub(super) const MODEL: &str = "gpt-4o-mini";
 pub(super) const SYSTEM: &str = "You are a helpful assistant.";
 /// Embeddings requested at once; the local embedder batches whatever is waiting.
 const CONCURRENT_EMBEDS: usize = 64;
+/// The longest the stored vectors may take to reach their graph (seconds at these sizes).
+const SETTLE: Duration = Duration::from_secs(600);
 const NEEDS: Requirements = Requirements {
     max_age_ms: None,
     needs_usage: false,
@@ -288,6 +290,14 @@ pub fn store_all(
                 owner: Default::default(),
             })
             .map_err(store_err)?;
+    }
+    // Lookups must meet the index as it settles, not as far as the background worker got:
+    // vectors still waiting (or deferred) would make the figures depend on the machine's load.
+    if !cache.settle_index(SETTLE) {
+        return Err(format!(
+            "the vector index did not settle within {} s",
+            SETTLE.as_secs()
+        ));
     }
     Ok(())
 }

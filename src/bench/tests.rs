@@ -167,6 +167,41 @@ fn single_lookup_decides_every_threshold() {
     }
 }
 
+/// The bench looks up against the index as it settles: once `store_all` returns, every
+/// vector of a scope past `hnsw_min_entries` is in its graph (none waiting or deferred), so
+/// the figures do not depend on how far the background worker got on a busy machine.
+#[test]
+fn stored_vectors_are_all_indexed_before_the_lookups() {
+    const TEXTS: usize = 800;
+    let texts: Vec<String> = (0..TEXTS).map(|i| format!("question number {i}")).collect();
+    let pairs: Vec<Pair> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| pair(&format!("p{i}"), text, "unused", 1))
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let vectors: HashMap<String, Vec<f32>> = texts
+        .iter()
+        .map(|text| {
+            let v: Vec<f32> = (0..32).map(|_| rng.f32() - 0.5).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            (text.clone(), v.iter().map(|x| x / norm).collect())
+        })
+        .collect();
+    let config = CacheConfig {
+        hnsw_min_entries: 16,
+        ..CacheConfig::default()
+    };
+    let cache = TempCache::open(&config, "fake", "settled").unwrap();
+    store_all(&cache.cache, &pairs, &vectors, Layout::Simulation).unwrap();
+    let backlog = cache.cache.index_backlog();
+    assert_eq!(
+        (backlog.pending, backlog.deferred, backlog.queued),
+        (0, 0, 0)
+    );
+    assert_eq!(cache.cache.indexed(), TEXTS);
+}
+
 #[test]
 fn output_names() {
     let name = |arg: &str| super::name_and_path(arg).0;
