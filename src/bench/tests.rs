@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::metrics::{self, Mode, Pair, Verdict};
 use super::quality::{Layout, TempCache, ask, measure, store_all};
+use crate::cache::index::tests::random_unit;
 use crate::config::CacheConfig;
 
 const A1: &str = "How do I reset my password?";
@@ -182,11 +183,7 @@ fn stored_vectors_are_all_indexed_before_the_lookups() {
     let mut rng = fastrand::Rng::with_seed(7);
     let vectors: HashMap<String, Vec<f32>> = texts
         .iter()
-        .map(|text| {
-            let v: Vec<f32> = (0..32).map(|_| rng.f32() - 0.5).collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            (text.clone(), v.iter().map(|x| x / norm).collect())
-        })
+        .map(|text| (text.clone(), random_unit(&mut rng, 32)))
         .collect();
     let config = CacheConfig {
         hnsw_min_entries: 16,

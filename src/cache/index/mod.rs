@@ -370,7 +370,7 @@ pub fn normalize(vector: &mut [f32]) -> bool {
 #[cfg(test)]
 mod background_tests;
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Long enough for any background step of these small tests.
@@ -381,7 +381,7 @@ mod tests {
     }
 
     /// A random unit vector.
-    pub(super) fn random_unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
+    pub(crate) fn random_unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
         let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() - 0.5).collect();
         normalize(&mut v);
         v
