@@ -85,7 +85,11 @@ type Slot = Option<Option<Arc<Shared>>>;
 struct InFlight {
     answer: watch::Sender<Slot>,
     joined: Arc<Notify>,
+    /// Run once by the next twin to start waiting (see `Leader::when_followed`).
+    on_follower: Option<FollowedHook>,
 }
+
+type FollowedHook = Box<dyn FnOnce() + Send>;
 
 #[derive(Default)]
 pub struct Coalescer {
@@ -104,9 +108,15 @@ pub enum Role {
 impl Coalescer {
     pub fn join(self: &Arc<Self>, key: Hash32) -> Role {
         let mut inflight = self.inflight.lock();
-        if let Some(twin) = inflight.get(&key) {
+        if let Some(twin) = inflight.get_mut(&key) {
             twin.joined.notify_one();
-            return Role::Follower(Follower(twin.answer.subscribe()));
+            let follower = Follower(twin.answer.subscribe());
+            let hook = twin.on_follower.take();
+            drop(inflight); // the hook may take the leader's locks, which may take this one
+            if let Some(hook) = hook {
+                hook();
+            }
+            return Role::Follower(follower);
         }
         let (answer, _) = watch::channel(None);
         let joined = Arc::new(Notify::new());
@@ -115,6 +125,7 @@ impl Coalescer {
             InFlight {
                 answer,
                 joined: joined.clone(),
+                on_follower: None,
             },
         );
         Role::Leader(Leader {
@@ -168,6 +179,14 @@ impl Leader {
             .lock()
             .get(&self.key)
             .map_or(0, |twin| twin.answer.receiver_count())
+    }
+
+    /// Runs `hook` when the next request starts waiting on this one (on that request's
+    /// thread, outside the coalescer's lock); replaces an earlier hook not yet run.
+    pub fn when_followed(&self, hook: impl FnOnce() + Send + 'static) {
+        if let Some(twin) = self.coalescer.inflight.lock().get_mut(&self.key) {
+            twin.on_follower = Some(Box::new(hook));
+        }
     }
 
     /// Completes when a request has started waiting on this one since the last call (or
@@ -247,6 +266,25 @@ mod tests {
             assert_eq!(follower.await.unwrap().unwrap().response, "{}");
         }
         assert_eq!(coalescer.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_next_twin_to_wait_runs_the_leaders_hook_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let coalescer = Arc::new(Coalescer::default());
+        let Role::Leader(leader) = coalescer.join(key(1)) else {
+            panic!("first is leader")
+        };
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        leader.when_followed(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(matches!(coalescer.join(key(2)), Role::Leader(_)));
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "another key's leader");
+        let _first = coalescer.join(key(1));
+        let _second = coalescer.join(key(1));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 
     #[test]

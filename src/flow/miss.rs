@@ -13,6 +13,7 @@ use super::Lookup;
 use super::client_feed::ClientFeed;
 use super::context::Context;
 use super::decide::Near;
+use super::driven::PumpSlot;
 use super::report::Report;
 use crate::cache::inflight::{Leader, Matched, Shared};
 use crate::cache::store::StoreError;
@@ -109,11 +110,12 @@ pub(super) async fn forward(
 /// Relays an SSE response chunk by chunk while assembling it; the answer is stored only if
 /// the stream ends cleanly. The chunk carrying the final event is held back until the
 /// answer is stored, so a client that saw the whole answer finds it cached (earlier
-/// chunks, and so the time to first token, are not delayed). A spawned pump keeps reading
-/// if the client leaves while other requests wait on this answer. While they wait, it
-/// also reads ahead of a client that reads slowly (`ClientFeed`), so they depend on the
-/// upstream's pace alone; with no one waiting, the client's pace holds the upstream back,
-/// as in a plain relay.
+/// chunks, and so the time to first token, are not delayed). The pump runs inside the
+/// client's body (`driven`) and moves to a task of its own when a twin starts waiting or
+/// the client leaves: it keeps reading if the client leaves while other requests wait on
+/// this answer, and while they wait it reads ahead of a client that reads slowly
+/// (`ClientFeed`), so they depend on the upstream's pace alone; with no one waiting, the
+/// client's pace holds the upstream back, as in a plain relay.
 fn stream(
     ctx: &Context,
     upstream: reqwest::Response,
@@ -126,7 +128,16 @@ fn stream(
     let tracker = ctx.tracker.clone();
     // The usage chunk deja asked for on the key's behalf is stored, not shown.
     let mut stripper = ctx.strip_usage.then(UsageStripper::default);
-    tokio::spawn(async move {
+    // The client's body drives the pump until a twin waits on it (or the client leaves).
+    let slot = PumpSlot::new();
+    if let Some(leader) = &store.leader {
+        let detach = slot.detacher();
+        leader.when_followed(move || detach.now());
+        if leader.followers() > 0 {
+            slot.detacher().now(); // joined while the request was upstream
+        }
+    }
+    let pump = async move {
         let mut parser = SseParser::new();
         let mut assembler = endpoint.assembler();
         let mut body = upstream.bytes_stream();
@@ -193,7 +204,8 @@ fn stream(
             feed.push(Ok(bytes));
         }
         feed.drain().await;
-    });
+    };
+    let client_body = slot.drive(pump, Box::pin(client_body));
     headers.remove(header::CONTENT_LENGTH);
     let mut response = Response::new(streaming(client_body));
     *response.status_mut() = status;

@@ -30,6 +30,7 @@ mod client_feed;
 mod context;
 pub mod control;
 mod decide;
+mod driven;
 mod hit;
 mod last_message;
 mod miss;
