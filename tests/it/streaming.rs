@@ -220,3 +220,65 @@ async fn a_client_that_stops_reading_does_not_stall_its_twins() {
     assert_eq!(h.upstream.calls(CHAT_PATH), 1);
     drop(stalled);
 }
+
+/// Starts a streamed miss for `prompt`, reads its first chunk, and hands the open response
+/// back (dropping it hangs up).
+async fn start_streamed_miss(h: &Harness, prompt: &str) -> reqwest::Response {
+    let response = h.chat_with(KEY_A, &[], &ask_stream(prompt, false)).await;
+    assert_eq!(response.headers()["x-deja-cache"], "miss");
+    let mut response = response;
+    let first = response.chunk().await.expect("ok").expect("a first chunk");
+    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
+    response
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_alone_leaves_nothing_stored() {
+    let h = Harness::start().await;
+    h.upstream.set_chunk_delay(Duration::from_millis(50));
+    let prompt = "one two three four five six seven eight";
+    let first = start_streamed_miss(&h, prompt).await;
+    drop(first);
+    // The pump notices the client is gone at its next chunk and stops without storing.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let again = h.chat(&ask_stream(prompt, false)).await;
+    assert_eq!(again.cache_status(), "miss", "half an answer is not stored");
+    assert!(again.ends_with_done());
+    assert_eq!(again.content(), format!("answer 2: {prompt}"));
+    assert_eq!(h.upstream.calls(CHAT_PATH), 2);
+}
+
+#[tokio::test]
+async fn a_twin_gets_the_whole_answer_when_the_first_client_hangs_up() {
+    let h = Harness::start().await;
+    h.upstream.set_chunk_delay(Duration::from_millis(100));
+    let prompt = "one two three four five six seven eight";
+    let first = start_streamed_miss(&h, prompt).await;
+    let twin = {
+        let client = reqwest::Client::new();
+        let url = h.url("/v1/chat/completions");
+        let body = ask_stream(prompt, false);
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(KEY_A)
+                .json(&body)
+                .send()
+                .await
+                .expect("twin sent")
+        })
+    };
+    // Let the twin start waiting on the first request, then hang that one up mid-answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(first);
+    let twin = crate::support::proxy::Reply::read(twin.await.expect("twin task")).await;
+    assert_eq!(twin.status, 200);
+    assert_eq!(twin.header("x-deja-match"), Some("coalesced"));
+    assert!(twin.ends_with_done());
+    assert_eq!(twin.content(), format!("answer 1: {prompt}"));
+    assert_eq!(h.upstream.calls(CHAT_PATH), 1);
+    // The whole answer was read for the twin, so it is stored too.
+    let later = h.chat(&ask_stream(prompt, false)).await;
+    assert_eq!(later.cache_status(), "hit");
+    assert_eq!(h.upstream.calls(CHAT_PATH), 1);
+}
