@@ -110,8 +110,16 @@ fn main() {
     // CPU time of each side can be told apart; they still share the same cores.
     let servers_rt = runtime("bench-srv", cores);
     let load_rt = runtime("bench-gen", cores);
+    // `--upstream-runtime`: the fake upstream on a runtime of its own, as a remote upstream
+    // would be, instead of queueing its tasks on deja's workers (the cores stay shared).
+    let upstream_rt = args
+        .iter()
+        .any(|a| a == "--upstream-runtime")
+        .then(|| runtime("bench-up", cores));
 
-    let servers = servers_rt.block_on(Servers::start());
+    let servers = servers_rt.block_on(Servers::start(
+        upstream_rt.as_ref().map(|rt| rt.handle().clone()),
+    ));
     println!(
         "deja hit body: {} bytes (captured from a real hit at start-up; the bare server returns \
          these bytes).\n",
@@ -141,6 +149,9 @@ fn main() {
     servers_rt.block_on(servers.stop());
     load_rt.shutdown_timeout(Duration::from_secs(5));
     servers_rt.shutdown_timeout(Duration::from_secs(5));
+    if let Some(upstream_rt) = upstream_rt {
+        upstream_rt.shutdown_timeout(Duration::from_secs(5));
+    }
     println!(
         "\nwhole run: {:.0} s; load average at the end: {}; every server stopped, runtimes \
          shut down.",

@@ -177,10 +177,19 @@ pub(crate) struct Servers {
 }
 
 impl Servers {
-    pub(crate) async fn start() -> Servers {
+    /// Starts the servers on the current runtime; the fake upstream on `upstream_on` instead
+    /// when given (a remote upstream's work does not queue on deja's workers).
+    pub(crate) async fn start(upstream_on: Option<tokio::runtime::Handle>) -> Servers {
         let upstream_state = Arc::new(FakeUpstream::new());
         let state = upstream_state.clone();
-        let upstream = Server::start(move |request| state.clone().answer(request)).await;
+        let start_upstream = Server::start(move |request| state.clone().answer(request));
+        let upstream = match upstream_on {
+            Some(runtime) => runtime
+                .spawn(start_upstream)
+                .await
+                .expect("upstream starts"),
+            None => start_upstream.await,
+        };
 
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::default();
