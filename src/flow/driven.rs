@@ -28,7 +28,6 @@ pub(super) struct PumpSlot {
 }
 
 /// Moves the pump onto its own task (at once, or as soon as it is in its slot).
-#[derive(Clone)]
 pub(super) struct Detach {
     state: Weak<Mutex<State>>,
     runtime: Handle,
@@ -47,6 +46,11 @@ impl PumpSlot {
             state: Arc::downgrade(&self.state),
             runtime: self.runtime.clone(),
         }
+    }
+
+    /// Moves the pump onto its own task (at once, or as soon as it is in its slot).
+    pub(super) fn detach(&self) {
+        detach(&mut self.state.lock(), &self.runtime);
     }
 
     /// The body that drives `pump` (unless detached) and yields what it hands to `items`.
@@ -108,7 +112,7 @@ impl<S: Stream + Unpin> Stream for Driven<S> {
 impl<S> Drop for Driven<S> {
     fn drop(&mut self) {
         // The client left early: the pump finishes (or notices) on its own.
-        detach(&mut self.slot.state.lock(), &self.slot.runtime);
+        self.slot.detach();
     }
 }
 
@@ -165,7 +169,7 @@ mod tests {
         let (tx, _rx) = mpsc::unbounded_channel();
         let (done, finished) = oneshot::channel();
         let slot = PumpSlot::new();
-        slot.detacher().now();
+        slot.detach();
         let _body = slot.drive(pump(1, tx, done), futures_util::stream::empty::<u32>());
         tokio::time::timeout(std::time::Duration::from_secs(10), finished)
             .await

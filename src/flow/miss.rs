@@ -134,7 +134,7 @@ fn stream(
         let detach = slot.detacher();
         leader.when_followed(move || detach.now());
         if leader.followers() > 0 {
-            slot.detacher().now(); // joined while the request was upstream
+            slot.detach(); // joined while the request was upstream
         }
     }
     let pump = async move {
