@@ -239,8 +239,19 @@ async fn a_client_that_hangs_up_alone_leaves_nothing_stored() {
     let prompt = "one two three four five six seven eight";
     let first = start_streamed_miss(&h, prompt).await;
     drop(first);
-    // The pump notices the client is gone at its next chunk and stops without storing.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The pump notices the client is gone at a following chunk and stops without storing;
+    // until then a repeat would wait on it as a twin.
+    for _ in 0..400 {
+        if h.proxy.app.inflight.in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        h.proxy.app.inflight.in_flight(),
+        0,
+        "the abandoned miss ended"
+    );
     let again = h.chat(&ask_stream(prompt, false)).await;
     assert_eq!(again.cache_status(), "miss", "half an answer is not stored");
     assert!(again.ends_with_done());
