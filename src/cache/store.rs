@@ -1,7 +1,8 @@
 //! Durable storage of entries in sled.
 //!
-//! Trees: `entries` (id → entry), `exact` (exact key → id), `vectors` (id → scope ‖ f32 LE
-//! vector), `scoped` (scope ‖ id → (), which ids each scope has, so start-up learns them
+//! Trees: `entries` (id → entry), `exact` (exact key → id), `vectors_f16` (id → scope ‖ f16
+//! LE vector: half the bytes of f32, and the index re-scores unit vectors from it within 5e-4
+//! of their f32 cosine), `scoped` (scope ‖ id → (), which ids each scope has, so start-up learns them
 //! without reading every vector), `expiry` (expires_ms ‖ id → ()), `meta` (settings the data
 //! depends on). Ids are
 //! big-endian u64 so trees iterate in order, and the same id is the vector index's point id.
@@ -12,6 +13,7 @@
 
 use std::path::Path;
 
+use half::f16;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::entry::Entry;
@@ -60,6 +62,9 @@ pub struct Replaced {
 pub const LOCAL_ID_BITS: u32 = 40;
 /// Where `id_base` is kept in `meta`.
 const ID_BASE_META: &str = "id_base";
+/// The vectors' tree, and the one stores before f16 kept f32 vectors in (converted at open).
+const VECTORS_TREE: &str = "vectors_f16";
+const F32_VECTORS_TREE: &str = "vectors";
 
 pub struct Store {
     db: sled::Db,
@@ -88,12 +93,13 @@ impl Store {
             id_base: id_base.into(),
             entries: db.open_tree("entries")?,
             exact: db.open_tree("exact")?,
-            vectors: db.open_tree("vectors")?,
+            vectors: db.open_tree(VECTORS_TREE)?,
             scoped: db.open_tree("scoped")?,
             expiry: db.open_tree("expiry")?,
             meta,
             db,
         };
+        store.convert_f32_vectors()?;
         // Stores written before `scoped` existed: fill it once.
         if store.scoped.is_empty() && !store.vectors.is_empty() {
             for stored in store.vectors() {
@@ -104,6 +110,42 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Stores written before f16 vectors: their f32 vectors are copied over as f16, then the
+    /// old tree is dropped. Interrupted, it starts again at the next open (the copy overwrites).
+    fn convert_f32_vectors(&self) -> Result<(), StoreError> {
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|name| name == F32_VECTORS_TREE.as_bytes())
+        {
+            return Ok(());
+        }
+        let old = self.db.open_tree(F32_VECTORS_TREE)?;
+        let mut converted = 0usize;
+        let mut batch = sled::Batch::default();
+        for item in old.iter() {
+            let (key, value) = item?;
+            let (scope, vector) = decode_f32_vector(&value);
+            batch.insert(key, encode_vector(scope.as_bytes(), &vector));
+            converted += 1;
+            if converted.is_multiple_of(1024) {
+                self.vectors.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        self.vectors.apply_batch(batch)?;
+        // The copies are on disk before the originals go.
+        self.db.flush()?;
+        self.db.drop_tree(F32_VECTORS_TREE)?;
+        if converted > 0 {
+            tracing::info!(
+                vectors = converted,
+                "stored vectors converted from f32 to f16"
+            );
+        }
+        Ok(())
     }
 
     /// Stores `entry` (and its vector), replacing any entry with the same exact key.
@@ -362,29 +404,43 @@ fn expiry_key(expires_ms: u64, id: u64) -> [u8; 16] {
     key
 }
 
-/// The stored size of a vector of `dim` components (scope ‖ f32s).
+/// The stored size of a vector of `dim` components (scope ‖ f16s).
 pub fn vector_bytes(dim: usize) -> u64 {
-    32 + 4 * dim as u64
+    32 + 2 * dim as u64
 }
 
 fn encode_vector(scope: &[u8; 32], vector: &[f32]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(vector_bytes(vector.len()) as usize);
     bytes.extend_from_slice(scope);
-    for x in vector {
-        bytes.extend_from_slice(&x.to_le_bytes());
+    for &x in vector {
+        bytes.extend_from_slice(&f16::from_f32(x).to_le_bytes());
     }
     bytes
 }
 
 fn decode_vector(bytes: &[u8]) -> (Hash32, Vec<f32>) {
-    let scope = Hash32::from_slice(&bytes[..32.min(bytes.len())]).unwrap_or(Hash32([0; 32]));
-    let vector = bytes
-        .get(32..)
-        .unwrap_or_default()
+    let vector = components(bytes)
+        .chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect();
+    (vector_scope(bytes), vector)
+}
+
+/// A vector as stores before f16 kept it (scope ‖ f32 LE).
+fn decode_f32_vector(bytes: &[u8]) -> (Hash32, Vec<f32>) {
+    let vector = components(bytes)
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    (scope, vector)
+    (vector_scope(bytes), vector)
+}
+
+fn vector_scope(bytes: &[u8]) -> Hash32 {
+    Hash32::from_slice(&bytes[..32.min(bytes.len())]).unwrap_or(Hash32([0; 32]))
+}
+
+fn components(bytes: &[u8]) -> &[u8] {
+    bytes.get(32..).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -409,13 +465,14 @@ mod tests {
     fn insert_get_remove() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (id, replaced) = store.insert(&entry(1, 100), Some(&[0.6, 0.8])).unwrap();
+        // Both components exact in f16.
+        let (id, replaced) = store.insert(&entry(1, 100), Some(&[0.5, -0.75])).unwrap();
         assert!(replaced.is_none());
         assert_eq!(store.get(id).unwrap(), Some(entry(1, 100)));
         let (found_id, found) = store.get_exact(&Hash32([1; 32])).unwrap().unwrap();
         assert_eq!((found_id, found), (id, entry(1, 100)));
         let vectors: Vec<_> = store.vectors().map(Result::unwrap).collect();
-        assert_eq!(vectors[0].vector, vec![0.6, 0.8]);
+        assert_eq!(vectors[0].vector, vec![0.5, -0.75]);
         assert_eq!(vectors[0].scope, Hash32([1; 32]));
 
         let scoped: Vec<_> = store.scoped_ids().map(Result::unwrap).collect();
@@ -427,6 +484,60 @@ mod tests {
         assert_eq!(store.vectors().count(), 0);
         assert!(store.expired(u64::MAX, 10).unwrap().is_empty());
         assert!(store.remove(id).unwrap().is_none());
+    }
+
+    #[test]
+    fn stored_vectors_take_two_bytes_a_component_and_keep_cosines_within_5e_4() {
+        use crate::cache::index::tests::{random_unit, reworded};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut rng = fastrand::Rng::with_seed(8);
+        let mut worst = 0.0f32;
+        for n in 0..40u8 {
+            let vector = random_unit(&mut rng, 1536);
+            let (id, _) = store.insert(&entry(n, 100), Some(&vector)).unwrap();
+            assert_eq!(store.vector_len(id), Some(32 + 2 * 1536));
+            let stored = store.vector(id).unwrap();
+            for query in [reworded(&mut rng, &vector), random_unit(&mut rng, 1536)] {
+                let dot = |v: &[f32]| -> f32 { v.iter().zip(&query).map(|(a, b)| a * b).sum() };
+                worst = worst.max((dot(&stored) - dot(&vector)).abs());
+            }
+        }
+        assert!(worst < 5e-4, "worst cosine error {worst}");
+    }
+
+    #[test]
+    fn f32_vectors_of_an_older_store_are_converted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let vector = [0.6f32, 0.8];
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let mut bytes = vec![3u8; 32];
+            for x in vector {
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
+            let old = db.open_tree(F32_VECTORS_TREE).unwrap();
+            old.insert(7u64.to_be_bytes(), bytes).unwrap();
+            // An interrupted conversion had written part of a copy: it is written again.
+            let new = db.open_tree(VECTORS_TREE).unwrap();
+            new.insert(7u64.to_be_bytes(), vec![0u8; 4]).unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let stored: Vec<_> = store.vectors().map(Result::unwrap).collect();
+        assert_eq!(stored.len(), 1);
+        assert_eq!((stored[0].id, stored[0].scope), (7, Hash32([3; 32])));
+        let error = |v: &[f32]| -> f32 { v.iter().zip(vector).map(|(a, b)| (a - b).abs()).sum() };
+        assert!(error(&stored[0].vector) < 1e-3, "{:?}", stored[0].vector);
+        assert_eq!(store.vector_len(7), Some(vector_bytes(2)));
+        let names = store.db.tree_names();
+        assert!(!names.iter().any(|name| name == F32_VECTORS_TREE.as_bytes()));
+        // `scoped` is filled from the converted vectors.
+        let scoped: Vec<_> = store.scoped_ids().map(Result::unwrap).collect();
+        assert_eq!(scoped, vec![(Hash32([3; 32]), vec![7])]);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(error(&store.vector(7).unwrap()) < 1e-3);
     }
 
     #[test]

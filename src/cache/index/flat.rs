@@ -1,5 +1,5 @@
 //! Exact search of a small scope: every row's int8 codes (`quantized`) are scored, and the
-//! best few are re-scored from the store's f32 vectors, so the similarities are exact. Past
+//! best few are re-scored from the store's f16 vectors (within 5e-4 of exact). Past
 //! `PREFILTER_ABOVE` rows, the rows are first ranked by their sign bits (`signs`) and only the
 //! closest are scored by codes: a scan of 4,000 1536-d rows then costs about 4,000 Hamming
 //! distances and 1,024 dot products instead of 4,000 dot products.

@@ -1,9 +1,9 @@
 //! One large scope's HNSW graph (`hnsw`, over int8 codes), with the ids it may return.
 //!
 //! The graph navigates on codes; the partition then re-scores the best candidates from the
-//! store's f32 vectors (`quantized::rescore`), so the similarity deja compares to its
-//! threshold is exact. There is no delete: removed ids are remembered as dead, over-fetched
-//! past, and the partition rebuilds the graph (`compacted`) once too many pile up.
+//! store's f16 vectors (`quantized::rescore`), so the similarity deja compares to its
+//! threshold is exact to within 5e-4. There is no delete: removed ids are remembered as dead,
+//! over-fetched past, and the partition rebuilds the graph (`compacted`) once too many pile up.
 //!
 //! Every method takes `&self`, so the index worker adds points while searches go on: an
 //! insert is planned under the graph's read lock (the slow part: a search of the graph) and

@@ -3,7 +3,7 @@
 //! A semantic hit is only allowed between prompts of the same scope, so each scope gets its
 //! own partition and a search never even sees another tenant's or conversation's vectors.
 //! Vectors are kept as int8 codes (`quantized`, 4x smaller than f32); candidates found by
-//! their codes are re-scored exactly from the store's f32 vectors. Small partitions (most
+//! their codes are re-scored from the store's (f16) vectors. Small partitions (most
 //! scopes: one conversation prefix) are scanned (`flat`); a partition that grows past
 //! `hnsw_min_entries` gets an HNSW graph (`graph` over our own compact `hnsw`). HNSW has no
 //! delete: removed ids are remembered as dead, over-fetched past, and the graph is rebuilt
@@ -388,7 +388,7 @@ pub(crate) mod tests {
     }
 
     /// `source` plus noise, about cosine 0.95 to it: a rewording.
-    pub(super) fn reworded(rng: &mut fastrand::Rng, source: &[f32]) -> Vec<f32> {
+    pub(crate) fn reworded(rng: &mut fastrand::Rng, source: &[f32]) -> Vec<f32> {
         let noise = 0.6 / (source.len() as f32).sqrt();
         let mut v: Vec<f32> = source
             .iter()

@@ -3,7 +3,8 @@
 //! than f32 (1536 bytes for a 1536-d vector instead of 6144). The cosine of two codes is close
 //! to the cosine of their vectors (errors around 1e-3 on 1536-d unit vectors), which is
 //! enough to find candidates; the similarity deja compares to its threshold is then
-//! re-scored exactly from the stored f32 vector (`rescore`).
+//! re-scored from the stored vector (`rescore`; f16 in the store, within 5e-4 of the f32
+//! cosine, typically 1e-5: below the run-to-run noise of an embedding API's own vectors).
 //!
 //! Dot products of codes use simsimd, which picks the CPU's widest integer SIMD at run time
 //! (about 70 ns per 1536-d pair here, against 115-180 ns for an f32 dot product).
