@@ -2,10 +2,10 @@
 //!
 //! Trees: `entries` (id → entry), `exact` (exact key → id), `vectors_f16` (id → scope ‖ f16
 //! LE vector: half the bytes of f32, and the index re-scores unit vectors from it within 5e-4
-//! of their f32 cosine), `scoped` (scope ‖ id → (), which ids each scope has, so start-up learns them
-//! without reading every vector), `expiry` (expires_ms ‖ id → ()), `meta` (settings the data
-//! depends on). Ids are
-//! big-endian u64 so trees iterate in order, and the same id is the vector index's point id.
+//! of their f32 cosine), `scoped` (scope ‖ id → (), which ids each scope has, so start-up
+//! learns them without reading every vector), `expiry` (expires_ms ‖ id → ()), `meta`
+//! (settings the data depends on). Ids are big-endian u64 so trees iterate in order, and the
+//! same id is the vector index's point id.
 //! A new id is the store's `id_base` (high bits naming this replica among others, 0 when
 //! alone) plus sled's counter; an entry applied from another replica keeps its own id.
 //! Every write touches all trees in one transaction, so a crash never leaves an exact key
