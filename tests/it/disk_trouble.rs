@@ -96,15 +96,18 @@ async fn a_disk_that_refuses_writes_turns_caching_off_then_back_on() {
     h.cache().flush().expect("flush");
 
     let limit = NoFileGrowth::start();
-    // sled buffers writes and fails on the next one after its background write failed; a few
-    // requests are enough. Every one of them is answered.
+    // sled buffers writes, writes them out at least every 200 ms, and fails the next write
+    // after a write-out failed: a few hundred milliseconds of requests are enough. Every one
+    // of them is answered.
     let mut asked = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while h.cache().writes_enabled() {
         asked += 1;
         assert!(
-            asked <= 50,
-            "writes still on after 50 stores on a disk that refuses them"
+            std::time::Instant::now() < deadline,
+            "writes still on after 10 s ({asked} stores) on a disk that refuses them"
         );
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let question = format!("question {asked} while the disk refuses writes");
         let reply = h.chat(&ask(&question)).await;
         assert_eq!((reply.status, reply.cache_status()), (200, "miss"));
