@@ -46,6 +46,7 @@ use deja::server::RunningServer;
 mod closed_loop;
 mod cpu;
 mod open_loop;
+mod relay;
 mod requests;
 mod semantic;
 mod servers;

@@ -171,6 +171,8 @@ pub(crate) struct Servers {
     pub(crate) upstream_state: Arc<FakeUpstream>,
     pub(crate) deja: RunningServer,
     pub(crate) bare: Server,
+    /// A bare relay in front of the fake upstream (`relay.rs`): the floor of relaying.
+    pub(crate) relay: Server,
     pub(crate) hit_body: Bytes,
     /// Holds the sled store; removed after deja has shut down.
     pub(crate) dir: tempfile::TempDir,
@@ -233,11 +235,13 @@ impl Servers {
             }
         })
         .await;
+        let relay = relay::start(upstream.addr).await;
         Servers {
             upstream,
             upstream_state,
             deja,
             bare,
+            relay,
             hit_body,
             dir,
         }
@@ -246,6 +250,7 @@ impl Servers {
     pub(crate) async fn stop(self) {
         self.deja.shutdown().await;
         self.bare.stop().await;
+        self.relay.stop().await;
         self.upstream.stop().await;
         drop(self.dir);
     }
