@@ -107,17 +107,12 @@ fn chunk(delta: Value, finish: Value) -> Value {
     })
 }
 
+/// The usage chunk (no choices) and `[DONE]`.
 fn closing(stream: &mut String) {
-    stream.push_str(&event(json!({
-        "id": "chatcmpl-BenchAssemble0000000000000",
-        "object": "chat.completion.chunk",
-        "created": 1_764_000_000,
-        "model": "gpt-4o-mini-2024-07-18",
-        "service_tier": "default",
-        "system_fingerprint": "fp_bench0000",
-        "choices": [],
-        "usage": {"prompt_tokens": 24, "completion_tokens": 150, "total_tokens": 174}
-    })));
+    let mut usage = chunk(Value::Null, Value::Null);
+    usage["choices"] = json!([]);
+    usage["usage"] = json!({"prompt_tokens": 24, "completion_tokens": 150, "total_tokens": 174});
+    stream.push_str(&event(usage));
     stream.push_str("data: [DONE]\n\n");
 }
 
