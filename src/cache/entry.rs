@@ -75,6 +75,15 @@ impl Entry {
         out
     }
 
+    /// The exact key of a stored entry, read from its head alone (the whole entry for the
+    /// JSON form of older stores).
+    pub fn exact_key(bytes: &[u8]) -> Option<[u8; 32]> {
+        match bytes.strip_prefix(MAGIC) {
+            Some(rest) => rest.get(32..64)?.try_into().ok(),
+            None => Entry::decode(bytes).map(|entry| entry.exact),
+        }
+    }
+
     /// Reads either the binary form or the JSON form of stores written before it.
     pub fn decode(bytes: &[u8]) -> Option<Entry> {
         let Some(rest) = bytes.strip_prefix(MAGIC) else {
@@ -155,6 +164,15 @@ mod tests {
         let entry = entry();
         let legacy = serde_json::to_vec(&entry).unwrap();
         assert_eq!(Entry::decode(&legacy), Some(entry));
+    }
+
+    #[test]
+    fn the_exact_key_reads_from_either_form() {
+        let entry = entry();
+        assert_eq!(Entry::exact_key(&entry.encode()), Some([9; 32]));
+        let legacy = serde_json::to_vec(&entry).unwrap();
+        assert_eq!(Entry::exact_key(&legacy), Some([9; 32]));
+        assert_eq!(Entry::exact_key(&entry.encode()[..40]), None, "cut short");
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! Writes are plain sled writes in an order that keeps every intermediate state readable: the
 //! exact key is written last and removed first, so it never points at nothing, and an
 //! entry's vector is there before the entry and goes after it; what a crash leaves between
-//! (a vector or an expiry key without its entry) is dropped at open or by the sweep (see
-//! `insert_as`, `remove`). All methods block (disk I/O): call them off the async workers.
+//! (a vector or an expiry key without its entry, an entry without its exact key) is dropped
+//! at open or by the sweep (see `insert_as`, `remove`, `settle_interrupted_writes`). All methods block (disk I/O): call them off the async workers.
 
 use std::path::Path;
 
@@ -103,12 +103,9 @@ impl Store {
                     .insert(scoped_key(stored.scope.as_bytes(), stored.id), &[])?;
             }
         }
-        let dropped = store.drop_dangling_vectors()?;
-        if dropped > 0 {
-            tracing::info!(
-                vectors = dropped,
-                "dropped vectors of entries a crash cut short"
-            );
+        let (vectors, entries) = store.settle_interrupted_writes()?;
+        if vectors + entries > 0 {
+            tracing::info!(vectors, entries, "dropped what a crash cut short");
         }
         Ok(store)
     }
@@ -291,22 +288,41 @@ impl Store {
         Ok(Some(entry))
     }
 
-    /// Drops the vectors (and scoped keys) of entries that are not there: left by a store or
-    /// a removal that a crash cut short. Run at open, so the index never holds them.
-    fn drop_dangling_vectors(&self) -> Result<usize, StoreError> {
-        let mut dropped = 0;
+    /// Settles what a crash cut short, for every entry the index would load: a vector whose
+    /// entry is not there is dropped (a store or a removal interrupted), and so is an entry
+    /// its exact key does not point at. That one is either a store cut off before its exact
+    /// key or a removal cut off after it; the two look alike, and republishing it could bring
+    /// back an entry an operator deleted, so it goes: its request is a miss again, instead
+    /// of an entry only a paraphrase could reach. (Entries without a vector cannot be reached
+    /// at all; the sweep removes them when they expire.) Run at open, so the index never
+    /// holds them. Returns the vectors and the entries dropped.
+    fn settle_interrupted_writes(&self) -> Result<(usize, usize), StoreError> {
+        let (mut vectors, mut entries) = (0, 0);
         for key in self.scoped.iter().keys() {
             let key = key?;
             let Some(id) = key.get(32..).map(decode_id) else {
                 continue;
             };
-            if !self.entries.contains_key(id.to_be_bytes())? {
+            let Some(bytes) = self.entries.get(id.to_be_bytes())? else {
                 self.scoped.remove(&key)?;
                 self.vectors.remove(id.to_be_bytes())?;
-                dropped += 1;
+                vectors += 1;
+                continue;
+            };
+            let published = match Entry::exact_key(&bytes) {
+                Some(exact) => self
+                    .exact
+                    .get(exact)?
+                    .is_some_and(|held| decode_id(&held) == id),
+                None => false, // unreadable: `remove` takes it out
+            };
+            if !published {
+                self.remove(id)?;
+                self.scoped.remove(&key)?; // `remove` leaves it when the entry was unreadable
+                entries += 1;
             }
         }
-        Ok(dropped)
+        Ok((vectors, entries))
     }
 
     /// Ids of up to `limit` entries that expire at or before `now_ms`, oldest first. An

@@ -77,6 +77,8 @@ fn f32_vectors_of_an_older_store_are_converted_at_open() {
         entries
             .insert(7u64.to_be_bytes(), entry(7, 100).encode())
             .unwrap();
+        let exact = db.open_tree("exact").unwrap();
+        exact.insert([7; 32], &7u64.to_be_bytes()).unwrap();
         // An interrupted conversion had written part of a copy: it is written again.
         let new = db.open_tree(VECTORS_TREE).unwrap();
         new.insert(7u64.to_be_bytes(), vec![0u8; 4]).unwrap();
@@ -250,6 +252,37 @@ fn what_an_interrupted_removal_leaves_is_swept_and_dropped_at_open() {
     );
     assert_eq!(store.vector(cut), None);
     assert!(store.vector(whole).is_some());
+}
+
+#[test]
+fn an_entry_its_exact_key_does_not_point_at_is_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (unpublished, displaced, whole) = {
+        let store = Store::open(dir.path()).unwrap();
+        // A store cut off before its exact key (or a removal right after taking it).
+        let (unpublished, _) = store.insert(&entry(1, 100), Some(&[1.0])).unwrap();
+        store.exact.remove([1; 32]).unwrap();
+        // A store that swapped the exact key but was cut off before removing the entry it
+        // displaced.
+        let (displaced, _) = store.insert(&entry(2, 100), Some(&[1.0])).unwrap();
+        let (whole, _) = store.insert(&entry(3, 100), Some(&[1.0])).unwrap();
+        store.exact.insert([2; 32], &whole.to_be_bytes()).unwrap();
+        store.exact.insert([3; 32], &whole.to_be_bytes()).unwrap();
+        store.flush().unwrap();
+        (unpublished, displaced, whole)
+    };
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        tree_counts(&store),
+        [1, 1, 1, 1],
+        "only the whole entry left"
+    );
+    for gone in [unpublished, displaced] {
+        assert!(store.get(gone).unwrap().is_none());
+        assert_eq!(store.vector(gone), None);
+    }
+    assert_eq!(store.get_exact(&Hash32([3; 32])).unwrap().unwrap().0, whole);
+    assert!(store.get_exact(&Hash32([1; 32])).unwrap().is_none());
 }
 
 #[test]
