@@ -7,6 +7,8 @@ use super::*;
 pub(crate) struct ThreadStat {
     /// Part of the load generator (its runtime's threads and the main thread driving it).
     pub(crate) generator: bool,
+    /// The fake upstream's own runtime (`--upstream-runtime`).
+    pub(crate) upstream: bool,
     pub(crate) cpu_ns: u64,
     /// Voluntary + involuntary context switches.
     pub(crate) switches: u64,
@@ -52,6 +54,7 @@ pub(crate) fn thread_stats() -> HashMap<u32, ThreadStat> {
                 tid,
                 ThreadStat {
                     generator,
+                    upstream: comm.starts_with("bench-up"),
                     cpu_ns,
                     switches,
                 },
@@ -77,4 +80,18 @@ pub(crate) fn spent_since(before: &HashMap<u32, ThreadStat>) -> (f64, f64, u64) 
         }
     }
     (servers as f64 / 1e9, generator as f64 / 1e9, switches)
+}
+
+/// CPU seconds of the fake upstream's own runtime since `before` (0 without
+/// `--upstream-runtime`).
+pub(crate) fn upstream_spent_since(before: &HashMap<u32, ThreadStat>) -> f64 {
+    let ns: u64 = thread_stats()
+        .into_iter()
+        .filter(|(_, now)| now.upstream)
+        .map(|(tid, now)| {
+            now.cpu_ns
+                .saturating_sub(before.get(&tid).map_or(0, |b| b.cpu_ns))
+        })
+        .sum();
+    ns as f64 / 1e9
 }

@@ -8,7 +8,7 @@
 //!    under the same background load through deja and straight to the upstream
 //!    (`proxy_load/stream.rs`, `--only=stream`).
 //!
-//! `cargo bench --bench proxy_load -- [--quick] [--profile[=C]] [--only=hit|miss|stream|semantic]`. Prints markdown tables; each
+//! `cargo bench --bench proxy_load -- [--quick] [--profile[=C]] [--profile-stream[=RATE]] [--only=hit|miss|stream|semantic]`. Prints markdown tables; each
 //! figure for deja has its baseline measured in the same run, interleaved (A B B A) so a drift
 //! of the shared machine affects both alike. `--quick` shortens every cell; `--profile[=C]`
 //! runs only deja's exact hits at concurrency C (default 16) for 15 s, to run under a profiler. Timing targets are
@@ -88,6 +88,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let profile = args.iter().find_map(|a| match a.strip_prefix("--profile") {
+        Some(rest) if rest.starts_with("-stream") => None,
         Some("") => Some(16),
         Some(c) => c.strip_prefix('=')?.parse::<usize>().ok(),
         None => None,
@@ -127,7 +128,17 @@ fn main() {
         servers.hit_body.len()
     );
 
-    if let Some(concurrency) = profile {
+    // `--profile-stream[=RATE]`: streams only, for a profiler (`stream::profile_streams`).
+    let profile_stream = args
+        .iter()
+        .find_map(|a| match a.strip_prefix("--profile-stream") {
+            Some("") => Some(500.0),
+            Some(rate) => rate.strip_prefix('=')?.parse::<f64>().ok(),
+            None => None,
+        });
+    if let Some(rate) = profile_stream {
+        load_rt.block_on(stream::profile_streams(&servers, rate));
+    } else if let Some(concurrency) = profile {
         load_rt.block_on(profile_hits(&servers, concurrency));
     } else {
         // `--only=hit|miss|stream|semantic` runs one section.

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use super::{
     CHAT_PATH, Counts, Expect, HttpClient, MISS_RATE, Plan, Servers, TARGET_P99_US, Timing,
     http_client, load_average, miss_body, open_loop, pct_us, post, spent_since, thread_stats,
-    timed, uri, verdict,
+    timed, upstream_spent_since, uri, verdict,
 };
 
 /// Probes per second, a third of them each straight, through deja and through the bare relay:
@@ -191,4 +191,62 @@ async fn probe(uris: &[http::Uri; 3], measure: Duration) -> [Vec<Timing>; 3] {
     counts[Via::Deja as usize].check(Expect::Miss, "deja probes");
     counts[Via::Relay as usize].check(Expect::Anything, "relay probes");
     out
+}
+
+/// `--profile-stream[=RATE]`: streamed misses at RATE/s (default 500) for 15 s each, in turn
+/// straight to the upstream, through deja and through the relay, twice (A B C A B C); prints
+/// the servers' CPU per stream of each. With `--upstream-runtime` the fake upstream's CPU is
+/// counted apart, so deja's and the relay's own come from the same round. Run it under a
+/// profiler to see deja's share.
+pub async fn profile_streams(servers: &Servers, rate: f64) {
+    let uris = [
+        uri(servers.upstream.addr, CHAT_PATH),
+        uri(servers.deja.addr, CHAT_PATH),
+        uri(servers.relay.addr, CHAT_PATH),
+    ];
+    let names = ["straight", "through deja", "through the relay"];
+    let measure = Duration::from_secs(15);
+    // Per side: all servers' CPU per stream, and the same less the upstream runtime's.
+    let mut per_stream = [Vec::new(), Vec::new(), Vec::new()];
+    let mut own = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..2 {
+        for (side, name) in names.iter().enumerate() {
+            let client = http_client(256);
+            let before = thread_stats();
+            let load = open_loop(&client, &uris[side], true, rate, Duration::ZERO, measure).await;
+            let (servers_cpu, _, _) = spent_since(&before);
+            let upstream_cpu = upstream_spent_since(&before);
+            load.counts.check(Expect::Anything, name);
+            let streams = load.counts.total.max(1) as f64;
+            let (ms, own_ms) = (
+                servers_cpu / streams * 1e3,
+                (servers_cpu - upstream_cpu) / streams * 1e3,
+            );
+            println!(
+                "round {round}, {name}: {streams} streams, servers' CPU per stream {ms:.3} ms, \
+                 without the upstream's runtime {own_ms:.3} ms"
+            );
+            per_stream[side].push(ms);
+            own[side].push(own_ms);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let upstream = mean(&per_stream[0]);
+    let (deja, relay) = (
+        mean(&per_stream[1]) - upstream,
+        mean(&per_stream[2]) - upstream,
+    );
+    println!(
+        "CPU per stream on top of the upstream's {upstream:.3} ms: deja {deja:.3} ms, the relay \
+         {relay:.3} ms (deja {:.2}× the relay)",
+        deja / relay
+    );
+    if own[0].iter().all(|ms| *ms < 0.5 * upstream) {
+        let (deja, relay) = (mean(&own[1]), mean(&own[2]));
+        println!(
+            "Outside the upstream's runtime (same rounds): deja {deja:.3} ms, the relay \
+             {relay:.3} ms (deja {:.2}× the relay)",
+            deja / relay
+        );
+    }
 }

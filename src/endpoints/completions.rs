@@ -13,8 +13,9 @@ use crate::cache::Lookup;
 use crate::cache::Partition;
 use crate::cache::key::{KeyBuilder, scope_and_exact};
 use crate::flow::{Assembler, Endpoint, Plan, plan_as, stream_flags};
-use crate::replay::chunks::{ChunkGate, ChunkWriter, copy_fields, stored_choices};
+use crate::replay::chunks::{ChunkGate, ChunkWriter, stored_choices};
 use crate::replay::lazy_replay::{Replay, Steps, cloned_at};
+use crate::replay::raw_chunk::RawHeader;
 use crate::replay::text::fresh_id;
 
 /// Every field of a legacy completions request; unknown ones land in `other` (scope).
@@ -150,10 +151,19 @@ impl Endpoint for Completions {
 /// Top-level fields every chunk repeats.
 const HEADER_KEYS: &[&str] = &["id", "created", "model", "system_fingerprint"];
 
+/// What a chunk's choice contributes (a JSON `null` reads as `None`).
+#[derive(Deserialize)]
+struct TextChoice {
+    index: Option<Value>,
+    text: Option<Value>,
+    logprobs: Option<Value>,
+    finish_reason: Option<Value>,
+}
+
 /// Collects `text_completion` chunks into one `text_completion`.
 #[derive(Default)]
 struct CompletionAssembler {
-    header: Map<String, Value>,
+    header: RawHeader,
     choices: BTreeMap<u64, (String, Option<Value>, Vec<Value>)>,
     usage: Option<Value>,
     gate: ChunkGate,
@@ -164,27 +174,26 @@ impl Assembler for CompletionAssembler {
         let Some(chunk) = self.gate.accept(data) else {
             return;
         };
-        copy_fields(&chunk, &mut self.header, HEADER_KEYS);
-        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
-            self.usage = Some(usage.clone());
+        self.header.update(&chunk, HEADER_KEYS);
+        let usage = chunk.decode::<Value>("usage");
+        let choices = chunk.decode::<Vec<TextChoice>>("choices");
+        let (usage, choices) = match (usage.transpose(), choices.transpose()) {
+            (Ok(usage), Ok(choices)) => (usage, choices),
+            _ => return self.gate.fail(),
+        };
+        if usage.is_some() {
+            self.usage = usage;
         }
-        for choice in chunk
-            .get("choices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+        for choice in choices.into_iter().flatten() {
+            let index = choice.index.as_ref().and_then(Value::as_u64).unwrap_or(0);
             let (text, finish, logprobs) = self.choices.entry(index).or_default();
-            if let Some(more) = choice.get("text").and_then(Value::as_str) {
+            if let Some(Value::String(more)) = &choice.text {
                 text.push_str(more);
             }
-            if let Some(reason) = choice.get("finish_reason").filter(|r| !r.is_null()) {
-                *finish = Some(reason.clone());
+            if choice.finish_reason.is_some() {
+                *finish = choice.finish_reason;
             }
-            if let Some(lp) = choice.get("logprobs").filter(|l| !l.is_null()) {
-                logprobs.push(lp.clone());
-            }
+            logprobs.extend(choice.logprobs);
         }
     }
 
@@ -205,7 +214,7 @@ impl Assembler for CompletionAssembler {
                 "finish_reason": finish?,
             }));
         }
-        let mut completion = self.header;
+        let mut completion = self.header.into_map();
         completion.insert("object".into(), "text_completion".into());
         completion.insert("choices".into(), Value::Array(choices));
         if let Some(usage) = self.usage {

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::replay::lazy_replay::Steps;
+use crate::replay::raw_chunk::RawChunk;
 use crate::wire::sse::data_event;
 
 /// Tracks a chunk stream's end and failures while assembling it.
@@ -16,8 +17,8 @@ pub struct ChunkGate {
 
 impl ChunkGate {
     /// The chunk in `data` if it should be merged; `None` for `[DONE]`, and for anything that
-    /// makes the stream unusable (not JSON, an `error` object, data after `[DONE]`).
-    pub fn accept(&mut self, data: &str) -> Option<Map<String, Value>> {
+    /// makes the stream unusable (not a JSON object, an `error`, data after `[DONE]`).
+    pub fn accept<'a>(&mut self, data: &'a str) -> Option<RawChunk<'a>> {
         if self.done || self.failed {
             self.failed = true;
             return None;
@@ -26,13 +27,18 @@ impl ChunkGate {
             self.done = true;
             return None;
         }
-        match serde_json::from_str::<Value>(data) {
-            Ok(Value::Object(chunk)) if !has_error(&chunk) => Some(chunk),
+        match RawChunk::parse(data) {
+            Some(chunk) if chunk.get("error").is_none() => Some(chunk),
             _ => {
                 self.failed = true;
                 None
             }
         }
+    }
+
+    /// A chunk did not have the shape its stream promises: the stream is not stored.
+    pub fn fail(&mut self) {
+        self.failed = true;
     }
 
     /// `[DONE]` or a failure was seen: nothing after it can change the outcome.

@@ -5,4 +5,5 @@
 pub mod chunks;
 pub mod json_splice;
 pub mod lazy_replay;
+pub mod raw_chunk;
 pub mod text;

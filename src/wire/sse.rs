@@ -1,6 +1,8 @@
 //! An incremental Server-Sent Events parser (the subset OpenAI streams use: `event:` and
 //! `data:` fields, comments, LF or CRLF line ends) and an event writer.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 /// One dispatched event.
@@ -11,12 +13,15 @@ pub struct SseEvent {
 }
 
 /// Feeds on arbitrary byte chunks (events may be split anywhere, even inside a UTF-8 sequence)
-/// and yields complete events.
+/// and yields complete events. Each `data` line is copied once, from the input into its
+/// event; a stream's text passes through here on every relayed miss.
 #[derive(Debug, Default)]
 pub struct SseParser {
-    buffer: Vec<u8>,
+    /// An unfinished line (bytes after the last line end).
+    partial: Vec<u8>,
     event: Option<String>,
-    data: Vec<String>,
+    /// The `data` lines so far, joined with `\n`; `None` before the first.
+    data: Option<String>,
 }
 
 impl SseParser {
@@ -26,51 +31,67 @@ impl SseParser {
 
     /// Adds bytes and returns the events they complete.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        self.buffer.extend_from_slice(chunk);
         let mut events = Vec::new();
-        let mut start = 0;
-        while let Some(offset) = self.buffer[start..].iter().position(|&b| b == b'\n') {
-            let end = start + offset;
-            let mut line = &self.buffer[start..end];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            let line = String::from_utf8_lossy(line).into_owned();
-            start = end + 1;
-            if let Some(event) = self.line(&line) {
-                events.push(event);
-            }
+        let mut rest = chunk;
+        if !self.partial.is_empty() {
+            let Some(end) = memchr::memchr(b'\n', rest) else {
+                self.partial.extend_from_slice(rest);
+                return events;
+            };
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&rest[..end]);
+            rest = &rest[end + 1..];
+            events.extend(self.line(&line));
         }
-        self.buffer.drain(..start);
+        while let Some(end) = memchr::memchr(b'\n', rest) {
+            events.extend(self.line(&rest[..end]));
+            rest = &rest[end + 1..];
+        }
+        self.partial.extend_from_slice(rest);
         events
     }
 
     /// True when bytes of an unfinished line are waiting.
     pub fn has_partial(&self) -> bool {
-        !self.buffer.is_empty() || !self.data.is_empty()
+        !self.partial.is_empty() || self.data.is_some()
     }
 
-    fn line(&mut self, line: &str) -> Option<SseEvent> {
+    fn line(&mut self, line: &[u8]) -> Option<SseEvent> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            if self.data.is_empty() {
+            let Some(data) = self.data.take() else {
                 self.event = None;
                 return None;
-            }
+            };
             return Some(SseEvent {
                 event: self.event.take(),
-                data: std::mem::take(&mut self.data).join("\n"),
+                data,
             });
         }
-        if line.starts_with(':') {
+        if line.starts_with(b":") {
             return None;
         }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &[][..]),
+        };
+        // `from_utf8` checks ASCII a word at a time; the lossy form only when it fails.
+        let value = match std::str::from_utf8(value) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(value),
         };
         match field {
-            "data" => self.data.push(value.to_string()),
-            "event" => self.event = Some(value.to_string()),
+            b"data" => match &mut self.data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(&value);
+                }
+                None => self.data = Some(value.into_owned()),
+            },
+            b"event" => self.event = Some(value.into_owned()),
             _ => {}
         }
         None
@@ -129,6 +150,22 @@ mod tests {
             );
             assert!(!parser.has_partial());
         }
+    }
+
+    #[test]
+    fn a_byte_at_a_time_reads_as_one_push() {
+        let stream = "event: e\r\ndata: ü1\ndata:\ndata\n\n: c\ndata: [DONE]\n\n";
+        let whole = SseParser::new().push(stream.as_bytes());
+        let mut parser = SseParser::new();
+        let mut events = Vec::new();
+        for byte in stream.as_bytes() {
+            events.extend(parser.push(std::slice::from_ref(byte)));
+        }
+        assert_eq!(events, whole);
+        assert_eq!(whole.len(), 2);
+        assert_eq!(whole[0].event.as_deref(), Some("e"));
+        assert_eq!(whole[0].data, "ü1\n\n", "empty data lines count");
+        assert!(!parser.has_partial());
     }
 
     #[test]

@@ -5,15 +5,17 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::audio;
-use crate::replay::chunks::{ChunkGate, copy_fields};
+use crate::replay::chunks::ChunkGate;
+use crate::replay::raw_chunk::RawHeader;
 
 /// Accumulates chunks; `finish` yields the completion only for a clean, successful stream.
 #[derive(Debug, Default)]
 pub struct ChatStreamAssembler {
-    header: Map<String, Value>,
+    header: RawHeader,
     choices: BTreeMap<u64, Choice>,
     usage: Option<Value>,
     gate: ChunkGate,
@@ -26,6 +28,16 @@ struct Choice {
     finish_reason: Option<Value>,
     /// The decoded bytes of `audio.data` so far; `Err` once a piece did not decode.
     audio: Option<Result<Vec<u8>, ()>>,
+}
+
+/// What a chunk's choice contributes; other fields of a choice are not kept. (A JSON `null`
+/// reads as `None`.)
+#[derive(Deserialize)]
+struct ChoiceDelta {
+    index: Option<Value>,
+    delta: Option<Value>,
+    logprobs: Option<Value>,
+    finish_reason: Option<Value>,
 }
 
 /// Top-level fields every chunk repeats; kept on the assembled completion.
@@ -50,31 +62,31 @@ impl ChatStreamAssembler {
         let Some(chunk) = self.gate.accept(data) else {
             return;
         };
-        copy_fields(&chunk, &mut self.header, HEADER_KEYS);
-        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
-            self.usage = Some(usage.clone());
-        }
-        let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
-            return;
+        self.header.update(&chunk, HEADER_KEYS);
+        let usage = chunk.decode::<Value>("usage");
+        let choices = chunk.decode::<Vec<ChoiceDelta>>("choices");
+        let (usage, choices) = match (usage.transpose(), choices.transpose()) {
+            (Ok(usage), Ok(choices)) => (usage, choices),
+            _ => return self.gate.fail(),
         };
-        for choice in choices {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+        if usage.is_some() {
+            self.usage = usage;
+        }
+        for choice in choices.into_iter().flatten() {
+            let index = choice.index.as_ref().and_then(Value::as_u64).unwrap_or(0);
             let entry = self.choices.entry(index).or_default();
-            if let Some(Value::Object(delta)) = choice.get("delta") {
-                match take_audio_data(delta) {
-                    Some((delta, data)) => {
-                        entry.push_audio(&data);
-                        merge_object(&mut entry.message, &delta);
-                    }
-                    None => merge_object(&mut entry.message, delta),
+            if let Some(Value::Object(mut delta)) = choice.delta {
+                if let Some(data) = take_audio_data(&mut delta) {
+                    entry.push_audio(&data);
                 }
+                merge_object(&mut entry.message, delta);
             }
-            if let Some(logprobs) = choice.get("logprobs").filter(|l| !l.is_null()) {
+            if let Some(logprobs) = choice.logprobs {
                 let merged = entry.logprobs.get_or_insert_with(|| json!({}));
                 merge_value(merged, logprobs);
             }
-            if let Some(reason) = choice.get("finish_reason").filter(|r| !r.is_null()) {
-                entry.finish_reason = Some(reason.clone());
+            if choice.finish_reason.is_some() {
+                entry.finish_reason = choice.finish_reason;
             }
         }
     }
@@ -125,7 +137,7 @@ impl ChatStreamAssembler {
                 "finish_reason": finish_reason,
             }));
         }
-        let mut completion = self.header;
+        let mut completion = self.header.into_map();
         completion.insert("object".into(), "chat.completion".into());
         completion.insert("choices".into(), Value::Array(choices));
         if let Some(usage) = self.usage {
@@ -145,47 +157,45 @@ impl Choice {
     }
 }
 
-/// A delta carrying an `audio.data` piece: the delta without it (so the merge does not
-/// concatenate base64 strings), and the piece.
-fn take_audio_data(delta: &Map<String, Value>) -> Option<(Map<String, Value>, String)> {
-    let data = delta.get("audio")?.get("data")?.as_str()?.to_string();
-    let mut rest = delta.clone();
-    if let Some(Value::Object(audio)) = rest.get_mut("audio") {
-        audio.insert("data".into(), Value::String(String::new()));
+/// Takes a delta's `audio.data` piece out (leaving an empty string, so the merge does not
+/// concatenate base64 text).
+fn take_audio_data(delta: &mut Map<String, Value>) -> Option<String> {
+    match delta.get_mut("audio")?.get_mut("data")? {
+        Value::String(data) => Some(std::mem::take(data)),
+        _ => None,
     }
-    Some((rest, data))
 }
 
 /// Merges a delta. A null is kept only for a key not seen yet (the message's `content: null`,
 /// the logprobs' `refusal: null`); later it means "nothing new".
-fn merge_object(target: &mut Map<String, Value>, delta: &Map<String, Value>) {
+fn merge_object(target: &mut Map<String, Value>, delta: Map<String, Value>) {
     for (key, value) in delta {
         if value.is_null() {
-            target.entry(key.as_str()).or_insert(Value::Null);
+            target.entry(key).or_insert(Value::Null);
             continue;
         }
-        match target.get_mut(key) {
+        match target.get_mut(&key) {
             Some(existing) if !REPLACED_KEYS.contains(&key.as_str()) => {
                 merge_value(existing, value)
             }
             _ => {
-                target.insert(key.clone(), value.clone());
+                target.insert(key, value);
             }
         }
     }
 }
 
-fn merge_value(target: &mut Value, delta: &Value) {
+fn merge_value(target: &mut Value, delta: Value) {
     match (target, delta) {
-        (Value::String(existing), Value::String(more)) => existing.push_str(more),
+        (Value::String(existing), Value::String(more)) => existing.push_str(&more),
         (Value::Object(existing), Value::Object(more)) => merge_object(existing, more),
         (Value::Array(existing), Value::Array(more)) => merge_array(existing, more),
-        (target, delta) => *target = delta.clone(),
+        (target, delta) => *target = delta,
     }
 }
 
 /// Arrays of `{"index": i, ...}` (tool calls) merge element by index; others append.
-fn merge_array(existing: &mut Vec<Value>, more: &[Value]) {
+fn merge_array(existing: &mut Vec<Value>, more: Vec<Value>) {
     for item in more {
         let index = item.get("index").and_then(Value::as_u64);
         let slot = index.and_then(|i| {
@@ -195,7 +205,7 @@ fn merge_array(existing: &mut Vec<Value>, more: &[Value]) {
         });
         match (slot, item) {
             (Some(Value::Object(slot)), Value::Object(item)) => merge_object(slot, item),
-            _ => existing.push(item.clone()),
+            (_, item) => existing.push(item),
         }
     }
 }
