@@ -314,5 +314,41 @@ mod tests {
         garbage.push("{not json");
         garbage.push("[DONE]");
         assert!(garbage.finish().is_none());
+
+        for bad_choices in [
+            json!({"index": 0}),
+            json!([1]),
+            json!([{"index": 0, "delta": 5}]),
+        ] {
+            let mut misshapen = ChatStreamAssembler::new();
+            misshapen.push(&chunk(json!({"content": "x"}), Some("stop")));
+            misshapen.push(&json!({"id": "chatcmpl-1", "choices": bad_choices}).to_string());
+            misshapen.push("[DONE]");
+            let finished = misshapen.finish();
+            if bad_choices[0]["delta"] == 5 {
+                // A delta that is not an object adds nothing; the choices still have a shape.
+                assert!(finished.is_some());
+            } else {
+                assert!(finished.is_none(), "{bad_choices}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_header_is_the_latest_non_null_value_of_each_field() {
+        let mut assembler = ChatStreamAssembler::new();
+        assembler.push(&chunk(json!({"content": "a"}), None));
+        assembler.push(
+            &json!({"id": "chatcmpl-1", "model": "m2", "system_fingerprint": null,
+                    "service_tier": "default", "choices": []})
+            .to_string(),
+        );
+        assembler.push(&chunk(json!({}), Some("stop")));
+        assembler.push("[DONE]");
+        let completion = assembler.finish().expect("complete");
+        assert_eq!(completion["model"], "m", "the last chunk names m again");
+        assert_eq!(completion["system_fingerprint"], "fp");
+        assert_eq!(completion["service_tier"], "default");
+        assert_eq!(completion["created"], 5);
     }
 }
