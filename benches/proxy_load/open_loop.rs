@@ -15,7 +15,15 @@ pub(crate) struct OpenLoad {
     pub(crate) timings: Vec<Timing>,
     pub(crate) counts: Counts,
     pub(crate) seconds: f64,
+    /// Requests not sent because `MAX_IN_FLIGHT` were out (the machine could not keep up).
+    pub(crate) shed: u64,
 }
+
+/// Requests one open loop keeps out at most. Each holds four descriptors of this process
+/// (the client's socket, deja's or the relay's two, the upstream's); past this the loop
+/// sheds load, reported, instead of failing on the process's file limit (often 20,000)
+/// when a saturated machine lets requests pile up.
+const MAX_IN_FLIGHT: usize = 3_000;
 
 /// Sends a new unique request every 1/`rate` s for warm-up + `measure`, whatever is still in
 /// flight (open loop; the pooled client opens connections as needed). Latency is taken from
@@ -31,29 +39,46 @@ pub(crate) async fn open_loop(
     let period = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
     let (from, until) = (start + warmup, start + warmup + measure);
+    let mut load = OpenLoad {
+        seconds: measure.as_secs_f64(),
+        ..OpenLoad::default()
+    };
     let mut requests = JoinSet::new();
+    let take = |load: &mut OpenLoad, joined: Result<(bool, Timing, Counts), _>| {
+        let (measured, timing, counts) = joined.expect("request task");
+        load.counts.add(counts);
+        if measured {
+            load.timings.push(timing);
+        }
+    };
     for i in 0u32.. {
         let at = start + period * i;
         if at >= until {
             break;
         }
         tokio::time::sleep_until(at.into()).await;
+        while let Some(joined) = requests.try_join_next() {
+            take(&mut load, joined);
+        }
+        if requests.len() >= MAX_IN_FLIGHT {
+            load.shed += 1;
+            continue;
+        }
         let request = timed(client.clone(), post(uri, miss_body(stream)), stream, at);
         requests.spawn(async move {
             let (timing, counts) = request.await;
             (at >= from, timing, counts)
         });
     }
-    let mut load = OpenLoad {
-        seconds: measure.as_secs_f64(),
-        ..OpenLoad::default()
-    };
     while let Some(joined) = requests.join_next().await {
-        let (measured, timing, counts) = joined.expect("request task");
-        load.counts.add(counts);
-        if measured {
-            load.timings.push(timing);
-        }
+        take(&mut load, joined);
+    }
+    if load.shed > 0 {
+        // stderr: stdout is the markdown report; the stream section names it in its row.
+        eprintln!(
+            "open loop at {rate:.0}/s: {} requests shed ({MAX_IN_FLIGHT} in flight)",
+            load.shed
+        );
     }
     load
 }
