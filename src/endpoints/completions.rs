@@ -13,9 +13,8 @@ use crate::cache::Lookup;
 use crate::cache::Partition;
 use crate::cache::key::{KeyBuilder, scope_and_exact};
 use crate::flow::{Assembler, Endpoint, Plan, plan_as, stream_flags};
-use crate::replay::chunks::{ChunkGate, ChunkWriter, stored_choices};
+use crate::replay::chunks::{ChunkReader, ChunkWriter, stored_choices};
 use crate::replay::lazy_replay::{Replay, Steps, cloned_at};
-use crate::replay::raw_chunk::RawHeader;
 use crate::replay::text::fresh_id;
 
 /// Every field of a legacy completions request; unknown ones land in `other` (scope).
@@ -163,28 +162,13 @@ struct TextChoice {
 /// Collects `text_completion` chunks into one `text_completion`.
 #[derive(Default)]
 struct CompletionAssembler {
-    header: RawHeader,
+    reader: ChunkReader,
     choices: BTreeMap<u64, (String, Option<Value>, Vec<Value>)>,
-    usage: Option<Value>,
-    gate: ChunkGate,
 }
 
 impl Assembler for CompletionAssembler {
     fn push(&mut self, data: &str) {
-        let Some(chunk) = self.gate.accept(data) else {
-            return;
-        };
-        self.header.update(&chunk, HEADER_KEYS);
-        let usage = chunk.decode::<Value>("usage");
-        let choices = chunk.decode::<Vec<TextChoice>>("choices");
-        let (usage, choices) = match (usage.transpose(), choices.transpose()) {
-            (Ok(usage), Ok(choices)) => (usage, choices),
-            _ => return self.gate.fail(),
-        };
-        if usage.is_some() {
-            self.usage = usage;
-        }
-        for choice in choices.into_iter().flatten() {
+        for choice in self.reader.choices::<TextChoice>(data, HEADER_KEYS) {
             let index = choice.index.as_ref().and_then(Value::as_u64).unwrap_or(0);
             let (text, finish, logprobs) = self.choices.entry(index).or_default();
             if let Some(Value::String(more)) = &choice.text {
@@ -198,11 +182,11 @@ impl Assembler for CompletionAssembler {
     }
 
     fn ended(&self) -> bool {
-        self.gate.ended()
+        self.reader.ended()
     }
 
     fn finish(self: Box<Self>) -> Option<Value> {
-        if !self.gate.clean() || self.choices.is_empty() {
+        if !self.reader.clean() || self.choices.is_empty() {
             return None;
         }
         let mut choices = Vec::new();
@@ -214,13 +198,7 @@ impl Assembler for CompletionAssembler {
                 "finish_reason": finish?,
             }));
         }
-        let mut completion = self.header.into_map();
-        completion.insert("object".into(), "text_completion".into());
-        completion.insert("choices".into(), Value::Array(choices));
-        if let Some(usage) = self.usage {
-            completion.insert("usage".into(), usage);
-        }
-        Some(Value::Object(completion))
+        Some(self.reader.answer("text_completion", choices))
     }
 }
 

@@ -2,10 +2,11 @@
 //! `data: [DONE]`, each carrying the same header fields (id, created, model...).
 
 use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::replay::lazy_replay::Steps;
-use crate::replay::raw_chunk::RawChunk;
+use crate::replay::raw_chunk::{RawChunk, RawHeader};
 use crate::wire::sse::data_event;
 
 /// Tracks a chunk stream's end and failures while assembling it.
@@ -49,6 +50,66 @@ impl ChunkGate {
     /// The stream ended with `[DONE]` and nothing went wrong.
     pub fn clean(&self) -> bool {
         self.done && !self.failed
+    }
+}
+
+/// Reads a chunk stream for its assembler: the gate, the header fields every chunk repeats,
+/// and the usage chunk's `usage`.
+#[derive(Debug, Default)]
+pub struct ChunkReader {
+    gate: ChunkGate,
+    header: RawHeader,
+    usage: Option<Value>,
+}
+
+impl ChunkReader {
+    /// The choices of the chunk in `data`, its `header_keys` and usage kept. None for
+    /// `[DONE]` and for what spoils the stream (see `ChunkGate::accept`, and choices of
+    /// another shape than `C`).
+    pub fn choices<'a, C: Deserialize<'a>>(
+        &mut self,
+        data: &'a str,
+        header_keys: &[&'static str],
+    ) -> Vec<C> {
+        let Some(chunk) = self.gate.accept(data) else {
+            return Vec::new();
+        };
+        self.header.update(&chunk, header_keys);
+        let usage = chunk.decode::<Value>("usage");
+        let choices = chunk.decode::<Vec<C>>("choices");
+        match (usage.transpose(), choices.transpose()) {
+            (Ok(usage), Ok(choices)) => {
+                if usage.is_some() {
+                    self.usage = usage;
+                }
+                choices.unwrap_or_default()
+            }
+            _ => {
+                self.gate.fail();
+                Vec::new()
+            }
+        }
+    }
+
+    /// `[DONE]` or a failure was seen: nothing after it can change the outcome.
+    pub fn ended(&self) -> bool {
+        self.gate.ended()
+    }
+
+    /// The stream ended with `[DONE]` and nothing went wrong.
+    pub fn clean(&self) -> bool {
+        self.gate.clean()
+    }
+
+    /// The assembled answer: the header fields, `object`, the `choices` and the usage.
+    pub fn answer(self, object: &str, choices: Vec<Value>) -> Value {
+        let mut answer = self.header.into_map();
+        answer.insert("object".into(), object.into());
+        answer.insert("choices".into(), Value::Array(choices));
+        if let Some(usage) = self.usage {
+            answer.insert("usage".into(), usage);
+        }
+        Value::Object(answer)
     }
 }
 

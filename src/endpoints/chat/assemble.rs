@@ -9,16 +9,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::audio;
-use crate::replay::chunks::ChunkGate;
-use crate::replay::raw_chunk::RawHeader;
+use crate::replay::chunks::ChunkReader;
 
 /// Accumulates chunks; `finish` yields the completion only for a clean, successful stream.
 #[derive(Debug, Default)]
 pub struct ChatStreamAssembler {
-    header: RawHeader,
+    reader: ChunkReader,
     choices: BTreeMap<u64, Choice>,
-    usage: Option<Value>,
-    gate: ChunkGate,
 }
 
 #[derive(Debug, Default)]
@@ -59,20 +56,7 @@ impl ChatStreamAssembler {
 
     /// Takes one event's `data` payload.
     pub fn push(&mut self, data: &str) {
-        let Some(chunk) = self.gate.accept(data) else {
-            return;
-        };
-        self.header.update(&chunk, HEADER_KEYS);
-        let usage = chunk.decode::<Value>("usage");
-        let choices = chunk.decode::<Vec<ChoiceDelta>>("choices");
-        let (usage, choices) = match (usage.transpose(), choices.transpose()) {
-            (Ok(usage), Ok(choices)) => (usage, choices),
-            _ => return self.gate.fail(),
-        };
-        if usage.is_some() {
-            self.usage = usage;
-        }
-        for choice in choices.into_iter().flatten() {
+        for choice in self.reader.choices::<ChoiceDelta>(data, HEADER_KEYS) {
             let index = choice.index.as_ref().and_then(Value::as_u64).unwrap_or(0);
             let entry = self.choices.entry(index).or_default();
             if let Some(Value::Object(mut delta)) = choice.delta {
@@ -93,13 +77,13 @@ impl ChatStreamAssembler {
 
     /// True once `[DONE]` (or a failure) was seen: nothing after it can change the outcome.
     pub fn ended(&self) -> bool {
-        self.gate.ended()
+        self.reader.ended()
     }
 
     /// The assembled `chat.completion`, or `None` if the stream did not end cleanly with
     /// `[DONE]`, carried an error, or left a choice without a finish reason.
     pub fn finish(self) -> Option<Value> {
-        if !self.gate.clean() || self.choices.is_empty() {
+        if !self.reader.clean() || self.choices.is_empty() {
             return None;
         }
         let mut choices = Vec::with_capacity(self.choices.len());
@@ -137,13 +121,7 @@ impl ChatStreamAssembler {
                 "finish_reason": finish_reason,
             }));
         }
-        let mut completion = self.header.into_map();
-        completion.insert("object".into(), "chat.completion".into());
-        completion.insert("choices".into(), Value::Array(choices));
-        if let Some(usage) = self.usage {
-            completion.insert("usage".into(), usage);
-        }
-        Some(Value::Object(completion))
+        Some(self.reader.answer("chat.completion", choices))
     }
 }
 
