@@ -82,7 +82,16 @@ pub(super) async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body
 
     let mut resp = if req["stream"] == json!(true) {
         let include_usage = req["stream_options"]["include_usage"] == json!(true);
+        // The API pads every chunk with a random `obfuscation` string unless asked not to.
+        let obfuscation = req["stream_options"]["include_obfuscation"] != json!(false);
         let mut events = stream_events(&base, n, &answer, logprobs, usage, include_usage);
+        if obfuscation {
+            events = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| obfuscated(e, i))
+                .collect();
+        }
         if mode == ChatMode::PartialStream {
             events.truncate(3);
         } else {
@@ -187,6 +196,17 @@ fn token_logprobs<'a>(tokens: impl Iterator<Item = &'a str>) -> Value {
 pub fn deterministic_answer(prompt: &str) -> String {
     let digest = blake3::hash(prompt.as_bytes()).to_hex();
     format!("answer to {prompt}: {digest} {digest} {digest} end")
+}
+
+/// `event` (one `data:` chunk) with the API's `obfuscation` padding added: random
+/// characters of varying length (here of a length that varies with the chunk's position).
+fn obfuscated(event: Bytes, position: usize) -> Bytes {
+    let text = std::str::from_utf8(&event).expect("utf-8 event");
+    let json = text.trim().strip_prefix("data: ").expect("a data event");
+    let mut chunk: Value = serde_json::from_str(json).expect("a JSON chunk");
+    let pad = "aZ3kQ9xR2mT7pL4w";
+    chunk["obfuscation"] = json!(&pad[..1 + (position * 7) % (pad.len() - 1)]);
+    Bytes::from(format!("data: {chunk}\n\n"))
 }
 
 /// All SSE events of a streamed completion, without the final `data: [DONE]`. The opening
