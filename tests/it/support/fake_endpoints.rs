@@ -357,10 +357,12 @@ fn item_events(events: &mut Vec<(&'static str, Value)>, index: usize, item: &Val
             empty["text"] = json!("");
             events.push(("response.content_part.added", at(json!({"part": empty}))));
             let text = part["text"].as_str().unwrap_or_default();
-            for word in text.split_inclusive(' ') {
+            for (i, word) in text.split_inclusive(' ').enumerate() {
+                // The API pads each delta with random `obfuscation` characters (default on).
+                let pad = &"kQ9xR2mT7pL4w"[..1 + (i * 5) % 12];
                 events.push((
                     "response.output_text.delta",
-                    at(json!({"delta": word, "logprobs": []})),
+                    at(json!({"delta": word, "logprobs": [], "obfuscation": pad})),
                 ));
             }
             events.push((
