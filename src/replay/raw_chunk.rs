@@ -137,6 +137,13 @@ mod tests {
     }
 
     #[test]
+    fn whitespace_around_a_null_does_not_make_it_a_value() {
+        let chunk = RawChunk::parse("{ \"usage\" :\n null , \"id\":\t\"x\" }").expect("object");
+        assert!(chunk.get("usage").is_none());
+        assert_eq!(chunk.get("id").map(RawValue::get), Some(r#""x""#));
+    }
+
+    #[test]
     fn escaped_keys_are_read_as_their_text() {
         let chunk = RawChunk::parse(r#"{"\u0069d":"x"}"#).expect("an object");
         assert_eq!(chunk.get("id").map(RawValue::get), Some(r#""x""#));
