@@ -9,9 +9,9 @@ use crate::replay::lazy_replay::Steps;
 use crate::replay::raw_chunk::{RawChunk, RawHeader};
 use crate::wire::sse::data_event;
 
-/// Tracks a chunk stream's end and failures while assembling it.
+/// Tracks a chunk stream's end and failures while assembling it (`ChunkReader`'s).
 #[derive(Debug, Default)]
-pub struct ChunkGate {
+struct ChunkGate {
     done: bool,
     failed: bool,
 }
@@ -19,7 +19,7 @@ pub struct ChunkGate {
 impl ChunkGate {
     /// The chunk in `data` if it should be merged; `None` for `[DONE]`, and for anything that
     /// makes the stream unusable (not a JSON object, an `error`, data after `[DONE]`).
-    pub fn accept<'a>(&mut self, data: &'a str) -> Option<RawChunk<'a>> {
+    fn accept<'a>(&mut self, data: &'a str) -> Option<RawChunk<'a>> {
         if self.done || self.failed {
             self.failed = true;
             return None;
@@ -38,17 +38,17 @@ impl ChunkGate {
     }
 
     /// A chunk did not have the shape its stream promises: the stream is not stored.
-    pub fn fail(&mut self) {
+    fn fail(&mut self) {
         self.failed = true;
     }
 
     /// `[DONE]` or a failure was seen: nothing after it can change the outcome.
-    pub fn ended(&self) -> bool {
+    fn ended(&self) -> bool {
         self.done || self.failed
     }
 
     /// The stream ended with `[DONE]` and nothing went wrong.
-    pub fn clean(&self) -> bool {
+    fn clean(&self) -> bool {
         self.done && !self.failed
     }
 }
@@ -75,9 +75,10 @@ impl ChunkReader {
             return Vec::new();
         };
         self.header.update(&chunk, header_keys);
-        let usage = chunk.decode::<Value>("usage");
-        let choices = chunk.decode::<Vec<C>>("choices");
-        match (usage.transpose(), choices.transpose()) {
+        match (
+            chunk.decode::<Value>("usage"),
+            chunk.decode::<Vec<C>>("choices"),
+        ) {
             (Ok(usage), Ok(choices)) => {
                 if usage.is_some() {
                     self.usage = usage;

@@ -35,9 +35,11 @@ impl<'a> RawChunk<'a> {
             .filter(|raw| raw.get() != "null")
     }
 
-    /// `key` decoded as `T`: `None` when missing or `null`, `Some(Err)` when it does not fit.
-    pub fn decode<T: Deserialize<'a>>(&self, key: &str) -> Option<Result<T, serde_json::Error>> {
-        self.get(key).map(|raw| serde_json::from_str(raw.get()))
+    /// `key` decoded as `T`: `Ok(None)` when missing or `null`, an error when it does not fit.
+    pub fn decode<T: Deserialize<'a>>(&self, key: &str) -> Result<Option<T>, serde_json::Error> {
+        self.get(key)
+            .map(|raw| serde_json::from_str(raw.get()))
+            .transpose()
     }
 }
 
@@ -131,9 +133,9 @@ mod tests {
         assert!(chunk.get("usage").is_none());
         assert!(chunk.get("missing").is_none());
         assert_eq!(chunk.get("n").map(RawValue::get), Some("[1, 2]"));
-        let numbers: Vec<u8> = chunk.decode("n").expect("present").expect("fits");
+        let numbers: Vec<u8> = chunk.decode("n").expect("fits").expect("present");
         assert_eq!(numbers, [1, 2]);
-        assert!(chunk.decode::<String>("n").expect("present").is_err());
+        assert!(chunk.decode::<String>("n").is_err());
     }
 
     #[test]

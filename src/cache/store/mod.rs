@@ -12,7 +12,8 @@
 //! exact key is written last and removed first, so it never points at nothing, and an
 //! entry's vector is there before the entry and goes after it; what a crash leaves between
 //! (a vector or an expiry key without its entry, an entry without its exact key) is dropped
-//! at open or by the sweep (see `insert_as`, `remove`, `settle_interrupted_writes`). All methods block (disk I/O): call them off the async workers.
+//! at open or by the sweep (see `insert_as`, `remove`, `settle_interrupted_writes`).
+//! All methods block (disk I/O): call them off the async workers.
 
 use std::path::Path;
 
