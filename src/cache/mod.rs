@@ -331,13 +331,17 @@ impl Cache {
         // With the verifier model on, candidates down to its lower bound can hit.
         let model_stage = self.model_stage.load();
         let lowest = model_stage.lowest(threshold);
-        for candidate in self.index.search(*scope, vector, SEMANTIC_CANDIDATES) {
+        let floor = lowest.min(REPLAY_FLOOR);
+        for candidate in self
+            .index
+            .search_above(*scope, vector, SEMANTIC_CANDIDATES, floor)
+        {
             outcome.best = Some(outcome.best.unwrap_or(f32::MIN).max(candidate.similarity));
             // Candidates under the lowest that can hit (down to REPLAY_FLOOR) are only judged
             // by the rules, for the dashboard's replay, at most SEMANTIC_CANDIDATES in all.
             // Those after a hit change no replayed threshold (each one at or below the hit
             // still hits), so a hit stops.
-            if outcome.hit.is_some() || candidate.similarity < lowest.min(REPLAY_FLOOR) {
+            if outcome.hit.is_some() || candidate.similarity < floor {
                 break;
             }
             let Ok(store) = self.store() else {

@@ -35,7 +35,13 @@ fn best(index: &VectorIndex, id: u64) -> Option<u64> {
 /// Ids a search over the whole partition returns.
 fn found(partition: &Partition, query: u64) -> HashSet<u64> {
     partition
-        .search(&unit(query, DIM), 1000, 128, &Regenerate(DIM))
+        .search(
+            &unit(query, DIM),
+            1000,
+            f32::NEG_INFINITY,
+            128,
+            &Regenerate(DIM),
+        )
         .iter()
         .map(|c| c.id)
         .collect()

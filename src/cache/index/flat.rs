@@ -4,8 +4,7 @@
 //! closest are scored by codes: a scan of 4,000 1536-d rows then costs about 4,000 Hamming
 //! distances and 1,024 dot products instead of 4,000 dot products.
 
-use super::Candidate;
-use super::quantized::{self, Query};
+use super::quantized::{self, Coded, Query};
 use super::signs;
 
 /// Rows up to which every row is scored by codes (the prefilter would save little).
@@ -128,7 +127,7 @@ impl Flat {
     /// The rows that may be among the `k` most similar to `query`, with the similarity of
     /// their codes, to be re-scored exactly (`quantized::rescore`): every row of a small
     /// part; of a larger one, the rows closest by sign bits.
-    pub fn approximate(&self, query: &Query, k: usize) -> Vec<Candidate> {
+    pub fn approximate(&self, query: &Query, k: usize) -> Vec<Coded> {
         let shortlist = (k * PREFILTER_PER_K).max(PREFILTER_MIN);
         if self.ids.len() <= PREFILTER_ABOVE.max(shortlist) {
             return (0..self.ids.len())
@@ -150,11 +149,13 @@ impl Flat {
     }
 
     /// Row `row` with the similarity of its codes to `query`.
-    fn score(&self, query: &Query, row: usize) -> Candidate {
+    fn score(&self, query: &Query, row: usize) -> Coded {
         let codes = &self.codes[row * self.dim..(row + 1) * self.dim];
-        Candidate {
+        let inv_norm = self.inv_norms[row];
+        Coded {
             id: self.ids[row],
-            similarity: quantized::cosine(&query.codes, query.inv_norm, codes, self.inv_norms[row]),
+            similarity: quantized::cosine(&query.codes, query.inv_norm, codes, inv_norm),
+            slack: quantized::slack(self.dim, query.inv_norm, inv_norm),
         }
     }
 
@@ -165,14 +166,16 @@ impl Flat {
         query: &[f32],
         k: usize,
         source: &dyn super::VectorSource,
-    ) -> Vec<Candidate> {
-        quantized::rescore(self.approximate(&Query::new(query), k), query, k, source)
+    ) -> Vec<super::Candidate> {
+        let found = self.approximate(&Query::new(query), k);
+        quantized::rescore(found, query, k, f32::NEG_INFINITY, source)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::index::Candidate;
     use crate::cache::index::tests::{Rows, random_unit as unit, reworded};
 
     #[test]

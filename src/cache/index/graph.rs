@@ -17,8 +17,8 @@ use parking_lot::{RwLock, RwLockReadGuard};
 
 use super::flat::Flat;
 use super::hnsw::Hnsw;
-use super::quantized::{self, Query, RESCORE_EXTRA};
-use super::{Candidate, HnswParams, VectorSource};
+use super::quantized::{self, Coded, Query, RESCORE_EXTRA};
+use super::{HnswParams, VectorSource};
 
 /// Candidates fetched beyond those re-scored, so dead ids can be skipped without filtering
 /// inside the search.
@@ -223,16 +223,17 @@ impl Graph {
 
     /// Live candidates by the similarity of their codes, enough of them for `k` to be
     /// re-scored exactly (`quantized::rescore`).
-    pub fn approximate(&self, query: &Query, k: usize, ef_search: usize) -> Vec<Candidate> {
+    pub fn approximate(&self, query: &Query, k: usize, ef_search: usize) -> Vec<Coded> {
         let dead = self.dead.load(Ordering::Relaxed);
         let fetch = k + RESCORE_EXTRA + OVERFETCH + dead.min(OVERFETCH * 4);
-        let found: Vec<Candidate> = {
+        let found: Vec<Coded> = {
             let hnsw = self.hnsw.read();
             hnsw.search_coded(query, fetch, ef_search.max(fetch))
                 .into_iter()
-                .map(|(node, similarity)| Candidate {
+                .map(|(node, similarity)| Coded {
                     id: hnsw.ids()[node as usize],
                     similarity,
+                    slack: quantized::slack(self.dim, query.inv_norm, hnsw.code(node as usize).1),
                 })
                 .collect()
         };

@@ -296,18 +296,27 @@ impl VectorIndex {
 
     /// Up to `k` live candidates in `scope`, most similar first.
     pub fn search(&self, scope: Hash32, query: &[f32], k: usize) -> Vec<Candidate> {
+        self.search_above(scope, query, k, f32::NEG_INFINITY)
+    }
+
+    /// As `search`, for a caller that has no use for similarities below `floor`: only the
+    /// best candidate and those whose codes say they may reach `floor` are re-scored, so most
+    /// misses read one stored vector instead of several. The others are left out.
+    pub fn search_above(
+        &self,
+        scope: Hash32,
+        query: &[f32],
+        k: usize,
+        floor: f32,
+    ) -> Vec<Candidate> {
         let Some(partition) = self.partitions.read().get(&scope).cloned() else {
             return Vec::new();
         };
         if partition.dim != query.len() {
             return Vec::new();
         }
-        partition.search(
-            query,
-            k,
-            self.ef_search.load(Ordering::Relaxed),
-            &*self.source,
-        )
+        let ef_search = self.ef_search.load(Ordering::Relaxed);
+        partition.search(query, k, floor, ef_search, &*self.source)
     }
 
     /// Sets the search breadth of every graph, existing and future.

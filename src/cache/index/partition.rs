@@ -201,11 +201,13 @@ impl Partition {
     }
 
     /// Up to `k` live candidates, best first; the graph's and the waiting vectors' together,
-    /// found by their codes and re-scored exactly from `source` (outside the locks).
+    /// found by their codes and re-scored exactly from `source` (outside the locks): the best
+    /// one and any that may reach `floor` (`quantized::rescore`).
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
+        floor: f32,
         ef_search: usize,
         source: &dyn VectorSource,
     ) -> Vec<Candidate> {
@@ -224,7 +226,7 @@ impl Partition {
         }
         // A vector that moved into the graph since the flat part was read is found twice;
         // `rescore` keeps one.
-        quantized::rescore(found, query, k, source)
+        quantized::rescore(found, query, k, floor, source)
     }
 
     /// Runs one step of background work; true when more is left (the caller queues the
