@@ -67,6 +67,8 @@ pub(crate) fn parse() -> Args {
         latent: 32,
         modes: vec![false, true],
         ef_search: None,
+        m: None,
+        ef_construction: None,
         settle_secs: 600,
     };
     let mut it = std::env::args().skip(1);
@@ -78,6 +80,8 @@ pub(crate) fn parse() -> Args {
             "--dim" => args.dim = value(),
             "--latent" => args.latent = value(),
             "--ef-search" => args.ef_search = Some(value()),
+            "--m" => args.m = Some(value()),
+            "--efc" => args.ef_construction = Some(value()),
             "--settle-secs" => args.settle_secs = value(),
             "--only" => {
                 args.modes = match it.next().as_deref() {

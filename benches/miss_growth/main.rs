@@ -3,7 +3,7 @@
 //! answers, with the semantic tier off and then on, in the same run.
 //!
 //! `cargo bench --bench miss_growth -- [--entries 100000] [--connections 16] [--dim 1536]
-//! [--latent 32] [--only off|on] [--ef-search N] [--settle-secs 600]`
+//! [--latent 32] [--only off|on] [--ef-search N] [--m N] [--efc N] [--settle-secs 600]`
 //!
 //! A fake upstream answers at once: a fixed chat completion, and from `/v1/embeddings` an
 //! embedding-like vector of `--dim` dimensions (see `common/vectors.rs`; seeded by the input
@@ -70,27 +70,32 @@ pub(crate) struct Args {
     pub(crate) dim: usize,
     pub(crate) latent: usize,
     pub(crate) modes: Vec<bool>,
-    /// `cache.hnsw_ef_search`; the shipped default when absent.
+    /// `cache.hnsw_ef_search`, `hnsw_m` and `hnsw_ef_construction`; the shipped defaults
+    /// when absent.
     pub(crate) ef_search: Option<usize>,
+    pub(crate) m: Option<usize>,
+    pub(crate) ef_construction: Option<usize>,
     pub(crate) settle_secs: usize,
 }
 
 fn main() {
     let args = parse();
+    let defaults = cache_config(&args);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let started = Instant::now();
     println!("# Miss throughput as one scope grows\n");
     println!("- command: `{}`", command());
     println!(
         "- {} misses in one scope, {} connections (closed loop), {}-d embedding-like vectors \
-         (intrinsic dimension {}), fake upstream answering at once; ef_search {}; {cores} \
-         CPUs, load average at start {}",
+         (intrinsic dimension {}), fake upstream answering at once; HNSW M {}, \
+         ef_construction {}, ef_search {}; {cores} CPUs, load average at start {}",
         args.entries,
         args.connections,
         args.dim,
         args.latent,
-        args.ef_search
-            .unwrap_or(deja::config::CacheConfig::default().hnsw_ef_search),
+        defaults.hnsw_m,
+        defaults.hnsw_ef_construction,
+        defaults.hnsw_ef_search,
         load_average()
     );
     let servers = runtime("bench-srv", cores);
@@ -99,7 +104,7 @@ fn main() {
     let mut runs = Vec::new();
     for &semantic in &args.modes {
         let dir = tempfile::tempdir().expect("tempdir");
-        let deja = servers.block_on(start_deja(fake.addr, dir.path(), semantic, args.ef_search));
+        let deja = servers.block_on(start_deja(fake.addr, dir.path(), semantic, &args));
         let run = load.block_on(drive(&deja, &fake, &args, semantic));
         let settle = semantic.then(|| {
             let cache = deja.app.cache.clone().expect("cache");
@@ -145,16 +150,25 @@ fn main() {
 
 // === deja ===
 
+/// The cache's defaults with the HNSW parameters the command line sets.
+fn cache_config(args: &Args) -> deja::config::CacheConfig {
+    let mut cache = deja::config::CacheConfig::default();
+    cache.hnsw_ef_search = args.ef_search.unwrap_or(cache.hnsw_ef_search);
+    cache.hnsw_m = args.m.unwrap_or(cache.hnsw_m);
+    cache.hnsw_ef_construction = args.ef_construction.unwrap_or(cache.hnsw_ef_construction);
+    cache
+}
+
 async fn start_deja(
     upstream: SocketAddr,
     dir: &std::path::Path,
     semantic: bool,
-    ef_search: Option<usize>,
+    args: &Args,
 ) -> RunningServer {
-    let mut config = Config::default();
-    if let Some(ef) = ef_search {
-        config.cache.hnsw_ef_search = ef;
-    }
+    let mut config = Config {
+        cache: cache_config(args),
+        ..Config::default()
+    };
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
     config.upstream.base_url = format!("http://{upstream}/v1");
     config.cache.dir = dir.join("cache");
