@@ -298,11 +298,44 @@ struct EmbeddingItem {
 }
 
 /// A vector as JSON numbers, or as base64 of little-endian f32s (`encoding_format: base64`).
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum Embedding {
     Floats(Vec<f32>),
     Base64(String),
+}
+
+/// Reads whichever form the API sent in one pass. (`#[serde(untagged)]` buffered every
+/// answer, then tried the numbers first: for base64, that failure formatted the whole 8 KB
+/// string into an error message, a quarter of the parse.)
+impl<'de> Deserialize<'de> for Embedding {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EmbeddingVisitor)
+    }
+}
+
+struct EmbeddingVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EmbeddingVisitor {
+    type Value = Embedding;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of numbers or a base64 string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Embedding, E> {
+        Ok(Embedding::Base64(text.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Embedding, E> {
+        Ok(Embedding::Base64(text))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Embedding, A::Error> {
+        let mut vector = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(x) = seq.next_element::<f32>()? {
+            vector.push(x);
+        }
+        Ok(Embedding::Floats(vector))
+    }
 }
 
 impl Embedding {
@@ -400,6 +433,41 @@ mod tests {
         let vectors = vectors(&body, 3, None).unwrap();
         let half = 0.5f32.sqrt();
         assert_eq!(vectors, [vec![1.0, 0.0], vec![half, half], vec![0.0, 1.0]]);
+    }
+
+    #[test]
+    fn base64_and_number_vectors_read_alike() {
+        let floats = [0.6f32, 0.0, 0.5, -0.6];
+        let bytes: Vec<u8> = floats.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+        // The API's form, and one with an escaped slash (JSON allows it; the value is then
+        // not borrowed from the body).
+        let escaped = json!({"data": [{"index": 0, "embedding": "ESCAPED"}]})
+            .to_string()
+            .replace("ESCAPED", &text.replace('/', "\\/"));
+        assert!(escaped.contains("\\/"), "{escaped}");
+        let base64 = json!({"object": "list", "data": [
+            {"object": "embedding", "index": 0, "embedding": text}], "model": "m"});
+        let want = vectors(&list(&[(0, &floats)]), 1, None).unwrap();
+        let norm = floats.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert_eq!(want, [floats.map(|x| x / norm).to_vec()]);
+        assert_eq!(
+            vectors(base64.to_string().as_bytes(), 1, None).unwrap(),
+            want
+        );
+        assert_eq!(vectors(escaped.as_bytes(), 1, None).unwrap(), want);
+        for bad in [
+            json!("not base64!"),
+            json!({"x": 1}),
+            json!([1, "a"]),
+            json!(null),
+        ] {
+            let body = json!({"data": [{"index": 0, "embedding": bad}]});
+            assert!(matches!(
+                vectors(body.to_string().as_bytes(), 1, None),
+                Err(EmbedError::Malformed(_))
+            ));
+        }
     }
 
     #[test]
