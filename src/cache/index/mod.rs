@@ -158,18 +158,26 @@ impl VectorIndex {
     /// Adds a unit vector for `id` in `scope`. Returns at once: a scope with a graph (or one
     /// that needs one) gets it in the background, and searches find the vector meanwhile.
     pub fn insert(&self, scope: Hash32, id: u64, vector: &[f32]) {
-        let partition = self
-            .partitions
-            .write()
-            .entry(scope)
-            .or_insert_with(|| Arc::new(Partition::new(vector.len())))
-            .clone();
-        if partition.dim != vector.len() {
-            // A vector from another model; the cache layer prevents this, never mix them.
-            return;
-        }
         let before = self.deferred_total.load(Ordering::Relaxed);
-        let effect = partition.insert(id, vector, &self.context.limits, &self.deferred_total);
+        let (partition, effect) = loop {
+            let partition = self
+                .partitions
+                .write()
+                .entry(scope)
+                .or_insert_with(|| Arc::new(Partition::new(vector.len())))
+                .clone();
+            if partition.dim != vector.len() {
+                // A vector from another model; the cache layer prevents this, never mix them.
+                return;
+            }
+            let effect = partition.insert(id, vector, &self.context.limits, &self.deferred_total);
+            // A removal that emptied the partition may have dropped it from the map between
+            // the lookup above and the insert (`remove`); then insert again, into a new one.
+            let current = self.partitions.read().get(&scope).cloned();
+            if current.is_some_and(|current| Arc::ptr_eq(&current, &partition)) {
+                break (partition, effect);
+            }
+        };
         if before == 0 && self.deferred_total.load(Ordering::Relaxed) > 0 {
             tracing::warn!(
                 max_pending = self.settings.max_pending,
@@ -529,5 +537,28 @@ pub(crate) mod tests {
         index.remove(scope(1), 1);
         assert!(index.is_empty());
         assert!(index.partitions.read().is_empty());
+    }
+
+    /// A store that replaces a scope's only entry removes the old vector while another
+    /// thread may be adding the new one: the removal empties the partition and drops it, and
+    /// the insert must not land in the dropped partition (lost from the index while its
+    /// entry stays stored).
+    #[test]
+    fn an_insert_racing_the_removal_that_empties_its_scope_is_kept() {
+        let index = index(1_000_000, 16);
+        index.insert(scope(1), 0, &unit(0, 16));
+        for id in 1..20_000u64 {
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|threads| {
+                threads.spawn(|| {
+                    barrier.wait();
+                    index.remove(scope(1), id - 1);
+                });
+                barrier.wait();
+                index.insert(scope(1), id, &unit(id, 16));
+            });
+            assert_eq!(index.len(), 1, "round {id}");
+            assert_eq!(index.search(scope(1), &unit(id, 16), 1)[0].id, id);
+        }
     }
 }
