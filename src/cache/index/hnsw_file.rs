@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use super::hnsw::Hnsw;
+use super::record::Record;
+use super::signs;
 
 const MAGIC: &[u8; 8] = b"DEJAHNS1";
 const HEADER: u64 = 8 + 4 + 4 + 4 + 8 + 4;
@@ -39,11 +41,12 @@ pub fn write(hnsw: &Hnsw, out: impl Write) -> io::Result<()> {
     for inv_norm in &hnsw.inv_norms {
         out.write_all(&inv_norm.to_le_bytes())?;
     }
-    for chunk in hnsw.codes.chunks(CHUNK) {
-        let bytes: Vec<u8> = chunk.iter().map(|&c| c as u8).collect();
-        out.write_all(&bytes)?;
+    for node in 0..hnsw.len() {
+        out.write_all(bytemuck::cast_slice(hnsw.code(node).0))?;
     }
-    write_links(&mut out, &hnsw.base)?;
+    for node in 0..hnsw.len() as u32 {
+        write_links(&mut out, hnsw.slots(node, 0).unwrap_or(&[]))?;
+    }
     for node in 0..hnsw.len() as u32 {
         if let Some(upper) = hnsw.upper.get(&node) {
             write_links(&mut out, upper)?;
@@ -83,8 +86,7 @@ pub fn read(input: impl Read, file_len: u64) -> io::Result<Hnsw> {
     let mut levels = vec![0u8; n];
     input.read_exact(&mut levels)?;
     let inv_norms = read_values(&mut input, n, f32::from_le_bytes)?;
-    let codes = read_values(&mut input, n * dim, |[b]: [u8; 1]| b as i8)?;
-    let base = read_values(&mut input, n * 2 * m, u32::from_le_bytes)?;
+    let records = read_records(&mut input, n, dim, m)?;
     let upper_links: u64 = levels.iter().map(|&l| u64::from(l) * m as u64).sum();
     if fixed + 4 * upper_links != file_len {
         return Err(invalid("graph file size does not match its levels"));
@@ -103,8 +105,7 @@ pub fn read(input: impl Read, file_len: u64) -> io::Result<Hnsw> {
         ids,
         levels,
         inv_norms,
-        codes,
-        base,
+        records,
         upper,
         entry,
     };
@@ -113,6 +114,29 @@ pub fn read(input: impl Read, file_len: u64) -> io::Result<Hnsw> {
     } else {
         Err(invalid("graph file links out of bounds"))
     }
+}
+
+/// `n` nodes' records (`Hnsw::records`): all their codes (each with its sign bits), then
+/// all their layer-0 links.
+fn read_records(input: &mut impl Read, n: usize, dim: usize, m: usize) -> io::Result<Vec<u32>> {
+    let record = Record::new(dim, m);
+    let mut records = Vec::with_capacity(n * record.words());
+    let (mut codes, mut signs) = (vec![0i8; dim], Vec::new());
+    for _ in 0..n {
+        input.read_exact(bytemuck::cast_slice_mut(&mut codes))?;
+        signs.clear();
+        signs::signs_into(&codes, &mut signs);
+        record.push(&mut records, &codes, &signs);
+    }
+    let mut links = vec![0u8; 4 * 2 * m];
+    for node in 0..n {
+        input.read_exact(&mut links)?;
+        let slots = &mut records[node * record.words()..][record.links()];
+        for (slot, bytes) in slots.iter_mut().zip(links.chunks_exact(4)) {
+            *slot = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        }
+    }
+    Ok(records)
 }
 
 fn read_values<const N: usize, T>(
@@ -179,8 +203,7 @@ mod tests {
             assert_eq!(back.ids, hnsw.ids);
             assert_eq!(back.levels, hnsw.levels);
             assert_eq!(back.inv_norms, hnsw.inv_norms);
-            assert_eq!(back.codes, hnsw.codes);
-            assert_eq!(back.base, hnsw.base);
+            assert_eq!(back.records, hnsw.records);
             assert_eq!(back.upper, hnsw.upper);
             assert_eq!(back.entry, hnsw.entry);
             let query = vec![0.2; 24];

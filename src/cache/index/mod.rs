@@ -22,6 +22,7 @@ mod hnsw;
 mod hnsw_file;
 mod partition;
 mod quantized;
+mod record;
 mod signs;
 mod worker;
 
