@@ -57,6 +57,32 @@ pub struct Replaced {
 pub const LOCAL_ID_BITS: u32 = 40;
 /// Where `id_base` is kept in `meta`.
 const ID_BASE_META: &str = "id_base";
+/// How long an open waits for a store dropped just before to let go of its file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled at `dir`. sled's background threads hold the file lock for a moment after
+/// the last handle of a database is dropped, so a reopen right after a drop (a probe after
+/// a disk error, a restart in one process) would fail for nothing: it waits up to
+/// `LOCK_WAIT` for the lock instead. Another process holding it still fails the open.
+fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(200))
+            .open()
+        {
+            // sled reports it only in the message of an `Other` I/O error.
+            Err(sled::Error::Io(err))
+                if err.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
 /// The vectors' tree, and the one stores before f16 kept f32 vectors in (converted at open).
 const VECTORS_TREE: &str = "vectors_f16";
 const F32_VECTORS_TREE: &str = "vectors";
@@ -75,10 +101,7 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(200))
-            .open()?;
+        let db = open_db(dir)?;
         let meta = db.open_tree("meta")?;
         let id_base = meta
             .get(ID_BASE_META)?

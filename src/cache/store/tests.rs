@@ -165,6 +165,27 @@ fn survives_reopen() {
     assert_eq!(store.vectors().count(), 1);
 }
 
+/// sled lets go of its file lock a moment after a store is dropped; an open meanwhile waits
+/// for it, and still fails while the store stays open.
+#[test]
+fn an_open_waits_for_a_store_being_dropped_but_not_for_one_kept_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = Store::open(dir.path()).unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        Store::open(dir.path()).is_err(),
+        "two stores on one directory"
+    );
+    assert!(started.elapsed() >= LOCK_WAIT);
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let store = Store::open(dir.path()).unwrap();
+    release.join().unwrap();
+    store.insert(&entry(1, 100), None).unwrap();
+}
+
 #[test]
 fn ids_carry_the_base_and_applied_entries_keep_theirs() {
     let dir = tempfile::tempdir().unwrap();
