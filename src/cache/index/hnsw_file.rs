@@ -119,6 +119,10 @@ pub fn read(input: impl Read, file_len: u64) -> io::Result<Hnsw> {
 /// `n` nodes' records (`Hnsw::records`): all their codes (each with its sign bits), then
 /// all their layer-0 links.
 fn read_records(input: &mut impl Read, n: usize, dim: usize, m: usize) -> io::Result<Vec<u32>> {
+    if n == 0 {
+        // Nothing to read; and a damaged header's `dim` or `m` must not size a buffer.
+        return Ok(Vec::new());
+    }
     let record = Record::new(dim, m);
     let mut records = Vec::with_capacity(n * record.words());
     let (mut codes, mut signs) = (vec![0i8; dim], Vec::new());
@@ -227,5 +231,14 @@ mod tests {
             bytes.len() - 4 * (100 * 8) - 4 * hnsw.upper.values().map(|u| u.len()).sum::<usize>();
         bad_link[base_start..base_start + 4].copy_from_slice(&12345u32.to_le_bytes());
         assert!(read(bad_link.as_slice(), bad_link.len() as u64).is_err());
+        // An empty graph whose header claims 2^32 - 1 dimensions reads as empty.
+        let mut empty = MAGIC.to_vec();
+        for value in [u32::MAX, 16, 100] {
+            empty.extend_from_slice(&value.to_le_bytes());
+        }
+        empty.extend_from_slice(&0u64.to_le_bytes());
+        empty.extend_from_slice(&NONE.to_le_bytes());
+        let graph = read(empty.as_slice(), empty.len() as u64).expect("an empty graph");
+        assert_eq!(graph.len(), 0);
     }
 }
