@@ -202,6 +202,37 @@ async fn response_tool_calls_replay() {
     );
 }
 
+/// A streamed miss is relayed as the upstream sent it: deltas padded with `obfuscation` by
+/// default, and without it when the request turns it off.
+#[tokio::test]
+async fn a_streamed_response_miss_keeps_the_requested_obfuscation() {
+    let h = Harness::start().await;
+    for (prompt, include) in [
+        ("Name three caching strategies", None),
+        ("Name four caching strategies", Some(false)),
+    ] {
+        let mut body = json!({"model": "gpt-4.1-mini", "input": prompt, "stream": true});
+        if let Some(include) = include {
+            body["stream_options"] = json!({"include_obfuscation": include});
+        }
+        let stream = post(&h, RESPONSES, &body).await;
+        assert_eq!(stream.cache_status(), "miss");
+        let deltas: Vec<Value> = named_events(&stream.text)
+            .into_iter()
+            .filter(|(name, _)| name == "response.output_text.delta")
+            .map(|(_, data)| data)
+            .collect();
+        assert!(!deltas.is_empty());
+        for delta in &deltas {
+            assert_eq!(
+                delta["obfuscation"].is_string(),
+                include.is_none(),
+                "{delta}"
+            );
+        }
+    }
+}
+
 // === embeddings ===
 
 #[tokio::test]

@@ -223,10 +223,15 @@ pub(super) async fn responses(state: &State, n: usize, body: &Bytes) -> Response
         if mode == ChatMode::PartialStream {
             events.truncate(3);
         }
+        // Deltas carry `obfuscation` padding unless the request turns it off.
+        let obfuscation = req["stream_options"]["include_obfuscation"] != json!(false);
         let events = events
             .into_iter()
             .enumerate()
             .map(|(seq, (kind, mut data))| {
+                if !obfuscation && let Some(fields) = data.as_object_mut() {
+                    fields.remove("obfuscation");
+                }
                 data["type"] = json!(kind);
                 data["sequence_number"] = json!(seq);
                 Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
