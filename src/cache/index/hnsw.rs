@@ -45,6 +45,8 @@ pub struct Hnsw {
     /// separate arrays of 10^5 nodes' signs and links left about 100 bytes a node of freed
     /// copies resident. A dump keeps codes and links; the signs follow from the codes.
     pub(super) records: Vec<u32>,
+    /// Where each part of a node is in `records` (from `dim` and `m`).
+    pub(super) layout: Record,
     /// For nodes above layer 0: `m` slots for each of layers 1..=level.
     pub(super) upper: HashMap<u32, Box<[u32]>>,
     pub(super) entry: Option<u32>,
@@ -71,6 +73,7 @@ impl Ord for Scored {
 impl Hnsw {
     pub fn new(dim: usize, m: usize, ef_construction: usize, capacity: usize) -> Hnsw {
         let m = m.clamp(2, 255);
+        let layout = Record::new(dim, m);
         Hnsw {
             dim,
             m,
@@ -78,7 +81,8 @@ impl Hnsw {
             ids: Vec::with_capacity(capacity),
             levels: Vec::with_capacity(capacity),
             inv_norms: Vec::with_capacity(capacity),
-            records: Vec::with_capacity(record_capacity(capacity * Record::new(dim, m).words())),
+            records: Vec::with_capacity(record_capacity(capacity * layout.words())),
+            layout,
             upper: HashMap::new(),
             entry: None,
         }
@@ -95,10 +99,7 @@ impl Hnsw {
 
     /// Node `node`'s codes and their inverse norm.
     pub fn code(&self, node: usize) -> (&[i8], f32) {
-        (
-            self.record().codes(&self.records, node),
-            self.inv_norms[node],
-        )
+        (self.layout.codes(&self.records, node), self.inv_norms[node])
     }
 
     /// Adds `vector` as a new node for `id`.
@@ -181,7 +182,7 @@ impl Hnsw {
         self.ids.push(id);
         self.levels.push(level);
         self.inv_norms.push(query.inv_norm);
-        self.record()
+        self.layout
             .push(&mut self.records, &query.codes, &query.signs);
         if level > 0 {
             self.upper
@@ -347,10 +348,9 @@ impl Hnsw {
     pub(super) fn slots(&self, node: u32, layer: u8) -> Option<&[u32]> {
         let m = self.m;
         if layer == 0 {
-            let record = self.record();
             self.records
-                .get(node as usize * record.words()..)?
-                .get(record.links())
+                .get(node as usize * self.layout.words()..)?
+                .get(self.layout.links())
         } else {
             self.upper
                 .get(&node)?
@@ -362,10 +362,9 @@ impl Hnsw {
     fn slots_mut(&mut self, node: u32, layer: u8) -> Option<&mut [u32]> {
         let m = self.m;
         if layer == 0 {
-            let record = self.record();
             self.records
-                .get_mut(node as usize * record.words()..)?
-                .get_mut(record.links())
+                .get_mut(node as usize * self.layout.words()..)?
+                .get_mut(self.layout.links())
         } else {
             self.upper
                 .get_mut(&node)?
@@ -374,12 +373,8 @@ impl Hnsw {
         }
     }
 
-    pub(super) fn record(&self) -> Record {
-        Record::new(self.dim, self.m)
-    }
-
     fn signs_of(&self, node: usize) -> &[u8] {
-        self.record().signs(&self.records, node)
+        self.layout.signs(&self.records, node)
     }
 
     /// Higher for nodes whose sign bits are closer to the query's (minus their Hamming
@@ -406,7 +401,7 @@ impl Hnsw {
         let links_ok = |links: &[u32]| links.iter().all(|&l| l == NONE || (l as usize) < n);
         self.levels.len() == n
             && self.inv_norms.len() == n
-            && self.records.len() == n * self.record().words()
+            && self.records.len() == n * self.layout.words()
             && self.entry.is_none_or(|e| (e as usize) < n)
             && (n == 0) == self.entry.is_none()
             && (0..n as u32).all(|node| self.slots(node, 0).is_some_and(links_ok))

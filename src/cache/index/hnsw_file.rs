@@ -86,7 +86,8 @@ pub fn read(input: impl Read, file_len: u64) -> io::Result<Hnsw> {
     let mut levels = vec![0u8; n];
     input.read_exact(&mut levels)?;
     let inv_norms = read_values(&mut input, n, f32::from_le_bytes)?;
-    let records = read_records(&mut input, n, dim, m)?;
+    let layout = Record::new(dim, m);
+    let records = read_records(&mut input, n, layout)?;
     let upper_links: u64 = levels.iter().map(|&l| u64::from(l) * m as u64).sum();
     if fixed + 4 * upper_links != file_len {
         return Err(invalid("graph file size does not match its levels"));
@@ -106,6 +107,7 @@ pub fn read(input: impl Read, file_len: u64) -> io::Result<Hnsw> {
         levels,
         inv_norms,
         records,
+        layout,
         upper,
         entry,
     };
@@ -118,21 +120,20 @@ pub fn read(input: impl Read, file_len: u64) -> io::Result<Hnsw> {
 
 /// `n` nodes' records (`Hnsw::records`): all their codes (each with its sign bits), then
 /// all their layer-0 links.
-fn read_records(input: &mut impl Read, n: usize, dim: usize, m: usize) -> io::Result<Vec<u32>> {
+fn read_records(input: &mut impl Read, n: usize, record: Record) -> io::Result<Vec<u32>> {
     if n == 0 {
         // Nothing to read; and a damaged header's `dim` or `m` must not size a buffer.
         return Ok(Vec::new());
     }
-    let record = Record::new(dim, m);
     let mut records = Vec::with_capacity(n * record.words());
-    let (mut codes, mut signs) = (vec![0i8; dim], Vec::new());
+    let (mut codes, mut signs) = (vec![0i8; record.dim()], Vec::new());
     for _ in 0..n {
         input.read_exact(bytemuck::cast_slice_mut(&mut codes))?;
         signs.clear();
         signs::signs_into(&codes, &mut signs);
         record.push(&mut records, &codes, &signs);
     }
-    let mut links = vec![0u8; 4 * 2 * m];
+    let mut links = vec![0u8; 4 * record.links().len()];
     for node in 0..n {
         input.read_exact(&mut links)?;
         let slots = &mut records[node * record.words()..][record.links()];

@@ -43,6 +43,10 @@ impl Record {
         }
     }
 
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
     /// Words per node.
     pub fn words(&self) -> usize {
         self.code_words + self.sign_words + self.link_words
