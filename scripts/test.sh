@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the test suite: makes sure .venv has the openai SDK (for tests/it/openai_sdk.rs), then
-# `cargo nextest run` (or `cargo test` where nextest is not installed). Arguments are passed
-# on to cargo, e.g. `scripts/test.sh --test it restart::`.
+# Runs the test suite: makes sure .venv and tests/e2e/node have the openai SDKs (for
+# tests/it/openai_sdk.rs), then `cargo nextest run` (or `cargo test` where nextest is not
+# installed). Arguments are passed on to cargo, e.g. `scripts/test.sh --test it restart::`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -9,6 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # settings never use the DEJA_ prefix: deja reads DEJA_* variables as config keys (those that
 # name no key are ignored with a warning), so a stray one could change what a test runs.
 bash scripts/setup-python.sh
+# The same test with the official Node SDK, in tests/e2e/node/node_modules (from npm).
+bash scripts/setup-node.sh
 # tests/it/dashboard_browser.rs drives Debian's headless chromium (installed here when missing).
 bash scripts/setup-chromium.sh
 

@@ -1,11 +1,14 @@
-//! deja as the official `openai` Python SDK sees it: tests/e2e/openai_sdk.py sends a chat
-//! completion, a stream, a tool call and Responses calls twice each through an in-process
-//! deja, and checks that every repeat is a cache hit the SDK parses like the original (and that
-//! a Responses hit can be retrieved and chained from by its id).
+//! deja as the official `openai` SDKs see it: tests/e2e/openai_sdk.py (Python) and
+//! tests/e2e/node/openai_sdk.mjs (Node) send a chat completion, a stream, a tool call and
+//! Responses calls twice each through an in-process deja, and check that every repeat is a
+//! cache hit the SDK parses like the original (and that a Responses hit can be retrieved and
+//! chained from by its id).
 //!
 //! Needs a Python with the SDK: `SDK_TEST_PYTHON`, else `.venv/bin/python` as made by
-//! `scripts/setup-python.sh` (which `scripts/test.sh` runs first). Set `SDK_TEST_PYTHON` for
-//! this test only: deja takes every `DEJA_*` variable for a config key and refuses unknown ones.
+//! `scripts/setup-python.sh`; and Node with the SDK in tests/e2e/node/node_modules, as made by
+//! `scripts/setup-node.sh` (`SDK_TEST_NODE` names another `node`). `scripts/test.sh` runs both
+//! first. Set `SDK_TEST_*` for these tests only: deja takes every `DEJA_*` variable for a
+//! config key and refuses unknown ones.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,6 +36,20 @@ pub(crate) fn python() -> PathBuf {
     );
 }
 
+/// The Node interpreter and the SDK test's directory (its `node_modules` holds the SDK), or a
+/// panic that says how to get them.
+fn node() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/node");
+    assert!(
+        dir.join("node_modules/openai/package.json").exists(),
+        "run scripts/setup-node.sh to install the openai Node SDK into {}",
+        dir.display()
+    );
+    let node =
+        std::env::var_os("SDK_TEST_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
+    (node, dir)
+}
+
 /// Kills the script if the test fails or times out before it exits.
 pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
@@ -43,9 +60,9 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_python_sdk_gets_cache_hits_it_can_parse() {
-    let python = python();
+/// Runs `script` with `program` against an in-process deja before a fake upstream, and checks
+/// what reached the upstream: one call per pair of identical requests.
+async fn drive_through_deja(program: &Path, script: &Path, expected_chat_calls: usize) {
     let fake = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
@@ -59,11 +76,13 @@ async fn official_python_sdk_gets_cache_hits_it_can_parse() {
 
     // The script's output goes to files, so no pipe can fill while it runs.
     let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/openai_sdk.py");
-    let mut command = Command::new(&python);
+    let name = script.file_name().unwrap().to_string_lossy().into_owned();
+    let mut command = Command::new(program);
+    if program == python() {
+        command.arg("-B"); // no __pycache__ in the source tree
+    }
     command
-        .arg("-B") // no __pycache__ in the source tree
-        .arg(&script)
+        .arg(script)
         .env("OPENAI_BASE_URL", format!("http://{}/v1", server.addr))
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost")
@@ -76,12 +95,17 @@ async fn official_python_sdk_gets_cache_hits_it_can_parse() {
             .env_remove(name)
             .env_remove(name.to_ascii_lowercase());
     }
-    for name in ["OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_LOG"] {
+    for name in [
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "OPENAI_LOG",
+        "NODE_OPTIONS",
+    ] {
         command.env_remove(name);
     }
     let spawned = command.spawn();
     let mut script_process = KillOnDrop(spawned.unwrap_or_else(|err| {
-        panic!("cannot run {}: {err}", python.display());
+        panic!("cannot run {}: {err}", program.display());
     }));
 
     // Poll instead of blocking, so this runtime keeps serving deja and the fake upstream.
@@ -92,7 +116,7 @@ async fn official_python_sdk_gets_cache_hits_it_can_parse() {
         }
         assert!(
             Instant::now() < deadline,
-            "openai_sdk.py still running after {SCRIPT_TIMEOUT:?}"
+            "{name} still running after {SCRIPT_TIMEOUT:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -100,13 +124,17 @@ async fn official_python_sdk_gets_cache_hits_it_can_parse() {
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(
         status.success(),
-        "openai_sdk.py exited with {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        "{name} exited with {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     print!("{stdout}");
 
-    // One miss per pair (plain, stream, tool call); every repeat was served by deja. Responses:
-    // two misses and the request chained from a hit.
-    assert_eq!(fake.calls(CHAT_PATH), 3, "upstream chat calls\n{stdout}");
+    // One miss per pair; every repeat was served by deja. Responses: two misses and the
+    // request chained from a hit.
+    assert_eq!(
+        fake.calls(CHAT_PATH),
+        expected_chat_calls,
+        "upstream chat calls\n{stdout}"
+    );
     assert_eq!(
         fake.calls("/v1/responses"),
         3,
@@ -119,4 +147,18 @@ async fn official_python_sdk_gets_cache_hits_it_can_parse() {
     let sent: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
     assert_eq!(sent["input"], serde_json::json!(["epsilon"]));
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_sdk_gets_cache_hits_it_can_parse() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/openai_sdk.py");
+    // Plain, stream and tool call: one upstream call each.
+    drive_through_deja(&python(), &script, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_node_sdk_gets_cache_hits_it_can_parse() {
+    let (node, dir) = node();
+    // Plain, stream, the SDK's stream helper and tool call: one upstream call each.
+    drive_through_deja(&node, &dir.join("openai_sdk.mjs"), 4).await;
 }

@@ -1,0 +1,251 @@
+// deja end to end with the official `openai` Node SDK (run by tests/it/openai_sdk.rs).
+//
+// The same calls as tests/e2e/openai_sdk.py, as a Node app makes them: each request twice
+// against deja (OPENAI_BASE_URL), the first a miss, the second served from the cache and
+// parsed by the SDK like the original. Covered: a plain completion, a stream with usage, the
+// SDK's own stream helper (`chat.completions.stream` and its final completion), a tool call,
+// the Responses API (plain and streamed; the plain hit is retrieved and chained from by id)
+// and embeddings (which this SDK asks for as base64 and decodes itself; a batch whose second
+// call is half cached). Exits non-zero naming the first failure.
+
+import OpenAI from "openai";
+import { readFileSync } from "node:fs";
+
+const MODEL = "gpt-4o-mini";
+const WEATHER_TOOL = {
+  type: "function",
+  function: {
+    name: "get_weather",
+    description: "Current weather in a city.",
+    parameters: {
+      type: "object",
+      properties: { city: { type: "string" } },
+      required: ["city"],
+    },
+  },
+};
+
+// No retries: a retried request would hide a failure and upset the upstream call count.
+const client = new OpenAI({
+  baseURL: process.env.OPENAI_BASE_URL,
+  apiKey: "sk-test-e2e",
+  maxRetries: 0,
+  timeout: 30_000,
+});
+
+class Failure extends Error {}
+
+// x-deja-match of every repeat, for the summary line.
+const matches = [];
+
+function check(condition, message) {
+  if (!condition) throw new Failure(message);
+}
+
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+// x-deja-cache is `expected`. A repeat is an exact hit, or `coalesced` when it arrives while
+// deja is still writing the first answer to its store; either way nothing goes upstream,
+// which the Rust side counts.
+function checkCache(headers, expected, what) {
+  const cache = headers.get("x-deja-cache");
+  check(cache === expected, `${what}: x-deja-cache is ${cache}, expected ${expected}`);
+  if (expected === "hit") {
+    const match = headers.get("x-deja-match");
+    check(match === "exact" || match === "coalesced", `${what}: x-deja-match is ${match}`);
+    matches.push(match);
+  }
+}
+
+async function chatTwice() {
+  const messages = [{ role: "user", content: "Name three primary colors." }];
+  const answers = [];
+  for (const expected of ["miss", "hit"]) {
+    const { data, response } = await client.chat.completions
+      .create({ model: MODEL, messages })
+      .withResponse();
+    checkCache(response.headers, expected, `chat (${expected})`);
+    check(data.choices[0].message.content, `chat (${expected}): empty content`);
+    check(data.usage?.total_tokens > 0, `chat (${expected}): no usage`);
+    answers.push(data);
+  }
+  const [first, second] = answers;
+  check(
+    first.choices[0].message.content === second.choices[0].message.content,
+    `chat: hit content ${second.choices[0].message.content} != ${first.choices[0].message.content}`,
+  );
+  check(same(first.usage, second.usage), "chat: hit usage differs");
+}
+
+async function streamTwice() {
+  const messages = [{ role: "user", content: "Write a haiku about autumn rain." }];
+  const answers = [];
+  for (const expected of ["miss", "hit"]) {
+    const { data: stream, response } = await client.chat.completions
+      .create({
+        model: MODEL,
+        messages,
+        stream: true,
+        stream_options: { include_usage: true },
+      })
+      .withResponse();
+    checkCache(response.headers, expected, `stream (${expected})`);
+    let text = "";
+    let usage = null;
+    let finish = null;
+    for await (const chunk of stream) {
+      if (chunk.usage) {
+        check(chunk.choices.length === 0, `stream (${expected}): usage chunk has choices`);
+        usage = chunk.usage;
+      }
+      for (const choice of chunk.choices) {
+        text += choice.delta.content ?? "";
+        finish = choice.finish_reason ?? finish;
+      }
+    }
+    check(usage, `stream (${expected}): no usage chunk`);
+    check(finish === "stop", `stream (${expected}): finish_reason ${finish}`);
+    answers.push({ text, usage });
+  }
+  const [first, second] = answers;
+  check(first.text, "stream: no content");
+  check(first.text === second.text, `stream: hit ${second.text} != ${first.text}`);
+  check(same(first.usage, second.usage), "stream: hit usage differs");
+}
+
+// What Node apps often use instead of iterating chunks: the SDK assembles the completion.
+async function streamHelperTwice() {
+  const messages = [{ role: "user", content: "List two prime numbers." }];
+  const finals = [];
+  for (const expected of ["miss", "hit"]) {
+    const runner = client.chat.completions.stream({ model: MODEL, messages });
+    let deltas = "";
+    runner.on("content", (delta) => {
+      deltas += delta;
+    });
+    const final = await runner.finalChatCompletion();
+    check(final.choices[0].message.content, `stream helper (${expected}): no content`);
+    check(
+      deltas === final.choices[0].message.content,
+      `stream helper (${expected}): deltas ${deltas} != final ${final.choices[0].message.content}`,
+    );
+    finals.push(final.choices[0].message.content);
+  }
+  check(finals[0] === finals[1], `stream helper: hit ${finals[1]} != ${finals[0]}`);
+}
+
+async function toolCallTwice() {
+  const messages = [{ role: "user", content: "What is the weather in Paris today?" }];
+  const calls = [];
+  for (const expected of ["miss", "hit"]) {
+    const { data, response } = await client.chat.completions
+      .create({ model: MODEL, messages, tools: [WEATHER_TOOL] })
+      .withResponse();
+    checkCache(response.headers, expected, `tool call (${expected})`);
+    const choice = data.choices[0];
+    check(choice.finish_reason === "tool_calls", `tool call (${expected}): ${JSON.stringify(choice)}`);
+    const toolCalls = choice.message.tool_calls ?? [];
+    check(toolCalls.length > 0, `tool call (${expected}): no tool_calls`);
+    const name = toolCalls[0].function.name;
+    check(name === "get_weather", `tool call (${expected}): function ${name}`);
+    calls.push(toolCalls[0].function.arguments);
+  }
+  check(calls[0] === calls[1], `tool call: hit arguments ${calls[1]} != ${calls[0]}`);
+}
+
+async function responsesTwice() {
+  // As a typical app asks: without `store`, so the upstream stores the response.
+  const question = "What is the capital of France?";
+  const answers = [];
+  for (const expected of ["miss", "hit"]) {
+    const { data, response } = await client.responses
+      .create({ model: "gpt-4.1-mini", input: question, instructions: "Be brief." })
+      .withResponse();
+    checkCache(response.headers, expected, `responses (${expected})`);
+    check(data.status === "completed", `responses (${expected}): ${data.status}`);
+    check(data.usage, `responses (${expected}): no usage`);
+    check(data.error === null, `responses (${expected}): error ${JSON.stringify(data.error)}`);
+    answers.push(data);
+  }
+  const [first, second] = answers;
+  check(
+    first.output_text && first.output_text === second.output_text,
+    `responses: hit ${second.output_text} != ${first.output_text}`,
+  );
+  // The hit is the stored response: it can be retrieved and chained from.
+  check(second.id === first.id, `responses: hit id ${second.id} != stored ${first.id}`);
+  const retrieved = await client.responses.retrieve(second.id);
+  check(retrieved.output_text === second.output_text, "responses: retrieved differs");
+  const chained = await client.responses
+    .create({ model: "gpt-4.1-mini", input: "And of Italy?", previous_response_id: second.id })
+    .withResponse();
+  checkCache(chained.response.headers, "bypass", "responses chained from a hit");
+  check(chained.data.status === "completed", "responses: chained from a hit");
+
+  const streamed = [];
+  for (const expected of ["miss", "hit"]) {
+    const { data: stream, response } = await client.responses
+      .create({ model: "gpt-4.1-mini", input: "Why is the sky blue?", store: false, stream: true })
+      .withResponse();
+    checkCache(response.headers, expected, `responses stream (${expected})`);
+    let deltas = "";
+    let completed = null;
+    for await (const event of stream) {
+      if (event.type === "response.output_text.delta") deltas += event.delta;
+      else if (event.type === "response.completed") completed = event.response;
+    }
+    check(completed, `responses stream (${expected}): no response.completed`);
+    const text = completed.output
+      .flatMap((item) => item.content ?? [])
+      .filter((part) => part.type === "output_text")
+      .map((part) => part.text)
+      .join("");
+    check(deltas === text, `responses stream (${expected}): deltas ${deltas} != ${text}`);
+    streamed.push(text);
+  }
+  check(streamed[0] === streamed[1], `responses stream: hit ${streamed[1]} != ${streamed[0]}`);
+}
+
+async function embeddingsTwice() {
+  const first = await client.embeddings
+    .create({ model: "text-embedding-3-small", input: ["alpha beta", "gamma delta"] })
+    .withResponse();
+  checkCache(first.response.headers, "miss", "embeddings (miss)");
+  const second = await client.embeddings
+    .create({ model: "text-embedding-3-small", input: ["gamma delta", "epsilon"] })
+    .withResponse();
+  const cached = second.response.headers.get("x-deja-cached-inputs");
+  check(cached === "1/2", `embeddings: x-deja-cached-inputs is ${cached}, expected 1/2`);
+  const [a, b] = [first.data, second.data];
+  check(same(b.data.map((d) => d.index), [0, 1]), "embeddings: indexes");
+  check(Array.isArray(b.data[0].embedding), "embeddings: the SDK did not decode a vector");
+  check(b.data[0].embedding.length > 0, "embeddings: empty vector");
+  check(same(b.data[0].embedding, a.data[1].embedding), "embeddings: cached vector differs");
+  check(b.usage.prompt_tokens === 1, `embeddings: usage counts cached inputs: ${JSON.stringify(b.usage)}`);
+}
+
+async function main() {
+  const version = JSON.parse(
+    readFileSync(new URL("./node_modules/openai/package.json", import.meta.url)),
+  ).version;
+  try {
+    await chatTwice();
+    await streamTwice();
+    await streamHelperTwice();
+    await toolCallTwice();
+    await responsesTwice();
+    await embeddingsTwice();
+  } catch (error) {
+    const what = error instanceof Failure ? error.message : `SDK error: ${error?.stack ?? error}`;
+    console.error(`openai_sdk.mjs: FAILED: ${what}`);
+    return 1;
+  }
+  console.log(
+    `openai_sdk.mjs: ok (openai ${version}, node ${process.version}): chat, stream, stream ` +
+      `helper, tool-call and responses repeats all hits (${matches.join(", ")}); embeddings ` +
+      "partly cached",
+  );
+  return 0;
+}
+
+process.exitCode = await main();
