@@ -62,8 +62,14 @@ impl Drop for KillOnDrop {
 
 /// Runs `script` with `program` against an in-process deja before a fake upstream, and checks
 /// what reached the upstream: one call per pair of identical requests.
-async fn drive_through_deja(program: &Path, script: &Path, expected_chat_calls: usize) {
+async fn drive_through_deja(
+    program: &Path,
+    script: &Path,
+    expected_chat_calls: usize,
+    chunk_delay: Duration,
+) {
     let fake = FakeUpstream::start().await;
+    fake.set_chunk_delay(chunk_delay);
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -153,12 +159,15 @@ async fn drive_through_deja(program: &Path, script: &Path, expected_chat_calls: 
 async fn official_python_sdk_gets_cache_hits_it_can_parse() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/openai_sdk.py");
     // Plain, stream and tool call: one upstream call each.
-    drive_through_deja(&python(), &script, 3).await;
+    drive_through_deja(&python(), &script, 3, Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_node_sdk_gets_cache_hits_it_can_parse() {
     let (node, dir) = node();
-    // Plain, stream, the SDK's stream helper and tool call: one upstream call each.
-    drive_through_deja(&node, &dir.join("openai_sdk.mjs"), 4).await;
+    // Plain, the other namespace's miss, stream, the SDK's stream helper, the aborted stream
+    // and tool call: one upstream call each (the refused request none). Chunks 20 ms apart, so
+    // the script's abort lands mid-stream.
+    let chunk_delay = Duration::from_millis(20);
+    drive_through_deja(&node, &dir.join("openai_sdk.mjs"), 6, chunk_delay).await;
 }

@@ -3,7 +3,9 @@
 // The same calls as tests/e2e/openai_sdk.py, as a Node app makes them: each request twice
 // against deja (OPENAI_BASE_URL), the first a miss, the second served from the cache and
 // parsed by the SDK like the original. Covered: a plain completion, a stream with usage, the
-// SDK's own stream helper (`chat.completions.stream` and its final completion), a tool call,
+// SDK's own stream helper (`chat.completions.stream` and its final completion), a stream the
+// app aborts and then asks for again, deja's controls as request options (a bad one is a typed
+// error; a namespace misses another's answer), a tool call,
 // the Responses API (plain and streamed; the plain hit is retrieved and chained from by id)
 // and embeddings (which this SDK asks for as base64 and decodes itself; a batch whose second
 // call is half cached). Exits non-zero naming the first failure.
@@ -134,6 +136,78 @@ async function streamHelperTwice() {
   check(finals[0] === finals[1], `stream helper: hit ${finals[1]} != ${finals[0]}`);
 }
 
+// An app that stops reading a stream (the user closed the page) aborts it; deja finishes the
+// answer upstream anyway, so the same question asked again is answered in full from the
+// cache (or joins the capture still in flight), never with the cut-off part. The Rust side
+// slows the fake upstream's chunks so the abort lands mid-stream.
+async function abortedStreamThenRepeat() {
+  const request = {
+    model: MODEL,
+    messages: [{ role: "user", content: "Tell a long story about the sea and its ships." }],
+    stream: true,
+  };
+  const controller = new AbortController();
+  const stream = await client.chat.completions.create(request, { signal: controller.signal });
+  let chunks = 0;
+  let finished = false;
+  try {
+    for await (const chunk of stream) {
+      chunks += 1;
+      finished ||= chunk.choices.some((choice) => choice.finish_reason);
+      if (chunks === 2) controller.abort();
+    }
+  } catch (error) {
+    // The SDK ends the iteration quietly on an abort, or throws one of these.
+    const abort = error instanceof OpenAI.APIUserAbortError || error?.name === "AbortError";
+    if (!abort) throw error;
+  }
+  check(!finished, `aborted stream: all ${chunks} chunks arrived before the abort took effect`);
+
+  const { data: again, response } = await client.chat.completions.create(request).withResponse();
+  const cache = response.headers.get("x-deja-cache");
+  check(cache === "hit", `aborted stream, asked again: x-deja-cache is ${cache}, expected hit`);
+  let text = "";
+  let finish = null;
+  for await (const chunk of again) {
+    for (const choice of chunk.choices) {
+      text += choice.delta.content ?? "";
+      finish = choice.finish_reason ?? finish;
+    }
+  }
+  check(finish === "stop", `aborted stream, asked again: finish_reason ${finish}`);
+  check(
+    text.endsWith("Tell a long story about the sea and its ships."),
+    `aborted stream, asked again: not the whole answer: ${text}`,
+  );
+}
+
+// deja's per-request controls as an app sets them, through the SDK's request options: a bad
+// one is refused with an error the SDK types like the API's own (and nothing goes upstream);
+// a namespace keeps another tenant's cached answer out of reach.
+async function controlsThroughRequestOptions() {
+  const messages = [{ role: "user", content: "Name three primary colors." }];
+  let refused = null;
+  try {
+    await client.chat.completions.create(
+      { model: MODEL, messages },
+      { headers: { "x-deja-threshold": "1.5" } },
+    );
+  } catch (error) {
+    refused = error;
+  }
+  check(refused instanceof OpenAI.BadRequestError, `bad threshold: ${refused}`);
+  check(refused.status === 400, `bad threshold: status ${refused.status}`);
+  check(refused.type === "invalid_request_error", `bad threshold: type ${refused.type}`);
+  check(refused.code === "invalid_request", `bad threshold: code ${refused.code}`);
+  check(/x-deja-threshold/.test(refused.message), `bad threshold: message ${refused.message}`);
+
+  // The question chatTwice cached, asked in a namespace of its own: a miss.
+  const { response } = await client.chat.completions
+    .create({ model: MODEL, messages }, { headers: { "x-deja-namespace": "tenant-b" } })
+    .withResponse();
+  checkCache(response.headers, "miss", "another namespace");
+}
+
 async function toolCallTwice() {
   const messages = [{ role: "user", content: "What is the weather in Paris today?" }];
   const calls = [];
@@ -230,8 +304,10 @@ async function main() {
   ).version;
   try {
     await chatTwice();
+    await controlsThroughRequestOptions();
     await streamTwice();
     await streamHelperTwice();
+    await abortedStreamThenRepeat();
     await toolCallTwice();
     await responsesTwice();
     await embeddingsTwice();
@@ -242,7 +318,8 @@ async function main() {
   }
   console.log(
     `openai_sdk.mjs: ok (openai ${version}, node ${process.version}): chat, stream, stream ` +
-      `helper, tool-call and responses repeats all hits (${matches.join(", ")}); embeddings ` +
+      `helper, aborted stream, tool-call and responses repeats all hits (${matches.join(", ")}); a bad ` +
+      "control refused, a namespace kept apart; embeddings " +
       "partly cached",
   );
   return 0;
