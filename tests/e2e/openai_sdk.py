@@ -2,9 +2,11 @@
 
 Each request is made twice against deja (OPENAI_BASE_URL): the first goes upstream (a miss),
 the second must be served from the cache and look the same to the SDK. Covered: a plain
-completion, a stream with usage, a tool call, the Responses API (plain and streamed; the plain
-hit is retrieved and chained from by id) and embeddings (a batch whose second call is half
-cached). Exits non-zero naming the first failure.
+completion, a stream with usage, a stream the app closes and then asks for again, deja's
+controls as `extra_headers` (a bad one is a typed error; a namespace misses another's answer),
+a tool call, the Responses API (plain and streamed; the plain hit is retrieved and chained
+from by id) and embeddings (a batch whose second call is half cached). Exits non-zero naming
+the first failure.
 """
 
 import os
@@ -109,6 +111,54 @@ def stream_twice():
     check(first_usage == second_usage, f"stream: hit usage {second_usage} != {first_usage}")
 
 
+def controls_through_extra_headers():
+    """deja's per-request controls as an app sets them (`extra_headers`): a bad one is refused
+    with an error the SDK types like the API's own (nothing goes upstream); a namespace keeps
+    another tenant's cached answer out of reach."""
+    messages = [{"role": "user", "content": "Name three primary colors."}]
+    try:
+        client.chat.completions.create(
+            model=MODEL, messages=messages, extra_headers={"x-deja-threshold": "1.5"}
+        )
+        raise Failure("bad threshold: accepted")
+    except openai.BadRequestError as refused:
+        check(refused.status_code == 400, f"bad threshold: status {refused.status_code}")
+        check(refused.type == "invalid_request_error", f"bad threshold: type {refused.type!r}")
+        check(refused.code == "invalid_request", f"bad threshold: code {refused.code!r}")
+        check("x-deja-threshold" in refused.message, f"bad threshold: {refused.message!r}")
+    # The question chat_twice cached, asked in a namespace of its own: a miss.
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages, extra_headers={"x-deja-namespace": "tenant-b"}
+    )
+    check_cache(raw.headers, "miss", "another namespace")
+
+
+def closed_stream_then_repeat():
+    """An app that stops reading a stream closes it; deja finishes the answer upstream anyway,
+    so the same question asked again is answered in full, never with the cut-off part. The
+    Rust side slows the fake upstream's chunks so the close lands mid-stream."""
+    question = "Tell a long story about the sea and its ships."
+    request = dict(model=MODEL, messages=[{"role": "user", "content": question}], stream=True)
+    stream = client.chat.completions.create(**request)
+    finished = False
+    for read, chunk in enumerate(stream, start=1):
+        finished = finished or any(choice.finish_reason for choice in chunk.choices)
+        if read == 2:
+            break
+    stream.close()
+    check(not finished, "closed stream: the whole answer arrived before the close")
+
+    with client.chat.completions.with_streaming_response.create(**request) as response:
+        check_cache(response.headers, "hit", "closed stream, asked again")
+        text, finish = [], None
+        for chunk in response.parse():
+            for choice in chunk.choices:
+                text.append(choice.delta.content or "")
+                finish = choice.finish_reason or finish
+    check(finish == "stop", f"closed stream, asked again: finish_reason {finish!r}")
+    check("".join(text).endswith(question), f"closed stream, asked again: {''.join(text)!r}")
+
+
 def tool_call_twice():
     messages = [{"role": "user", "content": "What is the weather in Paris today?"}]
     calls = []
@@ -193,7 +243,9 @@ def embeddings_twice():
 def main():
     try:
         chat_twice()
+        controls_through_extra_headers()
         stream_twice()
+        closed_stream_then_repeat()
         tool_call_twice()
         responses_twice()
         embeddings_twice()
@@ -204,8 +256,9 @@ def main():
         print(f"openai_sdk.py: FAILED: SDK error: {error!r}", file=sys.stderr)
         return 1
     print(
-        f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream, tool-call and "
-        f"responses repeats all hits ({', '.join(matches)}); embeddings partly cached"
+        f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream, closed stream, "
+        f"tool-call and responses repeats all hits ({', '.join(matches)}); a bad control "
+        "refused, a namespace kept apart; embeddings partly cached"
     )
     return 0
 

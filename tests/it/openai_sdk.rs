@@ -158,8 +158,10 @@ async fn drive_through_deja(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_gets_cache_hits_it_can_parse() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/openai_sdk.py");
-    // Plain, stream and tool call: one upstream call each.
-    drive_through_deja(&python(), &script, 3, Duration::ZERO).await;
+    // Plain, the other namespace's miss, stream, the closed stream and tool call: one upstream
+    // call each (the refused request none). Chunks 20 ms apart, so the script's close lands
+    // mid-stream.
+    drive_through_deja(&python(), &script, 5, Duration::from_millis(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
