@@ -293,3 +293,41 @@ async fn a_twin_gets_the_whole_answer_when_the_first_client_hangs_up() {
     assert_eq!(later.cache_status(), "hit");
     assert_eq!(h.upstream.calls(CHAT_PATH), 1);
 }
+
+/// A repeat can land anywhere around the moment deja notices the first client has hung up:
+/// while the pump still reads (it waits as a twin), after it stopped (a miss of its own), or
+/// after it read the whole answer before noticing (a stored hit).
+/// Either way it gets the whole answer, and only a miss goes upstream.
+#[tokio::test]
+async fn a_repeat_landing_around_a_hang_up_gets_the_whole_answer() {
+    let h = Harness::start().await;
+    h.upstream.set_chunk_delay(Duration::from_millis(5));
+    let rounds = 60;
+    let mut repeats_upstream = 0;
+    for round in 0..rounds {
+        let prompt = format!("round {round} one two three four five six seven eight");
+        drop(start_streamed_miss(&h, &prompt).await);
+        // The fake's answer takes ~60 ms; the repeat lands anywhere in it.
+        tokio::time::sleep(Duration::from_micros(fastrand::u64(0..40_000))).await;
+        let again = h.chat(&ask_stream(&prompt, false)).await;
+        assert_eq!(again.status, 200, "round {round}: {}", again.text);
+        assert!(
+            again.ends_with_done() && again.content().ends_with(&prompt),
+            "round {round}: not the whole answer ({:?}): {}",
+            again.header("x-deja-match"),
+            again.text
+        );
+        match again.cache_status() {
+            "miss" => repeats_upstream += 1,
+            // Waited as a twin, or found stored: the pump read the whole answer before it
+            // noticed the hang-up.
+            "hit" => assert!(
+                matches!(again.header("x-deja-match"), Some("coalesced" | "exact")),
+                "round {round}: x-deja-match {:?}",
+                again.header("x-deja-match")
+            ),
+            other => panic!("round {round}: x-deja-cache {other}"),
+        }
+    }
+    assert_eq!(h.upstream.calls(CHAT_PATH), rounds + repeats_upstream);
+}

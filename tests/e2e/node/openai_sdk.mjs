@@ -4,7 +4,7 @@
 // against deja (OPENAI_BASE_URL), the first a miss, the second served from the cache and
 // parsed by the SDK like the original. Covered: a plain completion, a stream with usage, the
 // SDK's own stream helper (`chat.completions.stream` and its final completion), a stream the
-// app aborts and then asks for again, deja's controls as request options (a bad one is a typed
+// app aborts and then asks for again, a burst of one question at once, deja's controls as request options (a bad one is a typed
 // error; a namespace misses another's answer), a tool call,
 // the Responses API (plain and streamed; the plain hit is retrieved and chained from by id)
 // and embeddings (which this SDK asks for as base64 and decodes itself; a batch whose second
@@ -39,6 +39,8 @@ class Failure extends Error {}
 
 // x-deja-match of every repeat, for the summary line.
 const matches = [];
+// Repeats that deja answered as a miss where either was right; the Rust side counts them in.
+let repeatsUpstream = 0;
 
 function check(condition, message) {
   if (!condition) throw new Failure(message);
@@ -136,10 +138,12 @@ async function streamHelperTwice() {
   check(finals[0] === finals[1], `stream helper: hit ${finals[1]} != ${finals[0]}`);
 }
 
-// An app that stops reading a stream (the user closed the page) aborts it; deja finishes the
-// answer upstream anyway, so the same question asked again is answered in full from the
-// cache (or joins the capture still in flight), never with the cut-off part. The Rust side
-// slows the fake upstream's chunks so the abort lands mid-stream.
+// An app that stops reading a stream (the user closed the page) aborts it. Asked again, the
+// question is answered in full, never with the cut-off part: joining the capture deja may
+// still be reading, from the store if deja read it all before noticing, or upstream again if
+// deja had stopped (a lone hang-up stores nothing). The Rust side slows the fake upstream's
+// chunks so the abort lands mid-stream, and checks the upstream calls against what the
+// headers said (`repeatsUpstream`).
 async function abortedStreamThenRepeat() {
   const request = {
     model: MODEL,
@@ -165,7 +169,8 @@ async function abortedStreamThenRepeat() {
 
   const { data: again, response } = await client.chat.completions.create(request).withResponse();
   const cache = response.headers.get("x-deja-cache");
-  check(cache === "hit", `aborted stream, asked again: x-deja-cache is ${cache}, expected hit`);
+  check(cache === "hit" || cache === "miss", `aborted stream, asked again: x-deja-cache ${cache}`);
+  if (cache === "miss") repeatsUpstream += 1;
   let text = "";
   let finish = null;
   for await (const chunk of again) {
@@ -206,6 +211,25 @@ async function controlsThroughRequestOptions() {
     .create({ model: MODEL, messages }, { headers: { "x-deja-namespace": "tenant-b" } })
     .withResponse();
   checkCache(response.headers, "miss", "another namespace");
+}
+
+// A burst of the same question at once (a page load fanning out, a retry storm): one goes
+// upstream, the others wait for its answer or find it stored, and all get the same answer.
+async function burstOfTheSameQuestion() {
+  const messages = [{ role: "user", content: "What is the boiling point of water?" }];
+  const results = await Promise.all(
+    Array.from({ length: 8 }, () =>
+      client.chat.completions.create({ model: MODEL, messages }).withResponse(),
+    ),
+  );
+  const caches = results.map(({ response }) => response.headers.get("x-deja-cache"));
+  check(
+    caches.filter((cache) => cache === "miss").length === 1 &&
+      caches.filter((cache) => cache === "hit").length === 7,
+    `burst: x-deja-cache ${caches.join(", ")}, expected one miss and seven hits`,
+  );
+  const contents = new Set(results.map(({ data }) => data.choices[0].message.content));
+  check(contents.size === 1, `burst: ${contents.size} different answers`);
 }
 
 async function toolCallTwice() {
@@ -308,6 +332,7 @@ async function main() {
     await streamTwice();
     await streamHelperTwice();
     await abortedStreamThenRepeat();
+    await burstOfTheSameQuestion();
     await toolCallTwice();
     await responsesTwice();
     await embeddingsTwice();
@@ -318,10 +343,12 @@ async function main() {
   }
   console.log(
     `openai_sdk.mjs: ok (openai ${version}, node ${process.version}): chat, stream, stream ` +
-      `helper, aborted stream, tool-call and responses repeats all hits (${matches.join(", ")}); a bad ` +
-      "control refused, a namespace kept apart; embeddings " +
-      "partly cached",
+      "helper, tool-call and responses repeats all hits " +
+      `(${matches.join(", ")}); an aborted stream answered whole when asked again; a bad ` +
+      "control refused, a namespace kept apart, a burst answered by one upstream call; " +
+      "embeddings partly cached",
   );
+  console.log(`repeats that went upstream: ${repeatsUpstream}`);
   return 0;
 }
 
