@@ -2,7 +2,7 @@
 
 Each request is made twice against deja (OPENAI_BASE_URL): the first goes upstream (a miss),
 the second must be served from the cache and look the same to the SDK. Covered: a plain
-completion, a stream with usage, a stream the app closes and then asks for again, deja's
+completion, the same question reworded (a semantic hit), a stream with usage, a stream the app closes and then asks for again, deja's
 controls as `extra_headers` (a bad one is a typed error; a namespace misses another's answer),
 a tool call, the Responses API (plain and streamed; the plain hit is retrieved and chained
 from by id) and embeddings (a batch whose second call is half cached). Exits non-zero naming
@@ -111,6 +111,32 @@ def stream_twice():
     check(first_text, "stream: no content")
     check(first_text == second_text, f"stream: hit {second_text!r} != original {first_text!r}")
     check(first_usage == second_usage, f"stream: hit usage {second_usage} != {first_usage}")
+
+
+def reworded_question():
+    """The same question in other words (case, punctuation): a semantic hit, which the SDK
+    parses like the answer it came from."""
+    answers = []
+    for question, expected in (
+        ("What is the tallest mountain in Europe?", "miss"),
+        ("what is the tallest mountain in europe", "semantic"),
+    ):
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": question}]
+        )
+        cache, match = raw.headers.get("x-deja-cache"), raw.headers.get("x-deja-match")
+        if expected == "miss":
+            check(cache == "miss", f"reworded: first ask x-deja-cache {cache!r}")
+        else:
+            check((cache, match) == ("hit", "semantic"), f"reworded: {cache!r} {match!r}")
+            similarity = float(raw.headers.get("x-deja-similarity", "nan"))
+            check(0.9 <= similarity <= 1.0, f"reworded: similarity {similarity}")
+        answers.append(raw.parse())
+    first, second = answers
+    check(
+        first.choices[0].message.content == second.choices[0].message.content,
+        f"reworded: {second.choices[0].message.content!r} != {first.choices[0].message.content!r}",
+    )
 
 
 def controls_through_extra_headers():
@@ -250,6 +276,7 @@ def embeddings_twice():
 def main():
     try:
         chat_twice()
+        reworded_question()
         controls_through_extra_headers()
         stream_twice()
         closed_stream_then_repeat()
@@ -264,7 +291,8 @@ def main():
         return 1
     print(
         f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream, tool-call and "
-        f"responses repeats all hits ({', '.join(matches)}); a closed stream answered whole "
+        f"responses repeats all hits ({', '.join(matches)}); a rewording a semantic hit; a "
+        "closed stream answered whole "
         "when asked again; a bad control refused, a namespace kept apart; embeddings partly "
         "cached"
     )

@@ -65,6 +65,7 @@ impl Drop for KillOnDrop {
 /// repeat the script saw answered as a miss where that was right.
 async fn drive_through_deja(
     program: &Path,
+    interpreter_args: &[&str],
     script: &Path,
     expected_chat_calls: usize,
     chunk_delay: Duration,
@@ -85,10 +86,8 @@ async fn drive_through_deja(
     let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let name = script.file_name().unwrap().to_string_lossy().into_owned();
     let mut command = Command::new(program);
-    if program == python() {
-        command.arg("-B"); // no __pycache__ in the source tree
-    }
     command
+        .args(interpreter_args)
         .arg(script)
         .env("OPENAI_BASE_URL", format!("http://{}/v1", server.addr))
         .env("NO_PROXY", "127.0.0.1,localhost")
@@ -166,19 +165,20 @@ async fn drive_through_deja(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_gets_cache_hits_it_can_parse() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/openai_sdk.py");
-    // Plain, the other namespace's miss, stream, the closed stream and tool call: one upstream
-    // call each (the refused request none; the closed stream's repeat counted apart). Chunks
-    // 20 ms apart, so the script's close lands mid-stream.
-    drive_through_deja(&python(), &script, 5, Duration::from_millis(20)).await;
+    // Plain, the reworded question, the other namespace's miss, stream, the closed stream and
+    // tool call: one upstream call each (the refused request none; the closed stream's repeat
+    // counted apart). Chunks 20 ms apart, so the script's close lands mid-stream.
+    // -B: no __pycache__ in the source tree.
+    drive_through_deja(&python(), &["-B"], &script, 6, Duration::from_millis(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_node_sdk_gets_cache_hits_it_can_parse() {
     let (node, dir) = node();
-    // Plain, the other namespace's miss, stream, the SDK's stream helper, the aborted stream,
-    // the burst of eight and tool call: one upstream call each (the refused request none; the
-    // aborted stream's repeat counted apart). Chunks 20 ms apart, so the abort lands
-    // mid-stream.
+    // Plain, the reworded question, the other namespace's miss, stream, the SDK's stream
+    // helper, the aborted stream, the burst of eight and tool call: one upstream call each
+    // (the refused request none; the aborted stream's repeat counted apart). Chunks 20 ms
+    // apart, so the abort lands mid-stream.
     let chunk_delay = Duration::from_millis(20);
-    drive_through_deja(&node, &dir.join("openai_sdk.mjs"), 7, chunk_delay).await;
+    drive_through_deja(&node, &[], &dir.join("openai_sdk.mjs"), 8, chunk_delay).await;
 }

@@ -2,7 +2,8 @@
 //
 // The same calls as tests/e2e/openai_sdk.py, as a Node app makes them: each request twice
 // against deja (OPENAI_BASE_URL), the first a miss, the second served from the cache and
-// parsed by the SDK like the original. Covered: a plain completion, a stream with usage, the
+// parsed by the SDK like the original. Covered: a plain completion, the same question reworded
+// (a semantic hit), a stream with usage, the
 // SDK's own stream helper (`chat.completions.stream` and its final completion), a stream the
 // app aborts and then asks for again, a burst of one question at once, deja's controls as request options (a bad one is a typed
 // error; a namespace misses another's answer), a tool call,
@@ -186,6 +187,31 @@ async function abortedStreamThenRepeat() {
   );
 }
 
+// The same question in other words (case, punctuation): a semantic hit, which the SDK parses
+// like the answer it came from.
+async function rewordedQuestion() {
+  const answers = [];
+  for (const [question, expected] of [
+    ["What is the tallest mountain in Europe?", "miss"],
+    ["what is the tallest mountain in europe", "semantic"],
+  ]) {
+    const { data, response } = await client.chat.completions
+      .create({ model: MODEL, messages: [{ role: "user", content: question }] })
+      .withResponse();
+    const cache = response.headers.get("x-deja-cache");
+    const match = response.headers.get("x-deja-match");
+    if (expected === "miss") {
+      check(cache === "miss", `reworded: first ask x-deja-cache ${cache}`);
+    } else {
+      check(cache === "hit" && match === "semantic", `reworded: ${cache} ${match}`);
+      const similarity = Number(response.headers.get("x-deja-similarity"));
+      check(similarity >= 0.9 && similarity <= 1, `reworded: similarity ${similarity}`);
+    }
+    answers.push(data.choices[0].message.content);
+  }
+  check(answers[0] === answers[1], `reworded: ${answers[1]} != ${answers[0]}`);
+}
+
 // deja's per-request controls as an app sets them, through the SDK's request options: a bad
 // one is refused with an error the SDK types like the API's own (and nothing goes upstream);
 // a namespace keeps another tenant's cached answer out of reach.
@@ -328,6 +354,7 @@ async function main() {
   ).version;
   try {
     await chatTwice();
+    await rewordedQuestion();
     await controlsThroughRequestOptions();
     await streamTwice();
     await streamHelperTwice();
@@ -344,7 +371,8 @@ async function main() {
   console.log(
     `openai_sdk.mjs: ok (openai ${version}, node ${process.version}): chat, stream, stream ` +
       "helper, tool-call and responses repeats all hits " +
-      `(${matches.join(", ")}); an aborted stream answered whole when asked again; a bad ` +
+      `(${matches.join(", ")}); a rewording a semantic hit; an aborted stream answered whole ` +
+      "when asked again; a bad " +
       "control refused, a namespace kept apart, a burst answered by one upstream call; " +
       "embeddings partly cached",
   );
