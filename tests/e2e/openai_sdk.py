@@ -4,7 +4,7 @@ Each request is made twice against deja (OPENAI_BASE_URL): the first goes upstre
 the second must be served from the cache and look the same to the SDK. Covered: a plain
 completion, the same question reworded (a semantic hit), a stream with usage, a stream the app closes and then asks for again, deja's
 controls as `extra_headers` (a bad one is a typed error; a namespace misses another's answer),
-a tool call, the Responses API (plain and streamed; the plain hit is retrieved and chained
+Structured Outputs through the parse helper, a tool call, the Responses API (plain and streamed; the plain hit is retrieved and chained
 from by id) and embeddings (a batch whose second call is half cached). Exits non-zero naming
 the first failure.
 """
@@ -14,6 +14,7 @@ import sys
 
 import openai
 from openai import OpenAI
+from pydantic import BaseModel
 
 MODEL = "gpt-4o-mini"
 WEATHER_TOOL = {
@@ -192,6 +193,30 @@ def closed_stream_then_repeat():
     check("".join(text).endswith(question), f"closed stream, asked again: {''.join(text)!r}")
 
 
+class CityFacts(BaseModel):
+    city: str
+    population: int
+    coastal: bool
+
+
+def structured_twice():
+    """Structured Outputs through the SDK's parse helper (a Pydantic model as the format): the
+    hit parses into the same model. The same question as plain text is another request."""
+    messages = [{"role": "user", "content": "Give facts about Lisbon."}]
+    parsed = []
+    for expected in ("miss", "hit"):
+        raw = client.chat.completions.with_raw_response.parse(
+            model=MODEL, messages=messages, response_format=CityFacts
+        )
+        check_cache(raw.headers, expected, f"structured ({expected})")
+        message = raw.parse().choices[0].message
+        check(isinstance(message.parsed, CityFacts), f"structured ({expected}): {message}")
+        parsed.append(message.parsed)
+    check(parsed[0] == parsed[1], f"structured: hit {parsed[1]} != {parsed[0]}")
+    plain = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages)
+    check_cache(plain.headers, "miss", "structured question asked as plain text")
+
+
 def tool_call_twice():
     messages = [{"role": "user", "content": "What is the weather in Paris today?"}]
     calls = []
@@ -280,6 +305,7 @@ def main():
         controls_through_extra_headers()
         stream_twice()
         closed_stream_then_repeat()
+        structured_twice()
         tool_call_twice()
         responses_twice()
         embeddings_twice()
@@ -290,7 +316,7 @@ def main():
         print(f"openai_sdk.py: FAILED: SDK error: {error!r}", file=sys.stderr)
         return 1
     print(
-        f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream, tool-call and "
+        f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream, structured, tool-call and "
         f"responses repeats all hits ({', '.join(matches)}); a rewording a semantic hit; a "
         "closed stream answered whole "
         "when asked again; a bad control refused, a namespace kept apart; embeddings partly "

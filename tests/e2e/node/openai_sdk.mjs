@@ -6,7 +6,8 @@
 // (a semantic hit), a stream with usage, the
 // SDK's own stream helper (`chat.completions.stream` and its final completion), a stream the
 // app aborts and then asks for again, a burst of one question at once, deja's controls as request options (a bad one is a typed
-// error; a namespace misses another's answer), a tool call,
+// error; a namespace misses another's answer), Structured Outputs through the parse helper, a
+// tool call,
 // the Responses API (plain and streamed; the plain hit is retrieved and chained from by id)
 // and embeddings (which this SDK asks for as base64 and decodes itself; a batch whose second
 // call is half cached). Exits non-zero naming the first failure.
@@ -258,6 +259,46 @@ async function burstOfTheSameQuestion() {
   check(contents.size === 1, `burst: ${contents.size} different answers`);
 }
 
+// Structured Outputs through the SDK's parse helper (a JSON schema as the format; the SDK
+// parses the content): the hit parses the same. The same question as plain text is another
+// request.
+async function structuredTwice() {
+  const messages = [{ role: "user", content: "Give facts about Lisbon." }];
+  const response_format = {
+    type: "json_schema",
+    json_schema: {
+      name: "city_facts",
+      strict: true,
+      schema: {
+        type: "object",
+        additionalProperties: false,
+        required: ["city", "population", "coastal"],
+        properties: {
+          city: { type: "string" },
+          population: { type: "integer" },
+          coastal: { type: "boolean" },
+        },
+      },
+    },
+  };
+  const parsed = [];
+  for (const expected of ["miss", "hit"]) {
+    const { data, response } = await client.chat.completions
+      .parse({ model: MODEL, messages, response_format })
+      .withResponse();
+    checkCache(response.headers, expected, `structured (${expected})`);
+    const facts = data.choices[0].message.parsed;
+    check(
+      typeof facts?.city === "string" && Number.isInteger(facts.population),
+      `structured (${expected}): parsed ${JSON.stringify(facts)}`,
+    );
+    parsed.push(facts);
+  }
+  check(same(parsed[0], parsed[1]), "structured: hit parsed differently");
+  const plain = await client.chat.completions.create({ model: MODEL, messages }).withResponse();
+  checkCache(plain.response.headers, "miss", "structured question asked as plain text");
+}
+
 async function toolCallTwice() {
   const messages = [{ role: "user", content: "What is the weather in Paris today?" }];
   const calls = [];
@@ -360,6 +401,7 @@ async function main() {
     await streamHelperTwice();
     await abortedStreamThenRepeat();
     await burstOfTheSameQuestion();
+    await structuredTwice();
     await toolCallTwice();
     await responsesTwice();
     await embeddingsTwice();
@@ -370,7 +412,7 @@ async function main() {
   }
   console.log(
     `openai_sdk.mjs: ok (openai ${version}, node ${process.version}): chat, stream, stream ` +
-      "helper, tool-call and responses repeats all hits " +
+      "helper, structured, tool-call and responses repeats all hits " +
       `(${matches.join(", ")}); a rewording a semantic hit; an aborted stream answered whole ` +
       "when asked again; a bad " +
       "control refused, a namespace kept apart, a burst answered by one upstream call; " +

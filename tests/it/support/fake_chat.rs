@@ -1,7 +1,8 @@
 //! The fake upstream's `/v1/chat/completions`. Declared as a private child module of
 //! `fake_upstream.rs`. Answers text, a tool call (tools and a "weather" question), a refusal
 //! ("refuse this") or spoken text (`modalities` with "audio"), with logprobs when asked, as
-//! JSON or as the API's chunk stream, field for field.
+//! JSON or as the API's chunk stream, field for field; JSON text for `response_format`
+//! (`fake_structured.rs`).
 
 use bytes::Bytes;
 use http::{HeaderValue, Response};
@@ -43,6 +44,9 @@ pub(super) async fn chat(state: &State, n: usize, body: &Bytes) -> Response<Body
     } else {
         format!("answer {n}: {last}")
     };
+    // Structured Outputs: the same answer as JSON text of the schema's shape.
+    let content =
+        super::structured::structured_content(&req["response_format"], &content).unwrap_or(content);
     // A prompt saying "refuse this" gets a refusal (as structured outputs do).
     let refusal = (tool_call.is_none() && last.contains("refuse this")).then(|| REFUSAL.to_owned());
     let completion_tokens = match (&tool_call, &refusal) {

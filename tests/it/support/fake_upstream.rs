@@ -43,6 +43,9 @@ mod endpoints;
 mod chat;
 #[allow(unused_imports)] // each test binary uses some of them
 pub use chat::{REFUSAL, base64, deterministic_answer, fake_audio};
+// Structured Outputs: JSON content for `response_format` json_schema and json_object.
+#[path = "fake_structured.rs"]
+mod structured;
 // `/v1/embeddings` and the vectors it answers with.
 #[path = "fake_embeddings.rs"]
 mod embedding;
