@@ -4,16 +4,18 @@ Each request is made twice against deja (OPENAI_BASE_URL): the first goes upstre
 the second must be served from the cache and look the same to the SDK. Covered: a plain
 completion, the same question reworded (a semantic hit), a stream with usage, a stream the app closes and then asks for again, deja's
 controls as `extra_headers` (a bad one is a typed error; a namespace misses another's answer),
-Structured Outputs through the parse helper, a tool call, the Responses API (plain and streamed; the plain hit is retrieved and chained
+Structured Outputs through the parse helper, a burst of one question at once (AsyncOpenAI), a
+tool call, the Responses API (plain and streamed; the plain hit is retrieved and chained
 from by id) and embeddings (a batch whose second call is half cached). Exits non-zero naming
 the first failure.
 """
 
+import asyncio
 import os
 import sys
 
 import openai
-from openai import OpenAI
+from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel
 
 MODEL = "gpt-4o-mini"
@@ -217,6 +219,34 @@ def structured_twice():
     check_cache(plain.headers, "miss", "structured question asked as plain text")
 
 
+def burst_of_the_same_question():
+    """An async app (AsyncOpenAI) asking one question eight times at once: one request goes
+    upstream, the others wait for its answer or find it stored, and all get the same answer."""
+
+    async def burst():
+        async with AsyncOpenAI(
+            base_url=os.environ["OPENAI_BASE_URL"], api_key="sk-test-e2e", max_retries=0
+        ) as async_client:
+            messages = [{"role": "user", "content": "What is the boiling point of water?"}]
+            return await asyncio.gather(
+                *(
+                    async_client.chat.completions.with_raw_response.create(
+                        model=MODEL, messages=messages
+                    )
+                    for _ in range(8)
+                )
+            )
+
+    raws = asyncio.run(burst())
+    caches = [raw.headers.get("x-deja-cache") for raw in raws]
+    check(
+        sorted(caches) == ["hit"] * 7 + ["miss"],
+        f"burst: x-deja-cache {caches}, expected one miss and seven hits",
+    )
+    contents = {raw.parse().choices[0].message.content for raw in raws}
+    check(len(contents) == 1, f"burst: {len(contents)} different answers")
+
+
 def tool_call_twice():
     messages = [{"role": "user", "content": "What is the weather in Paris today?"}]
     calls = []
@@ -306,6 +336,7 @@ def main():
         stream_twice()
         closed_stream_then_repeat()
         structured_twice()
+        burst_of_the_same_question()
         tool_call_twice()
         responses_twice()
         embeddings_twice()
@@ -319,7 +350,8 @@ def main():
         f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream, structured, tool-call and "
         f"responses repeats all hits ({', '.join(matches)}); a rewording a semantic hit; a "
         "closed stream answered whole "
-        "when asked again; a bad control refused, a namespace kept apart; embeddings partly "
+        "when asked again; a bad control refused, a namespace kept apart, a burst answered by one "
+        "upstream call; embeddings partly "
         "cached"
     )
     print(f"repeats that went upstream: {repeats_upstream}")
