@@ -5,7 +5,7 @@ the second must be served from the cache and look the same to the SDK. Covered: 
 completion, the same question reworded (a semantic hit), a stream with usage, a stream the app closes and then asks for again, deja's
 controls as `extra_headers` (a bad one is a typed error; a namespace misses another's answer),
 Structured Outputs through the parse helper, a burst of one question at once (AsyncOpenAI), a
-tool call, the Responses API (plain and streamed; the plain hit is retrieved and chained
+two-turn conversation holding the SDK's message objects, a tool call, the Responses API (plain and streamed; the plain hit is retrieved and chained
 from by id) and embeddings (a batch whose second call is half cached). Exits non-zero naming
 the first failure.
 """
@@ -247,6 +247,25 @@ def burst_of_the_same_question():
     check(len(contents) == 1, f"burst: {len(contents)} different answers")
 
 
+def conversation_twice():
+    """A two-turn conversation as apps hold one, the SDK's message object appended as it came
+    back, run twice: every turn of the second run is a hit, the second turn's key taking the
+    first turn's answer (a hit) exactly as the original run sent it."""
+    runs = []
+    for expected in ("miss", "hit"):
+        messages = [{"role": "user", "content": "Suggest a name for a grey cat."}]
+        turns = []
+        for follow_up in ("And one for a black cat?", None):
+            raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages)
+            check_cache(raw.headers, expected, f"conversation turn {len(turns) + 1} ({expected})")
+            message = raw.parse().choices[0].message
+            turns.append(message.content)
+            if follow_up:
+                messages += [message, {"role": "user", "content": follow_up}]
+        runs.append(turns)
+    check(runs[0] == runs[1], f"conversation: {runs[1]} != {runs[0]}")
+
+
 def tool_call_twice():
     messages = [{"role": "user", "content": "What is the weather in Paris today?"}]
     calls = []
@@ -337,6 +356,7 @@ def main():
         closed_stream_then_repeat()
         structured_twice()
         burst_of_the_same_question()
+        conversation_twice()
         tool_call_twice()
         responses_twice()
         embeddings_twice()
@@ -347,7 +367,8 @@ def main():
         print(f"openai_sdk.py: FAILED: SDK error: {error!r}", file=sys.stderr)
         return 1
     print(
-        f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream, structured, tool-call and "
+        f"openai_sdk.py: ok (openai {openai.__version__}): chat, stream, structured, "
+        "conversation, tool-call and "
         f"responses repeats all hits ({', '.join(matches)}); a rewording a semantic hit; a "
         "closed stream answered whole "
         "when asked again; a bad control refused, a namespace kept apart, a burst answered by one "

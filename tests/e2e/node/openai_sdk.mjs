@@ -7,7 +7,7 @@
 // SDK's own stream helper (`chat.completions.stream` and its final completion), a stream the
 // app aborts and then asks for again, a burst of one question at once, deja's controls as request options (a bad one is a typed
 // error; a namespace misses another's answer), Structured Outputs through the parse helper, a
-// tool call,
+// two-turn conversation holding the SDK's message objects, a tool call,
 // the Responses API (plain and streamed; the plain hit is retrieved and chained from by id)
 // and embeddings (which this SDK asks for as base64 and decodes itself; a batch whose second
 // call is half cached). Exits non-zero naming the first failure.
@@ -299,6 +299,28 @@ async function structuredTwice() {
   checkCache(plain.response.headers, "miss", "structured question asked as plain text");
 }
 
+// A two-turn conversation as apps hold one, the SDK's message object pushed back as it came,
+// run twice: every turn of the second run is a hit, the second turn's key taking the first
+// turn's answer (a hit) exactly as the original run sent it.
+async function conversationTwice() {
+  const runs = [];
+  for (const expected of ["miss", "hit"]) {
+    const messages = [{ role: "user", content: "Suggest a name for a grey cat." }];
+    const turns = [];
+    for (const followUp of ["And one for a black cat?", null]) {
+      const { data, response } = await client.chat.completions
+        .create({ model: MODEL, messages })
+        .withResponse();
+      checkCache(response.headers, expected, `conversation turn ${turns.length + 1} (${expected})`);
+      const message = data.choices[0].message;
+      turns.push(message.content);
+      if (followUp) messages.push(message, { role: "user", content: followUp });
+    }
+    runs.push(turns);
+  }
+  check(same(runs[0], runs[1]), `conversation: ${runs[1]} != ${runs[0]}`);
+}
+
 async function toolCallTwice() {
   const messages = [{ role: "user", content: "What is the weather in Paris today?" }];
   const calls = [];
@@ -402,6 +424,7 @@ async function main() {
     await abortedStreamThenRepeat();
     await burstOfTheSameQuestion();
     await structuredTwice();
+    await conversationTwice();
     await toolCallTwice();
     await responsesTwice();
     await embeddingsTwice();
@@ -412,7 +435,7 @@ async function main() {
   }
   console.log(
     `openai_sdk.mjs: ok (openai ${version}, node ${process.version}): chat, stream, stream ` +
-      "helper, structured, tool-call and responses repeats all hits " +
+      "helper, structured, conversation, tool-call and responses repeats all hits " +
       `(${matches.join(", ")}); a rewording a semantic hit; an aborted stream answered whole ` +
       "when asked again; a bad " +
       "control refused, a namespace kept apart, a burst answered by one upstream call; " +
