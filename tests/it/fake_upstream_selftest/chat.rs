@@ -311,6 +311,21 @@ async fn chat_stall_times_out_client_but_is_recorded() {
 #[tokio::test]
 async fn chat_structured_outputs_answer_json_of_the_schema_shape() {
     let fake = FakeUpstream::start().await;
+    let content = |body: &Value| {
+        let (fake, body) = (&fake, body.clone());
+        async move {
+            let v: Value = post(fake, "/chat/completions", &body)
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(v["choices"][0]["message"]["refusal"], Value::Null);
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
     // A Pydantic-style schema: a nested model under $defs, a nullable number, an enum.
     let schema = json!({"type": "object", "additionalProperties": false,
         "required": ["city", "population", "coastal", "tags", "mayor", "rank", "size"],
@@ -323,16 +338,9 @@ async fn chat_structured_outputs_answer_json_of_the_schema_shape() {
     let mut body = chat_body("Paris");
     body["response_format"] = json!({"type": "json_schema",
         "json_schema": {"name": "facts", "strict": true, "schema": schema}});
-    let v: Value = post(&fake, "/chat/completions", &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let message = &v["choices"][0]["message"];
-    assert_eq!(message["refusal"], Value::Null);
-    let content: Value = serde_json::from_str(message["content"].as_str().unwrap()).unwrap();
+    let parsed: Value = serde_json::from_str(&content(&body).await).unwrap();
     assert_eq!(
-        content,
+        parsed,
         json!({"city": "answer 1: Paris", "population": 3, "coastal": false,
             "tags": ["answer 1: Paris"], "mayor": {"name": "answer 1: Paris"}, "rank": 3.5,
             "size": "small"})
@@ -340,42 +348,14 @@ async fn chat_structured_outputs_answer_json_of_the_schema_shape() {
 
     // Streamed, the deltas put the same JSON text together.
     body["stream"] = json!(true);
-    let text = post(&fake, "/chat/completions", &body)
-        .await
-        .text()
-        .await
-        .unwrap();
-    let streamed: String = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter(|data| *data != "[DONE]")
-        .filter_map(|data| {
-            let chunk: Value = serde_json::from_str(data).unwrap();
-            chunk["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    let streamed: Value = serde_json::from_str(&streamed).unwrap();
+    let events = read_sse(post(&fake, "/chat/completions", &body).await).await;
+    let streamed: Value = serde_json::from_str(&delta_content(&events)).unwrap();
     assert_eq!(streamed["city"], "answer 2: Paris");
 
     // JSON mode: some JSON object; a text format: text.
     body["stream"] = json!(false);
     body["response_format"] = json!({"type": "json_object"});
-    let v: Value = post(&fake, "/chat/completions", &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        v["choices"][0]["message"]["content"],
-        r#"{"answer":"answer 3: Paris"}"#
-    );
+    assert_eq!(content(&body).await, r#"{"answer":"answer 3: Paris"}"#);
     body["response_format"] = json!({"type": "text"});
-    let v: Value = post(&fake, "/chat/completions", &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["choices"][0]["message"]["content"], "answer 4: Paris");
+    assert_eq!(content(&body).await, "answer 4: Paris");
 }
