@@ -1,8 +1,11 @@
 //! deja as the official `openai` SDKs see it: tests/e2e/openai_sdk.py (Python) and
-//! tests/e2e/node/openai_sdk.mjs (Node) send a chat completion, a stream, a tool call and
-//! Responses calls twice each through an in-process deja, and check that every repeat is a
-//! cache hit the SDK parses like the original (and that a Responses hit can be retrieved and
-//! chained from by its id).
+//! tests/e2e/node/openai_sdk.mjs (Node) drive an in-process deja as apps do. Every kind of
+//! call goes twice (plain, streamed, Structured Outputs, a conversation, a tool call,
+//! Responses) and every repeat must be a cache hit the SDK parses like the original (a
+//! Responses hit can be retrieved and chained from by its id); then a reworded question, a
+//! stream the app hangs up on, a burst of one question, deja's controls as request headers and
+//! half-cached embeddings. The scripts' own comments say what each step expects; here the
+//! upstream's calls are counted against that.
 //!
 //! Needs a Python with the SDK: `SDK_TEST_PYTHON`, else `.venv/bin/python` as made by
 //! `scripts/setup-python.sh`; and Node with the SDK in tests/e2e/node/node_modules, as made by
