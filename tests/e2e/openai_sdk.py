@@ -118,7 +118,7 @@ def stream_twice():
 
 def reworded_question():
     """The same question in other words (case, punctuation): a semantic hit, which the SDK
-    parses like the answer it came from."""
+    parses like the answer it came from, as JSON and as a stream."""
     answers = []
     for question, expected in (
         ("What is the tallest mountain in Europe?", "miss"),
@@ -140,6 +140,18 @@ def reworded_question():
         first.choices[0].message.content == second.choices[0].message.content,
         f"reworded: {second.choices[0].message.content!r} != {first.choices[0].message.content!r}",
     )
+    # Reworded again and streamed: the stored answer replayed as chunks the SDK reads.
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "WHAT is the tallest mountain in Europe"}],
+        stream=True,
+    ) as response:
+        cache, match = response.headers.get("x-deja-cache"), response.headers.get("x-deja-match")
+        check((cache, match) == ("hit", "semantic"), f"reworded, streamed: {cache!r} {match!r}")
+        text = "".join(
+            choice.delta.content or "" for chunk in response.parse() for choice in chunk.choices
+        )
+    check(text == first.choices[0].message.content, f"reworded, streamed: {text!r}")
 
 
 def controls_through_extra_headers():

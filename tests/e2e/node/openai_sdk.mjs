@@ -189,7 +189,7 @@ async function abortedStreamThenRepeat() {
 }
 
 // The same question in other words (case, punctuation): a semantic hit, which the SDK parses
-// like the answer it came from.
+// like the answer it came from, as JSON and as a stream.
 async function rewordedQuestion() {
   const answers = [];
   for (const [question, expected] of [
@@ -211,6 +211,22 @@ async function rewordedQuestion() {
     answers.push(data.choices[0].message.content);
   }
   check(answers[0] === answers[1], `reworded: ${answers[1]} != ${answers[0]}`);
+  // Reworded again and streamed: the stored answer replayed as chunks the SDK reads.
+  const { data: stream, response } = await client.chat.completions
+    .create({
+      model: MODEL,
+      messages: [{ role: "user", content: "WHAT is the tallest mountain in Europe" }],
+      stream: true,
+    })
+    .withResponse();
+  const cache = response.headers.get("x-deja-cache");
+  const match = response.headers.get("x-deja-match");
+  check(cache === "hit" && match === "semantic", `reworded, streamed: ${cache} ${match}`);
+  let text = "";
+  for await (const chunk of stream) {
+    for (const choice of chunk.choices) text += choice.delta.content ?? "";
+  }
+  check(text === answers[0], `reworded, streamed: ${text}`);
 }
 
 // deja's per-request controls as an app sets them, through the SDK's request options: a bad
