@@ -157,7 +157,7 @@ def reworded_question():
 def controls_through_extra_headers():
     """deja's per-request controls as an app sets them (`extra_headers`): a bad one is refused
     with an error the SDK types like the API's own (nothing goes upstream); a namespace keeps
-    another tenant's cached answer out of reach."""
+    another tenant's cached answer out of reach, as another temperature does."""
     messages = [{"role": "user", "content": "Name three primary colors."}]
     try:
         client.chat.completions.create(
@@ -174,6 +174,11 @@ def controls_through_extra_headers():
         model=MODEL, messages=messages, extra_headers={"x-deja-namespace": "tenant-b"}
     )
     check_cache(raw.headers, "miss", "another namespace")
+    # Or sampled otherwise: another request too, never the answer given at the default.
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages, temperature=1.5
+    )
+    check_cache(raw.headers, "miss", "another temperature")
 
 
 def closed_stream_then_repeat():

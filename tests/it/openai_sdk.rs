@@ -168,22 +168,22 @@ async fn drive_through_deja(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_gets_cache_hits_it_can_parse() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/openai_sdk.py");
-    // Plain, the reworded question, the other namespace's miss, stream, the closed stream,
-    // structured and its plain twin, the burst of eight, the conversation's two turns and tool
-    // call: one upstream call each (the refused request none; the closed stream's repeat
-    // counted apart). Chunks 20 ms apart, so the script's close lands mid-stream. -B: no
-    // __pycache__ in the source tree.
-    drive_through_deja(&python(), &["-B"], &script, 11, Duration::from_millis(20)).await;
+    // Plain, the reworded question, the other namespace's and temperature's misses, stream,
+    // the closed stream, structured and its plain twin, the burst of eight, the conversation's
+    // two turns and tool call: one upstream call each (the refused request none; the closed
+    // stream's repeat counted apart). Chunks 20 ms apart, so the script's close lands
+    // mid-stream. -B: no __pycache__ in the source tree.
+    drive_through_deja(&python(), &["-B"], &script, 12, Duration::from_millis(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_node_sdk_gets_cache_hits_it_can_parse() {
     let (node, dir) = node();
-    // Plain, the reworded question, the other namespace's miss, stream, the SDK's stream
-    // helper, the aborted stream, the burst of eight, structured and its plain twin, the
-    // conversation's two turns and tool call: one upstream call each (the refused request
-    // none; the aborted stream's repeat counted apart). Chunks 20 ms apart, so the abort lands
-    // mid-stream.
+    // Plain, the reworded question, the other namespace's and temperature's misses, stream, the
+    // SDK's stream helper, the aborted stream, the burst of eight, structured and its plain
+    // twin, the conversation's two turns and tool call: one upstream call each (the refused
+    // request none; the aborted stream's repeat counted apart). Chunks 20 ms apart, so the
+    // abort lands mid-stream.
     let chunk_delay = Duration::from_millis(20);
-    drive_through_deja(&node, &[], &dir.join("openai_sdk.mjs"), 12, chunk_delay).await;
+    drive_through_deja(&node, &[], &dir.join("openai_sdk.mjs"), 13, chunk_delay).await;
 }

@@ -231,7 +231,7 @@ async function rewordedQuestion() {
 
 // deja's per-request controls as an app sets them, through the SDK's request options: a bad
 // one is refused with an error the SDK types like the API's own (and nothing goes upstream);
-// a namespace keeps another tenant's cached answer out of reach.
+// a namespace keeps another tenant's cached answer out of reach, as another temperature does.
 async function controlsThroughRequestOptions() {
   const messages = [{ role: "user", content: "Name three primary colors." }];
   let refused = null;
@@ -254,6 +254,11 @@ async function controlsThroughRequestOptions() {
     .create({ model: MODEL, messages }, { headers: { "x-deja-namespace": "tenant-b" } })
     .withResponse();
   checkCache(response.headers, "miss", "another namespace");
+  // Or sampled otherwise: another request too, never the answer given at the default.
+  const warmer = await client.chat.completions
+    .create({ model: MODEL, messages, temperature: 1.5 })
+    .withResponse();
+  checkCache(warmer.response.headers, "miss", "another temperature");
 }
 
 // A burst of the same question at once (a page load fanning out, a retry storm): one goes
