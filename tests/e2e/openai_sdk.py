@@ -2,12 +2,13 @@
 
 Each request is made twice against deja (OPENAI_BASE_URL): the first goes upstream (a miss),
 the second must be served from the cache and look the same to the SDK. Covered: a plain
-completion, the same question reworded (a semantic hit), a stream with usage, a stream the app closes and then asks for again, deja's
-controls as `extra_headers` (a bad one is a typed error; a namespace misses another's answer),
-Structured Outputs through the parse helper, a burst of one question at once (AsyncOpenAI), a
-two-turn conversation holding the SDK's message objects, a tool call, the Responses API (plain and streamed; the plain hit is retrieved and chained
-from by id) and embeddings (a batch whose second call is half cached). Exits non-zero naming
-the first failure.
+completion, the same question reworded (a semantic hit, as JSON and as a stream), deja's
+controls as `extra_headers` (a bad one is a typed error; a namespace or another temperature
+misses the other's answer), a stream with usage, a stream the app closes and then asks for
+again, Structured Outputs through the parse helper, a burst of one question at once
+(AsyncOpenAI), a two-turn conversation holding the SDK's message objects, a tool call, the
+Responses API (plain and streamed; the plain hit is retrieved and chained from by id) and
+embeddings (a batch whose second call is half cached). Exits non-zero naming the first failure.
 """
 
 import asyncio

@@ -3,14 +3,14 @@
 // The same calls as tests/e2e/openai_sdk.py, as a Node app makes them: each request twice
 // against deja (OPENAI_BASE_URL), the first a miss, the second served from the cache and
 // parsed by the SDK like the original. Covered: a plain completion, the same question reworded
-// (a semantic hit), a stream with usage, the
-// SDK's own stream helper (`chat.completions.stream` and its final completion), a stream the
-// app aborts and then asks for again, a burst of one question at once, deja's controls as request options (a bad one is a typed
-// error; a namespace misses another's answer), Structured Outputs through the parse helper, a
-// two-turn conversation holding the SDK's message objects, a tool call,
-// the Responses API (plain and streamed; the plain hit is retrieved and chained from by id)
-// and embeddings (which this SDK asks for as base64 and decodes itself; a batch whose second
-// call is half cached). Exits non-zero naming the first failure.
+// (a semantic hit, as JSON and as a stream), deja's controls as request options (a bad one is a
+// typed error; a namespace or another temperature misses the other's answer), a stream with
+// usage, the SDK's own stream helper (`chat.completions.stream` and its final completion), a
+// stream the app aborts and then asks for again, a burst of one question at once, Structured
+// Outputs through the parse helper, a two-turn conversation holding the SDK's message objects,
+// a tool call, the Responses API (plain and streamed; the plain hit is retrieved and chained
+// from by id) and embeddings (which this SDK asks for as base64 and decodes itself; a batch
+// whose second call is half cached). Exits non-zero naming the first failure.
 
 import OpenAI from "openai";
 import { readFileSync } from "node:fs";
@@ -351,7 +351,10 @@ async function toolCallTwice() {
       .withResponse();
     checkCache(response.headers, expected, `tool call (${expected})`);
     const choice = data.choices[0];
-    check(choice.finish_reason === "tool_calls", `tool call (${expected}): ${JSON.stringify(choice)}`);
+    check(
+      choice.finish_reason === "tool_calls",
+      `tool call (${expected}): ${JSON.stringify(choice)}`,
+    );
     const toolCalls = choice.message.tool_calls ?? [];
     check(toolCalls.length > 0, `tool call (${expected}): no tool_calls`);
     const name = toolCalls[0].function.name;
@@ -429,7 +432,10 @@ async function embeddingsTwice() {
   check(Array.isArray(b.data[0].embedding), "embeddings: the SDK did not decode a vector");
   check(b.data[0].embedding.length > 0, "embeddings: empty vector");
   check(same(b.data[0].embedding, a.data[1].embedding), "embeddings: cached vector differs");
-  check(b.usage.prompt_tokens === 1, `embeddings: usage counts cached inputs: ${JSON.stringify(b.usage)}`);
+  check(
+    b.usage.prompt_tokens === 1,
+    `embeddings: usage counts cached inputs: ${JSON.stringify(b.usage)}`,
+  );
 }
 
 async function main() {
