@@ -69,6 +69,20 @@ def check_cache(headers, expected, what):
         matches.append(match)
 
 
+def read_chunks(chunks, what):
+    """A streamed completion read as an app reads it: its text, last finish_reason and the
+    usage chunk (which must carry no choices)."""
+    text, finish, usage = [], None, None
+    for chunk in chunks:
+        if chunk.usage is not None:
+            check(chunk.choices == [], f"{what}: usage chunk has choices")
+            usage = chunk.usage
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    return "".join(text), finish, usage
+
+
 def chat_twice():
     messages = [{"role": "user", "content": "Name three primary colors."}]
     answers = []
@@ -100,17 +114,10 @@ def stream_twice():
             stream_options={"include_usage": True},
         ) as response:
             check_cache(response.headers, expected, f"stream ({expected})")
-            text, usage, finish = [], None, None
-            for chunk in response.parse():
-                if chunk.usage is not None:
-                    check(chunk.choices == [], f"stream ({expected}): usage chunk has choices")
-                    usage = chunk.usage
-                for choice in chunk.choices:
-                    text.append(choice.delta.content or "")
-                    finish = choice.finish_reason or finish
+            text, finish, usage = read_chunks(response.parse(), f"stream ({expected})")
         check(usage is not None, f"stream ({expected}): no usage chunk")
         check(finish == "stop", f"stream ({expected}): finish_reason {finish!r}")
-        answers.append(("".join(text), usage))
+        answers.append((text, usage))
     (first_text, first_usage), (second_text, second_usage) = answers
     check(first_text, "stream: no content")
     check(first_text == second_text, f"stream: hit {second_text!r} != original {first_text!r}")
@@ -149,9 +156,7 @@ def reworded_question():
     ) as response:
         cache, match = response.headers.get("x-deja-cache"), response.headers.get("x-deja-match")
         check((cache, match) == ("hit", "semantic"), f"reworded, streamed: {cache!r} {match!r}")
-        text = "".join(
-            choice.delta.content or "" for chunk in response.parse() for choice in chunk.choices
-        )
+        text, _, _ = read_chunks(response.parse(), "reworded, streamed")
     check(text == first.choices[0].message.content, f"reworded, streamed: {text!r}")
 
 
@@ -204,13 +209,9 @@ def closed_stream_then_repeat():
         cache = response.headers.get("x-deja-cache")
         check(cache in ("hit", "miss"), f"closed stream, asked again: x-deja-cache {cache!r}")
         repeats_upstream += cache == "miss"
-        text, finish = [], None
-        for chunk in response.parse():
-            for choice in chunk.choices:
-                text.append(choice.delta.content or "")
-                finish = choice.finish_reason or finish
+        text, finish, _ = read_chunks(response.parse(), "closed stream, asked again")
     check(finish == "stop", f"closed stream, asked again: finish_reason {finish!r}")
-    check("".join(text).endswith(question), f"closed stream, asked again: {''.join(text)!r}")
+    check(text.endswith(question), f"closed stream, asked again: {text!r}")
 
 
 class CityFacts(BaseModel):
@@ -366,18 +367,22 @@ def embeddings_twice():
 
 
 def main():
+    steps = (
+        chat_twice,
+        reworded_question,
+        controls_through_extra_headers,
+        stream_twice,
+        closed_stream_then_repeat,
+        structured_twice,
+        burst_of_the_same_question,
+        conversation_twice,
+        tool_call_twice,
+        responses_twice,
+        embeddings_twice,
+    )
     try:
-        chat_twice()
-        reworded_question()
-        controls_through_extra_headers()
-        stream_twice()
-        closed_stream_then_repeat()
-        structured_twice()
-        burst_of_the_same_question()
-        conversation_twice()
-        tool_call_twice()
-        responses_twice()
-        embeddings_twice()
+        for step in steps:
+            step()
     except Failure as failure:
         print(f"openai_sdk.py: FAILED: {failure}", file=sys.stderr)
         return 1

@@ -63,6 +63,25 @@ function checkCache(headers, expected, what) {
   }
 }
 
+// A streamed completion read as an app reads it: its text, last finish_reason and the usage
+// chunk (which must carry no choices).
+async function readChunks(stream, what) {
+  let text = "";
+  let finish = null;
+  let usage = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) {
+      check(chunk.choices.length === 0, `${what}: usage chunk has choices`);
+      usage = chunk.usage;
+    }
+    for (const choice of chunk.choices) {
+      text += choice.delta.content ?? "";
+      finish = choice.finish_reason ?? finish;
+    }
+  }
+  return { text, finish, usage };
+}
+
 async function chatTwice() {
   const messages = [{ role: "user", content: "Name three primary colors." }];
   const answers = [];
@@ -96,19 +115,7 @@ async function streamTwice() {
       })
       .withResponse();
     checkCache(response.headers, expected, `stream (${expected})`);
-    let text = "";
-    let usage = null;
-    let finish = null;
-    for await (const chunk of stream) {
-      if (chunk.usage) {
-        check(chunk.choices.length === 0, `stream (${expected}): usage chunk has choices`);
-        usage = chunk.usage;
-      }
-      for (const choice of chunk.choices) {
-        text += choice.delta.content ?? "";
-        finish = choice.finish_reason ?? finish;
-      }
-    }
+    const { text, finish, usage } = await readChunks(stream, `stream (${expected})`);
     check(usage, `stream (${expected}): no usage chunk`);
     check(finish === "stop", `stream (${expected}): finish_reason ${finish}`);
     answers.push({ text, usage });
@@ -173,14 +180,7 @@ async function abortedStreamThenRepeat() {
   const cache = response.headers.get("x-deja-cache");
   check(cache === "hit" || cache === "miss", `aborted stream, asked again: x-deja-cache ${cache}`);
   if (cache === "miss") repeatsUpstream += 1;
-  let text = "";
-  let finish = null;
-  for await (const chunk of again) {
-    for (const choice of chunk.choices) {
-      text += choice.delta.content ?? "";
-      finish = choice.finish_reason ?? finish;
-    }
-  }
+  const { text, finish } = await readChunks(again, "aborted stream, asked again");
   check(finish === "stop", `aborted stream, asked again: finish_reason ${finish}`);
   check(
     text.endsWith("Tell a long story about the sea and its ships."),
@@ -222,10 +222,7 @@ async function rewordedQuestion() {
   const cache = response.headers.get("x-deja-cache");
   const match = response.headers.get("x-deja-match");
   check(cache === "hit" && match === "semantic", `reworded, streamed: ${cache} ${match}`);
-  let text = "";
-  for await (const chunk of stream) {
-    for (const choice of chunk.choices) text += choice.delta.content ?? "";
-  }
+  const { text } = await readChunks(stream, "reworded, streamed");
   check(text === answers[0], `reworded, streamed: ${text}`);
 }
 
@@ -442,19 +439,22 @@ async function main() {
   const version = JSON.parse(
     readFileSync(new URL("./node_modules/openai/package.json", import.meta.url)),
   ).version;
+  const steps = [
+    chatTwice,
+    rewordedQuestion,
+    controlsThroughRequestOptions,
+    streamTwice,
+    streamHelperTwice,
+    abortedStreamThenRepeat,
+    burstOfTheSameQuestion,
+    structuredTwice,
+    conversationTwice,
+    toolCallTwice,
+    responsesTwice,
+    embeddingsTwice,
+  ];
   try {
-    await chatTwice();
-    await rewordedQuestion();
-    await controlsThroughRequestOptions();
-    await streamTwice();
-    await streamHelperTwice();
-    await abortedStreamThenRepeat();
-    await burstOfTheSameQuestion();
-    await structuredTwice();
-    await conversationTwice();
-    await toolCallTwice();
-    await responsesTwice();
-    await embeddingsTwice();
+    for (const step of steps) await step();
   } catch (error) {
     const what = error instanceof Failure ? error.message : `SDK error: ${error?.stack ?? error}`;
     console.error(`openai_sdk.mjs: FAILED: ${what}`);
